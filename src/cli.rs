@@ -1,0 +1,304 @@
+//! The command line: clap definitions and dispatch. Thin by design: every command is a library
+//! function in `cmd::*` taking its parsed arguments and a `Ctx` (where to write, where it runs),
+//! so tests drive commands without spawning a process.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// pvr-compatible repositories with numbered revisions, mountable over FUSE.
+///
+/// A pvr repository is a directory tree stored as one canonical JSON state file (`.pvr/json`:
+/// paths → sha256 object ids, `*.json` files inlined) plus a flat content-addressed object
+/// store. pvrfs reads and writes the same files as Pantacor's `pvr`, keeps numbered revisions,
+/// and mounts any revision as a filesystem.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pvrfs",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Run as if started in DIR.
+    #[arg(short = 'C', long = "dir", global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Print less: no progress bars, no per-file lines on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository in the current directory.
+    ///
+    /// Writes `.pvr/json` (`{ "#spec": SPEC }`, as pvr does), `.pvr/config` and an in-repo
+    /// object store `.pvr/objects` (pvr's default is a global pool; pass `--objects` for one).
+    /// Refuses to touch an existing repository.
+    Init(InitArgs),
+    /// Stage files for the next commit (all files when no path is given).
+    ///
+    /// A directory adds everything under it. Paths may be globs. `.pvrignore` (gitignore
+    /// syntax) is honoured. Objects are stored right away, so a later commit only records them.
+    Add(AddArgs),
+    /// Show what changed in the work tree since the last commit.
+    ///
+    /// One line per path, as pvr prints them: `A` added (staged), `D` deleted, `C` changed,
+    /// `?` untracked; sorted within each group.
+    Status(StatusArgs),
+    /// Show the changes as a JSON patch.
+    ///
+    /// Without revisions: committed state → work tree, as pvr's RFC 7396 merge patch (`{}` when
+    /// clean). `diff A` compares revision A with the work tree, `diff A B` two revisions.
+    Diff(DiffArgs),
+    /// Print a state (the work tree's staged view by default, or a revision).
+    Json(JsonArgs),
+    /// Record the work tree's tracked changes as a new revision.
+    #[command(visible_alias = "ci")]
+    Commit(CommitArgs),
+    /// List revisions, newest first.
+    Log(LogArgs),
+    /// Show one revision: its record and its diff from its parent.
+    Show(ShowArgs),
+    /// Make the work tree equal to a revision (latest by default).
+    ///
+    /// Writes every file of the revision (verifying object hashes), removes tracked files the
+    /// revision does not have, and refuses to overwrite uncommitted changes without `--force`.
+    #[command(visible_alias = "co")]
+    Checkout(CheckoutArgs),
+    /// Discard uncommitted changes: `checkout --force` of the latest revision.
+    Reset(ResetArgs),
+    /// Apply a patch (RFC 7396 merge patch or RFC 6902 JSON Patch) as a new revision.
+    ///
+    /// All or nothing: if the patch does not apply, or needs an object the store lacks,
+    /// nothing is written.
+    Apply(ApplyArgs),
+    /// Check every revision: states valid, every object present and hashing to its name.
+    Fsck(FsckArgs),
+    /// Delete objects no revision references (in-repo stores only; never a shared pool).
+    Gc(GcArgs),
+    /// Fetch a state and its objects from SRC and make it the local state.
+    ///
+    /// SRC is a plain directory (`json` + `objects/`), a tarball, or an http(s) URL serving that
+    /// layout. `SRC#part1,-part2` selects keys equal to or under `part1`, removes `part2`.
+    Get(ExchangeArgs),
+    /// Like `get`, but merge the fetched keys into the local state instead of replacing it.
+    Merge(ExchangeArgs),
+    /// Create a repository from SRC and check it out (init + get + checkout).
+    Clone(CloneArgs),
+    /// Publish the latest revision to DEST (a directory or an http(s) URL accepting PUT).
+    #[command(visible_alias = "put")]
+    Push(PushArgs),
+    /// Write the latest revision (json + objects) as a tarball (gzip for .gz/.tgz), or `-`.
+    Export(ExportArgs),
+    /// Make a tarball's state the local state (objects are verified and stored).
+    Import(ImportArgs),
+    /// Mount a revision at MNT (read-only, or copy-on-write with --rw).
+    Mount(MountArgs),
+    /// Unmount a pvrfs mount.
+    Umount(UmountArgs),
+    /// List active pvrfs mounts.
+    Mounts,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The state's `#spec` (default pantavisor-service-system@1).
+    pub spec: Option<String>,
+    /// Same as the positional SPEC (pvr's spelling).
+    #[arg(long = "spec", conflicts_with = "spec", value_name = "SPEC")]
+    pub spec_flag: Option<String>,
+    /// Object store directory to record as `ObjectsDir` (absolute, or relative to the repo).
+    #[arg(long, value_name = "DIR")]
+    pub objects: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Store `.json` files as objects instead of inlining them.
+    #[arg(long)]
+    pub raw: bool,
+    /// Files, directories or glob patterns (default: everything).
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum DiffFormat {
+    /// RFC 7396 JSON merge patch, rendered as pvr does (default).
+    #[default]
+    #[value(name = "merge", alias = "rfc7396")]
+    Merge,
+    /// RFC 6902 JSON Patch: exact (can express null values and array edits).
+    #[value(name = "rfc6902", alias = "json-patch")]
+    Rfc6902,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[arg(long, value_enum, default_value_t)]
+    pub format: DiffFormat,
+    /// Up to two revisions (N, latest, HEAD, latest~K, state-id prefix).
+    #[arg(num_args = 0..=2, value_name = "REV")]
+    pub revs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print canonical JSON (what `.pvr/json` holds) instead of indented JSON.
+    #[arg(long)]
+    pub canonical: bool,
+    /// A revision to print instead of the staged work-tree view.
+    pub rev: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The commit message (default `** No commit message **`, as pvr).
+    #[arg(short, long)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Show at most N revisions.
+    #[arg(short = 'n', long)]
+    pub max_count: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The revision (default latest).
+    pub rev: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: DiffFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckoutArgs {
+    /// The revision (default latest).
+    pub rev: Option<String>,
+    /// Write inline JSON canonically instead of pvr's indented rendering.
+    #[arg(long)]
+    pub canonical: bool,
+    /// Hard-link files from the object store instead of copying (do not edit them in place!).
+    #[arg(long)]
+    pub hardlink: bool,
+    /// Overwrite uncommitted changes.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Write inline JSON canonically.
+    #[arg(long)]
+    pub canonical: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The patch file (`-` for stdin).
+    pub patch: PathBuf,
+    /// Commit message for the new revision.
+    #[arg(short, long)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Only say what would be removed.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExchangeArgs {
+    /// Source: directory, tarball or URL, optionally `#part,-part`.
+    pub src: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    pub src: String,
+    /// Target directory (default: the source's last path component).
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Destination directory or URL.
+    pub dest: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only keys equal to or under these prefixes (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub parts: Vec<String>,
+    /// Output file (`.tar`, `.tar.gz`/`.tgz`) or `-` for stdout.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum PassthroughMode {
+    /// Use kernel passthrough for blob files when the kernel allows it.
+    #[default]
+    Auto,
+    /// Fail to open blob files if passthrough is refused.
+    Always,
+    /// Serve blob reads from the daemon (mmap).
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The repository's work directory.
+    pub repo: PathBuf,
+    /// Revision to mount (N, latest, HEAD, latest~K, state-id prefix).
+    pub rev: String,
+    /// Where to mount (an existing empty directory).
+    pub mountpoint: PathBuf,
+    /// Copy-on-write: changes go to an overlay under .pvr/, commit with `pvrfs commit`.
+    #[arg(long)]
+    pub rw: bool,
+    /// Stay in the foreground (logs to stderr; RUST_LOG=debug for more).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Let other users (and containers) access the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Render inline JSON canonically (as `checkout --canonical`).
+    #[arg(long)]
+    pub canonical: bool,
+    /// Owner uid of every file (default: yours).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Owner gid of every file (default: yours).
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Check each object's hash once before serving it (EIO when it does not match).
+    #[arg(long)]
+    pub verify: bool,
+    /// Kernel passthrough for blob reads.
+    #[arg(long, value_enum, default_value_t)]
+    pub passthrough: PassthroughMode,
+}
+
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    pub mountpoint: PathBuf,
+}

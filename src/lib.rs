@@ -1,0 +1,18 @@
+//! pvrfs: pvr-compatible repositories with numbered revisions, mountable over FUSE.
+//!
+//! Module map (see docs/ARCHITECTURE.md): `oid` object ids, `json` pvr's JSON dialect and
+//! renderings, `state` a revision's content, `store` the object store, `repo` the `.pvr/`
+//! layout and revisions, `patch` diffs, `fsutil` durable writes.
+
+pub mod error;
+pub mod fsutil;
+pub mod json;
+pub mod oid;
+pub mod patch;
+pub mod repo;
+pub mod state;
+pub mod store;
+
+pub use error::{Error, Result};
+pub mod cli;
+pub mod cmd;

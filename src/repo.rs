@@ -1,0 +1,694 @@
+//! A pvr repository on disk: `.pvr/` layout, config, the writer lock and numbered revisions.
+//!
+//! ```text
+//! W/                      work directory (the tree)
+//! └── .pvr/
+//!     ├── json            head state, byte-identical to what pvr writes        (pvr)
+//!     ├── new             staged by `add`: {"path":{"ForceObject":b,"Sha":id}} (pvr)
+//!     ├── config          tab-indented JSON, ObjectsDir etc.                    (pvr)
+//!     ├── commitmsg       last commit message, no newline                       (pvr)
+//!     ├── objects/        in-repo object store (pvrfs default; pvr: ~/.pvr/objects)
+//!     └── pvrfs/          pvrfs extensions; pvr never looks here
+//!         ├── lock        flock(2) target serialising writers
+//!         └── revs/NNNNNNNNNN.json   one record per revision
+//! ```
+//!
+//! Revisions: record N = {rev, state, parent, message, time, diff}. The state itself is stored as
+//! an object named by its state id (sha256 of the canonical bytes); `diff` names an object
+//! holding the RFC 6902 patch from the parent's state.
+//!
+//! Commit protocol (crash safety): objects → state/diff objects → `syncfs` → `commitmsg` →
+//! `.pvr/json` (the commit point) → revision record. Each file write is atomic. When
+//! `.pvr/json` does not match the newest record — a crash after the commit point, or pvr itself
+//! committed — the head is a *pending* revision numbered newest+1 with the state of `.pvr/json`;
+//! readers see it as `latest`, and the next writer records it ("adopts" it) before its own work.
+//! So every crash leaves the old or the new revision, and pvr's own commits join the history.
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::json::{self, Value};
+use crate::oid::ObjectId;
+use crate::patch;
+use crate::state::{State, DEFAULT_SPEC};
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const PVR_DIR: &str = ".pvr";
+pub const DEFAULT_COMMIT_MSG: &str = "** No commit message **";
+/// `ObjectsDir` that `pvrfs init` writes: an in-repo store, relative to the work dir.
+pub const IN_REPO_OBJECTS: &str = ".pvr/objects";
+
+/// `.pvr/config`, with pvr's field names and order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Config {
+    #[serde(default)]
+    pub default_get_url: String,
+    #[serde(default)]
+    pub default_put_url: String,
+    #[serde(default)]
+    pub default_post_url: String,
+    #[serde(default)]
+    pub objects_dir: String,
+    #[serde(default)]
+    pub access_tokens: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub refresh_tokens: Option<serde_json::Map<String, Value>>,
+}
+
+impl Config {
+    /// Tab-indented, as pvr writes it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        self.serialize(&mut ser).expect("config serialises");
+        out
+    }
+}
+
+/// One numbered revision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Revision {
+    pub rev: u64,
+    /// sha256 of the canonical state bytes; the state is stored as this object.
+    pub state: ObjectIdText,
+    pub parent: Option<u64>,
+    pub message: String,
+    /// Seconds since the Unix epoch.
+    pub time: i64,
+    /// Object holding the RFC 6902 patch from the parent's state (none for the first).
+    pub diff: Option<ObjectIdText>,
+    /// False for the pending head (see module docs): not yet recorded under `revs/`.
+    #[serde(skip, default = "yes")]
+    pub recorded: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An object id as it appears in JSON records (validated on read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectIdText(pub ObjectId);
+
+impl Serialize for ObjectIdText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectIdText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ObjectId::from_hex(&s)
+            .map(ObjectIdText)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An open repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    workdir: PathBuf,
+    pvr_dir: PathBuf,
+    pub config: Config,
+    store: Store,
+}
+
+/// Held while writing; dropping it releases the lock.
+pub struct RepoLock {
+    _file: File,
+}
+
+impl Repo {
+    /// Create a repository in `workdir`. `objects_dir` overrides the in-repo store.
+    pub fn init(workdir: &Path, spec: Option<&str>, objects_dir: Option<&str>) -> Result<Repo> {
+        let pvr_dir = workdir.join(PVR_DIR);
+        if pvr_dir.join("json").exists() {
+            return Err(Error::AlreadyARepo {
+                path: workdir.to_path_buf(),
+            });
+        }
+        fs::create_dir_all(&pvr_dir).ctx("create", &pvr_dir)?;
+        let config = Config {
+            objects_dir: objects_dir.unwrap_or(IN_REPO_OBJECTS).to_string(),
+            access_tokens: Some(Default::default()),
+            refresh_tokens: Some(Default::default()),
+            ..Default::default()
+        };
+        fsutil::atomic_write(&pvr_dir.join("config"), &config.to_bytes(), 0o644)?;
+        let repo = Repo::from_parts(workdir.to_path_buf(), config)?;
+        fs::create_dir_all(repo.store.dir()).ctx("create object store", repo.store.dir())?;
+        fs::create_dir_all(repo.revs_dir()).ctx("create", repo.revs_dir())?;
+        let spec = spec.unwrap_or(DEFAULT_SPEC);
+        let state = State::empty(spec);
+        // Revision 0: the empty state, so that `log` and `diff 0 1` have a starting point.
+        let _lock = repo.lock()?;
+        let state_id = repo.store.put_bytes(&state.to_canonical_bytes())?;
+        repo.store.sync()?;
+        repo.write_record(&Revision {
+            rev: 0,
+            state: ObjectIdText(state_id),
+            parent: None,
+            message: "init".into(),
+            time: now(),
+            diff: None,
+            recorded: true,
+        })?;
+        // Exactly what `pvr init` writes (not canonical; the first commit rewrites it).
+        let text = format!(
+            "{{ \"#spec\": {} }}",
+            String::from_utf8_lossy(&json::to_canonical(&Value::String(spec.into())))
+        );
+        fsutil::atomic_write(&repo.json_path(), text.as_bytes(), 0o644)?;
+        Ok(repo)
+    }
+
+    /// Open the repository whose work dir is `start` or its nearest ancestor with `.pvr/json`.
+    pub fn discover(start: &Path) -> Result<Repo> {
+        let start = fs::canonicalize(start).ctx("resolve", start)?;
+        let mut dir = Some(start.as_path());
+        while let Some(d) = dir {
+            if d.join(PVR_DIR).join("json").is_file() {
+                return Repo::open(d);
+            }
+            dir = d.parent();
+        }
+        Err(Error::NotARepo { path: start })
+    }
+
+    /// Open the repository whose work dir is exactly `workdir`.
+    pub fn open(workdir: &Path) -> Result<Repo> {
+        let pvr_dir = workdir.join(PVR_DIR);
+        if !pvr_dir.join("json").is_file() {
+            return Err(Error::NotARepo {
+                path: workdir.to_path_buf(),
+            });
+        }
+        let config_path = pvr_dir.join("config");
+        let config = match fs::read(&config_path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<Config>(&bytes).map_err(|e| Error::CorruptState {
+                    origin: config_path.display().to_string(),
+                    detail: e.to_string(),
+                })?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Config::default(),
+            Err(e) => return Err(Error::io("read", &config_path, e)),
+        };
+        Repo::from_parts(workdir.to_path_buf(), config)
+    }
+
+    fn from_parts(workdir: PathBuf, config: Config) -> Result<Repo> {
+        let workdir = if workdir.is_absolute() {
+            workdir
+        } else {
+            std::env::current_dir()
+                .ctx("get current directory", ".")?
+                .join(workdir)
+        };
+        let objects = resolve_objects_dir(&workdir, &config.objects_dir);
+        Ok(Repo {
+            pvr_dir: workdir.join(PVR_DIR),
+            workdir,
+            config,
+            store: Store::new(objects),
+        })
+    }
+
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+    pub fn pvr_dir(&self) -> &Path {
+        &self.pvr_dir
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn json_path(&self) -> PathBuf {
+        self.pvr_dir.join("json")
+    }
+    pub fn new_path(&self) -> PathBuf {
+        self.pvr_dir.join("new")
+    }
+    pub fn commitmsg_path(&self) -> PathBuf {
+        self.pvr_dir.join("commitmsg")
+    }
+    /// Directory for pvrfs's own files (created on demand).
+    pub fn ext_dir(&self) -> PathBuf {
+        self.pvr_dir.join("pvrfs")
+    }
+    fn revs_dir(&self) -> PathBuf {
+        self.ext_dir().join("revs")
+    }
+
+    /// True when the store lives inside this repository (only then may `gc` delete from it).
+    pub fn store_is_private(&self) -> bool {
+        self.store.dir().starts_with(&self.pvr_dir)
+    }
+
+    /// Take the writer lock, waiting up to 30 s for another writer to finish.
+    pub fn lock(&self) -> Result<RepoLock> {
+        self.lock_with_timeout(Duration::from_secs(30))
+    }
+
+    pub fn lock_with_timeout(&self, timeout: Duration) -> Result<RepoLock> {
+        let dir = self.ext_dir();
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx("open lock file", &path)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(RepoLock { _file: file }),
+                Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Err(Error::Locked { path }),
+                Err(e) => return Err(Error::io("lock", &path, e.into())),
+            }
+        }
+    }
+
+    /// The committed head state (`.pvr/json`).
+    pub fn head_state(&self) -> Result<State> {
+        let path = self.json_path();
+        let bytes = fs::read(&path).ctx("read", &path)?;
+        State::from_json_bytes(&bytes, &path.display().to_string())
+    }
+
+    fn record_path(&self, rev: u64) -> PathBuf {
+        self.revs_dir().join(format!("{rev:010}.json"))
+    }
+
+    fn write_record(&self, r: &Revision) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(r).expect("revision serialises");
+        fs::create_dir_all(self.revs_dir()).ctx("create", self.revs_dir())?;
+        fsutil::atomic_write(&self.record_path(r.rev), &bytes, 0o644)
+    }
+
+    /// The recorded revisions, oldest first.
+    pub fn recorded_revisions(&self) -> Result<Vec<Revision>> {
+        let dir = self.revs_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", &dir, e)),
+        };
+        let mut revs = Vec::new();
+        for entry in rd {
+            let entry = entry.ctx("list", &dir)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Some(num) = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue; // temp files and strangers
+            };
+            let path = entry.path();
+            let bytes = fs::read(&path).ctx("read", &path)?;
+            let rec: Revision =
+                serde_json::from_slice(&bytes).map_err(|e| Error::CorruptState {
+                    origin: path.display().to_string(),
+                    detail: format!("bad revision record: {e}"),
+                })?;
+            if rec.rev != num {
+                return Err(Error::CorruptState {
+                    origin: path.display().to_string(),
+                    detail: format!("record says revision {} but is named {num}", rec.rev),
+                });
+            }
+            revs.push(rec);
+        }
+        revs.sort_by_key(|r| r.rev);
+        Ok(revs)
+    }
+
+    /// All revisions, oldest first; the last is `latest`. Includes the pending head when
+    /// `.pvr/json` is newer than the records (see module docs).
+    pub fn revisions(&self) -> Result<Vec<Revision>> {
+        let mut revs = self.recorded_revisions()?;
+        if let Some(pending) = self.pending_head(&revs)? {
+            revs.push(pending);
+        }
+        Ok(revs)
+    }
+
+    fn pending_head(&self, recorded: &[Revision]) -> Result<Option<Revision>> {
+        let head = self.head_state()?;
+        let head_id = head.state_id();
+        if recorded.last().is_some_and(|r| r.state.0 == head_id) {
+            return Ok(None);
+        }
+        let time = fs::metadata(self.json_path())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(now, |d| d.as_secs() as i64);
+        let message = fs::read_to_string(self.commitmsg_path())
+            .unwrap_or_else(|_| DEFAULT_COMMIT_MSG.to_string());
+        Ok(Some(Revision {
+            rev: recorded.last().map_or(1, |r| r.rev + 1),
+            state: ObjectIdText(head_id),
+            parent: recorded.last().map(|r| r.rev),
+            message,
+            time,
+            diff: None,
+            recorded: false,
+        }))
+    }
+
+    /// The newest revision.
+    pub fn latest(&self) -> Result<Revision> {
+        let revs = self.revisions()?;
+        revs.last().cloned().ok_or_else(|| Error::UnknownRevision {
+            spec: "latest".into(),
+            hint: "the repository has no revisions".into(),
+        })
+    }
+
+    /// Resolve a revision spec: `N`, `latest`/`HEAD`, `latest~K`/`HEAD~K`, or a state-id prefix
+    /// of at least 7 hex digits.
+    pub fn resolve(&self, spec: &str) -> Result<Revision> {
+        let revs = self.revisions()?;
+        resolve_in(&revs, spec)
+    }
+
+    /// Load a revision's state (from the store, verified; the pending head from `.pvr/json`).
+    pub fn load_state(&self, rev: &Revision) -> Result<State> {
+        if !rev.recorded {
+            return self.head_state();
+        }
+        let what = format!("revision {}", rev.rev);
+        let bytes = self.store.read_verified(&rev.state.0, Some(&what))?;
+        State::from_json_bytes(&bytes, &what)
+    }
+
+    /// Record the pending head, if any, so the next revision gets a proper parent. Needs the lock.
+    pub fn adopt_pending(&self, _lock: &RepoLock) -> Result<Option<Revision>> {
+        let recorded = self.recorded_revisions()?;
+        let Some(mut pending) = self.pending_head(&recorded)? else {
+            return Ok(None);
+        };
+        let state = self.head_state()?;
+        let state_id = self.store.put_bytes(&state.to_canonical_bytes())?;
+        debug_assert_eq!(state_id, pending.state.0);
+        if let Some(parent) = recorded.last() {
+            let parent_state = self.load_state(parent)?;
+            let diff = patch::state_json_patch(&parent_state, &state);
+            pending.diff = Some(ObjectIdText(
+                self.store.put_bytes(&json::to_canonical(&diff))?,
+            ));
+        }
+        self.store.sync()?;
+        pending.recorded = true;
+        self.write_record(&pending)?;
+        Ok(Some(pending))
+    }
+
+    /// Make `new_state` the next revision (see the commit protocol in the module docs).
+    /// The caller holds the lock and has already stored every object `new_state` references.
+    /// `expected_parent` guards against a head that moved since the caller read it.
+    pub fn commit_state(
+        &self,
+        lock: &RepoLock,
+        new_state: &State,
+        message: &str,
+        expected_parent: Option<u64>,
+    ) -> Result<Revision> {
+        self.adopt_pending(lock)?;
+        let recorded = self.recorded_revisions()?;
+        let parent = recorded.last().cloned();
+        if let Some(expected) = expected_parent {
+            if parent.as_ref().map(|p| p.rev) != Some(expected) {
+                return Err(Error::Conflict(format!(
+                    "the repository's head moved to revision {} since revision {expected} was read; nothing was committed",
+                    parent.map_or(0, |p| p.rev)
+                )));
+            }
+        }
+        let canonical = new_state.to_canonical_bytes();
+        let state_id = self.store.put_bytes(&canonical)?;
+        let diff = match &parent {
+            Some(p) => {
+                let parent_state = self.load_state(p)?;
+                let d = patch::state_json_patch(&parent_state, new_state);
+                Some(ObjectIdText(self.store.put_bytes(&json::to_canonical(&d))?))
+            }
+            None => None,
+        };
+        self.store.sync()?;
+        fsutil::crash_point("commit:objects-synced");
+        fsutil::atomic_write(&self.commitmsg_path(), message.as_bytes(), 0o644)?;
+        fsutil::atomic_write(&self.json_path(), &canonical, 0o644)?;
+        fsutil::crash_point("commit:json-written");
+        let rev = Revision {
+            rev: parent.as_ref().map_or(1, |p| p.rev + 1),
+            state: ObjectIdText(state_id),
+            parent: parent.map(|p| p.rev),
+            message: message.to_string(),
+            time: now(),
+            diff,
+            recorded: true,
+        };
+        self.write_record(&rev)?;
+        Ok(rev)
+    }
+
+    /// The stored RFC 6902 diff of a revision from its parent, if any.
+    pub fn load_diff(&self, rev: &Revision) -> Result<Option<Value>> {
+        let Some(diff) = rev.diff else {
+            return Ok(None);
+        };
+        let what = format!("diff of revision {}", rev.rev);
+        let bytes = self.store.read_verified(&diff.0, Some(&what))?;
+        json::parse(&bytes)
+            .map(Some)
+            .map_err(|e| Error::CorruptState {
+                origin: what,
+                detail: e.to_string(),
+            })
+    }
+}
+
+/// Resolve `spec` among `revs` (oldest first).
+pub fn resolve_in(revs: &[Revision], spec: &str) -> Result<Revision> {
+    let unknown = |hint: String| Error::UnknownRevision {
+        spec: spec.to_string(),
+        hint,
+    };
+    let Some(latest) = revs.last() else {
+        return Err(unknown("the repository has no revisions".into()));
+    };
+    let range = || {
+        format!(
+            "revisions are {}..{} (latest)",
+            revs.first().map_or(0, |r| r.rev),
+            latest.rev
+        )
+    };
+    let by_number = |n: u64| revs.iter().find(|r| r.rev == n).cloned();
+    let lower = spec.to_ascii_lowercase();
+    let (base, back) = match lower.split_once('~') {
+        Some((b, k)) => {
+            let k: u64 = if k.is_empty() {
+                1
+            } else {
+                k.parse()
+                    .map_err(|_| unknown("'~' takes a number".into()))?
+            };
+            (b.to_string(), k)
+        }
+        None => (lower.clone(), 0),
+    };
+    let base_rev = if base == "latest" || base == "head" {
+        latest.clone()
+    } else if let Ok(n) = base.parse::<u64>() {
+        if base.len() >= 7 && base.bytes().all(|b| b.is_ascii_hexdigit()) && by_number(n).is_none()
+        {
+            by_prefix(revs, &base).map_err(unknown)?
+        } else {
+            by_number(n).ok_or_else(|| unknown(range()))?
+        }
+    } else if base.len() >= 7 && base.bytes().all(|b| b.is_ascii_hexdigit()) {
+        by_prefix(revs, &base).map_err(unknown)?
+    } else {
+        return Err(unknown(
+            "expected N, latest, HEAD, latest~K or a state-id prefix of at least 7 hex digits"
+                .into(),
+        ));
+    };
+    if back == 0 {
+        return Ok(base_rev);
+    }
+    base_rev
+        .rev
+        .checked_sub(back)
+        .and_then(by_number)
+        .ok_or_else(|| unknown(range()))
+}
+
+fn by_prefix(revs: &[Revision], prefix: &str) -> std::result::Result<Revision, String> {
+    let matches: Vec<&Revision> = revs
+        .iter()
+        .filter(|r| r.state.0.to_hex().starts_with(prefix))
+        .collect();
+    // Several revisions may share one state (e.g. a revert); the newest is meant.
+    match matches.last() {
+        Some(r) => Ok((*r).clone()),
+        None => Err("no revision has a state id starting with it".into()),
+    }
+}
+
+/// Where `ObjectsDir` points: absolute, relative to the work dir, or pvr's default pool.
+pub fn resolve_objects_dir(workdir: &Path, objects_dir: &str) -> PathBuf {
+    if objects_dir.is_empty() {
+        return pvr_config_dir().join("objects");
+    }
+    let p = Path::new(objects_dir);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        workdir.join(p)
+    }
+}
+
+/// pvr's config dir: `$PVR_CONFIG_DIR`, else `~/.pvr`.
+pub fn pvr_config_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PVR_CONFIG_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+    home.join(".pvr")
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Entry;
+
+    fn commit_file(repo: &Repo, name: &str, data: &[u8], msg: &str) -> Revision {
+        let lock = repo.lock().unwrap();
+        let mut s = repo.head_state().unwrap();
+        let id = repo.store().put_bytes(data).unwrap();
+        s.insert(name, Entry::Object(id)).unwrap();
+        repo.commit_state(&lock, &s, msg, None).unwrap()
+    }
+
+    #[test]
+    fn init_writes_pvr_files_and_revision_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path(), None, None).unwrap();
+        assert_eq!(
+            fs::read_to_string(repo.json_path()).unwrap(),
+            r##"{ "#spec": "pantavisor-service-system@1" }"##
+        );
+        let cfg = fs::read_to_string(repo.pvr_dir().join("config")).unwrap();
+        assert!(cfg.starts_with("{\n\t\"DefaultGetUrl\": \"\""), "{cfg}");
+        assert!(cfg.contains("\"ObjectsDir\": \".pvr/objects\""), "{cfg}");
+        let revs = repo.revisions().unwrap();
+        assert_eq!(revs.len(), 1);
+        assert_eq!(revs[0].rev, 0);
+        assert!(matches!(
+            Repo::init(dir.path(), None, None),
+            Err(Error::AlreadyARepo { .. })
+        ));
+        let reopened = Repo::discover(&dir.path().join(".pvr")).unwrap();
+        assert_eq!(reopened.store().dir(), repo.store().dir());
+    }
+
+    #[test]
+    fn commits_number_revisions_and_resolve_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path(), None, None).unwrap();
+        let r1 = commit_file(&repo, "a", b"1", "one");
+        let r2 = commit_file(&repo, "b", b"2", "two");
+        assert_eq!((r1.rev, r2.rev, r2.parent), (1, 2, Some(1)));
+        assert_eq!(repo.resolve("latest").unwrap().rev, 2);
+        assert_eq!(repo.resolve("HEAD~1").unwrap().rev, 1);
+        assert_eq!(repo.resolve("latest~2").unwrap().rev, 0);
+        assert_eq!(repo.resolve("1").unwrap().rev, 1);
+        let prefix = &r1.state.0.to_hex()[..9];
+        assert_eq!(repo.resolve(prefix).unwrap().rev, 1);
+        for bad in ["7", "latest~5", "zzz", "abc"] {
+            let err = repo.resolve(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+        let s1 = repo.load_state(&r1).unwrap();
+        assert!(s1.contains("a") && !s1.contains("b"));
+        let diff = repo.load_diff(&r2).unwrap().unwrap();
+        assert!(diff.to_string().contains("\"/b\""), "{diff}");
+        assert_eq!(fs::read_to_string(repo.commitmsg_path()).unwrap(), "two");
+    }
+
+    #[test]
+    fn json_changed_behind_our_back_becomes_pending_then_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path(), None, None).unwrap();
+        commit_file(&repo, "a", b"1", "one");
+        // pvr (or a crash after the commit point) leaves .pvr/json ahead of the records
+        let id = repo.store().put_bytes(b"zz").unwrap();
+        let mut s = repo.head_state().unwrap();
+        s.insert("z", Entry::Object(id)).unwrap();
+        fs::write(repo.json_path(), s.to_canonical_bytes()).unwrap();
+        let latest = repo.latest().unwrap();
+        assert_eq!((latest.rev, latest.recorded), (2, false));
+        assert!(repo.load_state(&latest).unwrap().contains("z"));
+        let r3 = commit_file(&repo, "c", b"3", "three");
+        assert_eq!((r3.rev, r3.parent), (3, Some(2)));
+        assert!(repo.recorded_revisions().unwrap()[2].recorded);
+    }
+
+    #[test]
+    fn pvr_made_repo_without_history_has_one_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let pvr = dir.path().join(".pvr");
+        fs::create_dir_all(&pvr).unwrap();
+        fs::write(pvr.join("json"), r##"{ "#spec": "x@1" }"##).unwrap();
+        let repo = Repo::open(dir.path()).unwrap();
+        let revs = repo.revisions().unwrap();
+        assert_eq!(revs.len(), 1);
+        assert_eq!(repo.resolve("latest").unwrap().rev, 1);
+        assert!(!repo.store_is_private());
+    }
+
+    #[test]
+    fn commit_refuses_when_head_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path(), None, None).unwrap();
+        commit_file(&repo, "a", b"1", "one");
+        let lock = repo.lock().unwrap();
+        let s = repo.head_state().unwrap();
+        let err = repo.commit_state(&lock, &s, "x", Some(0)).unwrap_err();
+        assert!(err.to_string().contains("moved"), "{err}");
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path(), None, None).unwrap();
+        let _held = repo.lock().unwrap();
+        let other = Repo::open(dir.path()).unwrap();
+        assert!(matches!(
+            other.lock_with_timeout(Duration::from_millis(100)),
+            Err(Error::Locked { .. })
+        ));
+    }
+}

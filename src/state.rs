@@ -1,0 +1,390 @@
+//! The state of a revision: `#spec` plus one entry per regular file.
+//!
+//! Model (DESIGN §1): a flat JSON object whose keys are `/`-separated paths relative to the work
+//! directory. A key ending in `.json` holds the file's parsed JSON inline, unless its value is a
+//! 64-hex string (then it names an object, as `add --raw` makes it); every other key holds an
+//! object id.
+//!
+//! Invariants of a `State` value (enforced by `State::from_value` and `State::insert`, the only
+//! ways in): every key is a valid `RepoPath`; no key is a directory prefix of another; object ids
+//! are 64 lowercase hex. Entries are kept in a `BTreeMap`, i.e. in code-point order, which is the
+//! canonical order, so serialising is a single ordered walk.
+
+use crate::error::{Error, Result};
+use crate::json::{self, Value};
+use crate::oid::ObjectId;
+use std::collections::{BTreeMap, HashSet};
+
+/// The `#spec` pvr writes by default.
+pub const DEFAULT_SPEC: &str = "pantavisor-service-system@1";
+/// The key holding the spec.
+pub const SPEC_KEY: &str = "#spec";
+
+/// What a state records for one file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// The file's bytes live in the object store under this id.
+    Object(ObjectId),
+    /// A `.json` file stored as its parsed value (canonical numbers, see `json`).
+    Inline(Value),
+}
+
+impl Entry {
+    /// The JSON value this entry has in the state object.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Entry::Object(id) => Value::String(id.to_hex()),
+            Entry::Inline(v) => v.clone(),
+        }
+    }
+
+    pub fn object_id(&self) -> Option<ObjectId> {
+        match self {
+            Entry::Object(id) => Some(*id),
+            Entry::Inline(_) => None,
+        }
+    }
+}
+
+/// True when `path` names a file whose content pvr inlines (a `.json` suffix).
+pub fn is_inline_path(path: &str) -> bool {
+    path.ends_with(".json")
+}
+
+/// Check a state key as a relative path; `Err(reason)` says what is wrong with it.
+pub fn validate_path(key: &str) -> std::result::Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("empty path");
+    }
+    if key.starts_with('/') {
+        return Err("absolute path");
+    }
+    if key.contains('\0') {
+        return Err("NUL byte in path");
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Err("empty path segment"),
+            "." | ".." => return Err("'.' or '..' path segment"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One revision's content.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct State {
+    /// `#spec`; `None` only for a state that came without one (pvr always writes it).
+    pub spec: Option<String>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl State {
+    /// An empty state with the given spec (what `init` creates).
+    pub fn empty(spec: &str) -> Self {
+        State {
+            spec: Some(spec.to_string()),
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// Parse state JSON bytes. `origin` names the source in errors (a file, a revision, a URL).
+    pub fn from_json_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
+        let value = json::parse(bytes).map_err(|e| Error::CorruptState {
+            origin: origin.to_string(),
+            detail: format!("not valid JSON: {e}"),
+        })?;
+        Self::from_value(value, origin)
+    }
+
+    /// Build and validate a state from its JSON value.
+    pub fn from_value(value: Value, origin: &str) -> Result<Self> {
+        let Value::Object(map) = value else {
+            return Err(Error::CorruptState {
+                origin: origin.to_string(),
+                detail: "the state is not a JSON object".into(),
+            });
+        };
+        let mut state = State::default();
+        for (key, v) in map {
+            if key == SPEC_KEY {
+                match v {
+                    Value::String(s) => state.spec = Some(s),
+                    _ => {
+                        return Err(Error::BadEntry {
+                            origin: origin.to_string(),
+                            key,
+                            reason: "#spec must be a string".into(),
+                        })
+                    }
+                }
+                continue;
+            }
+            let entry = entry_from_value(&key, v).map_err(|reason| Error::BadEntry {
+                origin: origin.to_string(),
+                key: key.clone(),
+                reason,
+            })?;
+            state.insert_unchecked(key, entry, origin)?;
+        }
+        state.check_no_file_dir_conflicts(origin)?;
+        Ok(state)
+    }
+
+    fn insert_unchecked(&mut self, key: String, entry: Entry, origin: &str) -> Result<()> {
+        if let Err(reason) = validate_path(&key) {
+            return Err(Error::BadEntry {
+                origin: origin.to_string(),
+                key,
+                reason: reason.into(),
+            });
+        }
+        self.entries.insert(key, entry);
+        Ok(())
+    }
+
+    /// Insert or replace one file, keeping the invariants (the path is validated and may not be a
+    /// directory of another entry nor lie under a file entry).
+    pub fn insert(&mut self, key: &str, entry: Entry) -> Result<()> {
+        let origin = "the new state";
+        if let Err(reason) = validate_path(key) {
+            return Err(bad(origin, key, reason));
+        }
+        let mut prefix = key;
+        while let Some(pos) = prefix.rfind('/') {
+            prefix = &key[..pos];
+            if self.entries.contains_key(prefix) {
+                return Err(bad(
+                    origin,
+                    key,
+                    &format!("'{prefix}' is a file, so it cannot also be a directory"),
+                ));
+            }
+        }
+        let dir_prefix = format!("{key}/");
+        if let Some((other, _)) = self.entries.range(dir_prefix.clone()..).next() {
+            if other.starts_with(&dir_prefix) {
+                return Err(bad(
+                    origin,
+                    key,
+                    &format!("it is a directory holding '{other}', so it cannot also be a file"),
+                ));
+            }
+        }
+        self.entries.insert(key.to_string(), entry);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Entry> {
+        self.entries.remove(key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries in canonical (code point) order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// Entries whose key equals `prefix` or lies under `prefix/`.
+    pub fn entries_map(&self) -> &BTreeMap<String, Entry> {
+        &self.entries
+    }
+
+    /// Every object id the state references (deduplicated, sorted).
+    pub fn object_ids(&self) -> Vec<ObjectId> {
+        let mut ids: Vec<ObjectId> = self.entries.values().filter_map(Entry::object_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn check_no_file_dir_conflicts(&self, origin: &str) -> Result<()> {
+        // Every proper prefix ending before a '/' is a directory; none may also be a file.
+        let mut dirs: HashSet<&str> = HashSet::new();
+        for key in self.entries.keys() {
+            for (pos, _) in key.match_indices('/') {
+                if !dirs.insert(&key[..pos]) {
+                    continue;
+                }
+                if self.entries.contains_key(&key[..pos]) {
+                    return Err(bad(
+                        origin,
+                        &key[..pos],
+                        &format!("it is a file and also the directory of '{key}'"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as a JSON value (`#spec` first by code point order, as canonical JSON has it).
+    pub fn to_value(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        if let Some(spec) = &self.spec {
+            map.insert(SPEC_KEY.to_string(), Value::String(spec.clone()));
+        }
+        for (k, e) in &self.entries {
+            map.insert(k.clone(), e.to_value());
+        }
+        Value::Object(map)
+    }
+
+    /// The canonical bytes pvr writes to `.pvr/json` on commit.
+    pub fn to_canonical_bytes(&self) -> Vec<u8> {
+        json::to_canonical(&self.to_value())
+    }
+
+    /// The state id: sha256 of the canonical bytes.
+    pub fn state_id(&self) -> ObjectId {
+        ObjectId::hash_bytes(&self.to_canonical_bytes())
+    }
+}
+
+fn bad(origin: &str, key: &str, reason: &str) -> Error {
+    Error::BadEntry {
+        origin: origin.to_string(),
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Interpret one state value under the inline rule.
+fn entry_from_value(key: &str, v: Value) -> std::result::Result<Entry, String> {
+    if is_inline_path(key) {
+        if let Value::String(s) = &v {
+            if ObjectId::looks_like_hex_id(s) {
+                // pvr reads a 64-hex string under a `.json` key as an object id (quirk 5); so do
+                // we, so that `add --raw` round-trips. Upper-case hex is such an id to pvr too,
+                // and is refused here rather than looked up under a name that cannot exist.
+                return ObjectId::from_hex(s)
+                    .map(Entry::Object)
+                    .map_err(|e| e.to_string());
+            }
+        }
+        return Ok(Entry::Inline(v));
+    }
+    match v {
+        Value::String(s) => ObjectId::from_hex(&s)
+            .map(Entry::Object)
+            .map_err(|e| e.to_string()),
+        other => Err(format!(
+            "expected an object id string, found {}",
+            json_kind(&other)
+        )),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn parse(text: &str) -> Result<State> {
+        State::from_json_bytes(text.as_bytes(), "test")
+    }
+
+    #[test]
+    fn parses_objects_and_inline_values() {
+        let s = parse(&format!(
+            r##"{{"#spec":"x@1","a.txt":"{ID}","c.json":{{"k":[1,2]}},"raw.json":"{ID}"}}"##
+        ))
+        .unwrap();
+        assert_eq!(s.spec.as_deref(), Some("x@1"));
+        assert!(matches!(s.get("a.txt"), Some(Entry::Object(_))));
+        assert!(matches!(s.get("c.json"), Some(Entry::Inline(_))));
+        assert!(matches!(s.get("raw.json"), Some(Entry::Object(_))));
+        let again = State::from_json_bytes(&s.to_canonical_bytes(), "x").unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn init_text_parses_and_canonicalises() {
+        let s = parse(r##"{ "#spec": "pantavisor-service-system@1" }"##).unwrap();
+        assert_eq!(
+            s.to_canonical_bytes(),
+            br##"{"#spec":"pantavisor-service-system@1"}"##
+        );
+    }
+
+    #[test]
+    fn refuses_hostile_keys_naming_them() {
+        for key in [
+            "../etc/passwd",
+            "/abs",
+            "a//b",
+            "a/./b",
+            "a/",
+            "",
+            "x\u{0}y",
+            "a/..",
+        ] {
+            let text = format!(r#"{{"{}":"{ID}"}}"#, key.replace('\0', "\\u0000"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("invalid entry"), "{key:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_ids_and_file_dir_conflicts() {
+        let err = parse(r#"{"a.txt":"nothex"}"#).unwrap_err().to_string();
+        assert!(
+            err.contains("'a.txt'") && err.contains("not an object id"),
+            "{err}"
+        );
+        let err = parse(r#"{"a.txt":5}"#).unwrap_err().to_string();
+        assert!(err.contains("a number"), "{err}");
+        let err = parse(&format!(r#"{{"a":"{ID}","a/b":"{ID}"}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'a'"), "{err}");
+        let err = parse(&format!(r#"{{"d/a":"{ID}","d/a/b/c":"{ID}"}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'d/a'"), "{err}");
+        assert!(parse("[]").is_err());
+        assert!(parse(r##"{"#spec":1}"##).is_err());
+    }
+
+    #[test]
+    fn insert_keeps_invariants() {
+        let id = ObjectId::from_hex(ID).unwrap();
+        let mut s = State::empty(DEFAULT_SPEC);
+        s.insert("a/b", Entry::Object(id)).unwrap();
+        assert!(s.insert("a", Entry::Object(id)).is_err());
+        assert!(s.insert("a/b/c", Entry::Object(id)).is_err());
+        s.insert("a.b", Entry::Object(id)).unwrap();
+        s.insert("a/c", Entry::Object(id)).unwrap();
+        assert!(s.insert("../x", Entry::Object(id)).is_err());
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.object_ids().len(), 1);
+    }
+}

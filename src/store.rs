@@ -1,0 +1,303 @@
+//! The object store: one flat directory of files named by the sha256 of their bytes.
+//!
+//! Layout (pvr's, unchanged): `<dir>/<64 lowercase hex>`, no prefix, no fan-out. Temp files
+//! (`.tmp-*`) may sit beside the objects while a put is under way or after a crash; they never
+//! have a 64-hex name, so they are never mistaken for objects.
+//!
+//! Invariants:
+//! - An object file, once renamed into place, holds exactly the bytes its name hashes to
+//!   (hash-while-writing; puts never write to the final name directly).
+//! - Puts do not fsync each object: callers that publish a state referencing new objects first
+//!   call `Store::sync` (one `syncfs`), so many small puts cost one flush, not one each.
+//! - A missing object is `Ok(None)`, not an error; errors mean I/O failure.
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::oid::{Hasher, ObjectId};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Outcome of checking one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    Ok,
+    Missing,
+    Corrupt { actual: ObjectId },
+}
+
+impl Store {
+    /// A store rooted at `dir` (created on the first put if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path_of(&self, id: &ObjectId) -> PathBuf {
+        self.dir.join(id.to_hex())
+    }
+
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.path_of(id).is_file()
+    }
+
+    fn ensure_dir(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir).ctx("create object store", &self.dir)
+    }
+
+    /// Store everything `reader` yields; returns its id and length. Existing objects are not
+    /// rewritten (dedup); the temp copy is dropped instead.
+    pub fn put_reader(&self, mut reader: impl Read) -> Result<(ObjectId, u64)> {
+        self.ensure_dir()?;
+        let tmp = fsutil::temp_path_in(&self.dir);
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)
+                .ctx("create temp object", &tmp)?;
+            let mut hasher = Hasher::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io("read input for", &self.dir, e)),
+                };
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).ctx("write temp object", &tmp)?;
+            }
+            drop(file);
+            let (id, len) = hasher.finish();
+            self.publish(&tmp, &id)?;
+            Ok((id, len))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Store a byte slice.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<ObjectId> {
+        let id = ObjectId::hash_bytes(data);
+        if self.contains(&id) {
+            return Ok(id);
+        }
+        self.ensure_dir()?;
+        let tmp = fsutil::temp_path_in(&self.dir);
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)
+                .ctx("create temp object", &tmp)?;
+            f.write_all(data).ctx("write temp object", &tmp)?;
+            drop(f);
+            self.publish(&tmp, &id)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|_| id)
+    }
+
+    /// Store the file at `path`, hashing while copying.
+    pub fn put_file(&self, path: &Path) -> Result<(ObjectId, u64)> {
+        let f = File::open(path).ctx("open", path)?;
+        self.put_reader(f).map_err(|e| match e {
+            Error::Io {
+                op: "read input for",
+                source,
+                ..
+            } => Error::io("read", path, source),
+            other => other,
+        })
+    }
+
+    /// Store a file whose id the caller already knows (e.g. from a verified stat cache), skipping
+    /// the copy when the object is present. The copy is still hashed; a mismatch (the file changed
+    /// since it was hashed) is an error rather than a mislabelled object.
+    pub fn put_file_expecting(&self, path: &Path, expected: &ObjectId) -> Result<u64> {
+        if let Ok(meta) = fs::metadata(self.path_of(expected)) {
+            return Ok(meta.len());
+        }
+        let (id, len) = self.put_file(path)?;
+        if id != *expected {
+            return Err(Error::Other(format!(
+                "'{}' changed while it was being stored (expected {expected}, got {id}); run the command again",
+                path.display()
+            )));
+        }
+        Ok(len)
+    }
+
+    fn publish(&self, tmp: &Path, id: &ObjectId) -> Result<()> {
+        let dest = self.path_of(id);
+        if dest.exists() {
+            let _ = fs::remove_file(tmp);
+            return Ok(());
+        }
+        fsutil::crash_point("store:before-rename");
+        fs::rename(tmp, &dest).ctx("rename object into place", &dest)
+    }
+
+    /// Make every put so far durable (one `syncfs` plus an fsync of the store directory).
+    pub fn sync(&self) -> Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        fsutil::sync_filesystem(&self.dir)?;
+        fsutil::sync_dir(&self.dir)
+    }
+
+    /// Open an object for reading; `Ok(None)` when it is not in the store.
+    pub fn open(&self, id: &ObjectId) -> Result<Option<File>> {
+        let p = self.path_of(id);
+        match File::open(&p) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("open object", p, e)),
+        }
+    }
+
+    /// Open an object or fail with `MissingObject` naming the path that needs it.
+    pub fn open_required(&self, id: &ObjectId, needed_for: Option<&str>) -> Result<File> {
+        self.open(id)?.ok_or_else(|| self.missing(id, needed_for))
+    }
+
+    pub fn missing(&self, id: &ObjectId, needed_for: Option<&str>) -> Error {
+        Error::MissingObject {
+            id: *id,
+            store: self.dir.clone(),
+            path: needed_for.map(str::to_string),
+        }
+    }
+
+    /// Read a whole object, verifying its hash.
+    pub fn read_verified(&self, id: &ObjectId, needed_for: Option<&str>) -> Result<Vec<u8>> {
+        let mut f = self.open_required(id, needed_for)?;
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)
+            .ctx("read object", self.path_of(id))?;
+        let actual = ObjectId::hash_bytes(&data);
+        if actual != *id {
+            return Err(Error::CorruptObject {
+                id: *id,
+                actual,
+                path: needed_for.map(str::to_string),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Hash an object's file and compare with its name.
+    pub fn verify(&self, id: &ObjectId) -> Result<Verified> {
+        let Some(f) = self.open(id)? else {
+            return Ok(Verified::Missing);
+        };
+        let (actual, _) = ObjectId::hash_reader(f).ctx("read object", self.path_of(id))?;
+        Ok(if actual == *id {
+            Verified::Ok
+        } else {
+            Verified::Corrupt { actual }
+        })
+    }
+
+    /// Every object id present (names that are not 64 lowercase hex are skipped).
+    pub fn list(&self) -> Result<Vec<ObjectId>> {
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list object store", &self.dir, e)),
+        };
+        let mut ids = Vec::new();
+        for entry in rd {
+            let entry = entry.ctx("list object store", &self.dir)?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| ObjectId::from_hex(n).ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Remove one object (gc only).
+    pub fn remove(&self, id: &ObjectId) -> Result<()> {
+        let p = self.path_of(id);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove object", p, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_open_verify_dedup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("objects"));
+        let id = store.put_bytes(b"hello").unwrap();
+        assert_eq!(id, ObjectId::hash_bytes(b"hello"));
+        let (id2, len) = store.put_reader(&b"hello"[..]).unwrap();
+        assert_eq!((id2, len), (id, 5));
+        assert_eq!(store.read_verified(&id, None).unwrap(), b"hello");
+        assert_eq!(store.verify(&id).unwrap(), Verified::Ok);
+        assert_eq!(store.list().unwrap(), vec![id]);
+        store.sync().unwrap();
+        // only the object: temp files were renamed or removed
+        assert_eq!(fs::read_dir(store.dir()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn missing_and_corrupt_objects_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let id = ObjectId::hash_bytes(b"x");
+        assert!(store.open(&id).unwrap().is_none());
+        assert_eq!(store.verify(&id).unwrap(), Verified::Missing);
+        let err = store
+            .read_verified(&id, Some("a.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&id.to_hex()) && err.contains("a.txt"), "{err}");
+        fs::write(store.path_of(&id), b"y").unwrap();
+        assert!(matches!(
+            store.verify(&id).unwrap(),
+            Verified::Corrupt { .. }
+        ));
+        assert!(store.read_verified(&id, None).is_err());
+    }
+
+    #[test]
+    fn put_file_expecting_detects_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("o"));
+        let f = dir.path().join("f");
+        fs::write(&f, b"abc").unwrap();
+        let wrong = ObjectId::hash_bytes(b"abd");
+        assert!(store.put_file_expecting(&f, &wrong).is_err());
+        let right = ObjectId::hash_bytes(b"abc");
+        assert_eq!(store.put_file_expecting(&f, &right).unwrap(), 3);
+    }
+}
