@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::json::Value;
-use crate::state::State;
+use crate::state::{Entry, State, SPEC_KEY};
 
 /// RFC 7396 merge patch turning `old` into `new`; `{}` when they are equal.
 pub fn merge_diff(old: &Value, new: &Value) -> Value {
@@ -50,9 +50,94 @@ pub fn state_merge_diff(old: &State, new: &State) -> Value {
 }
 
 /// The RFC 6902 patch between two states, as a JSON array value.
+///
+/// Walks both entry maps in lockstep (they are sorted), so the cost is one comparison per path
+/// and a clone only of what changed, never a copy of the whole tree.
 pub fn state_json_patch(old: &State, new: &State) -> Value {
-    let patch = json_patch::diff(&old.to_value(), &new.to_value());
-    serde_json::to_value(patch).expect("a JSON Patch serialises")
+    use std::cmp::Ordering;
+    let mut ops = Vec::new();
+    let op = |name: &str, key: &str, value: Option<Value>| {
+        let mut m = serde_json::Map::new();
+        m.insert("op".into(), Value::String(name.into()));
+        m.insert("path".into(), Value::String(pointer(key)));
+        if let Some(v) = value {
+            m.insert("value".into(), v);
+        }
+        Value::Object(m)
+    };
+    if old.spec != new.spec {
+        match (&old.spec, &new.spec) {
+            (_, Some(s)) => ops.push(op(
+                if old.spec.is_some() { "replace" } else { "add" },
+                SPEC_KEY,
+                Some(Value::String(s.clone())),
+            )),
+            (Some(_), None) => ops.push(op("remove", SPEC_KEY, None)),
+            (None, None) => {}
+        }
+    }
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => {
+                let (k, _) = a.next().expect("peeked");
+                ops.push(op("remove", k, None));
+            }
+            Ordering::Greater => {
+                let (k, e) = b.next().expect("peeked");
+                ops.push(op("add", k, Some(e.to_value())));
+            }
+            Ordering::Equal => {
+                let (k, ea) = a.next().expect("peeked");
+                let (_, eb) = b.next().expect("peeked");
+                match (ea, eb) {
+                    _ if ea == eb => {}
+                    (Entry::Inline(va), Entry::Inline(vb)) if both_containers(va, vb) => {
+                        let inner = serde_json::to_value(json_patch::diff(va, vb))
+                            .expect("a JSON Patch serialises");
+                        let prefix = pointer(k);
+                        if let Value::Array(inner_ops) = inner {
+                            for mut o in inner_ops {
+                                prefix_paths(&mut o, &prefix);
+                                ops.push(o);
+                            }
+                        }
+                    }
+                    _ => ops.push(op("replace", k, Some(eb.to_value()))),
+                }
+            }
+        }
+    }
+    Value::Array(ops)
+}
+
+fn both_containers(a: &Value, b: &Value) -> bool {
+    matches!(
+        (a, b),
+        (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_))
+    )
+}
+
+/// The JSON Pointer of a top-level key (RFC 6901 escaping: `~` → `~0`, `/` → `~1`).
+fn pointer(key: &str) -> String {
+    format!("/{}", key.replace('~', "~0").replace('/', "~1"))
+}
+
+fn prefix_paths(op: &mut Value, prefix: &str) {
+    if let Value::Object(m) = op {
+        for field in ["path", "from"] {
+            if let Some(Value::String(p)) = m.get_mut(field) {
+                *p = format!("{prefix}{p}");
+            }
+        }
+    }
 }
 
 /// Which format a patch document is in.
@@ -130,6 +215,35 @@ mod tests {
         let m = state_merge_diff(&old, &new);
         let via_merge = apply_to_state(&old, &m, "m").unwrap();
         assert_ne!(via_merge, new);
+    }
+
+    #[test]
+    fn json_patch_walk_handles_every_kind_of_change() {
+        let id = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let id2 = "0f15384d18789b1ebf3043dc7b6bc27273c8576373fbeb6f3e15854b588141c0";
+        let old = State::from_value(
+            v(&format!(
+                r##"{{"#spec":"s","a~b":"{id}","c.json":{{"x":[1,2],"y":{{"z":1}}}},"d.json":[1],"gone":"{id}","keep":"{id}","raw.json":"{id}"}}"##
+            )),
+            "t",
+        )
+        .unwrap();
+        let new = State::from_value(
+            v(&format!(
+                r##"{{"#spec":"t","a~b":"{id2}","c.json":{{"x":[1,3],"y":{{}}}},"d.json":{{"k":1}},"keep":"{id}","new/f":"{id}","raw.json":{{"v":1}}}}"##
+            )),
+            "t",
+        )
+        .unwrap();
+        let p = state_json_patch(&old, &new);
+        assert!(p.to_string().contains("/a~0b"), "{p}");
+        assert!(p.to_string().contains("/c.json/x/1"), "{p}");
+        assert_eq!(apply_to_state(&old, &p, "p").unwrap(), new);
+        assert_eq!(
+            apply_to_state(&new, &state_json_patch(&new, &old), "p").unwrap(),
+            old
+        );
+        assert_eq!(state_json_patch(&old, &old), v("[]"));
     }
 
     #[test]

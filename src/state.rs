@@ -246,15 +246,52 @@ impl State {
         Value::Object(map)
     }
 
-    /// The canonical bytes pvr writes to `.pvr/json` on commit.
+    /// The canonical bytes pvr writes to `.pvr/json` on commit. Written straight from the
+    /// entries (already in code-point order, `#spec` sorting before every path that matters:
+    /// '#' is 0x23), without building an intermediate `Value` of the whole tree.
     pub fn to_canonical_bytes(&self) -> Vec<u8> {
-        json::to_canonical(&self.to_value())
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 96);
+        out.push(b'{');
+        let mut first = true;
+        let mut spec_written = self.spec.is_none();
+        for (key, entry) in &self.entries {
+            if !spec_written && key.as_str() > SPEC_KEY {
+                write_member(&mut out, &mut first, SPEC_KEY, |o| {
+                    json::write_canonical_str(self.spec.as_deref().unwrap_or_default(), o)
+                });
+                spec_written = true;
+            }
+            write_member(&mut out, &mut first, key, |o| match entry {
+                Entry::Object(id) => {
+                    o.push(b'"');
+                    o.extend_from_slice(id.to_hex().as_bytes());
+                    o.push(b'"');
+                }
+                Entry::Inline(v) => json::write_canonical(v, o),
+            });
+        }
+        if !spec_written {
+            write_member(&mut out, &mut first, SPEC_KEY, |o| {
+                json::write_canonical_str(self.spec.as_deref().unwrap_or_default(), o)
+            });
+        }
+        out.push(b'}');
+        out
     }
 
     /// The state id: sha256 of the canonical bytes.
     pub fn state_id(&self) -> ObjectId {
         ObjectId::hash_bytes(&self.to_canonical_bytes())
     }
+}
+
+fn write_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+    if !std::mem::take(first) {
+        out.push(b',');
+    }
+    json::write_canonical_str(key, out);
+    out.push(b':');
+    value(out);
 }
 
 fn bad(origin: &str, key: &str, reason: &str) -> Error {
@@ -324,6 +361,24 @@ mod tests {
         assert!(matches!(s.get("raw.json"), Some(Entry::Object(_))));
         let again = State::from_json_bytes(&s.to_canonical_bytes(), "x").unwrap();
         assert_eq!(again, s);
+    }
+
+    #[test]
+    fn direct_canonical_writer_matches_value_encoder() {
+        // keys around '#' (0x23) in code-point order: '!' < '#spec' < '$' < 'a' < 'é'
+        let s = parse(&format!(
+            r##"{{"#spec":"s\"q","!x":"{ID}","$y":"{ID}","a.json":{{"z":1,"b":[null,2.5]}},"é":"{ID}"}}"##
+        ))
+        .unwrap();
+        assert_eq!(s.to_canonical_bytes(), json::to_canonical(&s.to_value()));
+        let mut nospec = s.clone();
+        nospec.spec = None;
+        assert_eq!(
+            nospec.to_canonical_bytes(),
+            json::to_canonical(&nospec.to_value())
+        );
+        let empty = State::empty("x");
+        assert_eq!(empty.to_canonical_bytes(), br##"{"#spec":"x"}"##);
     }
 
     #[test]
