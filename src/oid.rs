@@ -58,6 +58,13 @@ impl ObjectId {
         hex::encode(self.0)
     }
 
+    /// The hex name without allocating (hot in state serialisation and store paths).
+    pub fn hex_bytes(&self) -> [u8; 64] {
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).expect("64 bytes fit 32 bytes of hex");
+        buf
+    }
+
     /// The id of a byte slice.
     pub fn hash_bytes(data: &[u8]) -> Self {
         ObjectId(Sha256::digest(data).into())

@@ -346,8 +346,16 @@ impl Repo {
     }
 
     fn pending_head(&self, recorded: &[Revision]) -> Result<Option<Revision>> {
-        let head = self.head_state()?;
-        let head_id = head.state_id();
+        let path = self.json_path();
+        let bytes = fs::read(&path).ctx("read", &path)?;
+        // Fast path: pvrfs writes `.pvr/json` canonically, so its bytes hash to the state id.
+        if recorded
+            .last()
+            .is_some_and(|r| r.state.0 == ObjectId::hash_bytes(&bytes))
+        {
+            return Ok(None);
+        }
+        let head_id = State::from_json_bytes(&bytes, &path.display().to_string())?.state_id();
         if recorded.last().is_some_and(|r| r.state.0 == head_id) {
             return Ok(None);
         }
@@ -427,6 +435,21 @@ impl Repo {
         message: &str,
         expected_parent: Option<u64>,
     ) -> Result<Revision> {
+        self.commit_state_from(lock, None, new_state, message, expected_parent)
+    }
+
+    /// `commit_state` for callers that already hold the parent's state in memory (the head they
+    /// just read, or a mount's base): saves reading and parsing it again, which is O(tree).
+    /// `parent_state` must be the state of the latest revision; it is only used for the diff.
+    pub fn commit_state_from(
+        &self,
+        lock: &RepoLock,
+        parent_state: Option<&State>,
+        new_state: &State,
+        message: &str,
+        expected_parent: Option<u64>,
+    ) -> Result<Revision> {
+        // A just-adopted head was read from `.pvr/json`, which is what callers pass as parent.
         self.adopt_pending(lock)?;
         let recorded = self.recorded_revisions()?;
         let parent = recorded.last().cloned();
@@ -442,8 +465,16 @@ impl Repo {
         let state_id = self.store.put_bytes(&canonical)?;
         let diff = match &parent {
             Some(p) => {
-                let parent_state = self.load_state(p)?;
-                let d = patch::state_json_patch(&parent_state, new_state);
+                let loaded;
+                let parent_state = match parent_state {
+                    Some(s) => s,
+                    None => {
+                        loaded = self.load_state(p)?;
+                        &loaded
+                    }
+                };
+                debug_assert_eq!(parent_state.state_id(), p.state.0, "wrong parent state");
+                let d = patch::state_json_patch(parent_state, new_state);
                 Some(ObjectIdText(self.store.put_bytes(&json::to_canonical(&d))?))
             }
             None => None,

@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::json::{self, Value};
 use crate::oid::ObjectId;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 /// The `#spec` pvr writes by default.
 pub const DEFAULT_SPEC: &str = "pantavisor-service-system@1";
@@ -106,11 +106,12 @@ impl State {
                 detail: "the state is not a JSON object".into(),
             });
         };
-        let mut state = State::default();
+        let mut spec = None;
+        let mut entries = Vec::with_capacity(map.len());
         for (key, v) in map {
             if key == SPEC_KEY {
                 match v {
-                    Value::String(s) => state.spec = Some(s),
+                    Value::String(s) => spec = Some(s),
                     _ => {
                         return Err(Error::BadEntry {
                             origin: origin.to_string(),
@@ -121,27 +122,23 @@ impl State {
                 }
                 continue;
             }
+            if let Err(reason) = validate_path(&key) {
+                return Err(bad(origin, &key, reason));
+            }
             let entry = entry_from_value(&key, v).map_err(|reason| Error::BadEntry {
                 origin: origin.to_string(),
                 key: key.clone(),
                 reason,
             })?;
-            state.insert_unchecked(key, entry, origin)?;
+            entries.push((key, entry));
         }
+        // The map iterates in sorted order, so this is a bulk build, not n inserts.
+        let state = State {
+            spec,
+            entries: entries.into_iter().collect(),
+        };
         state.check_no_file_dir_conflicts(origin)?;
         Ok(state)
-    }
-
-    fn insert_unchecked(&mut self, key: String, entry: Entry, origin: &str) -> Result<()> {
-        if let Err(reason) = validate_path(&key) {
-            return Err(Error::BadEntry {
-                origin: origin.to_string(),
-                key,
-                reason: reason.into(),
-            });
-        }
-        self.entries.insert(key, entry);
-        Ok(())
     }
 
     /// Insert or replace one file, keeping the invariants (the path is validated and may not be a
@@ -216,12 +213,20 @@ impl State {
 
     fn check_no_file_dir_conflicts(&self, origin: &str) -> Result<()> {
         // Every proper prefix ending before a '/' is a directory; none may also be a file.
-        let mut dirs: HashSet<&str> = HashSet::new();
+        // Keys are sorted, so siblings are mostly adjacent: only check a parent directory's
+        // prefixes when it differs from the previous key's.
+        let mut previous_parent: Option<&str> = None;
         for key in self.entries.keys() {
-            for (pos, _) in key.match_indices('/') {
-                if !dirs.insert(&key[..pos]) {
-                    continue;
-                }
+            let Some(pos) = key.rfind('/') else {
+                previous_parent = None;
+                continue;
+            };
+            let parent = &key[..pos];
+            if previous_parent == Some(parent) {
+                continue;
+            }
+            previous_parent = Some(parent);
+            for (pos, _) in key[..=pos].match_indices('/') {
                 if self.entries.contains_key(&key[..pos]) {
                     return Err(bad(
                         origin,
@@ -264,7 +269,7 @@ impl State {
             write_member(&mut out, &mut first, key, |o| match entry {
                 Entry::Object(id) => {
                     o.push(b'"');
-                    o.extend_from_slice(id.to_hex().as_bytes());
+                    o.extend_from_slice(&id.hex_bytes());
                     o.push(b'"');
                 }
                 Entry::Inline(v) => json::write_canonical(v, o),
