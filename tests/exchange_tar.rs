@@ -191,7 +191,8 @@ fn hostile_archives_are_refused_and_nothing_is_written() {
     let good = ObjectId::hash_bytes(b"good");
     let ok_json = format!(r##"{{"#spec":"s@1","f":"{good}"}}"##);
     let obj = format!("objects/{good}");
-    let cases: Vec<(&str, Vec<(String, u8, Vec<u8>, &str)>, String)> = vec![
+    type Member<'a> = (String, u8, Vec<u8>, &'a str);
+    let cases: Vec<(&str, Vec<Member>, String)> = vec![
         (
             "dotdot",
             vec![
