@@ -1,7 +1,7 @@
 //! Tarballs in pvr's export layout: a member `json` (the state) followed by one member
 //! `objects/<64 hex>` per object; gzip-compressed when the name ends in `.gz`/`.tgz`.
 //!
-//! Writing ([`write`]) reproduces the headers Go's `archive/tar` gives pvr's export byte for
+//! Writing ([`write()`]) reproduces the headers Go's `archive/tar` gives pvr's export byte for
 //! byte (ustar, octal fields NUL-terminated, checksum `%06o\0 `, uid/gid 0 with empty names,
 //! `json` mode 0600 — it comes from a temp file in pvr, quirk 13 — objects 0644, no directory
 //! members, two zero blocks at the end, no padding to a record). Two deliberate differences:
@@ -11,7 +11,7 @@
 //! Reading is untrusted: [`scan`] checks every member (only `json`, `objects/` and
 //! `objects/<64 hex>` regular files; no `..`, no absolute names, no links or devices), hashes
 //! every object and validates the state, writing nothing. Only after a clean scan does
-//! [`store_objects`] read the archive again and store the objects the caller wants, each
+//! `store_objects` read the archive again and store the objects the caller wants, each
 //! verified once more as it is written.
 
 use crate::error::{Error, IoContext, Result};
