@@ -81,6 +81,9 @@ fn push_to_a_missing_dir_then_clone_and_get_give_the_same_state() {
     let head = repo.head_state().unwrap();
     let out = pvrfs_ok(&a, &["push", "../pub/nested"]);
     assert!(out.contains("2 of 2 objects uploaded"), "{out}");
+    fs::create_dir(tmp.path().join("empty")).unwrap();
+    pvrfs_ok(&a, &["push", "../empty"]);
+    assert_eq!(names(&tmp.path().join("empty")), ["json", "objects"]);
     let pubdir = tmp.path().join("pub/nested");
     assert_eq!(
         fs::read(pubdir.join("json")).unwrap(),

@@ -319,3 +319,34 @@ fn push_never_publishes_json_when_an_object_upload_fails() {
         "json was sent although an object failed"
     );
 }
+
+#[test]
+fn a_repeated_get_resumes_and_fetches_only_what_is_missing() {
+    let (files, ia, ib) = remote_files();
+    let big = format!("/r/objects/{ib}");
+    let small = format!("/r/objects/{ia}");
+    let healthy = Arc::new(AtomicBool::new(false));
+    let (h2, big2) = (healthy.clone(), big.clone());
+    let server = BadServer::start(files, move |path, _| {
+        if path == big2 && !h2.load(Ordering::SeqCst) {
+            Act::Status500
+        } else {
+            Act::Serve
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo_with(tmp.path(), &[]);
+    let loc = Location::Http(server.url());
+    let opts = fast(); // two threads: the small object is fetched while the big one fails
+    exchange::get_into(&repo, &loc, &Parts::default(), Mode::Get, "get", &opts).unwrap_err();
+    assert!(repo.store().contains(&ia) && !repo.store().contains(&ib));
+    healthy.store(true, Ordering::SeqCst);
+    let o = exchange::get_into(&repo, &loc, &Parts::default(), Mode::Get, "get", &opts).unwrap();
+    assert_eq!((o.transfer.objects, o.transfer.moved), (2, 1));
+    assert_eq!(
+        server.hits(&small),
+        1,
+        "the verified object was fetched again"
+    );
+    assert_eq!(repo.head_state().unwrap().object_ids().len(), 2);
+}
