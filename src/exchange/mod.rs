@@ -749,6 +749,37 @@ mod tests {
     }
 
     #[test]
+    fn locations_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path();
+        std::fs::write(cwd.join("x.tar"), b"").unwrap();
+        assert_eq!(
+            Location::parse("HTTPS://h/p/", cwd, false).unwrap(),
+            Location::Http("HTTPS://h/p".into())
+        );
+        assert_eq!(
+            Location::parse(".", cwd, false).unwrap(),
+            Location::Dir(cwd.join("."))
+        );
+        assert_eq!(
+            Location::parse("x.tar", cwd, false).unwrap(),
+            Location::Tarball(cwd.join("x.tar"))
+        );
+        assert_eq!(
+            Location::parse("new", cwd, true).unwrap(),
+            Location::Dir(cwd.join("new"))
+        );
+        assert!(Location::parse("new", cwd, false).is_err());
+        assert!(Location::parse("x.tar", cwd, true).is_err());
+        assert!(Location::parse("ftp://h/p", cwd, false).is_err());
+        let (src, parts) = split_fragment("http://h/p#a,-b").unwrap();
+        assert_eq!(
+            (src, parts.include, parts.exclude),
+            ("http://h/p", vec!["a".to_string()], vec!["b".to_string()])
+        );
+    }
+
+    #[test]
     fn clone_dir_names() {
         assert_eq!(
             default_clone_dir("/x/export.tar").as_deref(),
