@@ -230,6 +230,8 @@ pub struct ExchangeArgs {
 pub struct CloneArgs {
     pub src: String,
     /// Target directory (default: the source's last path component).
+    // Own id: "dir" is taken by the global `-C DIR`, and clap would merge the two.
+    #[arg(id = "target", value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
 

@@ -5,6 +5,7 @@
 //! layout and revisions, `patch` diffs, `fsutil` durable writes.
 
 pub mod error;
+pub mod exchange;
 pub mod fsutil;
 pub mod json;
 pub mod oid;

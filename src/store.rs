@@ -89,6 +89,49 @@ impl Store {
         result
     }
 
+    /// Store what `reader` yields only if it hashes to `expected` (fetched objects are untrusted).
+    /// A mismatch is `CorruptObject` and leaves nothing behind; a failing reader is an `Io` error
+    /// with op `"read input for"`, so callers can tell a bad source from a bad local disk.
+    pub fn put_reader_expecting(&self, mut reader: impl Read, expected: &ObjectId) -> Result<u64> {
+        self.ensure_dir()?;
+        let tmp = fsutil::temp_path_in(&self.dir);
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)
+                .ctx("create temp object", &tmp)?;
+            let mut hasher = Hasher::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io("read input for", self.path_of(expected), e)),
+                };
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).ctx("write temp object", &tmp)?;
+            }
+            drop(file);
+            let (actual, len) = hasher.finish();
+            if actual != *expected {
+                return Err(Error::CorruptObject {
+                    id: *expected,
+                    actual,
+                    path: None,
+                });
+            }
+            self.publish(&tmp, expected)?;
+            Ok(len)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// Store a byte slice.
     pub fn put_bytes(&self, data: &[u8]) -> Result<ObjectId> {
         let id = ObjectId::hash_bytes(data);
@@ -287,6 +330,18 @@ mod tests {
             Verified::Corrupt { .. }
         ));
         assert!(store.read_verified(&id, None).is_err());
+    }
+
+    #[test]
+    fn put_reader_expecting_refuses_wrong_bytes_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("o"));
+        let id = ObjectId::hash_bytes(b"good");
+        let err = store.put_reader_expecting(&b"evil"[..], &id).unwrap_err();
+        assert!(matches!(err, Error::CorruptObject { .. }), "{err}");
+        assert_eq!(fs::read_dir(store.dir()).unwrap().count(), 0);
+        assert_eq!(store.put_reader_expecting(&b"good"[..], &id).unwrap(), 4);
+        assert_eq!(store.list().unwrap(), vec![id]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `ctx.out` / `ctx.err`, and returns a library error on failure (mapped to an exit code by
 //! `main`). Nothing here calls `std::process::exit` or prints directly.
 
-use crate::cli::Cli;
+pub mod exchange;
+
+use crate::cli::{Cli, Command};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -19,9 +21,14 @@ pub struct Ctx<'a> {
 }
 
 /// Run one parsed command line.
-pub fn dispatch(cli: Cli, _ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    #[allow(clippy::match_single_binding)] // arms are added per command
+pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     match cli.command {
+        Command::Get(args) => exchange::get(args, ctx),
+        Command::Merge(args) => exchange::merge(args, ctx),
+        Command::Clone(args) => exchange::clone(args, ctx),
+        Command::Push(args) => exchange::push(args, ctx),
+        Command::Export(args) => exchange::export(args, ctx),
+        Command::Import(args) => exchange::import(args, ctx),
         other => anyhow::bail!("'{other:?}' is not implemented in this build"),
     }
 }

@@ -1,0 +1,203 @@
+//! get, merge, clone, push (put), export, import: thin wrappers over `crate::exchange`.
+
+use super::Ctx;
+use crate::cli::{CloneArgs, ExchangeArgs, ExportArgs, ImportArgs, PushArgs};
+use crate::error::{Error, IoContext};
+use crate::exchange::{self, Location, Mode, Options, Outcome, Parts};
+use crate::repo::Repo;
+use anyhow::Context;
+use std::fs;
+use std::io::Write;
+
+fn options(ctx: &Ctx<'_>) -> Options {
+    Options {
+        progress: ctx.interactive && !ctx.quiet,
+        ..Options::default()
+    }
+}
+
+fn report(ctx: &mut Ctx<'_>, repo: &Repo, origin: &str, o: &Outcome) -> anyhow::Result<()> {
+    let t = &o.transfer;
+    writeln!(
+        ctx.out,
+        "Fetched {} of {} objects ({} bytes) from {origin} into {}",
+        t.moved,
+        t.objects,
+        t.bytes,
+        repo.store().dir().display()
+    )?;
+    match &o.revision {
+        Some(r) => writeln!(
+            ctx.out,
+            "Revision {} ({} entries). Run pvrfs checkout to update the work tree.",
+            r.rev,
+            o.state.len()
+        )?,
+        None => writeln!(ctx.out, "Already up to date; no new revision.")?,
+    }
+    Ok(())
+}
+
+fn get_or_merge(args: ExchangeArgs, ctx: &mut Ctx<'_>, mode: Mode) -> anyhow::Result<()> {
+    let repo = Repo::discover(&ctx.cwd)?;
+    let (src, parts) = exchange::split_fragment(&args.src)?;
+    let loc = Location::parse(src, &ctx.cwd, false)?;
+    let verb = if mode == Mode::Get { "get" } else { "merge" };
+    let outcome = exchange::get_into(
+        &repo,
+        &loc,
+        &parts,
+        mode,
+        &format!("{verb} {}", args.src),
+        &options(ctx),
+    )?;
+    report(ctx, &repo, &loc.describe(), &outcome)
+}
+
+pub fn get(args: ExchangeArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    get_or_merge(args, ctx, Mode::Get)
+}
+
+pub fn merge(args: ExchangeArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    get_or_merge(args, ctx, Mode::Merge)
+}
+
+pub fn import(args: ImportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let repo = Repo::discover(&ctx.cwd)?;
+    let path = ctx.cwd.join(&args.file);
+    if !path.is_file() {
+        return Err(Error::Usage(format!("'{}' is not a tarball", path.display())).into());
+    }
+    let loc = Location::Tarball(path);
+    let outcome = exchange::get_into(
+        &repo,
+        &loc,
+        &Parts::default(),
+        Mode::Get,
+        &format!("import {}", args.file.display()),
+        &options(ctx),
+    )?;
+    report(ctx, &repo, &loc.describe(), &outcome)
+}
+
+/// init + get + checkout into a new (or empty) directory; on failure the directory is removed
+/// again (or emptied, when it existed), so a failed clone leaves nothing behind.
+pub fn clone(args: CloneArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let (src, parts) = exchange::split_fragment(&args.src)?;
+    let loc = Location::parse(src, &ctx.cwd, false)?;
+    let dir = match &args.dir {
+        Some(d) => ctx.cwd.join(d),
+        None => ctx
+            .cwd
+            .join(exchange::default_clone_dir(src).ok_or_else(|| {
+                Error::Usage(format!("cannot name a directory after '{src}'; give DIR"))
+            })?),
+    };
+    let existed = dir.exists();
+    if existed && fs::read_dir(&dir).ctx("read", &dir)?.next().is_some() {
+        return Err(Error::Usage(format!(
+            "'{}' exists and is not empty; clone into a new or empty directory",
+            dir.display()
+        ))
+        .into());
+    }
+    let result = (|| -> anyhow::Result<Outcome> {
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let repo = Repo::init(&dir, None, None)?;
+        let outcome = exchange::get_into(
+            &repo,
+            &loc,
+            &parts,
+            Mode::Get,
+            &format!("clone {}", args.src),
+            &options(ctx),
+        )?;
+        exchange::checkout_fresh(&repo, &outcome.state).context("checkout of the clone failed")?;
+        Ok(outcome)
+    })();
+    match result {
+        Ok(o) => {
+            writeln!(
+                ctx.out,
+                "Cloned {} into {} ({} files, {} objects fetched)",
+                loc.describe(),
+                dir.display(),
+                o.state.len(),
+                o.transfer.moved
+            )?;
+            Ok(())
+        }
+        Err(e) => {
+            if existed {
+                if let Ok(rd) = fs::read_dir(&dir) {
+                    for entry in rd.flatten() {
+                        let p = entry.path();
+                        let _ = if p.is_dir() {
+                            fs::remove_dir_all(&p)
+                        } else {
+                            fs::remove_file(&p)
+                        };
+                    }
+                }
+            } else {
+                let _ = fs::remove_dir_all(&dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+pub fn push(args: PushArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let repo = Repo::discover(&ctx.cwd)?;
+    let loc = Location::parse(&args.dest, &ctx.cwd, true)?;
+    let rev = repo.latest()?;
+    let t = exchange::push(&repo, &loc, &options(ctx))?;
+    writeln!(
+        ctx.out,
+        "Pushed revision {} to {}: {} of {} objects uploaded ({} bytes), json last",
+        rev.rev,
+        loc.describe(),
+        t.moved,
+        t.objects,
+        t.bytes
+    )?;
+    Ok(())
+}
+
+pub fn export(args: ExportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let repo = Repo::discover(&ctx.cwd)?;
+    let parts = Parts {
+        include: args
+            .parts
+            .iter()
+            .map(|p| p.trim_end_matches('/').to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        exclude: Vec::new(),
+    };
+    if args.file.as_os_str() == "-" {
+        exchange::export(&repo, &parts, ctx.out, false)?;
+        return Ok(());
+    }
+    let path = ctx.cwd.join(&args.file);
+    let name = path.to_string_lossy();
+    let gzip = name.ends_with(".gz") || name.ends_with(".tgz");
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(&ctx.cwd);
+    // Written to a temp file and renamed: a failed export leaves no partial tarball.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(crate::fsutil::TEMP_PREFIX)
+        .tempfile_in(parent)
+        .ctx("create a temp file in", parent)?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+    exchange::export(&repo, &parts, &mut out, gzip)?;
+    out.flush().ctx("write", &tmp_path)?;
+    drop(out);
+    tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
+    tmp.persist(&path)
+        .map_err(|e| Error::io("rename into place", &path, e.error))?;
+    Ok(())
+}

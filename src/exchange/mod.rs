@@ -1,0 +1,804 @@
+//! Exchange: moving a state and its objects between a repository and plain directories,
+//! tarballs and dumb HTTP servers (get, merge, clone, push, export, import).
+//!
+//! # Layouts (pvr's; see docs/EXCHANGE.md)
+//!
+//! ```text
+//! SRC/                       plain directory or http(s)://host/path/
+//! ├── json                   the state, canonical JSON
+//! └── objects/<64 hex>       one file per object, named by its sha256
+//!
+//! FILE.tar[.gz|.tgz]         tarball: member `json` first, then `objects/<64 hex>`
+//! ```
+//!
+//! # Invariants
+//! - Everything received is untrusted: the `json` is validated as a state (`State`) before any
+//!   object moves, and every object is hashed while it is written and only renamed into the store
+//!   when its bytes hash to its name (`Store::put_reader_expecting`).
+//! - The local repository is never half-updated: all objects are fetched, verified and synced
+//!   (`Store::sync`) before the new state is committed with `Repo::commit_state`, the single
+//!   commit point. A failure before it leaves the previous revision as the head; objects already
+//!   verified stay in the store (they are valid and make a repeated get resumable).
+//! - Tarballs are checked completely (member names and types, object hashes, the state) in a
+//!   first pass that writes nothing; only then is a second pass allowed to store objects.
+//! - Publishing (push) writes objects first and `json` last, each atomically, so a reader of the
+//!   destination never sees a `json` whose objects are missing. Only missing objects move.
+//! - Network transfers run on a bounded pool of threads and retry a bounded number of times with
+//!   exponential backoff; nothing retries forever.
+//!
+//! # Parts (`SRC#a,-b`)
+//! A positive part selects the keys equal to it or under it as a directory (`a` matches `a` and
+//! `a/x`, not `ab` — pvr uses plain string prefixes, quirk 10 of the vectors; we do not). A
+//! negative part `-b` removes the keys equal to or under `b`. See [`combine`] for how the
+//! selection meets the local state.
+
+pub mod dir;
+pub mod http;
+pub mod tarball;
+
+use crate::error::{Error, Result};
+use crate::oid::ObjectId;
+use crate::repo::Repo;
+use crate::state::{Entry, State};
+use crate::store::Store;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Knobs shared by every transfer.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Parallel transfers (threads) for directories and HTTP.
+    pub jobs: usize,
+    /// Attempts per HTTP request (the first included); never unbounded.
+    pub attempts: u32,
+    /// Delay before the second attempt; doubled for each further one.
+    pub backoff: Duration,
+    /// Draw progress bars on stderr (only when it is a terminal and not --quiet).
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jobs: 8,
+            attempts: 5,
+            backoff: Duration::from_millis(200),
+            progress: false,
+        }
+    }
+}
+
+/// Where a state comes from or goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A plain directory with `json` and `objects/`.
+    Dir(PathBuf),
+    /// A tarball (gzip when the name ends in `.gz`/`.tgz`).
+    Tarball(PathBuf),
+    /// An `http://` or `https://` base URL serving the plain layout (no trailing `/`).
+    Http(String),
+}
+
+impl Location {
+    /// Interpret `text` (no fragment) relative to `cwd`. A path that does not exist is a
+    /// directory when `for_push`, an error otherwise.
+    pub fn parse(text: &str, cwd: &Path, for_push: bool) -> Result<Location> {
+        if text.is_empty() {
+            return Err(Error::Usage("empty source/destination".into()));
+        }
+        let lower = text.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return Ok(Location::Http(text.trim_end_matches('/').to_string()));
+        }
+        if lower.contains("://") {
+            return Err(Error::Usage(format!(
+                "'{text}': only plain directories, tarballs and http(s):// URLs are supported"
+            )));
+        }
+        let path = cwd.join(text);
+        if path.is_dir() {
+            return Ok(Location::Dir(path));
+        }
+        if path.is_file() {
+            if for_push {
+                return Err(Error::Usage(format!(
+                    "'{}' is a file; push needs a directory or an http(s) URL (use export for tarballs)",
+                    path.display()
+                )));
+            }
+            return Ok(Location::Tarball(path));
+        }
+        if for_push {
+            return Ok(Location::Dir(path));
+        }
+        Err(Error::Usage(format!(
+            "'{}' does not exist (expected a directory with json and objects/, a tarball or an http(s) URL)",
+            path.display()
+        )))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Dir(p) | Location::Tarball(p) => p.display().to_string(),
+            Location::Http(u) => u.clone(),
+        }
+    }
+}
+
+/// The `#a,-b` part of a source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parts {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl Parts {
+    /// Parse a fragment (without the `#`). Trailing `/` are dropped; empty items are ignored.
+    pub fn parse(fragment: &str) -> Result<Parts> {
+        let mut parts = Parts::default();
+        for item in fragment.split(',') {
+            let (neg, name) = match item.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, item),
+            };
+            let name = name.trim_end_matches('/');
+            if name.is_empty() {
+                if item.is_empty() {
+                    continue;
+                }
+                return Err(Error::Usage(format!(
+                    "empty part '{item}' in '#{fragment}'"
+                )));
+            }
+            if neg {
+                parts.exclude.push(name.to_string());
+            } else {
+                parts.include.push(name.to_string());
+            }
+        }
+        Ok(parts)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Is `key` selected: under an included part (any key when none is given) and under no
+    /// excluded part.
+    pub fn selects(&self, key: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| under(key, p)))
+            && !self.exclude.iter().any(|p| under(key, p))
+    }
+}
+
+/// `key` equals `part` or lies under it as a directory.
+pub fn under(key: &str, part: &str) -> bool {
+    key.strip_prefix(part)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Split `SRC#parts` at the first `#`.
+pub fn split_fragment(spec: &str) -> Result<(&str, Parts)> {
+    match spec.split_once('#') {
+        Some((src, frag)) => Ok((src, Parts::parse(frag)?)),
+        None => Ok((spec, Parts::default())),
+    }
+}
+
+/// The remote state restricted to the selected keys (`#spec` kept).
+pub fn select(remote: &State, parts: &Parts) -> State {
+    let mut out = State::default();
+    out.spec = remote.spec.clone();
+    for (k, e) in remote.iter() {
+        if parts.selects(k) {
+            // keys of a valid state stay valid in any subset
+            out.insert(k, e.clone()).expect("subset of a valid state");
+        }
+    }
+    out
+}
+
+/// How fetched keys meet the local state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `get`/`import`/`clone`: the selected remote keys replace the local keys they cover.
+    Get,
+    /// `merge`: the selected remote keys are added to the local state (remote wins per key).
+    Merge,
+}
+
+/// The new local state (pvr's semantics, vectors case 07):
+/// - `get` without parts: the remote state, `#spec` included.
+/// - `get SRC#a,-b`: local keys under `a` or `b` are dropped (with no positive part every local
+///   key is, so `#-b` is "the remote state minus `b`"), then the selected remote keys are added;
+///   the local `#spec` is kept.
+/// - `merge`: local keys under a negative part are dropped, the selected remote keys are added
+///   over the local ones; the local `#spec` is kept unless there are no parts.
+///
+/// Fails (naming the key) when the result would have a file that is also a directory.
+pub fn combine(local: &State, remote: &State, parts: &Parts, mode: Mode) -> Result<State> {
+    let selected = select(remote, parts);
+    if mode == Mode::Get && parts.is_empty() {
+        return Ok(selected);
+    }
+    let spec = if parts.is_empty() {
+        remote.spec.clone().or_else(|| local.spec.clone())
+    } else {
+        local.spec.clone()
+    };
+    let mut out = State::default();
+    out.spec = spec;
+    for (k, e) in local.iter() {
+        let dropped = match mode {
+            Mode::Get => {
+                parts.include.is_empty()
+                    || parts.include.iter().any(|p| under(k, p))
+                    || parts.exclude.iter().any(|p| under(k, p))
+            }
+            Mode::Merge => parts.exclude.iter().any(|p| under(k, p)),
+        };
+        if !dropped && !selected.contains(k) {
+            out.insert(k, e.clone())?;
+        }
+    }
+    for (k, e) in selected.iter() {
+        out.insert(k, e.clone()).map_err(|err| match err {
+            Error::BadEntry { key, reason, .. } => Error::Conflict(format!(
+                "cannot {} '{key}': {reason} in the local state; nothing was changed",
+                if mode == Mode::Get { "get" } else { "merge" }
+            )),
+            other => other,
+        })?;
+    }
+    Ok(out)
+}
+
+/// Which key needs each object (for error messages).
+pub fn object_users(state: &State) -> BTreeMap<ObjectId, String> {
+    let mut users = BTreeMap::new();
+    for (k, e) in state.iter() {
+        if let Entry::Object(id) = e {
+            users.entry(*id).or_insert_with(|| k.clone());
+        }
+    }
+    users
+}
+
+/// What a transfer did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// Objects the state needs.
+    pub objects: usize,
+    /// Objects that actually moved (the rest were already there).
+    pub moved: usize,
+    /// Bytes that moved.
+    pub bytes: u64,
+}
+
+/// A counter shown as a progress bar when asked for, invisible otherwise.
+pub(crate) struct Progress {
+    bar: ProgressBar,
+    moved: AtomicUsize,
+    bytes: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn new(show: bool, total: usize, what: &str) -> Progress {
+        let bar = if show && total > 0 {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} objects, {binary_bytes_per_sec} ({eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(what.to_string());
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress {
+            bar,
+            moved: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn done(&self, moved: bool, bytes: u64) {
+        if moved {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        self.bar.inc(1);
+    }
+
+    pub(crate) fn finish(self, objects: usize) -> Transfer {
+        self.bar.finish_and_clear();
+        Transfer {
+            objects,
+            moved: self.moved.into_inner(),
+            bytes: self.bytes.into_inner(),
+        }
+    }
+}
+
+/// Run `f` on every item with at most `jobs` threads; stops early and returns the first error.
+pub(crate) fn for_each_parallel<T: Sync>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let threads = jobs.clamp(1, items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { return };
+                if let Err(e) = f(item) {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error.lock().expect("not poisoned").get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("not poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A source's state and its objects, already verified into the local store.
+pub struct Fetched {
+    /// The whole remote state (validated).
+    pub remote: State,
+    pub transfer: Transfer,
+    /// Where it came from, for messages.
+    pub origin: String,
+}
+
+/// Fetch the state at `loc` and every object the selected part of it needs into `store`,
+/// verified and synced. Nothing but verified objects is written.
+pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Result<Fetched> {
+    let origin = loc.describe();
+    let (remote, transfer) = match loc {
+        Location::Dir(path) => {
+            let src = dir::DirSource::new(path);
+            let remote = State::from_json_bytes(&src.json()?, &src.json_origin())?;
+            let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
+                src.fetch(id, store)
+            })?;
+            (remote, t)
+        }
+        Location::Http(base) => {
+            let src = http::HttpSource::new(base, opts);
+            let remote = State::from_json_bytes(&src.json()?, &src.json_url())?;
+            let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
+                src.fetch(id, store)
+            })?;
+            (remote, t)
+        }
+        Location::Tarball(path) => {
+            let scan = tarball::scan(path)?;
+            let remote = scan.state.clone();
+            let selected = select(&remote, parts);
+            let users = object_users(&selected);
+            let mut wanted = HashSet::new();
+            for (id, key) in &users {
+                if store.contains(id) {
+                    continue;
+                }
+                if !scan.objects.contains_key(id) {
+                    return Err(Error::Other(format!(
+                        "{}: object {id} (needed for '{key}') is neither in the archive nor in the local store",
+                        path.display()
+                    )));
+                }
+                wanted.insert(*id);
+            }
+            let progress = Progress::new(opts.progress, wanted.len(), "import");
+            tarball::store_objects(path, &wanted, store, &progress)?;
+            (remote, progress.finish(users.len()))
+        }
+    };
+    store.sync()?;
+    Ok(Fetched {
+        remote,
+        transfer,
+        origin,
+    })
+}
+
+/// Fetch every object of `state` missing from `store` with `fetch_one` (which must verify).
+fn fetch_objects(
+    state: &State,
+    store: &Store,
+    opts: &Options,
+    fetch_one: impl Fn(&ObjectId, &Store) -> Result<u64> + Sync,
+) -> Result<Transfer> {
+    let users = object_users(state);
+    let missing: Vec<(ObjectId, String)> = users
+        .iter()
+        .filter(|(id, _)| !store.contains(id))
+        .map(|(id, k)| (*id, k.clone()))
+        .collect();
+    let progress = Progress::new(opts.progress, missing.len(), "get");
+    for_each_parallel(&missing, opts.jobs, |(id, key)| {
+        let n = fetch_one(id, store).map_err(|e| needed_for(e, key))?;
+        progress.done(true, n);
+        Ok(())
+    })?;
+    Ok(progress.finish(users.len()))
+}
+
+/// Name the state key an object error is about.
+fn needed_for(e: Error, key: &str) -> Error {
+    match e {
+        Error::CorruptObject {
+            id,
+            actual,
+            path: None,
+        } => Error::CorruptObject {
+            id,
+            actual,
+            path: Some(key.to_string()),
+        },
+        Error::Other(msg) => Error::Other(format!("{msg} (needed for '{key}')")),
+        other => other,
+    }
+}
+
+/// What `get`/`merge`/`import` did to the repository.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub transfer: Transfer,
+    /// The new revision, or `None` when the state was already the head (nothing committed).
+    pub revision: Option<crate::repo::Revision>,
+    pub state: State,
+}
+
+/// `get`/`merge`/`import`: fetch, verify and store, then commit the combined state as a new
+/// revision (see [`combine`]). The work tree is not touched (pvr quirk 11, kept).
+pub fn get_into(
+    repo: &Repo,
+    loc: &Location,
+    parts: &Parts,
+    mode: Mode,
+    message: &str,
+    opts: &Options,
+) -> Result<Outcome> {
+    // Downloads run without the lock; objects are content-addressed, so concurrent puts are safe.
+    let fetched = fetch(loc, parts, repo.store(), opts)?;
+    let lock = repo.lock()?;
+    let head = repo.head_state()?;
+    let new = combine(&head, &fetched.remote, parts, mode)?;
+    // Every fetched object is in the store (`fetch`); local keys kept were already the head's,
+    // so damage there is fsck's business, not a reason to refuse the get.
+    let revision = if new == head && repo.latest()?.recorded {
+        None
+    } else {
+        Some(repo.commit_state(&lock, &new, message, None)?)
+    };
+    Ok(Outcome {
+        transfer: fetched.transfer,
+        revision,
+        state: new,
+    })
+}
+
+/// The latest revision's state, restricted to `parts` (empty: all).
+pub fn latest_state(repo: &Repo, parts: &Parts) -> Result<(State, crate::repo::Revision)> {
+    let rev = repo.latest()?;
+    let state = repo.load_state(&rev)?;
+    Ok((select(&state, parts), rev))
+}
+
+/// `push`: publish the latest revision to a directory or an HTTP server, objects first and
+/// `json` last. Local objects are verified while they are sent.
+pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
+    let (state, _) = latest_state(repo, &Parts::default())?;
+    let store = repo.store();
+    let users = object_users(&state);
+    // Everything must be here before anything is published.
+    let mut objects = Vec::with_capacity(users.len());
+    for (id, key) in &users {
+        let path = store.path_of(id);
+        let len = std::fs::metadata(&path)
+            .map_err(|_| store.missing(id, Some(key)))?
+            .len();
+        objects.push((*id, key.clone(), path, len));
+    }
+    let json = state.to_canonical_bytes();
+    match loc {
+        Location::Dir(dir) => {
+            let dest = dir::DirDest::create(dir)?;
+            let t = push_objects(&objects, opts, |id, path, len| {
+                if dest.has(id, len) {
+                    return Ok(false);
+                }
+                dest.put(id, path)?;
+                Ok(true)
+            })?;
+            dest.sync()?;
+            dest.put_json(&json)?;
+            Ok(t)
+        }
+        Location::Http(base) => {
+            let dest = http::HttpSource::new(base, opts);
+            let t = push_objects(&objects, opts, |id, path, len| {
+                if dest.has(id, len)? {
+                    return Ok(false);
+                }
+                dest.put_object(id, path, len)?;
+                Ok(true)
+            })?;
+            dest.put_json(&json)?;
+            Ok(t)
+        }
+        Location::Tarball(p) => Err(Error::Usage(format!(
+            "cannot push to the file '{}'; use export for tarballs",
+            p.display()
+        ))),
+    }
+}
+
+/// `export`: write the latest revision (restricted to `parts`) as a pvr export tar, gzipped
+/// when asked. Returns the number of objects written.
+pub fn export(
+    repo: &Repo,
+    parts: &Parts,
+    out: &mut dyn std::io::Write,
+    gzip: bool,
+) -> Result<usize> {
+    let (state, rev) = latest_state(repo, parts)?;
+    let store = repo.store();
+    let mut paths = Vec::new();
+    for (id, key) in object_users(&state) {
+        let path = store.path_of(&id);
+        let len = std::fs::metadata(&path)
+            .map_err(|_| store.missing(&id, Some(&key)))?
+            .len();
+        paths.push((id, path, len));
+    }
+    let objects: Vec<tarball::ExportObject<'_>> = paths
+        .iter()
+        .map(|(id, path, len)| tarball::ExportObject {
+            id: *id,
+            path,
+            len: *len,
+        })
+        .collect();
+    let json = state.to_canonical_bytes();
+    let mtime = u64::try_from(rev.time).unwrap_or(0);
+    if gzip {
+        let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+        tarball::write(&mut gz, &json, &objects, mtime)?;
+        gz.finish()
+            .map_err(|e| Error::io("write", "the export", e))?;
+    } else {
+        tarball::write(out, &json, &objects, mtime)?;
+    }
+    Ok(objects.len())
+}
+
+type PushItem = (ObjectId, String, PathBuf, u64);
+
+fn push_objects(
+    objects: &[PushItem],
+    opts: &Options,
+    put_one: impl Fn(&ObjectId, &Path, u64) -> Result<bool> + Sync,
+) -> Result<Transfer> {
+    let progress = Progress::new(opts.progress, objects.len(), "push");
+    for_each_parallel(objects, opts.jobs, |(id, key, path, len)| {
+        let moved = put_one(id, path, *len).map_err(|e| needed_for(e, key))?;
+        progress.done(moved, *len);
+        Ok(())
+    })?;
+    Ok(progress.finish(objects.len()))
+}
+
+/// The directory `clone` creates when none is given: the source's last path component, without
+/// a tarball suffix.
+pub fn default_clone_dir(src: &str) -> Option<String> {
+    let trimmed = src.trim_end_matches('/');
+    let last = trimmed.rsplit('/').next()?;
+    let name = [".tar.gz", ".tgz", ".tar"]
+        .iter()
+        .find_map(|s| last.strip_suffix(s))
+        .unwrap_or(last);
+    (!name.is_empty() && name != "." && name != ".." && !name.contains(':'))
+        .then(|| name.to_string())
+}
+
+/// Write every file of `state` into the empty directory `dir` (clone's checkout): objects are
+/// copied from the store with their hash checked, inline JSON rendered as pvr's checkout does.
+pub fn checkout_fresh(repo: &Repo, state: &State) -> Result<()> {
+    use crate::error::IoContext;
+    use std::io::Write;
+    let root = repo.workdir();
+    for (key, entry) in state.iter() {
+        let dest = root.join(key);
+        let parent = dest.parent().unwrap_or(root);
+        std::fs::create_dir_all(parent).ctx("create", parent)?;
+        let tmp = crate::fsutil::temp_path_in(parent);
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp).ctx("create", &tmp)?;
+            match entry {
+                Entry::Inline(v) => f
+                    .write_all(&crate::json::render_checkout(v))
+                    .ctx("write", &tmp)?,
+                Entry::Object(id) => {
+                    let src = repo.store().open_required(id, Some(key))?;
+                    let mut hashing = HashingReader::new(src);
+                    std::io::copy(&mut hashing, &mut f).ctx("write", &tmp)?;
+                    let actual = hashing.finish();
+                    if actual != *id {
+                        return Err(Error::CorruptObject {
+                            id: *id,
+                            actual,
+                            path: Some(key.clone()),
+                        });
+                    }
+                }
+            }
+            std::fs::rename(&tmp, &dest).ctx("rename into place", &dest)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+    }
+    Ok(())
+}
+
+/// A reader that hashes what passes through it.
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: crate::oid::Hasher,
+}
+
+impl<R: std::io::Read> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: crate::oid::Hasher::new(),
+        }
+    }
+    pub(crate) fn finish(self) -> ObjectId {
+        self.hasher.finish().0
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(text: &str) -> State {
+        State::from_json_bytes(text.as_bytes(), "test").unwrap()
+    }
+
+    const A: &str = "6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c";
+
+    #[test]
+    fn parts_match_whole_path_segments() {
+        let p = Parts::parse("bsp,-bsp/old/,").unwrap();
+        assert_eq!(p.include, vec!["bsp"]);
+        assert_eq!(p.exclude, vec!["bsp/old"]);
+        assert!(p.selects("bsp") && p.selects("bsp/k.img"));
+        assert!(!p.selects("bsp2/k.img") && !p.selects("bsp.json"));
+        assert!(!p.selects("bsp/old/x") && p.selects("bsp/older"));
+        assert!(Parts::parse("-").is_err());
+        assert!(Parts::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn get_and_merge_follow_pvr_case_07() {
+        let local = state(&format!(
+            r##"{{"#spec":"local@1","app1.json":{{"v":1}},"bsp/old.txt":"{A}","local.txt":"{A}"}}"##
+        ));
+        let remote = state(&format!(
+            r##"{{"#spec":"remote@1","app1/r":"{A}","bsp/kernel.img":"{A}","top.txt":"{A}"}}"##
+        ));
+        let keys = |s: &State| s.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        let got = combine(&local, &remote, &Parts::parse("bsp").unwrap(), Mode::Get).unwrap();
+        assert_eq!(keys(&got), ["app1.json", "bsp/kernel.img", "local.txt"]);
+        assert_eq!(got.spec.as_deref(), Some("local@1"));
+        let merged = combine(&got, &remote, &Parts::parse("app1").unwrap(), Mode::Merge).unwrap();
+        assert_eq!(
+            keys(&merged),
+            ["app1.json", "app1/r", "bsp/kernel.img", "local.txt"]
+        );
+        let minus = combine(&merged, &remote, &Parts::parse("-bsp").unwrap(), Mode::Get).unwrap();
+        assert_eq!(keys(&minus), ["app1/r", "top.txt"]);
+        assert_eq!(minus.spec.as_deref(), Some("local@1"));
+        let all = combine(&minus, &remote, &Parts::default(), Mode::Get).unwrap();
+        assert_eq!(all, remote);
+    }
+
+    #[test]
+    fn combine_refuses_file_directory_clashes_naming_the_key() {
+        let local = state(&format!(r#"{{"app":"{A}"}}"#));
+        let remote = state(&format!(r#"{{"app/x":"{A}"}}"#));
+        let err = combine(&local, &remote, &Parts::default(), Mode::Merge)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'app/x'"), "{err}");
+    }
+
+    #[test]
+    fn locations_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path();
+        std::fs::write(cwd.join("x.tar"), b"").unwrap();
+        assert_eq!(
+            Location::parse("HTTPS://h/p/", cwd, false).unwrap(),
+            Location::Http("HTTPS://h/p".into())
+        );
+        assert_eq!(
+            Location::parse(".", cwd, false).unwrap(),
+            Location::Dir(cwd.join("."))
+        );
+        assert_eq!(
+            Location::parse("x.tar", cwd, false).unwrap(),
+            Location::Tarball(cwd.join("x.tar"))
+        );
+        assert_eq!(
+            Location::parse("new", cwd, true).unwrap(),
+            Location::Dir(cwd.join("new"))
+        );
+        assert!(Location::parse("new", cwd, false).is_err());
+        assert!(Location::parse("x.tar", cwd, true).is_err());
+        assert!(Location::parse("ftp://h/p", cwd, false).is_err());
+        let (src, parts) = split_fragment("http://h/p#a,-b").unwrap();
+        assert_eq!(
+            (src, parts.include, parts.exclude),
+            ("http://h/p", vec!["a".to_string()], vec!["b".to_string()])
+        );
+    }
+
+    #[test]
+    fn clone_dir_names() {
+        assert_eq!(
+            default_clone_dir("/x/export.tar").as_deref(),
+            Some("export")
+        );
+        assert_eq!(default_clone_dir("http://h/a/b/").as_deref(), Some("b"));
+        assert_eq!(default_clone_dir("d.tgz").as_deref(), Some("d"));
+        assert_eq!(default_clone_dir("/"), None);
+    }
+
+    #[test]
+    fn parallel_stops_at_the_first_error() {
+        let items: Vec<u32> = (0..100).collect();
+        let seen = AtomicUsize::new(0);
+        let err = for_each_parallel(&items, 4, |&i| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            if i == 3 {
+                return Err(Error::Other("three".into()));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "three");
+        assert!(seen.load(Ordering::Relaxed) < 100);
+    }
+}
