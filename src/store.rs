@@ -56,43 +56,34 @@ impl Store {
 
     /// Store everything `reader` yields; returns its id and length. Existing objects are not
     /// rewritten (dedup); the temp copy is dropped instead.
-    pub fn put_reader(&self, mut reader: impl Read) -> Result<(ObjectId, u64)> {
-        self.ensure_dir()?;
-        let tmp = fsutil::temp_path_in(&self.dir);
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-                .ctx("create temp object", &tmp)?;
-            let mut hasher = Hasher::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io("read input for", &self.dir, e)),
-                };
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n]).ctx("write temp object", &tmp)?;
-            }
-            drop(file);
-            let (id, len) = hasher.finish();
-            self.publish(&tmp, &id)?;
-            Ok((id, len))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+    pub fn put_reader(&self, reader: impl Read) -> Result<(ObjectId, u64)> {
+        self.put_streamed(reader, None)
     }
 
     /// Store what `reader` yields only if it hashes to `expected` (fetched objects are untrusted).
     /// A mismatch is `CorruptObject` and leaves nothing behind; a failing reader is an `Io` error
     /// with op `"read input for"`, so callers can tell a bad source from a bad local disk.
-    pub fn put_reader_expecting(&self, mut reader: impl Read, expected: &ObjectId) -> Result<u64> {
+    pub fn put_reader_expecting(&self, reader: impl Read, expected: &ObjectId) -> Result<u64> {
+        self.put_streamed(reader, Some(expected))
+            .map(|(_, len)| len)
+    }
+
+    /// Store a byte slice.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<ObjectId> {
+        let id = ObjectId::hash_bytes(data);
+        if !self.contains(&id) {
+            self.put_streamed(data, Some(&id))?;
+        }
+        Ok(id)
+    }
+
+    /// The one way objects enter the store: stream into a temp file in the store directory while
+    /// hashing, check against `expected` if given, rename into place (see `publish`).
+    fn put_streamed(
+        &self,
+        mut reader: impl Read,
+        expected: Option<&ObjectId>,
+    ) -> Result<(ObjectId, u64)> {
         self.ensure_dir()?;
         let tmp = fsutil::temp_path_in(&self.dir);
         let result = (|| {
@@ -109,52 +100,32 @@ impl Store {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io("read input for", self.path_of(expected), e)),
+                    Err(e) => {
+                        let what = expected.map_or_else(|| self.dir.clone(), |id| self.path_of(id));
+                        return Err(Error::io("read input for", what, e));
+                    }
                 };
                 hasher.update(&buf[..n]);
                 file.write_all(&buf[..n]).ctx("write temp object", &tmp)?;
             }
             drop(file);
             let (actual, len) = hasher.finish();
-            if actual != *expected {
-                return Err(Error::CorruptObject {
-                    id: *expected,
-                    actual,
-                    path: None,
-                });
+            if let Some(expected) = expected {
+                if actual != *expected {
+                    return Err(Error::CorruptObject {
+                        id: *expected,
+                        actual,
+                        path: None,
+                    });
+                }
             }
-            self.publish(&tmp, expected)?;
-            Ok(len)
+            self.publish(&tmp, &actual)?;
+            Ok((actual, len))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         result
-    }
-
-    /// Store a byte slice.
-    pub fn put_bytes(&self, data: &[u8]) -> Result<ObjectId> {
-        let id = ObjectId::hash_bytes(data);
-        if self.contains(&id) {
-            return Ok(id);
-        }
-        self.ensure_dir()?;
-        let tmp = fsutil::temp_path_in(&self.dir);
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-                .ctx("create temp object", &tmp)?;
-            f.write_all(data).ctx("write temp object", &tmp)?;
-            drop(f);
-            self.publish(&tmp, &id)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map(|_| id)
     }
 
     /// Store the file at `path`, hashing while copying.
