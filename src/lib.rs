@@ -8,6 +8,7 @@ pub mod error;
 pub mod fsutil;
 pub mod json;
 pub mod oid;
+pub mod overlay;
 pub mod patch;
 pub mod repo;
 pub mod state;
