@@ -346,13 +346,25 @@ impl Overlay {
             freed.push(u);
             self.uppers.remove(&ino);
         }
-        self.affected = retain;
+        // A kept path whose directories the new base lacks (a symlink alone in a new directory)
+        // is anchored at its topmost such directory, so a snapshot recreates them first.
+        self.affected = retain.iter().map(|p| self.anchor(p)).collect();
         self.compact()?;
         // Only now is no record referring to them.
         for u in freed {
             let _ = fs::remove_file(self.upper_path(u));
         }
         Ok(())
+    }
+
+    /// The topmost ancestor-or-self of `path` that the base does not have.
+    fn anchor(&self, path: &str) -> String {
+        for (i, _) in path.match_indices('/') {
+            if !self.base_has(&path[..i]) {
+                return path[..i].to_string();
+            }
+        }
+        path.to_string()
     }
 
     /// A commit that crashed after the repository's commit point but before the overlay was

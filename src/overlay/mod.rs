@@ -704,9 +704,17 @@ impl Overlay {
         }
     }
 
-    fn new_node(&mut self, ino: u64, body: Body, mode: u32, uid: u32, gid: u32) {
+    /// Insert a node under the inode its record names, or a fresh one if that inode is taken:
+    /// after a commit, a node kept in the overlay may carry an inode that the new base's own
+    /// numbering gives to another node at the next load. Returns the inode used.
+    fn new_node(&mut self, ino: u64, body: Body, mode: u32, uid: u32, gid: u32) -> u64 {
         let now = SystemTime::now();
         self.next_id = self.next_id.max(ino + 1);
+        let ino = if self.nodes.contains_key(&ino) {
+            self.alloc()
+        } else {
+            ino
+        };
         if let Body::File(Content::Upper(u)) = body {
             self.next_id = self.next_id.max(u + 1);
             self.uppers.insert(ino);
@@ -724,6 +732,7 @@ impl Overlay {
                 links: Vec::new(),
             },
         );
+        ino
     }
 
     /// Resolve the parent directory of `path` and the final name, for replay.
@@ -812,8 +821,8 @@ impl Overlay {
                 gid,
             } => {
                 let (parent, name) = self.parent_of("mkdir", path)?;
-                self.new_node(*ino, Body::Dir(BTreeMap::new()), *mode, *uid, *gid);
-                self.attach(parent, &name, *ino);
+                let ino = self.new_node(*ino, Body::Dir(BTreeMap::new()), *mode, *uid, *gid);
+                self.attach(parent, &name, ino);
                 self.mark(path);
             }
             Record::Create {
@@ -830,8 +839,9 @@ impl Overlay {
                     // The record is durable but the new empty file's name was not: recreate it.
                     File::create(&up).ctx("create", &up)?;
                 }
-                self.new_node(*ino, Body::File(Content::Upper(*upper)), *mode, *uid, *gid);
-                self.attach(parent, &name, *ino);
+                let ino =
+                    self.new_node(*ino, Body::File(Content::Upper(*upper)), *mode, *uid, *gid);
+                self.attach(parent, &name, ino);
                 self.mark(path);
             }
             Record::Symlink {
@@ -842,8 +852,8 @@ impl Overlay {
                 gid,
             } => {
                 let (parent, name) = self.parent_of("symlink", path)?;
-                self.new_node(*ino, Body::Symlink(target.clone()), 0o777, *uid, *gid);
-                self.attach(parent, &name, *ino);
+                let ino = self.new_node(*ino, Body::Symlink(target.clone()), 0o777, *uid, *gid);
+                self.attach(parent, &name, ino);
                 self.mark(path);
             }
             Record::PutBase {
@@ -863,8 +873,8 @@ impl Overlay {
                     (None, Some(v)) => Entry::Inline(v.clone()),
                     (None, None) => return Err(errno("restore", path.as_str(), libc::EINVAL)),
                 };
-                self.new_node(*ino, Body::File(Content::Base(entry)), *mode, *uid, *gid);
-                self.attach(parent, &name, *ino);
+                let ino = self.new_node(*ino, Body::File(Content::Base(entry)), *mode, *uid, *gid);
+                self.attach(parent, &name, ino);
                 self.mark(path);
             }
             Record::CopyUp { path, upper } => {
@@ -1069,13 +1079,14 @@ impl Overlay {
 
     /// Hard link: a new name for an existing non-directory.
     pub fn link(&mut self, ino: u64, parent: u64, name: &str) -> Result<Attr> {
+        // As Linux: an existing target name is reported before a directory source.
+        let dst = self.new_entry_path("link", parent, name)?;
         if matches!(self.node(ino)?.body, Body::Dir(_)) {
             return Err(errno("link", self.display_path(ino), libc::EPERM));
         }
         let src = self
             .path_of(ino)
             .ok_or_else(|| errno("link", self.display_path(ino), libc::ENOENT))?;
-        let dst = self.new_entry_path("link", parent, name)?;
         self.commit_record(Record::Link { src, dst })?;
         self.getattr(ino)
     }
@@ -1138,22 +1149,32 @@ impl Overlay {
         let dst = self.child("rename", newparent, newname)?;
         let shown_dst = join(&self.display_path(newparent), newname);
         let src_dir = matches!(self.nodes[&src].body, Body::Dir(_));
-        // Moving a directory into itself or below itself.
+        // The checks in the order Linux's renameat2 makes them, so callers see the same errno.
+        match dst {
+            Some(_) if flags.noreplace => return Err(errno("rename", shown_dst, libc::EEXIST)),
+            None if flags.exchange => return Err(errno("rename", shown_dst, libc::ENOENT)),
+            _ => {}
+        }
+        // The source may not be an ancestor of the target...
         if src_dir && self.is_ancestor(src, newparent) {
             return Err(errno("rename", shown_dst, libc::EINVAL));
         }
-        match dst {
-            None if flags.exchange => return Err(errno("rename", shown_dst, libc::ENOENT)),
-            None => {}
-            Some(_) if flags.noreplace => return Err(errno("rename", shown_dst, libc::EEXIST)),
-            Some(d) if d == src => return Ok(()), // same node (or same name): nothing to do
-            Some(d) => {
-                let dst_dir = matches!(self.nodes[&d].body, Body::Dir(_));
-                if flags.exchange {
-                    if dst_dir && self.is_ancestor(d, parent) {
-                        return Err(errno("rename", shown, libc::EINVAL));
-                    }
-                } else if src_dir && !dst_dir {
+        if let Some(d) = dst {
+            // ...nor the target an ancestor of the source (it is then not empty).
+            if d != src && self.is_ancestor(d, parent) {
+                let e = if flags.exchange {
+                    libc::EINVAL
+                } else {
+                    libc::ENOTEMPTY
+                };
+                return Err(errno("rename", shown_dst, e));
+            }
+            if d == src {
+                return Ok(()); // the same file under both names: nothing to do
+            }
+            let dst_dir = matches!(self.nodes[&d].body, Body::Dir(_));
+            if !flags.exchange {
+                if src_dir && !dst_dir {
                     return Err(errno("rename", shown_dst, libc::ENOTDIR));
                 } else if !src_dir && dst_dir {
                     return Err(errno("rename", shown_dst, libc::EISDIR));
