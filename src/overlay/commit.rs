@@ -87,6 +87,28 @@ impl Overlay {
                 self.collect(ino, r, &mut walk)?;
             }
         }
+        // A directory emptied by removing what was under it is itself unaffected: only its
+        // parent-of-a-root position reveals it.
+        let mut parents = BTreeSet::new();
+        for r in &roots {
+            if let Some((parent, _)) = r.rsplit_once('/') {
+                parents.insert(parent);
+            }
+        }
+        for p in parents {
+            let empty = self
+                .resolve(p)
+                .is_some_and(|i| matches!(&self.nodes[&i].body, Body::Dir(c) if c.is_empty()));
+            if empty && !walk.built.retain.iter().any(|r| r == p) {
+                self.unstorable(
+                    &mut walk,
+                    p,
+                    format!(
+                        "empty directory '{p}' is not stored (the pvr format has no directories)"
+                    ),
+                );
+            }
+        }
         Ok(built)
     }
 

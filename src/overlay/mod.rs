@@ -252,7 +252,8 @@ pub enum Record {
         path: String,
         ino: u64,
         object: Option<String>,
-        inline: Option<Value>,
+        /// Canonical JSON text (not a JSON value: numbers must keep their canonical form).
+        inline: Option<String>,
         mode: u32,
         uid: u32,
         gid: u32,
@@ -870,7 +871,11 @@ impl Overlay {
                     (Some(hex), _) => Entry::Object(ObjectId::from_hex(hex).map_err(|e| {
                         FsError::Repo(Error::Other(format!("bad object id in overlay: {e}")))
                     })?),
-                    (None, Some(v)) => Entry::Inline(v.clone()),
+                    (None, Some(text)) => {
+                        Entry::Inline(json::parse(text.as_bytes()).map_err(|e| {
+                            FsError::Repo(Error::Other(format!("bad inline value in overlay: {e}")))
+                        })?)
+                    }
                     (None, None) => return Err(errno("restore", path.as_str(), libc::EINVAL)),
                 };
                 let ino = self.new_node(*ino, Body::File(Content::Base(entry)), *mode, *uid, *gid);
@@ -1536,7 +1541,9 @@ impl Overlay {
                 ino,
                 object: e.object_id().map(|id| id.to_hex()),
                 inline: match e {
-                    Entry::Inline(v) => Some(v.clone()),
+                    Entry::Inline(v) => {
+                        Some(String::from_utf8_lossy(&json::to_canonical(v)).into_owned())
+                    }
                     Entry::Object(_) => None,
                 },
                 mode,

@@ -191,7 +191,7 @@ fn unlink_keeps_open_handles_working() {
     assert_eq!(ov.read(&h, 0, 10).unwrap(), b"alpha+");
     ov.release(h);
     ov.forget(a);
-    assert!(ov.nodes.get(&a).is_none());
+    assert!(!ov.nodes.contains_key(&a));
     assert_eq!(err(ov.unlink(ROOT, "a.txt")), libc::ENOENT);
     assert_eq!(err(ov.unlink(ROOT, "d")), libc::EISDIR);
     // A read handle of a base blob outlives the unlink too.
