@@ -116,7 +116,7 @@ fn a_crash_at_any_point_leaves_a_loadable_overlay_and_repository() {
     for n in 1.. {
         assert!(n < 500, "the workload never completes");
         let tmp = tempfile::tempdir().unwrap();
-        let repo = repo_with(tmp.path(), BASE);
+        repo_with(tmp.path(), BASE);
         let out = Command::new(&exe)
             .args([
                 "--exact",

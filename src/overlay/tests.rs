@@ -256,7 +256,10 @@ fn rename_follows_posix() {
         err(ov.rename(ROOT, "full", ROOT, "missing", ex)),
         libc::ENOENT
     );
-    assert_eq!(err(ov.rename(ROOT, "empty", e, "z", ex)), libc::EINVAL);
+    assert_eq!(err(ov.rename(ROOT, "empty", e, "z", ex)), libc::ENOENT);
+    assert_eq!(err(ov.rename(ROOT, "empty", e, "c.txt", ex)), libc::EINVAL);
+    assert_eq!(err(ov.rename(e, "c.txt", ROOT, "empty", ex)), libc::EINVAL);
+    assert_eq!(err(ov.rename(e, "c.txt", ROOT, "empty", none)), libc::ENOTEMPTY);
     // rename onto another name of the same file does nothing
     ov.link(ino(&ov, "full"), ROOT, "hard").unwrap();
     ov.rename(ROOT, "full", ROOT, "hard", none).unwrap();
