@@ -346,7 +346,17 @@ impl Repo {
     }
 
     fn pending_head(&self, recorded: &[Revision]) -> Result<Option<Revision>> {
-        let head = self.head_state()?;
+        let path = self.json_path();
+        let bytes = fs::read(&path).ctx("read", &path)?;
+        // Fast path: pvrfs writes `.pvr/json` canonically, so its bytes hash to the state id and
+        // the (large) state need not be parsed just to learn that nothing is pending.
+        if recorded
+            .last()
+            .is_some_and(|r| r.state.0 == ObjectId::hash_bytes(&bytes))
+        {
+            return Ok(None);
+        }
+        let head = State::from_json_bytes(&bytes, &path.display().to_string())?;
         let head_id = head.state_id();
         if recorded.last().is_some_and(|r| r.state.0 == head_id) {
             return Ok(None);
@@ -427,6 +437,20 @@ impl Repo {
         message: &str,
         expected_parent: Option<u64>,
     ) -> Result<Revision> {
+        self.commit_state_with_diff(lock, new_state, message, expected_parent, None)
+    }
+
+    /// `commit_state` for a caller that already knows the RFC 6902 diff from the parent (an
+    /// overlay tracks its changes): the parent state is then neither loaded nor diffed, which
+    /// keeps a small commit to a large state cheap. `diff` must turn the parent into `new_state`.
+    pub fn commit_state_with_diff(
+        &self,
+        lock: &RepoLock,
+        new_state: &State,
+        message: &str,
+        expected_parent: Option<u64>,
+        known_diff: Option<Value>,
+    ) -> Result<Revision> {
         self.adopt_pending(lock)?;
         let recorded = self.recorded_revisions()?;
         let parent = recorded.last().cloned();
@@ -442,8 +466,10 @@ impl Repo {
         let state_id = self.store.put_bytes(&canonical)?;
         let diff = match &parent {
             Some(p) => {
-                let parent_state = self.load_state(p)?;
-                let d = patch::state_json_patch(&parent_state, new_state);
+                let d = match known_diff {
+                    Some(d) => d,
+                    None => patch::state_json_patch(&self.load_state(p)?, new_state),
+                };
                 Some(ObjectIdText(self.store.put_bytes(&json::to_canonical(&d))?))
             }
             None => None,

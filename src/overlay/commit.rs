@@ -324,17 +324,24 @@ impl Overlay {
 
     pub(super) fn commit_only(&mut self, message: &str) -> Result<(Revision, Built)> {
         let lock = self.repo.lock()?;
-        let latest = self.repo.latest()?;
-        if latest.rev != self.base_rev {
-            return Err(Error::Conflict(format!(
-                "the repository's head moved to revision {} since this overlay was based on revision {}; nothing was committed (the overlay is kept; `pvrfs reset --mount` discards it)",
-                latest.rev, self.base_rev
-            )));
-        }
         let built = self.build(true)?;
+        let diff = json_patch_of(&self.base, &built);
         let revision = self
             .repo
-            .commit_state(&lock, &built.state, message, Some(self.base_rev))?;
+            .commit_state_with_diff(
+                &lock,
+                &built.state,
+                message,
+                Some(self.base_rev),
+                Some(diff),
+            )
+            .map_err(|e| match e {
+                // The head moved since the base (another commit, or pvr): nothing was written.
+                Error::Conflict(msg) => Error::Conflict(format!(
+                    "{msg} (the overlay is kept; `pvrfs reset --mount` discards it)"
+                )),
+                e => e,
+            })?;
         Ok((revision, built))
     }
 
@@ -343,6 +350,7 @@ impl Overlay {
     pub(super) fn rebase(&mut self, revision: Revision, built: Built) -> Result<()> {
         self.base = built.state;
         self.base_rev = revision.rev;
+        self.base_state_id = revision.state.0;
         let mut retain: BTreeSet<String> = built.retain.into_iter().collect();
         let mut freed = Vec::new();
         for ino in self.uppers.clone() {
@@ -425,6 +433,31 @@ fn keys_under(state: &State, root: &str) -> Vec<String> {
         out.push(k.clone());
     }
     out
+}
+
+/// The RFC 6902 patch from `base` to the built state, from the changed keys only (O(change);
+/// whole values are replaced where `json_patch::diff` would descend into them, equally valid).
+fn json_patch_of(base: &State, built: &Built) -> Value {
+    let mut ops = Vec::new();
+    for k in &built.keys {
+        let path = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
+        let op = |op: &str, value: Option<&Entry>| {
+            let mut m = serde_json::Map::new();
+            m.insert("op".into(), Value::String(op.into()));
+            m.insert("path".into(), Value::String(path.clone()));
+            if let Some(e) = value {
+                m.insert("value".into(), e.to_value());
+            }
+            Value::Object(m)
+        };
+        match (base.get(k), built.state.get(k)) {
+            (Some(_), None) => ops.push(op("remove", None)),
+            (None, Some(e)) => ops.push(op("add", Some(e))),
+            (Some(a), Some(b)) if a != b => ops.push(op("replace", Some(b))),
+            _ => {}
+        }
+    }
+    Value::Array(ops)
 }
 
 fn status_of(base: &State, built: &Built) -> Vec<StatusLine> {

@@ -13,7 +13,7 @@
 //!
 //! # Model
 //!
-//! The merged view is an in-memory tree of [`Node`]s keyed by inode number, built from the base
+//! The merged view is an in-memory tree of `Node`s keyed by inode number, built from the base
 //! revision's state and then changed by [`Record`]s — the snapshot's, then the journal's. Every
 //! mutating operation validates everything first, then appends its record to the journal
 //! (`fdatasync`ed), then applies it to memory, so the journal is the truth and memory is a cache
@@ -54,7 +54,7 @@ use crate::error::{Error, IoContext, Result as RepoResult};
 use crate::fsutil;
 use crate::json::{self, Value};
 use crate::oid::ObjectId;
-use crate::repo::Repo;
+use crate::repo::{Repo, Revision};
 use crate::state::{Entry, State};
 use journal::{Header, Journal, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -293,6 +293,8 @@ pub struct Overlay {
     opts: Options,
     base_rev: u64,
     base: State,
+    /// The base revision's state id (kept, not recomputed: hashing a large state is O(tree)).
+    base_state_id: ObjectId,
     base_time: SystemTime,
     nodes: HashMap<u64, Node>,
     next_id: u64,
@@ -369,7 +371,7 @@ impl Overlay {
         let state = repo.load_state(&rev)?;
         fs::create_dir_all(dir.join("upper")).ctx("create", &dir)?;
         let lock = lock_dir(&dir)?;
-        let mut ov = Overlay::from_base(repo, dir, opts, rev.rev, rev.time, state, lock)?;
+        let mut ov = Overlay::from_base(repo, dir, opts, &rev, state, lock)?;
         ov.compact()?;
         Ok(ov)
     }
@@ -393,7 +395,7 @@ impl Overlay {
             )));
         }
         let state = repo.load_state(&rev)?;
-        let mut ov = Overlay::from_base(repo, dir.clone(), opts, rev.rev, rev.time, state, lock)?;
+        let mut ov = Overlay::from_base(repo, dir.clone(), opts, &rev, state, lock)?;
         ov.next_id = ov.next_id.max(snap.header.next_id);
         ov.generation = snap.generation;
         let (records, journal) = journal::replay(&dir, snap.generation)?;
@@ -432,12 +434,12 @@ impl Overlay {
         repo: &Repo,
         dir: PathBuf,
         opts: Options,
-        base_rev: u64,
-        time: i64,
+        rev: &Revision,
         base: State,
         lock: File,
     ) -> RepoResult<Overlay> {
-        let base_time = SystemTime::from(Time(time, 0));
+        let base_time = SystemTime::from(Time(rev.time, 0));
+        let (base_rev, base_state_id) = (rev.rev, rev.state.0);
         let mut nodes = HashMap::new();
         let dir_node = |links| Node {
             body: Body::Dir(BTreeMap::new()),
@@ -502,6 +504,7 @@ impl Overlay {
             dir,
             opts,
             base_rev,
+            base_state_id,
             base,
             base_time,
             nodes,
@@ -1492,7 +1495,7 @@ impl Overlay {
             generation: self.generation + 1,
             header: Header {
                 base_rev: self.base_rev,
-                base_state: self.base.state_id().to_hex(),
+                base_state: self.base_state_id.to_hex(),
                 next_id: self.next_id,
             },
             records,

@@ -259,7 +259,10 @@ fn rename_follows_posix() {
     assert_eq!(err(ov.rename(ROOT, "empty", e, "z", ex)), libc::ENOENT);
     assert_eq!(err(ov.rename(ROOT, "empty", e, "c.txt", ex)), libc::EINVAL);
     assert_eq!(err(ov.rename(e, "c.txt", ROOT, "empty", ex)), libc::EINVAL);
-    assert_eq!(err(ov.rename(e, "c.txt", ROOT, "empty", none)), libc::ENOTEMPTY);
+    assert_eq!(
+        err(ov.rename(e, "c.txt", ROOT, "empty", none)),
+        libc::ENOTEMPTY
+    );
     // rename onto another name of the same file does nothing
     ov.link(ino(&ov, "full"), ROOT, "hard").unwrap();
     ov.rename(ROOT, "full", ROOT, "hard", none).unwrap();
@@ -546,6 +549,13 @@ fn commit_makes_a_revision_and_rebases() {
     assert_eq!(report.revision.rev, 2);
     let head = repo.head_state().unwrap();
     assert_eq!(head, *ov.base_state());
+    // The stored diff (computed from the change alone) turns the parent into the new state.
+    let diff = repo.load_diff(&report.revision).unwrap().unwrap();
+    let parent = repo.load_state(&repo.resolve("1").unwrap()).unwrap();
+    assert_eq!(
+        crate::patch::apply_to_state(&parent, &diff, "test").unwrap(),
+        head
+    );
     assert_eq!(
         head.get("d/e/c.txt"),
         Some(&Entry::Object(ObjectId::hash_bytes(b"GAMMA")))
