@@ -5,7 +5,10 @@
 //!   is always a complete old or new version.
 //! - `journal`: an 8-byte magic, the generation as u64 LE, then records, each framed as
 //!   `len: u32 LE | checksum: first 8 bytes of sha256(payload) | payload (JSON of a Record)`.
-//!   Each append is followed by `fdatasync` before the operation is acknowledged.
+//!   An append is one `write(2)`: it is in the page cache when the operation returns, so it
+//!   survives a killed process; it becomes durable against power loss at the next `sync`
+//!   (the overlay syncs on a file's `fsync`, on `fsyncdir`, before compaction and commit) —
+//!   the durability contract of a local file system, at a write instead of a flush per operation.
 //!
 //! Replay reads the snapshot, then the journal's records only if the journal's generation equals
 //! the snapshot's (a crash between writing a compacted snapshot and resetting the journal leaves
@@ -49,6 +52,8 @@ pub struct Header {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Appended since the last `sync`.
+    dirty: bool,
 }
 
 fn checksum(payload: &[u8]) -> [u8; 8] {
@@ -164,28 +169,33 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             file,
+            dirty: false,
         })
     }
 
-    /// Append one record durably.
+    /// Append one record (see the module docs for when it becomes durable).
     pub fn append(&mut self, rec: &Record) -> Result<()> {
         let bytes = frame(rec);
         let start = self.file.stream_position().ctx("seek", &self.path)?;
         // A crash leaves a prefix of the frame at worst, which replay drops.
-        let result = self
-            .file
-            .write_all(&bytes)
-            .and_then(|()| {
-                fsutil::crash_point("overlay:journal-appended");
-                self.file.sync_data()
-            })
-            .ctx("append to", &self.path);
+        let result = self.file.write_all(&bytes).ctx("append to", &self.path);
         if result.is_err() {
             // Never leave a partial frame in front of later appends (ENOSPC, EIO).
             let _ = self.file.set_len(start);
             let _ = self.file.seek(SeekFrom::Start(start));
         }
+        self.dirty = true;
+        fsutil::crash_point("overlay:journal-appended");
         result
+    }
+
+    /// Make every appended record durable.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.dirty {
+            self.file.sync_data().ctx("fsync", &self.path)?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> Result<u64> {

@@ -303,6 +303,9 @@ pub struct Overlay {
     uppers: HashSet<u64>,
     /// Open write handles per inode (such files stay in the overlay across a commit).
     writers: HashMap<u64, u32>,
+    /// Upper files created since the last `sync`: their data and names must be durable before
+    /// the journal records naming them are.
+    unsynced_uppers: Vec<u64>,
     generation: u64,
     /// `None` only while an overlay is being opened (before its first snapshot or replay).
     journal: Option<Journal>,
@@ -512,6 +515,7 @@ impl Overlay {
             affected: BTreeSet::new(),
             uppers: HashSet::new(),
             writers: HashMap::new(),
+            unsynced_uppers: Vec::new(),
             generation: 0,
             journal: None,
             _lock: lock,
@@ -1033,6 +1037,7 @@ impl Overlay {
             let _ = fs::remove_file(&up);
             return Err(e);
         }
+        self.unsynced_uppers.push(upper);
         *self.writers.entry(ino).or_default() += 1;
         let handle = Handle::Upper {
             ino,
@@ -1282,14 +1287,13 @@ impl Overlay {
                     }
                 }
             }
-            out.sync_all().ctx("fsync", &up)?;
-            fsutil::sync_dir(&self.dir.join("upper"))?;
             self.commit_record(Record::CopyUp { path, upper })
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&up);
             return Err(e);
         }
+        self.unsynced_uppers.push(upper);
         Ok(upper)
     }
 
@@ -1333,8 +1337,9 @@ impl Overlay {
         }
     }
 
-    /// fsync/fdatasync of a handle: the data is in the upper file, the metadata already durable.
-    pub fn fsync(&self, handle: &Handle, datasync: bool) -> Result<()> {
+    /// fsync/fdatasync of a handle: the file's data, then the metadata journal (so that the
+    /// file's name and everything before it are durable too, as on a local file system).
+    pub fn fsync(&mut self, handle: &Handle, datasync: bool) -> Result<()> {
         if let Handle::Upper { file, .. } = handle {
             let r = if datasync {
                 file.sync_data()
@@ -1343,7 +1348,26 @@ impl Overlay {
             };
             r.map_err(|e| errno("fsync", "", e.raw_os_error().unwrap_or(libc::EIO)))?;
         }
-        Ok(())
+        Ok(self.sync()?)
+    }
+
+    /// Make every acknowledged operation durable (fsyncdir, syncfs, unmount): new and copied-up
+    /// upper files and their names first, then the journal that names them.
+    pub fn sync(&mut self) -> RepoResult<()> {
+        if !self.unsynced_uppers.is_empty() {
+            for u in std::mem::take(&mut self.unsynced_uppers) {
+                let path = self.upper_path(u);
+                // Gone since (unlinked and compacted away): nothing to make durable.
+                if let Ok(f) = File::open(&path) {
+                    f.sync_all().ctx("fsync", &path)?;
+                }
+            }
+            fsutil::sync_dir(&self.dir.join("upper"))?;
+        }
+        match self.journal.as_mut() {
+            Some(j) => j.sync(),
+            None => Ok(()),
+        }
     }
 
     /// Close a handle.
@@ -1470,6 +1494,8 @@ impl Overlay {
 
     /// Rewrite the snapshot from memory and start an empty journal (see module docs).
     pub fn compact(&mut self) -> RepoResult<()> {
+        // The snapshot names upper files: they must be durable first.
+        self.sync()?;
         let mut records = Vec::new();
         let mut seen: HashMap<u64, String> = HashMap::new();
         let root = &self.nodes[&ROOT];
@@ -1597,6 +1623,16 @@ impl Overlay {
     /// True when the view differs from the base in nothing the journal tracks.
     pub fn is_clean(&self) -> bool {
         self.affected.is_empty()
+    }
+}
+
+impl Drop for Overlay {
+    /// Unmount or drop: make the last operations durable (best effort; a failure here loses
+    /// at most what a power cut would).
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            log::warn!("overlay {}: final sync failed: {e}", self.dir.display());
+        }
     }
 }
 
