@@ -15,11 +15,13 @@
 //!
 //! The merged view is an in-memory tree of `Node`s keyed by inode number, built from the base
 //! revision's state and then changed by [`Record`]s — the snapshot's, then the journal's. Every
-//! mutating operation validates everything first, then appends its record to the journal
-//! (`fdatasync`ed), then applies it to memory, so the journal is the truth and memory is a cache
-//! of "base + records". Records name paths, not inodes, so replay does not depend on how the base
-//! was numbered. File *data* never goes through the journal: it lives in upper files and is as
-//! durable as the caller's `fsync` makes it.
+//! mutating operation validates everything first, then appends its record to the journal, then
+//! applies it to memory, so the journal is the truth and memory is a cache of "base + records".
+//! Records name paths, not inodes, so replay does not depend on how the base was numbered. File
+//! *data* never goes through the journal: it lives in upper files. Durability is a local file
+//! system's: everything acknowledged survives a killed process (page cache), and [`Overlay::sync`]
+//! (run by `fsync` of any handle, compaction, commit, drop) makes it survive a power cut, upper
+//! files before the journal records that name them. See docs/OVERLAY.md.
 //!
 //! # Inode model
 //!
