@@ -305,6 +305,9 @@ pub struct Overlay {
     uppers: HashSet<u64>,
     /// Open write handles per inode (such files stay in the overlay across a commit).
     writers: HashMap<u64, u32>,
+    /// Open handles of upper files per inode, readers included: an unlinked node and its upper
+    /// file live while one is open, so `getattr` through an open descriptor keeps working.
+    handles: HashMap<u64, u32>,
     /// Upper files created since the last `sync`: their data and names must be durable before
     /// the journal records naming them are.
     unsynced_uppers: Vec<u64>,
@@ -517,6 +520,7 @@ impl Overlay {
             affected: BTreeSet::new(),
             uppers: HashSet::new(),
             writers: HashMap::new(),
+            handles: HashMap::new(),
             unsynced_uppers: Vec::new(),
             generation: 0,
             journal: None,
@@ -804,18 +808,12 @@ impl Overlay {
                 }
                 self.nodes.remove(&ino);
             }
-            Body::File(Content::Upper(_)) => {
-                // The upper file stays until the next compaction: records before this one still
-                // name it. Open handles keep their descriptor either way.
-                self.uppers.remove(&ino);
-                if !self.writers.contains_key(&ino) {
-                    self.nodes.remove(&ino);
-                }
-            }
+            // While open, the node and its upper file stay (see `handles`). Otherwise the upper
+            // file goes at the next compaction: records before this one may still name it.
+            Body::File(Content::Upper(_)) if self.handles.contains_key(&ino) => {}
             _ => {
-                if !self.writers.contains_key(&ino) {
-                    self.nodes.remove(&ino);
-                }
+                self.uppers.remove(&ino);
+                self.nodes.remove(&ino);
             }
         }
     }
@@ -1041,6 +1039,7 @@ impl Overlay {
         }
         self.unsynced_uppers.push(upper);
         *self.writers.entry(ino).or_default() += 1;
+        *self.handles.entry(ino).or_default() += 1;
         let handle = Handle::Upper {
             ino,
             file: Arc::new(file),
@@ -1240,6 +1239,7 @@ impl Overlay {
             }
             *self.writers.entry(ino).or_default() += 1;
         }
+        *self.handles.entry(ino).or_default() += 1;
         Ok(Handle::Upper {
             ino,
             file: Arc::new(file),
@@ -1374,29 +1374,25 @@ impl Overlay {
 
     /// Close a handle.
     pub fn release(&mut self, handle: Handle) {
-        if let Handle::Upper {
-            ino, write: true, ..
-        } = handle
-        {
-            if let Some(n) = self.writers.get_mut(&ino) {
-                *n -= 1;
-                if *n == 0 {
-                    self.writers.remove(&ino);
-                    if self.nodes.get(&ino).is_some_and(|n| n.links.is_empty()) {
-                        self.nodes.remove(&ino);
-                    }
-                }
-            }
+        let Handle::Upper { ino, write, .. } = handle else {
+            return;
+        };
+        if write {
+            decrement(&mut self.writers, ino);
+        }
+        if decrement(&mut self.handles, ino) == 0 {
+            self.forget(ino);
         }
     }
 
-    /// The kernel forgot an inode: drop it if nothing names or holds it any more.
+    /// The kernel forgot an inode: drop it if nothing names or holds it any more (its upper
+    /// file goes at the next compaction).
     pub fn forget(&mut self, ino: u64) {
-        let gone = self
+        let unlinked = self
             .nodes
             .get(&ino)
             .is_some_and(|n| n.links.is_empty() && ino != ROOT);
-        if gone && !self.writers.contains_key(&ino) {
+        if unlinked && !self.handles.contains_key(&ino) {
             self.nodes.remove(&ino);
             self.uppers.remove(&ino);
         }
@@ -1636,6 +1632,19 @@ impl Drop for Overlay {
             log::warn!("overlay {}: final sync failed: {e}", self.dir.display());
         }
     }
+}
+
+/// Decrement a count, removing it at zero; returns what is left.
+fn decrement(counts: &mut HashMap<u64, u32>, key: u64) -> u32 {
+    let Some(n) = counts.get_mut(&key) else {
+        return 0;
+    };
+    *n -= 1;
+    let left = *n;
+    if left == 0 {
+        counts.remove(&key);
+    }
+    left
 }
 
 fn dir_children(nodes: &mut HashMap<u64, Node>, ino: u64) -> &mut BTreeMap<String, u64> {

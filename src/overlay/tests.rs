@@ -189,9 +189,18 @@ fn unlink_keeps_open_handles_working() {
     assert_eq!(err(ov.lookup(ROOT, "a.txt")), libc::ENOENT);
     ov.write(&h, 5, b"+").unwrap();
     assert_eq!(ov.read(&h, 0, 10).unwrap(), b"alpha+");
+    // Through a compaction (which deletes unreferenced upper files) the open file lives on.
+    ov.compact().unwrap();
+    assert_eq!(ov.getattr(a).unwrap().size, 6);
+    assert_eq!(ov.getattr(a).unwrap().nlink, 0);
     ov.release(h);
-    ov.forget(a);
     assert!(!ov.nodes.contains_key(&a));
+    ov.compact().unwrap();
+    let uppers = fs::read_dir(ov.dir().join("upper")).unwrap().count();
+    assert_eq!(
+        uppers, 0,
+        "the upper file of the closed, unlinked file is gone"
+    );
     assert_eq!(err(ov.unlink(ROOT, "a.txt")), libc::ENOENT);
     assert_eq!(err(ov.unlink(ROOT, "d")), libc::EISDIR);
     // A read handle of a base blob outlives the unlink too.
