@@ -8,13 +8,13 @@ mod common;
 use common::{dump_dir, dump_overlay, fast_tempdir, repo_with};
 use pvrfs::json;
 use pvrfs::oid::ObjectId;
-use pvrfs::overlay::{Options, Overlay, RenameFlags, SetAttr};
+use pvrfs::overlay::{Handle, Options, Overlay, RenameFlags, SetAttr};
 use pvrfs::repo::Repo;
 use pvrfs::state::{Entry, State};
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
 use std::fs::{self, OpenOptions};
-use std::io;
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,8 @@ struct Model {
     ov: Option<Overlay>,
     uid: u32,
     log: Vec<String>,
+    /// Files held open on both sides (they follow renames and outlive unlinks).
+    held: Vec<(fs::File, Handle)>,
 }
 
 fn errno_of<T>(r: io::Result<T>) -> Result<(), i32> {
@@ -79,6 +81,7 @@ impl Model {
             ov: Some(ov),
             uid: unsafe { libc::geteuid() },
             log: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -143,7 +146,7 @@ impl Model {
     fn step(&mut self) -> String {
         let (dirs, files, all) = self.paths();
         let uid = self.uid;
-        let op = self.rng.gen_range(0..100);
+        let op = self.rng.gen_range(0..110);
         let (desc, plain, over) = match op {
             0..=14 => {
                 let path = self.new_path(&dirs);
@@ -316,6 +319,45 @@ impl Model {
                 return "compact".into();
             }
             99 => return self.commit(),
+            100..=102 if !files.is_empty() && self.held.len() < 4 => {
+                let path = self.pick(&files).unwrap().clone();
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.p(&path))
+                    .unwrap();
+                let ino = self.ov().resolve(&path).unwrap();
+                let h = self.ov().open(ino, true, false).unwrap();
+                self.held.push((f, h));
+                return format!("hold {path}");
+            }
+            103..=107 if !self.held.is_empty() => {
+                let i = self.rng.gen_range(0..self.held.len());
+                let off = self.rng.gen_range(0..40u64);
+                let data = self.content();
+                self.held[i].0.write_all_at(&data, off).unwrap();
+                let h = self.held[i].1.clone();
+                self.ov().write(&h, off, &data).unwrap();
+                return format!("write held #{i} @{off} {data:?}");
+            }
+            108 if !self.held.is_empty() => {
+                // Also the held files no name reaches any more: compare through the handles.
+                for i in 0..self.held.len() {
+                    let mut want = Vec::new();
+                    let mut f = &self.held[i].0;
+                    f.seek(io::SeekFrom::Start(0)).unwrap();
+                    f.read_to_end(&mut want).unwrap();
+                    let h = self.held[i].1.clone();
+                    let got = self.ov().read(&h, 0, want.len() + 10).unwrap();
+                    assert_eq!(got, want, "held #{i}");
+                }
+                return "compare held".into();
+            }
+            109 if !self.held.is_empty() => {
+                let (_, h) = self.held.pop().unwrap();
+                self.ov().release(h);
+                return "close held".into();
+            }
             _ => return "skip".into(),
         };
         assert_eq!(over, plain, "{desc}: overlay vs plain result");
@@ -323,6 +365,10 @@ impl Model {
     }
 
     fn reload(&mut self) {
+        // A remount closes every file first.
+        for (_, h) in std::mem::take(&mut self.held) {
+            self.ov().release(h);
+        }
         drop(self.ov.take());
         match Overlay::load(&self.repo, "model", Options::default()) {
             Ok(ov) => self.ov = Some(ov),

@@ -302,6 +302,11 @@ impl Overlay {
         Ok(patch::merge_diff(&pick(&self.base), &pick(&built.state)))
     }
 
+    /// `diff` as `pvr diff` prints it (tab-indented, `{}` when clean).
+    pub fn diff_text(&self) -> Result<String> {
+        Ok(json::render_diff(&self.diff()?))
+    }
+
     /// Warnings a commit would give now.
     pub fn warnings(&self) -> Result<Vec<String>> {
         Ok(self.build(false)?.warnings)

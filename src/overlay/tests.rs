@@ -124,6 +124,8 @@ fn base_inodes_follow_sorted_paths_and_content_reads_back() {
     let names: Vec<_> = ov.readdir(ROOT).unwrap().into_iter().map(|e| e.0).collect();
     assert_eq!(names, ["a.txt", "conf.json", "d"]);
     assert!(ov.is_clean());
+    assert_eq!(ov.status_text().unwrap(), "");
+    assert_eq!(ov.diff_text().unwrap(), "{}\n");
 }
 
 #[test]
@@ -545,7 +547,7 @@ fn commit_makes_a_revision_and_rebases() {
         ov.status_text().unwrap(),
         "A d/conf.txt\nA new.json\nD a.txt\nD conf.json\nC d/e/c.txt\n"
     );
-    let diff = json::render_diff(&ov.diff().unwrap());
+    let diff = ov.diff_text().unwrap();
     assert!(diff.contains("\"a.txt\": null"), "{diff}");
     assert!(
         diff.contains("\"new.json\": {\n\t\t\"a\": 1,\n\t\t\"b\": 2.5"),
@@ -744,4 +746,18 @@ fn an_interrupted_commit_is_finished_on_load() {
     assert_eq!(ov.base_rev(), rev.rev);
     assert!(ov.is_clean());
     assert_eq!(dump(&mut ov), view);
+}
+
+#[test]
+fn a_json_file_changed_only_in_layout_is_not_a_change() {
+    let (_d, _repo, mut ov) = sample();
+    write_file(&mut ov, "conf.json", b"{ \"k\" : [1,\n 2] }");
+    assert_eq!(ov.status_text().unwrap(), "");
+    assert_eq!(ov.diff_text().unwrap(), "{}\n");
+    write_file(&mut ov, "conf.json", br#"{"k":[1,2,3]}"#);
+    assert_eq!(ov.status_text().unwrap(), "C conf.json\n");
+    assert_eq!(
+        ov.diff_text().unwrap(),
+        "{\n\t\"conf.json\": {\n\t\t\"k\": [\n\t\t\t1,\n\t\t\t2,\n\t\t\t3\n\t\t]\n\t}\n}\n"
+    );
 }
