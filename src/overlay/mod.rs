@@ -1080,6 +1080,9 @@ impl Overlay {
         if target.is_empty() || target.contains('\0') {
             return Err(errno("symlink", path, libc::ENOENT));
         }
+        if target.len() >= libc::PATH_MAX as usize {
+            return Err(errno("symlink", path, libc::ENAMETOOLONG));
+        }
         let ino = self.alloc();
         self.commit_record(Record::Symlink {
             path,
@@ -1496,17 +1499,17 @@ impl Overlay {
         self.sync()?;
         let mut records = Vec::new();
         let mut seen: HashMap<u64, String> = HashMap::new();
+        // The root has no path to be affected by: its attributes are always written.
         let root = &self.nodes[&ROOT];
-        if root.mode != DIR_MODE {
-            records.push(Record::SetAttr {
-                path: String::new(),
-                mode: Some(root.mode),
-                uid: None,
-                gid: None,
-                atime: None,
-                mtime: None,
-            });
-        }
+        let root_times = (root.mtime != self.base_time).then_some(root.mtime.into());
+        records.push(Record::SetAttr {
+            path: String::new(),
+            mode: Some(root.mode),
+            uid: Some(root.uid),
+            gid: Some(root.gid),
+            atime: root_times,
+            mtime: root_times,
+        });
         for r in self.roots() {
             if self.base_has(&r) {
                 records.push(Record::Remove { path: r.clone() });

@@ -319,6 +319,11 @@ fn symlinks() {
     assert_eq!(err(ov.readlink(2)), libc::EINVAL);
     assert_eq!(err(ov.open(a.ino, false, false)), libc::ELOOP);
     assert_eq!(err(ov.symlink(ROOT, "l", "x", 0, 0)), libc::EEXIST);
+    assert_eq!(
+        err(ov.symlink(ROOT, "m", &"x".repeat(4096), 0, 0)),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(err(ov.symlink(ROOT, "m", "", 0, 0)), libc::ENOENT);
     let ov = reload(&repo, ov);
     assert_eq!(ov.readlink(a.ino).unwrap(), "d/b.txt");
 }
@@ -395,7 +400,17 @@ fn setattr_chmod_chown_utimens_truncate() {
         )
         .unwrap();
     assert_eq!(d.mtime, t);
+    let root = SetAttr {
+        mode: Some(0o700),
+        uid: Some(5),
+        mtime: Some(t),
+        atime: Some(t),
+        ..Default::default()
+    };
+    ov.setattr(ROOT, &root).unwrap();
     let mut ov = reload(&repo, ov);
+    let r = ov.getattr(ROOT).unwrap();
+    assert_eq!((r.mode, r.uid, r.mtime), (0o700, 5, t));
     let attr = ov.getattr(ino(&ov, "a.txt")).unwrap();
     assert_eq!(
         (attr.mode, attr.uid, attr.gid, attr.mtime, attr.size),
