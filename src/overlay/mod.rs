@@ -1302,6 +1302,15 @@ impl Overlay {
         Ok(upper)
     }
 
+    /// What a handle is open on, for error messages.
+    fn handle_name(&self, handle: &Handle) -> String {
+        match handle {
+            Handle::Upper { ino, .. } => self.display_path(*ino),
+            Handle::Blob { .. } => "<base file>".into(),
+            Handle::Inline { .. } => "<inline JSON file>".into(),
+        }
+    }
+
     /// Read up to `size` bytes at `offset`.
     pub fn read(&self, handle: &Handle, offset: u64, size: usize) -> Result<Vec<u8>> {
         match handle {
@@ -1311,7 +1320,13 @@ impl Overlay {
                 while done < size {
                     let n = file
                         .read_at(&mut buf[done..], offset + done as u64)
-                        .map_err(|e| errno("read", "", e.raw_os_error().unwrap_or(libc::EIO)))?;
+                        .map_err(|e| {
+                            errno(
+                                "read",
+                                self.handle_name(handle),
+                                e.raw_os_error().unwrap_or(libc::EIO),
+                            )
+                        })?;
                     if n == 0 {
                         break;
                     }
@@ -1334,11 +1349,16 @@ impl Overlay {
             Handle::Upper {
                 file, write: true, ..
             } => {
-                file.write_all_at(data, offset)
-                    .map_err(|e| errno("write", "", e.raw_os_error().unwrap_or(libc::EIO)))?;
+                file.write_all_at(data, offset).map_err(|e| {
+                    errno(
+                        "write",
+                        self.handle_name(handle),
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    )
+                })?;
                 Ok(data.len())
             }
-            _ => Err(errno("write", "", libc::EBADF)),
+            _ => Err(errno("write", self.handle_name(handle), libc::EBADF)),
         }
     }
 
@@ -1351,7 +1371,13 @@ impl Overlay {
             } else {
                 file.sync_all()
             };
-            r.map_err(|e| errno("fsync", "", e.raw_os_error().unwrap_or(libc::EIO)))?;
+            r.map_err(|e| {
+                errno(
+                    "fsync",
+                    self.handle_name(handle),
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                )
+            })?;
         }
         Ok(self.sync()?)
     }

@@ -147,6 +147,12 @@ fn create_is_exclusive_and_checks_names() {
     );
     assert_eq!(err(ov.create(ROOT, ".pvr", 0o644, 0, 0)), libc::EPERM);
     assert_eq!(err(ov.create(2, "x", 0o644, 0, 0)), libc::ENOTDIR);
+    // Writing through a read-only handle: EBADF, naming the file.
+    let r = ov.open(attr.ino, false, false).unwrap();
+    let e = ov.write(&r, 0, b"x").unwrap_err();
+    assert_eq!(e.errno(), libc::EBADF);
+    assert!(e.to_string().starts_with("write '/new'"), "{e}");
+    ov.release(r);
     let ov = reload(&repo, ov);
     assert_eq!(
         ov.getattr(attr.ino).unwrap().size,
