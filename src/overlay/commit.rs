@@ -357,7 +357,6 @@ impl Overlay {
         self.base_rev = revision.rev;
         self.base_state_id = revision.state.0;
         let mut retain: BTreeSet<String> = built.retain.into_iter().collect();
-        let mut freed = Vec::new();
         for ino in self.uppers.clone() {
             let paths = self.link_paths(ino);
             let Some(first) = paths.first() else { continue };
@@ -376,20 +375,25 @@ impl Overlay {
                 retain.extend(paths);
                 continue;
             }
+            // The upper file's mtime was the truth; the node keeps it from now on.
+            let mtime = fs::metadata(self.upper_path(u)).and_then(|m| m.modified());
             let node = self.nodes.get_mut(&ino).expect("exists");
             node.body = Body::File(Content::Base(entry.expect("checked")));
-            freed.push(u);
+            if let Ok(t) = mtime {
+                node.mtime = t;
+            }
             self.uppers.remove(&ino);
         }
         // A kept path whose directories the new base lacks (a symlink alone in a new directory)
         // is anchored at its topmost such directory, so a snapshot recreates them first.
         self.affected = retain.iter().map(|p| self.anchor(p)).collect();
-        self.compact()?;
-        // Only now is no record referring to them.
-        for u in freed {
-            let _ = fs::remove_file(self.upper_path(u));
-        }
-        Ok(())
+        // The new snapshot no longer names the converted upper files; compaction deletes them.
+        self.compact().map_err(|e| {
+            Error::Other(format!(
+                "revision {} was committed, but the overlay could not be rebased onto it (the next load finishes that): {e}",
+                self.base_rev
+            ))
+        })
     }
 
     /// The topmost ancestor-or-self of `path` that the base does not have.
