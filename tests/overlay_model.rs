@@ -2,6 +2,9 @@
 //! overlay view and to a plain directory through std::fs, and the two trees must stay identical
 //! (names, kinds, modes, link counts, contents, symlink targets, and errno of failed calls),
 //! across reloads from the journal, compactions and commits.
+//!
+//! Knobs for a wider search: `MODEL_SEEDS=N` (seeds, default 6), `MODEL_FIRST=S` (first seed),
+//! `MODEL_PARANOID=1` (reload after every step), `MODEL_LOG=N` (steps shown on failure).
 
 mod common;
 
