@@ -2,13 +2,15 @@
 //!
 //! Module map (see docs/ARCHITECTURE.md): `oid` object ids, `json` pvr's JSON dialect and
 //! renderings, `state` a revision's content, `store` the object store, `repo` the `.pvr/`
-//! layout and revisions, `patch` diffs, `fsutil` durable writes.
+//! layout and revisions, `patch` diffs, `fsutil` durable writes, `overlay` the copy-on-write
+//! layer of writable mounts (docs/OVERLAY.md).
 
 pub mod error;
 pub mod exchange;
 pub mod fsutil;
 pub mod json;
 pub mod oid;
+pub mod overlay;
 pub mod patch;
 pub mod repo;
 pub mod state;

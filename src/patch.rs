@@ -172,6 +172,9 @@ pub fn apply_to_state(base: &State, doc: &Value, origin: &str) -> Result<State> 
                 .map_err(|e| Error::Conflict(format!("{origin} does not apply: {e}")))?;
         }
     }
+    // Values that went through serde (the Patch above) lose the canonical number text
+    // (`2.5E0` comes back as `2.5e+0`): restore the invariant of `json`.
+    crate::json::normalize_numbers(&mut value);
     State::from_value(value, origin)
 }
 
@@ -182,6 +185,14 @@ mod tests {
 
     fn v(text: &str) -> Value {
         json::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn applying_a_json_patch_keeps_canonical_numbers() {
+        let base = State::from_value(v(r##"{"#spec":"s@1","a.json":{"x":1}}"##), "t").unwrap();
+        let new = State::from_value(v(r##"{"#spec":"s@1","a.json":{"x":2.5}}"##), "t").unwrap();
+        let patch = state_json_patch(&base, &new);
+        assert_eq!(apply_to_state(&base, &patch, "t").unwrap(), new);
     }
 
     #[test]

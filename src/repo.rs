@@ -348,7 +348,8 @@ impl Repo {
     fn pending_head(&self, recorded: &[Revision]) -> Result<Option<Revision>> {
         let path = self.json_path();
         let bytes = fs::read(&path).ctx("read", &path)?;
-        // Fast path: pvrfs writes `.pvr/json` canonically, so its bytes hash to the state id.
+        // Fast path: pvrfs writes `.pvr/json` canonically, so its bytes hash to the state id and
+        // the (large) state need not be parsed just to learn that nothing is pending.
         if recorded
             .last()
             .is_some_and(|r| r.state.0 == ObjectId::hash_bytes(&bytes))
@@ -435,19 +436,46 @@ impl Repo {
         message: &str,
         expected_parent: Option<u64>,
     ) -> Result<Revision> {
-        self.commit_state_from(lock, None, new_state, message, expected_parent)
+        self.commit_inner(lock, new_state, message, expected_parent, ParentDiff::Load)
     }
 
     /// `commit_state` for callers that already hold the parent's state in memory (the head they
-    /// just read, or a mount's base): saves reading and parsing it again, which is O(tree).
+    /// just read): saves reading and parsing it again, which is O(tree).
     /// `parent_state` must be the state of the latest revision; it is only used for the diff.
     pub fn commit_state_from(
         &self,
         lock: &RepoLock,
-        parent_state: Option<&State>,
+        parent_state: &State,
         new_state: &State,
         message: &str,
         expected_parent: Option<u64>,
+    ) -> Result<Revision> {
+        let from = ParentDiff::From(parent_state);
+        self.commit_inner(lock, new_state, message, expected_parent, from)
+    }
+
+    /// `commit_state` for a caller that already knows the RFC 6902 diff from the parent (an
+    /// overlay tracks its changes): the parent state is then neither loaded nor diffed, which
+    /// keeps a small commit to a large state cheap. `diff` must turn the parent into `new_state`.
+    pub fn commit_state_with_diff(
+        &self,
+        lock: &RepoLock,
+        new_state: &State,
+        message: &str,
+        expected_parent: Option<u64>,
+        known_diff: Option<Value>,
+    ) -> Result<Revision> {
+        let how = known_diff.map_or(ParentDiff::Load, ParentDiff::Known);
+        self.commit_inner(lock, new_state, message, expected_parent, how)
+    }
+
+    fn commit_inner(
+        &self,
+        lock: &RepoLock,
+        new_state: &State,
+        message: &str,
+        expected_parent: Option<u64>,
+        parent_diff: ParentDiff<'_>,
     ) -> Result<Revision> {
         // A just-adopted head was read from `.pvr/json`, which is what callers pass as parent.
         self.adopt_pending(lock)?;
@@ -465,16 +493,14 @@ impl Repo {
         let state_id = self.store.put_bytes(&canonical)?;
         let diff = match &parent {
             Some(p) => {
-                let loaded;
-                let parent_state = match parent_state {
-                    Some(s) => s,
-                    None => {
-                        loaded = self.load_state(p)?;
-                        &loaded
+                let d = match parent_diff {
+                    ParentDiff::Known(d) => d,
+                    ParentDiff::From(parent_state) => {
+                        debug_assert_eq!(parent_state.state_id(), p.state.0, "wrong parent");
+                        patch::state_json_patch(parent_state, new_state)
                     }
+                    ParentDiff::Load => patch::state_json_patch(&self.load_state(p)?, new_state),
                 };
-                debug_assert_eq!(parent_state.state_id(), p.state.0, "wrong parent state");
-                let d = patch::state_json_patch(parent_state, new_state);
                 Some(ObjectIdText(self.store.put_bytes(&json::to_canonical(&d))?))
             }
             None => None,
@@ -511,6 +537,16 @@ impl Repo {
                 detail: e.to_string(),
             })
     }
+}
+
+/// How `commit_inner` gets the diff of the new revision from its parent.
+enum ParentDiff<'a> {
+    /// Read the parent's state from the store and diff.
+    Load,
+    /// Diff against this in-memory parent state.
+    From(&'a State),
+    /// The caller computed the diff.
+    Known(Value),
 }
 
 /// Resolve `spec` among `revs` (oldest first).
