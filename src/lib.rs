@@ -5,13 +5,17 @@
 //! layout and revisions, `patch` diffs, `fsutil` durable writes.
 
 pub mod error;
+pub mod fs;
 pub mod fsutil;
+pub mod fuse;
 pub mod json;
+pub mod mount;
 pub mod oid;
 pub mod patch;
 pub mod repo;
 pub mod state;
 pub mod store;
+pub mod tree;
 
 pub use error::{Error, Result};
 pub mod cli;

@@ -2,7 +2,9 @@
 //! `ctx.out` / `ctx.err`, and returns a library error on failure (mapped to an exit code by
 //! `main`). Nothing here calls `std::process::exit` or prints directly.
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
+
+pub mod mount;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -19,9 +21,12 @@ pub struct Ctx<'a> {
 }
 
 /// Run one parsed command line.
-pub fn dispatch(cli: Cli, _ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     #[allow(clippy::match_single_binding)] // arms are added per command
     match cli.command {
+        Command::Mount(args) => mount::mount(args, ctx),
+        Command::Umount(args) => mount::umount(args, ctx),
+        Command::Mounts => mount::mounts(ctx),
         other => anyhow::bail!("'{other:?}' is not implemented in this build"),
     }
 }
