@@ -47,7 +47,12 @@ fn mounted_tree_equals_checkout_byte_for_byte() {
         return;
     }
     let (t, rev) = fixture();
-    for (canonical, extra) in [(false, &[][..]), (true, &["--canonical"][..])] {
+    for (canonical, extra) in [
+        (false, &[][..]),
+        (true, &["--canonical"][..]),
+        (false, &["--passthrough", "never"][..]),
+        (false, &["--passthrough", "always", "--verify"][..]),
+    ] {
         let m = Mount::new(t.path(), "latest", extra);
         let expect = tempfile::tempdir().unwrap();
         t.render_checkout(&rev, expect.path(), canonical);
@@ -533,4 +538,126 @@ fn a_sandbox_runs_programs_from_the_mounted_revision() {
         stdout,
         "hello from /app/hello.sh\n{\n    \"greeting\": \"hi\"\n}SANDBOX=yes\n"
     );
+}
+
+/// The daemon log of the mounts of `t` (all of them, concatenated).
+fn daemon_log(t: &TestRepo) -> String {
+    std::fs::read_dir(t.repo.ext_dir().join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect()
+}
+
+#[test]
+fn blob_reads_bypass_the_daemon_with_passthrough_and_go_through_it_without() {
+    if !fuse_available() {
+        return;
+    }
+    for (mode, expect_reads) in [("always", false), ("never", true)] {
+        let (t, _) = fixture();
+        let ino;
+        {
+            let m = Mount::with_env(
+                t.path(),
+                "latest",
+                &["--passthrough", mode],
+                &[("RUST_LOG", "fuser::request=debug")],
+            );
+            let big = m.join("blobs/big.img");
+            ino = std::fs::metadata(&big).unwrap().ino();
+            assert_eq!(std::fs::read(&big).unwrap().len(), 3_000_000);
+        }
+        let log = daemon_log(&t);
+        let reads = log
+            .lines()
+            .filter(|l| l.contains(&format!("ino {ino:#018x} READ ")))
+            .count();
+        assert_eq!(
+            reads > 0,
+            expect_reads,
+            "--passthrough {mode}: {reads} READ requests reached the daemon"
+        );
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("ino {ino:#018x} OPEN"))),
+            "{mode}"
+        );
+    }
+}
+
+/// pvr's own repositories: `.pvr/json` as pvr wrote it, objects in a pool outside the repo
+/// (found through `ObjectsDir`), no pvrfs history. Inline files must read back exactly as the
+/// reference pvr's checkout wrote them (tests/fixtures/.../repo-renderings).
+#[test]
+fn pvr_made_repositories_mount_and_match_pvr_checkout() {
+    if !fuse_available() {
+        return;
+    }
+    let cases =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/canonical-json/repo-renderings");
+    let mut checked = 0;
+    for case in std::fs::read_dir(&cases).unwrap() {
+        let case = case.unwrap().path();
+        let Ok(steps) = std::fs::read_to_string(case.join("steps.md")) else {
+            continue;
+        };
+        let lines: Vec<&str> = steps.lines().collect();
+        for (flavour, extra) in [
+            ("checkout-default", &[][..]),
+            ("checkout-canonical", &["--canonical"][..]),
+        ] {
+            // "NN. `pvr checkout ...` → exit 0; files: NN-rc, NN-json" then "→ tree saved as expected/<flavour>/"
+            let Some(i) = lines
+                .iter()
+                .position(|l| l.contains(&format!("expected/{flavour}/")))
+            else {
+                continue;
+            };
+            let step = lines[i - 1].split('.').next().unwrap().trim();
+            let state_bytes = std::fs::read(case.join(format!("expected/{step}-json"))).unwrap();
+            let work = tempfile::tempdir().unwrap();
+            let pool = tempfile::tempdir().unwrap();
+            std::fs::create_dir(work.path().join(".pvr")).unwrap();
+            std::fs::write(work.path().join(".pvr/json"), &state_bytes).unwrap();
+            let config = format!(
+                "{{\n\t\"DefaultGetUrl\": \"\",\n\t\"DefaultPutUrl\": \"\",\n\t\"DefaultPostUrl\": \"\",\n\t\"ObjectsDir\": \"{}\",\n\t\"AccessTokens\": null,\n\t\"RefreshTokens\": null\n}}",
+                pool.path().display()
+            );
+            std::fs::write(work.path().join(".pvr/config"), config).unwrap();
+            let state = pvrfs::state::State::from_json_bytes(&state_bytes, "fixture").unwrap();
+            let m = Mount::new(work.path(), "latest", extra);
+            // an empty checkout was saved as no directory at all
+            let dir = case.join("expected").join(flavour);
+            let expected = if dir.exists() {
+                read_tree(&dir)
+            } else {
+                vec![]
+            };
+            let inline: Vec<_> = state
+                .iter()
+                .filter(|(_, e)| matches!(e, pvrfs::state::Entry::Inline(_)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for (path, bytes) in &expected {
+                if inline.contains(path) {
+                    assert_eq!(
+                        &std::fs::read(m.join(path)).unwrap(),
+                        bytes,
+                        "{} {flavour} {path}",
+                        case.display()
+                    );
+                    checked += 1;
+                } else {
+                    assert!(m.join(path).exists(), "{path}");
+                }
+            }
+            for k in &inline {
+                assert!(
+                    expected.iter().any(|(p, _)| p == k),
+                    "{k} mounted but not in pvr's checkout"
+                );
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} files compared");
 }

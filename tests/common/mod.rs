@@ -109,8 +109,14 @@ pub struct Mount {
 impl Mount {
     /// `pvrfs mount REPO REV MNT EXTRA...`; panics with the command's stderr on failure.
     pub fn new(repo: &Path, rev: &str, extra: &[&str]) -> Mount {
+        Self::with_env(repo, rev, extra, &[])
+    }
+
+    /// `new`, with environment variables for the daemon (e.g. `RUST_LOG`).
+    pub fn with_env(repo: &Path, rev: &str, extra: &[&str], env: &[(&str, &str)]) -> Mount {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = pvrfs()
+            .envs(env.iter().copied())
             .arg("mount")
             .arg(repo)
             .arg(rev)
