@@ -389,7 +389,7 @@ impl Fs {
             Ok(())
         } else {
             Err(FsError::Unavailable {
-                path: self.tree.file_path(file).to_string(),
+                path: self.tree.file_path(file),
                 id,
                 why: "is corrupt".into(),
             })
@@ -398,7 +398,7 @@ impl Fs {
 
     /// Build the error for an object that cannot be served, logging it once per object.
     fn unavailable(&self, file: u32, id: ObjectId, why: &str) -> FsError {
-        let path = self.tree.file_path(file).to_string();
+        let path = self.tree.file_path(file);
         if self.reported.lock().insert(id) {
             log::error!("object {id} needed for '{path}' {why}");
         }

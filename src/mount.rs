@@ -94,6 +94,12 @@ pub fn prepare(repo_dir: &Path, spec: &str, opts: &MountOptions) -> Result<Prepa
         Rendering::Checkout
     };
     let tree = Tree::build(state, rendering);
+    // The parsed state is gone; hand its heap back so the daemon's RSS is the index only.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Fs::new(

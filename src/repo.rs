@@ -346,6 +346,15 @@ impl Repo {
     }
 
     fn pending_head(&self, recorded: &[Revision]) -> Result<Option<Revision>> {
+        // Fast path: pvrfs writes `.pvr/json` as the canonical bytes, so when its raw hash is
+        // the newest record's state id there is nothing pending, and no need to parse it.
+        if let Some(last) = recorded.last() {
+            let path = self.json_path();
+            let raw = fs::read(&path).ctx("read", &path)?;
+            if ObjectId::hash_bytes(&raw) == last.state.0 {
+                return Ok(None);
+            }
+        }
         let head = self.head_state()?;
         let head_id = head.state_id();
         if recorded.last().is_some_and(|r| r.state.0 == head_id) {

@@ -76,11 +76,10 @@ pub enum Rendering {
 pub struct Tree {
     names: Vec<u8>,
     nodes: Vec<Node>,
-    files: Vec<FileData>,
-    /// Full state path of each file (for messages); shares nothing with `names` to keep lookups
-    /// simple, and costs one `Box<str>` per file.
-    file_paths: Vec<Box<str>>,
-    inline: Vec<Value>,
+    /// Per file: where its bytes come from, and its node (for its path in messages).
+    files: Vec<(FileData, u32)>,
+    /// Canonical bytes of each inline value.
+    inline: Vec<Box<[u8]>>,
     sizes: Vec<AtomicU64>,
     rendering: Rendering,
     rendered: Mutex<LruCache<u32, Arc<[u8]>>>,
@@ -96,20 +95,17 @@ impl std::fmt::Debug for Tree {
 }
 
 impl Tree {
-    /// Build the index of `state`. Consumes the state: inline values move into the tree.
+    /// Build the index of `state`. Consumes the state: entries move into the tree.
     pub fn build(state: State, rendering: Rendering) -> Tree {
         let keys: Vec<(String, Entry)> = state
-            .entries_map()
-            .iter()
+            .into_entries()
+            .into_iter()
             .filter(|(k, _)| k.as_str() != ".pvr" && !k.starts_with(".pvr/"))
-            .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
-        drop(state);
         let mut tree = Tree {
             names: Vec::new(),
             nodes: Vec::with_capacity(keys.len() + keys.len() / 8 + 1),
             files: Vec::with_capacity(keys.len()),
-            file_paths: Vec::with_capacity(keys.len()),
             inline: Vec::new(),
             sizes: Vec::with_capacity(keys.len()),
             rendering,
@@ -144,10 +140,9 @@ impl Tree {
                 };
                 let mut j = i + 1;
                 if is_dir {
-                    while j < range.end && keys[j].0[prefix_len..].starts_with(name) && {
-                        let r = &keys[j].0[prefix_len + name.len()..];
-                        r.starts_with('/')
-                    } {
+                    let dir_prefix_len = prefix_len + name.len() + 1;
+                    let dir_prefix = &keys[i].0[..dir_prefix_len];
+                    while j < range.end && keys[j].0.starts_with(dir_prefix) {
                         j += 1;
                     }
                 }
@@ -170,17 +165,16 @@ impl Tree {
                         subdirs: 0,
                     }
                 } else {
-                    let (key, entry) = &keys[sub.start];
                     let file = tree.files.len() as u32;
-                    let data = match entry {
+                    let data = match &keys[sub.start].1 {
                         Entry::Object(id) => FileData::Object(*id),
                         Entry::Inline(v) => {
-                            tree.inline.push(v.clone());
+                            // Kept as canonical bytes (compact); parsed again only to render.
+                            tree.inline.push(json::to_canonical(v).into_boxed_slice());
                             FileData::Inline(tree.inline.len() as u32 - 1)
                         }
                     };
-                    tree.files.push(data);
-                    tree.file_paths.push(key.as_str().into());
+                    tree.files.push((data, index as u32));
                     tree.sizes.push(AtomicU64::new(UNKNOWN));
                     NodeKind::File { file }
                 };
@@ -197,8 +191,10 @@ impl Tree {
                 subdirs,
             };
         }
+        drop(keys);
         tree.names.shrink_to_fit();
         tree.nodes.shrink_to_fit();
+        tree.inline.shrink_to_fit();
         tree
     }
 
@@ -273,12 +269,24 @@ impl Tree {
     }
 
     pub fn file_data(&self, file: u32) -> &FileData {
-        &self.files[file as usize]
+        &self.files[file as usize].0
+    }
+
+    /// The path of node `ino` from the root (`a/b/c`; empty for the root).
+    pub fn path(&self, mut ino: u64) -> String {
+        let mut parts = Vec::new();
+        while ino != ROOT_INO {
+            let Some(name) = self.name(ino) else { break };
+            parts.push(String::from_utf8_lossy(name));
+            ino = self.parent(ino).unwrap_or(ROOT_INO);
+        }
+        parts.reverse();
+        parts.join("/")
     }
 
     /// The state key of a file (for messages).
-    pub fn file_path(&self, file: u32) -> &str {
-        &self.file_paths[file as usize]
+    pub fn file_path(&self, file: u32) -> String {
+        self.path(self.files[file as usize].1 as u64 + 1)
     }
 
     /// The size of a file: for an object, the size of its file in the store (`None` when it is
@@ -288,7 +296,7 @@ impl Tree {
         if cached != UNKNOWN {
             return Some(cached);
         }
-        let size = match &self.files[file as usize] {
+        let size = match &self.files[file as usize].0 {
             FileData::Object(id) => std::fs::metadata(store.path_of(id)).ok()?.len(),
             FileData::Inline(_) => self.rendered(file).len() as u64,
         };
@@ -302,15 +310,18 @@ impl Tree {
         if let Some(bytes) = self.rendered.lock().get(&file) {
             return bytes.clone();
         }
-        let FileData::Inline(v) = &self.files[file as usize] else {
+        let FileData::Inline(v) = &self.files[file as usize].0 else {
             panic!("rendered() called for an object file");
         };
-        let value = &self.inline[*v as usize];
+        let canonical = &self.inline[*v as usize];
         let bytes: Arc<[u8]> = match self.rendering {
-            Rendering::Checkout => json::render_checkout(value),
-            Rendering::Canonical => json::render_checkout_canonical(value),
-        }
-        .into();
+            Rendering::Canonical => canonical.to_vec().into(),
+            Rendering::Checkout => {
+                // Canonical bytes always parse back to the value they came from.
+                let value: Value = json::parse(canonical).expect("canonical JSON parses");
+                json::render_checkout(&value).into()
+            }
+        };
         self.sizes[file as usize].store(bytes.len() as u64, Ordering::Relaxed);
         self.rendered.lock().put(file, bytes.clone());
         bytes
@@ -319,7 +330,7 @@ impl Tree {
     /// Every distinct object id of the tree with the first path that uses it.
     pub fn objects(&self) -> Vec<(ObjectId, u32)> {
         let mut seen = std::collections::HashMap::new();
-        for (i, f) in self.files.iter().enumerate() {
+        for (i, (f, _)) in self.files.iter().enumerate() {
             if let FileData::Object(id) = f {
                 seen.entry(*id).or_insert(i as u32);
             }
