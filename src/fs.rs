@@ -11,8 +11,9 @@
 //!   (`ObjectFile`, held weakly per file so the last close drops it); reads come from an mmap
 //!   made on the first read, unless the adapter hands the fd to the kernel (passthrough);
 //! - a missing object, or with `verify` one whose bytes do not hash to its name, makes open
-//!   fail with EIO and is logged once, naming the object and the path; everything else keeps
-//!   being served. Without `verify` a corrupt object is served as stored (`pvrfs fsck` finds it);
+//!   (or, in no-open mode, read) fail with EIO and is logged once, naming the object and the
+//!   path; everything else keeps being served. Such a file lists with a 1-byte placeholder size
+//!   so that readers always reach the daemon and get the error. Without `verify` a corrupt object is served as stored (`pvrfs fsck` finds it);
 //! - every write-type operation fails with EROFS (`FsError::ReadOnly`); a copy-on-write layer
 //!   (`overlay`) sits on top and answers those itself, using the base-tree methods here.
 
@@ -31,6 +32,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Block size reported by `stat` and `statfs`.
 pub const BLOCK_SIZE: u32 = 4096;
+/// How many closed object files stay open for quick reopening.
+pub const RECENT_OBJECT_FILES: usize = 1024;
 /// Longest name a lookup can match (what `statfs` reports).
 pub const NAME_MAX: u32 = 255;
 
@@ -199,6 +202,9 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     objects: Mutex<HashMap<u32, Weak<ObjectFile>>>,
+    /// Keeps the most recently opened object files open after their last close, so reopening
+    /// a hot file costs no open(2)/fstat(2). Bounded: each holds a file descriptor.
+    recent: Mutex<lru::LruCache<u32, Arc<ObjectFile>>>,
     verified: Mutex<HashMap<ObjectId, bool>>,
     reported: Mutex<HashSet<ObjectId>>,
     total_bytes: OnceLock<u64>,
@@ -219,6 +225,9 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             objects: Mutex::new(HashMap::new()),
+            recent: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(RECENT_OBJECT_FILES).expect("non-zero"),
+            )),
             verified: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashSet::new()),
             total_bytes: OnceLock::new(),
@@ -261,8 +270,9 @@ impl Fs {
         let (kind, size, perm, nlink) = match kind {
             NodeKind::Dir { subdirs, .. } => (FileKind::Directory, 0, 0o755, 2 + subdirs),
             NodeKind::File { file } => {
-                // A missing object still lists (size 0); opening it gives EIO and the log line.
-                let size = self.tree.file_size(file, &self.store).unwrap_or(0);
+                // A missing object still lists, with a 1-byte placeholder size: a reader must
+                // reach us (open or read) and get EIO, never see a plausible empty file.
+                let size = self.tree.file_size(file, &self.store).unwrap_or(1);
                 (FileKind::RegularFile, size, 0o644, 1)
             }
         };
@@ -329,6 +339,9 @@ impl Fs {
     }
 
     fn open_object(&self, file: u32, id: ObjectId) -> Result<Arc<ObjectFile>, FsError> {
+        if let Some(of) = self.recent.lock().get(&file) {
+            return Ok(of.clone());
+        }
         if let Some(of) = self.objects.lock().get(&file).and_then(Weak::upgrade) {
             return Ok(of);
         }
@@ -356,6 +369,12 @@ impl Fs {
             return Ok(existing);
         }
         objects.insert(file, Arc::downgrade(&of));
+        // The weak map would grow with every file ever opened: drop dead entries now and then.
+        if objects.len() > 4 * RECENT_OBJECT_FILES {
+            objects.retain(|_, w| w.strong_count() > 0);
+        }
+        drop(objects);
+        self.recent.lock().put(file, of.clone());
         Ok(of)
     }
 
@@ -423,6 +442,16 @@ impl Fs {
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle(fh))?;
+        self.read_handle(&handle, offset, size, f)
+    }
+
+    fn read_handle<R>(
+        &self,
+        handle: &Handle,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, FsError> {
         let slice = |data: &[u8]| -> std::ops::Range<usize> {
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
@@ -430,7 +459,7 @@ impl Fs {
             let end = start.saturating_add(size as usize).min(data.len());
             start..end
         };
-        match &handle {
+        match handle {
             Handle::Inline(bytes) => Ok(f(&bytes[slice(bytes)])),
             Handle::Object(of) => {
                 let bytes = of.bytes().map_err(|e| FsError::Unavailable {
@@ -441,6 +470,26 @@ impl Fs {
                 Ok(f(&bytes[slice(bytes)]))
             }
         }
+    }
+
+    /// Read a file by inode, without an open handle: for kernels that open files without
+    /// asking (FUSE no-open mode). Missing/corrupt objects fail here with EIO instead of at open.
+    pub fn read_inode<R>(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, FsError> {
+        let file = match self.tree.kind(ino).ok_or(FsError::NotFound)? {
+            NodeKind::Dir { .. } => return Err(FsError::IsDir),
+            NodeKind::File { file } => file,
+        };
+        let handle = match self.tree.file_data(file) {
+            FileData::Inline(_) => Handle::Inline(self.tree.rendered(file)),
+            FileData::Object(id) => Handle::Object(self.open_object(file, *id)?),
+        };
+        self.read_handle(&handle, offset, size, f)
     }
 
     /// Forget an open handle.

@@ -52,10 +52,25 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-#[derive(Default)]
+/// Passthrough backing ids. The kernel wants one backing file per inode while it is open, so
+/// ids are shared through `by_ino`; `by_fh` keeps them alive per open handle, and `recent`
+/// keeps the hot ones registered after the last close (reopening costs no ioctl).
 struct Backing {
     by_ino: HashMap<u64, Weak<BackingId>>,
     by_fh: HashMap<u64, Arc<BackingId>>,
+    recent: lru::LruCache<u64, Arc<BackingId>>,
+}
+
+impl Default for Backing {
+    fn default() -> Self {
+        Backing {
+            by_ino: HashMap::new(),
+            by_fh: HashMap::new(),
+            recent: lru::LruCache::new(
+                std::num::NonZeroUsize::new(crate::fs::RECENT_OBJECT_FILES).expect("non-zero"),
+            ),
+        }
+    }
 }
 
 /// The FUSE face of an `Fs`.
@@ -64,6 +79,12 @@ pub struct FuseFs {
     mode: PassthroughMode,
     /// Set at INIT when the kernel granted passthrough.
     passthrough: AtomicBool,
+    /// Set at INIT when the kernel can open directories without asking us (then it also caches
+    /// their entries across opens: no round trip at all for a warm `readdir`).
+    no_opendir: AtomicBool,
+    /// Without passthrough, files have no per-open state either: when the kernel can, it opens
+    /// them without asking (keeping their page cache), and reads name the inode only.
+    no_open: AtomicBool,
     backing: Mutex<Backing>,
     /// Stacking depth to ask for (1, or 2 when the store itself is on a stacked fs).
     stack_depth: u32,
@@ -80,6 +101,8 @@ impl FuseFs {
             fs,
             mode,
             passthrough: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
+            no_open: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             stack_depth,
         }
@@ -92,11 +115,18 @@ impl FuseFs {
         file: &std::fs::File,
     ) -> std::io::Result<Arc<BackingId>> {
         let mut b = self.backing.lock();
+        if let Some(id) = b.recent.get(&ino) {
+            return Ok(id.clone());
+        }
         if let Some(id) = b.by_ino.get(&ino).and_then(Weak::upgrade) {
             return Ok(id);
         }
         let id = Arc::new(reply.open_backing(file)?);
         b.by_ino.insert(ino, Arc::downgrade(&id));
+        if b.by_ino.len() > 4 * crate::fs::RECENT_OBJECT_FILES {
+            b.by_ino.retain(|_, w| w.strong_count() > 0);
+        }
+        b.recent.put(ino, id.clone());
         Ok(id)
     }
 }
@@ -148,7 +178,16 @@ impl Filesystem for FuseFs {
                 | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_PARALLEL_DIROPS,
         );
-        if self.mode != PassthroughMode::Never {
+        let no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
+        self.no_opendir.store(no_opendir, Ordering::Relaxed);
+        if self.mode == PassthroughMode::Never {
+            let no_open = config
+                .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+                .is_ok();
+            self.no_open.store(no_open, Ordering::Relaxed);
+        } else {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(self.stack_depth).is_ok();
             self.passthrough.store(granted, Ordering::Relaxed);
@@ -183,6 +222,11 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open.load(Ordering::Relaxed) {
+            // Zero-message opens from now on; the `ro` mount makes the kernel refuse write
+            // opens itself, and reads check the object (EIO) instead of this open.
+            return reply.error(Errno::ENOSYS);
+        }
         let opened = match self.fs.open(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(errno(&e)),
@@ -218,7 +262,7 @@ impl Filesystem for FuseFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -227,11 +271,16 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let mut reply = Some(reply);
-        let result = self.fs.read(fh.0, offset, size, |data| {
+        let send = |data: &[u8]| {
             if let Some(r) = reply.take() {
                 r.data(data)
             }
-        });
+        };
+        let result = if self.no_open.load(Ordering::Relaxed) {
+            self.fs.read_inode(ino.0, offset, size, send)
+        } else {
+            self.fs.read(fh.0, offset, size, send)
+        };
         if let (Err(e), Some(r)) = (result, reply) {
             r.error(errno(&e));
         }
@@ -248,6 +297,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.backing.lock().by_fh.remove(&fh.0);
+        if self.no_open.load(Ordering::Relaxed) {
+            return reply.ok();
+        }
         match self.fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -256,6 +308,9 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0, flags.0) {
+            // Directories have no per-open state: ENOSYS tells the kernel to stop sending
+            // OPENDIR/RELEASEDIR and to keep their pages cached (its no-open defaults).
+            Ok(()) if self.no_opendir.load(Ordering::Relaxed) => reply.error(Errno::ENOSYS),
             Ok(()) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
@@ -475,7 +530,9 @@ impl Filesystem for FuseFs {
     }
 
     fn flush(&self, _r: &Request, _i: INodeNo, _fh: FileHandle, _l: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        // Nothing is ever dirty, and no locks are kept here: ENOSYS makes the kernel stop
+        // sending FLUSH on close (no-open files cannot carry FOPEN_NOFLUSH).
+        reply.error(Errno::ENOSYS);
     }
 }
 

@@ -199,6 +199,7 @@ fn missing_and_corrupt_objects_are_eio_naming_object_and_path() {
     for verify in [false, true] {
         let fs = fs_of(&t, verify);
         let c = lookup_path(&fs, "a/b/c.txt").unwrap();
+        assert_eq!(c.size, 1, "placeholder size, so that readers reach the EIO");
         let e = fs.open(c.ino, libc::O_RDONLY).unwrap_err();
         assert_eq!(e.errno(), libc::EIO);
         let msg = e.to_string();
@@ -217,8 +218,11 @@ fn missing_and_corrupt_objects_are_eio_naming_object_and_path() {
             let o = r.unwrap();
             assert_eq!(fs.read(o.fh, 0, 9, <[u8]>::to_vec).unwrap(), b"YYYY");
         }
+        let e = fs.read_inode(c.ino, 0, 10, <[u8]>::to_vec).unwrap_err();
+        assert_eq!(e.errno(), libc::EIO);
         let x = lookup_path(&fs, "a/x.json").unwrap();
         assert!(fs.open(x.ino, libc::O_RDONLY).is_ok());
+        assert!(fs.read_inode(x.ino, 0, 10, <[u8]>::to_vec).is_ok());
     }
 }
 

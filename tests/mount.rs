@@ -343,13 +343,20 @@ fn missing_and_corrupt_objects_give_eio_and_the_rest_is_served() {
     if !fuse_available() {
         return;
     }
+    // with passthrough (EIO at open) and in no-open mode (EIO at the first read)
+    for mode in ["auto", "never"] {
+        missing_and_corrupt(mode);
+    }
+}
+
+fn missing_and_corrupt(mode: &str) {
     let (t, _) = fixture();
     let store = t.repo.store();
     let missing = pvrfs::oid::ObjectId::hash_bytes(b"hello\n");
     std::fs::remove_file(store.path_of(&missing)).unwrap();
     let corrupt = pvrfs::oid::ObjectId::hash_bytes(b"space");
     std::fs::write(store.path_of(&corrupt), b"SPACE").unwrap();
-    let m = Mount::new(t.path(), "latest", &["--verify"]);
+    let m = Mount::new(t.path(), "latest", &["--verify", "--passthrough", mode]);
     assert_eq!(errno_of(std::fs::read(m.join("README"))), libc::EIO);
     assert_eq!(
         errno_of(std::fs::read(m.join("names/with space.txt"))),
