@@ -45,14 +45,14 @@ pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     }
     // Fail early, in the caller's terminal, for everything that can be checked cheaply.
     let repo = Repo::open(&repo_dir)?;
-    repo.resolve(&args.rev)?;
+    let rev = repo.resolve(&args.rev)?;
     mount::check_mountpoint(&mnt)?;
     daemonize(&args, &repo, &repo_dir, &mnt)?;
     if !ctx.quiet {
         writeln!(
             ctx.err,
             "mounted revision {} of {} at {}",
-            args.rev,
+            rev.rev,
             repo_dir.display(),
             mnt.display()
         )?;
