@@ -78,8 +78,11 @@ pub struct Tree {
     nodes: Vec<Node>,
     /// Per file: where its bytes come from, and its node (for its path in messages).
     files: Vec<(FileData, u32)>,
-    /// Canonical bytes of each inline value.
-    inline: Vec<Box<[u8]>>,
+    /// Canonical bytes of all inline values, back to back (one allocation: thousands of small
+    /// boxes made while the parsed state is alive would pin its freed pages), and each
+    /// value's span in it.
+    inline: Vec<u8>,
+    inline_spans: Vec<(usize, usize)>,
     sizes: Vec<AtomicU64>,
     rendering: Rendering,
     rendered: Mutex<LruCache<u32, Arc<[u8]>>>,
@@ -107,6 +110,7 @@ impl Tree {
             nodes: Vec::with_capacity(keys.len() + keys.len() / 8 + 1),
             files: Vec::with_capacity(keys.len()),
             inline: Vec::new(),
+            inline_spans: Vec::new(),
             sizes: Vec::with_capacity(keys.len()),
             rendering,
             rendered: Mutex::new(LruCache::new(
@@ -170,8 +174,10 @@ impl Tree {
                         Entry::Object(id) => FileData::Object(*id),
                         Entry::Inline(v) => {
                             // Kept as canonical bytes (compact); parsed again only to render.
-                            tree.inline.push(json::to_canonical(v).into_boxed_slice());
-                            FileData::Inline(tree.inline.len() as u32 - 1)
+                            let start = tree.inline.len();
+                            json::write_canonical(v, &mut tree.inline);
+                            tree.inline_spans.push((start, tree.inline.len()));
+                            FileData::Inline(tree.inline_spans.len() as u32 - 1)
                         }
                     };
                     tree.files.push((data, index as u32));
@@ -195,6 +201,7 @@ impl Tree {
         tree.names.shrink_to_fit();
         tree.nodes.shrink_to_fit();
         tree.inline.shrink_to_fit();
+        tree.inline_spans.shrink_to_fit();
         tree
     }
 
@@ -313,7 +320,8 @@ impl Tree {
         let FileData::Inline(v) = &self.files[file as usize].0 else {
             panic!("rendered() called for an object file");
         };
-        let canonical = &self.inline[*v as usize];
+        let (start, end) = self.inline_spans[*v as usize];
+        let canonical = &self.inline[start..end];
         let bytes: Arc<[u8]> = match self.rendering {
             Rendering::Canonical => canonical.to_vec().into(),
             Rendering::Checkout => {
@@ -449,6 +457,32 @@ mod tests {
             };
             assert_eq!(t.file_size(file, &store), Some(expect.len() as u64));
             assert_eq!(&*t.rendered(file), &expect[..]);
+        }
+    }
+
+    #[test]
+    fn many_inline_values_keep_their_own_bytes() {
+        let mut s = State::empty("x@1");
+        let values: Vec<String> = (0..50)
+            .map(|i| format!(r#"{{"i":{i},"s":"{}"}}"#, "x".repeat(i)))
+            .collect();
+        for (i, v) in values.iter().enumerate() {
+            s.insert(
+                &format!("d{}/v{i}.json", i % 3),
+                Entry::Inline(json::parse(v.as_bytes()).unwrap()),
+            )
+            .unwrap();
+        }
+        let t = Tree::build(s, Rendering::Canonical);
+        for (i, v) in values.iter().enumerate() {
+            let d = t
+                .lookup(ROOT_INO, format!("d{}", i % 3).as_bytes())
+                .unwrap();
+            let ino = t.lookup(d, format!("v{i}.json").as_bytes()).unwrap();
+            let file = t.file_index(ino).unwrap();
+            let expect = json::to_canonical(&json::parse(v.as_bytes()).unwrap());
+            assert_eq!(&*t.rendered(file), &expect[..]);
+            assert_eq!(t.file_path(file), format!("d{}/v{i}.json", i % 3));
         }
     }
 
