@@ -1,6 +1,7 @@
-//! Bench/demo helper: make a pvrfs repository at REPO whose first revision holds the files of
-//! SRC (`*.json` inlined when they parse, as `pvr add` does; everything else stored as objects).
-//! Used by `scripts/bench-mount`, which must not depend on the working-tree commands.
+//! Bench/demo helper: commit the files of SRC as the next revision of the repository at REPO
+//! (created when missing). `*.json` files are inlined when they parse, as `pvr add` does;
+//! everything else is stored as an object. Used by `scripts/bench-mount` and
+//! `scripts/demo-mount`, which must not depend on the working-tree commands.
 //!
 //! Usage: cargo run --release --example mkrepo -- SRC REPO
 
@@ -26,8 +27,18 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.len() == 3, "usage: mkrepo SRC REPO");
     let (src, dest) = (Path::new(&args[1]), Path::new(&args[2]));
     std::fs::create_dir_all(dest)?;
-    let repo = Repo::init(dest, None, None)?;
-    let mut state = repo.head_state()?;
+    let repo = match Repo::open(dest) {
+        Ok(r) => r,
+        Err(pvrfs::Error::NotARepo { .. }) => Repo::init(dest, None, None)?,
+        Err(e) => return Err(e.into()),
+    };
+    // The new revision holds exactly SRC's files.
+    let mut state = pvrfs::state::State::empty(
+        repo.head_state()?
+            .spec
+            .as_deref()
+            .unwrap_or(pvrfs::state::DEFAULT_SPEC),
+    );
     let mut files = Vec::new();
     walk(src, &mut files)?;
     for f in files {
