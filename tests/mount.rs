@@ -668,3 +668,16 @@ fn pvr_made_repositories_mount_and_match_pvr_checkout() {
     }
     assert!(checked >= 10, "only {checked} files compared");
 }
+
+#[test]
+fn uid_and_gid_options_own_every_file() {
+    if !fuse_available() {
+        return;
+    }
+    let (t, _) = fixture();
+    let m = Mount::new(t.path(), "latest", &["--uid", "1234", "--gid", "4321"]);
+    for p in ["", "README", "app", "app/run.json"] {
+        let meta = std::fs::metadata(m.join(p)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 4321), "{p}");
+    }
+}
