@@ -85,6 +85,14 @@ pub fn check_mountpoint(mnt: &Path) -> Result<PathBuf> {
 
 /// Open the repository at `repo_dir`, resolve `spec` and build the filesystem of that revision.
 pub fn prepare(repo_dir: &Path, spec: &str, opts: &MountOptions) -> Result<Prepared> {
+    // A fixed mmap threshold: glibc otherwise raises it after the big state buffers are freed,
+    // and the 16 MiB zeroed request buffers of the FUSE workers then come from the heap, are
+    // memset, and stay resident (measured: +17 MB RSS at 100k paths).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     let repo = Repo::open(repo_dir)?;
     let rev = repo.resolve(spec)?;
     let state = repo.load_state(&rev)?;
