@@ -132,16 +132,22 @@ pub struct FsConfig {
     pub verify: bool,
 }
 
-/// Receives directory entries; returns true when its buffer is full (the entry was not taken).
-/// Keeps FUSE's reply types out of `fs` (as mountpoint-s3's `DirectoryReplier`).
+/// Receives directory entries; `add` returns true when its buffer is full (the entry was not
+/// taken). Keeps FUSE's reply types out of `fs` (as mountpoint-s3's `DirectoryReplier`).
 pub trait DirectoryReplier {
+    /// Whether entries need attributes (readdirplus). Without, `add` gets `None` and no object
+    /// is `stat`ed for its size.
+    fn wants_attrs(&self) -> bool {
+        true
+    }
+
     fn add(
         &mut self,
         ino: u64,
         next_offset: u64,
         kind: FileKind,
         name: &OsStr,
-        attr: &Attr,
+        attr: Option<&Attr>,
     ) -> bool;
 }
 
@@ -149,6 +155,8 @@ pub trait DirectoryReplier {
 #[derive(Debug)]
 pub struct ObjectFile {
     pub id: ObjectId,
+    /// File-table index of the first path that opened it (for messages).
+    index: u32,
     file: File,
     len: u64,
     map: OnceLock<std::io::Result<Option<Mmap>>>,
@@ -312,8 +320,23 @@ impl Fs {
                     (c, self.tree.name(c).unwrap_or_default())
                 }
             };
-            let attr = self.getattr(child)?;
-            if replier.add(child, off + 1, attr.kind, OsStr::from_bytes(name), &attr) {
+            let full = if replier.wants_attrs() {
+                let attr = self.getattr(child)?;
+                replier.add(
+                    child,
+                    off + 1,
+                    attr.kind,
+                    OsStr::from_bytes(name),
+                    Some(&attr),
+                )
+            } else {
+                let kind = match self.tree.kind(child) {
+                    Some(NodeKind::File { .. }) => FileKind::RegularFile,
+                    _ => FileKind::Directory,
+                };
+                replier.add(child, off + 1, kind, OsStr::from_bytes(name), None)
+            };
+            if full {
                 break;
             }
         }
@@ -359,6 +382,7 @@ impl Fs {
             .len();
         let of = Arc::new(ObjectFile {
             id,
+            index: file,
             file: f,
             len,
             map: OnceLock::new(),
@@ -462,10 +486,8 @@ impl Fs {
         match handle {
             Handle::Inline(bytes) => Ok(f(&bytes[slice(bytes)])),
             Handle::Object(of) => {
-                let bytes = of.bytes().map_err(|e| FsError::Unavailable {
-                    path: String::new(),
-                    id: of.id,
-                    why: format!("cannot be mapped: {e}"),
+                let bytes = of.bytes().map_err(|e| {
+                    self.unavailable(of.index, of.id, &format!("cannot be mapped: {e}"))
                 })?;
                 Ok(f(&bytes[slice(bytes)]))
             }

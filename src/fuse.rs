@@ -147,7 +147,11 @@ fn store_is_stacked(dir: &std::path::Path) -> bool {
 struct DirReply<'a>(&'a mut ReplyDirectory);
 
 impl DirectoryReplier for DirReply<'_> {
-    fn add(&mut self, ino: u64, next: u64, kind: FileKind, name: &OsStr, _attr: &Attr) -> bool {
+    fn wants_attrs(&self) -> bool {
+        false
+    }
+
+    fn add(&mut self, ino: u64, next: u64, kind: FileKind, name: &OsStr, _: Option<&Attr>) -> bool {
         let kind = match kind {
             FileKind::Directory => FileType::Directory,
             FileKind::RegularFile => FileType::RegularFile,
@@ -159,7 +163,8 @@ impl DirectoryReplier for DirReply<'_> {
 struct DirPlusReply<'a>(&'a mut ReplyDirectoryPlus);
 
 impl DirectoryReplier for DirPlusReply<'_> {
-    fn add(&mut self, ino: u64, next: u64, _kind: FileKind, name: &OsStr, attr: &Attr) -> bool {
+    fn add(&mut self, ino: u64, next: u64, _: FileKind, name: &OsStr, attr: Option<&Attr>) -> bool {
+        let Some(attr) = attr else { return true };
         self.0.add(
             INodeNo(ino),
             next,

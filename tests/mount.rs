@@ -681,3 +681,35 @@ fn uid_and_gid_options_own_every_file() {
         assert_eq!((meta.uid(), meta.gid()), (1234, 4321), "{p}");
     }
 }
+
+#[test]
+fn relative_paths_and_dash_c_work_with_the_background_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let (t, _) = fixture();
+    let parent = t.path().parent().unwrap();
+    let repo_name = t.path().file_name().unwrap();
+    // the guard owns the mountpoint, which lives beside the repo
+    let m = Mount {
+        dir: tempfile::tempdir_in(parent).unwrap(),
+    };
+    let mnt_name = m.path().file_name().unwrap();
+    let out = common::pvrfs()
+        .current_dir("/")
+        .arg("-C")
+        .arg(parent.strip_prefix("/").unwrap())
+        .arg("mount")
+        .arg(repo_name)
+        .arg("1")
+        .arg(mnt_name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mounted revision 1"));
+    assert_eq!(std::fs::read(m.join("README")).unwrap(), b"hello\n");
+}

@@ -38,8 +38,10 @@ pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             "--rw (copy-on-write mounts) is not available in this build; mount read-only"
         );
     }
-    let repo_dir = ctx.cwd.join(&args.repo);
-    let mnt = ctx.cwd.join(&args.mountpoint);
+    // Absolute: the daemon runs in `/` (and `-C DIR` may be relative).
+    let repo_dir = std::path::absolute(ctx.cwd.join(&args.repo)).ctx("resolve", &args.repo)?;
+    let mnt =
+        std::path::absolute(ctx.cwd.join(&args.mountpoint)).ctx("resolve", &args.mountpoint)?;
     if args.foreground {
         return foreground(&args, &repo_dir, &mnt);
     }
@@ -147,6 +149,8 @@ fn daemonize(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyh
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
+            // Do not pin the caller's working directory (all paths passed are absolute).
+            libc::chdir(c"/".as_ptr());
             if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
