@@ -713,3 +713,21 @@ fn relative_paths_and_dash_c_work_with_the_background_daemon() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("mounted revision 1"));
     assert_eq!(std::fs::read(m.join("README")).unwrap(), b"hello\n");
 }
+
+#[test]
+fn sigterm_to_the_daemon_unmounts_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    let (t, _) = fixture();
+    let m = Mount::new(t.path(), "latest", &[]);
+    let pid = daemon_pid(&std::fs::canonicalize(m.path()).unwrap());
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    for _ in 0..200 {
+        if !m.is_mounted() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!m.is_mounted(), "SIGTERM must unmount");
+}
