@@ -84,10 +84,18 @@ pub fn check_mountpoint(mnt: &Path) -> Result<PathBuf> {
 }
 
 /// Open the repository at `repo_dir`, resolve `spec` and build the filesystem of that revision.
+/// Return free heap pages to the system (glibc keeps them otherwise).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn prepare(repo_dir: &Path, spec: &str, opts: &MountOptions) -> Result<Prepared> {
     // A fixed mmap threshold: glibc otherwise raises it after the big state buffers are freed,
-    // and the 16 MiB zeroed request buffers of the FUSE workers then come from the heap, are
-    // memset, and stay resident (measured: +17 MB RSS at 100k paths).
+    // and later large zeroed buffers (FUSE request buffers) come from the heap and are memset.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator.
     unsafe {
@@ -103,11 +111,7 @@ pub fn prepare(repo_dir: &Path, spec: &str, opts: &MountOptions) -> Result<Prepa
     };
     let tree = Tree::build(state, rendering);
     // The parsed state is gone; hand its heap back so the daemon's RSS is the index only.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    trim_heap();
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let fs = Fs::new(
@@ -156,7 +160,11 @@ pub fn mount(
     config.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()));
     config.clone_fd = true;
     let fuse = FuseFs::new(prepared.fs.clone(), opts.passthrough);
-    fuser::Session::new(fuse, mnt, &config).map_err(|e| match e.raw_os_error() {
+    let session = fuser::Session::new(fuse, mnt, &config);
+    // The INIT exchange used a 16 MiB zeroed buffer carved (and so memset) from the free heap
+    // the state parse left behind; give those pages back now that it is freed.
+    trim_heap();
+    session.map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => Error::Other(format!(
             "no permission to mount on '{}': {e} (FUSE mounts need root or fusermount3)",
             mnt.display()
