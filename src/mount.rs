@@ -173,21 +173,36 @@ pub fn mount(
     })
 }
 
-/// Serve a mounted session until it is unmounted (or SIGINT/SIGTERM/SIGHUP, which unmount it).
-pub fn serve(mut session: fuser::Session<FuseFs>) -> Result<()> {
-    let mut unmounter = session.unmount_callable();
-    // Block the signals here so every worker thread inherits the mask and only the waiter
-    // below receives them.
-    // SAFETY: plain libc signal-mask calls on a local, initialised set.
-    let set = unsafe {
+/// The signals that unmount a serving daemon.
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a local, initialised set.
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
+    }
+}
+
+/// Hold SIGINT/SIGTERM/SIGHUP until `serve` waits for them. Call it first thing in a daemon,
+/// before it reports readiness: a signal arriving in between would otherwise kill the process
+/// and leave a dead mount instead of unmounting it. Threads started later inherit the mask.
+pub fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: `set` is initialised.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Serve a mounted session until it is unmounted (or SIGINT/SIGTERM/SIGHUP, which unmount it).
+pub fn serve(mut session: fuser::Session<FuseFs>) -> Result<()> {
+    let mut unmounter = session.unmount_callable();
+    // Only the waiter below receives the stop signals (a no-op if already blocked).
+    block_stop_signals();
+    let set = stop_signals();
     std::thread::Builder::new()
         .name("pvrfs-signals".into())
         .spawn(move || {
@@ -279,10 +294,11 @@ fn unescape(s: &str) -> Vec<u8> {
     out
 }
 
-/// A FUSE mount whose daemon is gone answers ENOTCONN. `statfs` always reaches the daemon
+/// A FUSE mount whose daemon is gone answers ENOTCONN (or ECONNABORTED). `statfs` always reaches the daemon
 /// (attributes may be answered from the kernel's cache), so it is the probe.
 fn is_dead(path: &Path) -> bool {
-    matches!(rustix::fs::statfs(path), Err(e) if e.raw_os_error() == libc::ENOTCONN)
+    // ENOTCONN once the kernel noticed the daemon's end; ECONNABORTED while it is aborting.
+    matches!(rustix::fs::statfs(path), Err(e) if e.raw_os_error() == libc::ENOTCONN || e.raw_os_error() == libc::ECONNABORTED)
 }
 
 /// Unmount the pvrfs mount at `mnt`, also when its daemon is gone (a dead mount).

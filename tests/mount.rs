@@ -454,8 +454,8 @@ fn a_killed_daemon_leaves_a_mount_that_umount_clears() {
     assert_eq!(std::fs::read(m.join("README")).unwrap(), b"hello\n");
     let pid = daemon_pid(&canon);
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    // wait for it to die
-    for _ in 0..100 {
+    // wait for it to die (generously: the machine may be busy)
+    for _ in 0..1000 {
         if !Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|s| s.contains(") Z "))
@@ -464,10 +464,12 @@ fn a_killed_daemon_leaves_a_mount_that_umount_clears() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // Cached attributes may still answer; anything reaching the daemon gets ENOTCONN.
-    assert_eq!(
-        errno_of(std::fs::read(m.join("app/deep/er/still/file.txt"))),
-        libc::ENOTCONN
+    // Cached attributes may still answer; anything reaching the daemon gets ENOTCONN
+    // (ECONNABORTED while the kernel is still tearing the connection down).
+    let e = errno_of(std::fs::read(m.join("app/deep/er/still/file.txt")));
+    assert!(
+        e == libc::ENOTCONN || e == libc::ECONNABORTED,
+        "errno {e} from a dead mount (pid {pid})"
     );
     let e = run(&[&"mount", &t.path(), &"latest", &m.path()]);
     assert!(String::from_utf8_lossy(&e.stderr).contains("dead FUSE mount"));
@@ -723,7 +725,7 @@ fn sigterm_to_the_daemon_unmounts_cleanly() {
     let m = Mount::new(t.path(), "latest", &[]);
     let pid = daemon_pid(&std::fs::canonicalize(m.path()).unwrap());
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if !m.is_mounted() {
             break;
         }

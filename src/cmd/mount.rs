@@ -63,6 +63,7 @@ pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 }
 
 fn foreground(args: &MountArgs, repo_dir: &Path, mnt: &Path) -> anyhow::Result<()> {
+    mount::block_stop_signals();
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .try_init();
