@@ -7,14 +7,18 @@
 
 pub mod error;
 pub mod exchange;
+pub mod fs;
 pub mod fsutil;
+pub mod fuse;
 pub mod json;
+pub mod mount;
 pub mod oid;
 pub mod overlay;
 pub mod patch;
 pub mod repo;
 pub mod state;
 pub mod store;
+pub mod tree;
 
 pub use error::{Error, Result};
 pub mod cli;

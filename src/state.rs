@@ -203,6 +203,11 @@ impl State {
         &self.entries
     }
 
+    /// Take the entries out, in canonical order (to index them without copying).
+    pub fn into_entries(self) -> BTreeMap<String, Entry> {
+        self.entries
+    }
+
     /// Every object id the state references (deduplicated, sorted).
     pub fn object_ids(&self) -> Vec<ObjectId> {
         let mut ids: Vec<ObjectId> = self.entries.values().filter_map(Entry::object_id).collect();

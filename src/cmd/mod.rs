@@ -3,6 +3,7 @@
 //! `main`). Nothing here calls `std::process::exit` or prints directly.
 
 pub mod exchange;
+pub mod mount;
 
 use crate::cli::{Cli, Command};
 use std::io::Write;
@@ -29,6 +30,9 @@ pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Push(args) => exchange::push(args, ctx),
         Command::Export(args) => exchange::export(args, ctx),
         Command::Import(args) => exchange::import(args, ctx),
+        Command::Mount(args) => mount::mount(args, ctx),
+        Command::Umount(args) => mount::umount(args, ctx),
+        Command::Mounts => mount::mounts(ctx),
         other => anyhow::bail!("'{other:?}' is not implemented in this build"),
     }
 }

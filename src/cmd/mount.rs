@@ -1,0 +1,222 @@
+//! `pvrfs mount`, `pvrfs umount`, `pvrfs mounts`.
+//!
+//! Without `--foreground`, `mount` checks what it cheaply can (repository, revision, mountpoint,
+//! /dev/fuse), then re-executes itself with `--foreground` in a new session, with stdio detached
+//! (logs go to `.pvr/pvrfs/logs/`) and the write end of a pipe in `PVRFS_READY_FD`. The child
+//! mounts and writes `ok` or the error text to the pipe; the parent returns when the pipe says so
+//! (or closes: the child died), so "mount returned 0" means "the tree is being served".
+
+use crate::cli::{MountArgs, UmountArgs};
+use crate::cmd::Ctx;
+use crate::error::{Error, IoContext};
+use crate::mount::{self, MountOptions};
+use crate::repo::Repo;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Environment variable naming the readiness pipe of a daemon child.
+const READY_FD: &str = "PVRFS_READY_FD";
+
+fn options(args: &MountArgs) -> MountOptions {
+    MountOptions {
+        allow_other: args.allow_other,
+        canonical: args.canonical,
+        uid: args.uid,
+        gid: args.gid,
+        verify: args.verify,
+        passthrough: args.passthrough,
+    }
+}
+
+pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    if args.rw {
+        anyhow::bail!(
+            "--rw (copy-on-write mounts) is not available in this build; mount read-only"
+        );
+    }
+    // Absolute: the daemon runs in `/` (and `-C DIR` may be relative).
+    let repo_dir = std::path::absolute(ctx.cwd.join(&args.repo)).ctx("resolve", &args.repo)?;
+    let mnt =
+        std::path::absolute(ctx.cwd.join(&args.mountpoint)).ctx("resolve", &args.mountpoint)?;
+    if args.foreground {
+        return foreground(&args, &repo_dir, &mnt);
+    }
+    // Fail early, in the caller's terminal, for everything that can be checked cheaply.
+    let repo = Repo::open(&repo_dir)?;
+    let rev = repo.resolve(&args.rev)?;
+    mount::check_mountpoint(&mnt)?;
+    daemonize(&args, &repo, &repo_dir, &mnt)?;
+    if !ctx.quiet {
+        writeln!(
+            ctx.err,
+            "mounted revision {} of {} at {}",
+            rev.rev,
+            repo_dir.display(),
+            mnt.display()
+        )?;
+    }
+    Ok(())
+}
+
+fn foreground(args: &MountArgs, repo_dir: &Path, mnt: &Path) -> anyhow::Result<()> {
+    mount::block_stop_signals();
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .try_init();
+    // SAFETY: the parent passed us this fd for this purpose and nothing else owns it.
+    let mut ready: Option<File> = std::env::var(READY_FD)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(|fd| File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+    std::env::remove_var(READY_FD);
+    let result = (|| -> crate::Result<_> {
+        let canon = mount::check_mountpoint(mnt)?;
+        let opts = options(args);
+        let prepared = mount::prepare(repo_dir, &args.rev, &opts)?;
+        let session = mount::mount(&prepared, &canon, &opts)?;
+        log::info!(
+            "serving revision {} of {} at {} ({} inodes)",
+            prepared.rev.rev,
+            prepared.repo.workdir().display(),
+            canon.display(),
+            prepared.fs.tree().len()
+        );
+        Ok(session)
+    })();
+    match result {
+        Ok(session) => {
+            if let Some(mut r) = ready.take() {
+                let _ = r.write_all(b"ok\n");
+            }
+            mount::serve(session)?;
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(mut r) = ready.take() {
+                let _ = write!(r, "error {}\n{}", e.exit_code(), e);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn daemonize(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyhow::Result<()> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::io("create pipe for", mnt, std::io::Error::last_os_error()).into());
+    }
+    // SAFETY: both fds are fresh and ours.
+    let (read_end, write_end) =
+        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let exe = std::env::current_exe().ctx("find own executable", "/proc/self/exe")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg(repo_dir)
+        .arg(&args.rev)
+        .arg(mnt)
+        .arg("--foreground")
+        .arg("--passthrough")
+        .arg(match args.passthrough {
+            crate::cli::PassthroughMode::Auto => "auto",
+            crate::cli::PassthroughMode::Always => "always",
+            crate::cli::PassthroughMode::Never => "never",
+        });
+    for (on, flag) in [
+        (args.allow_other, "--allow-other"),
+        (args.canonical, "--canonical"),
+        (args.verify, "--verify"),
+    ] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    if let Some(uid) = args.uid {
+        cmd.arg("--uid").arg(uid.to_string());
+    }
+    if let Some(gid) = args.gid {
+        cmd.arg("--gid").arg(gid.to_string());
+    }
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&write_end);
+    cmd.env(READY_FD, raw.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(repo, mnt));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // Do not pin the caller's working directory (all paths passed are absolute).
+            libc::chdir(c"/".as_ptr());
+            if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().ctx("start mount daemon for", mnt)?;
+    drop(write_end);
+    let mut answer = String::new();
+    let mut read_end = read_end;
+    let _ = read_end.read_to_string(&mut answer);
+    if answer.starts_with("ok") {
+        return Ok(());
+    }
+    let status = child.wait().ok();
+    let msg = match answer.strip_prefix("error ") {
+        Some(rest) => rest.split_once('\n').map_or(rest, |(_, m)| m).to_string(),
+        None => format!(
+            "the mount daemon exited ({}) before the mount was ready; see its log in {}",
+            status.map_or("unknown status".into(), |s| s.to_string()),
+            log_dir(repo).display()
+        ),
+    };
+    Err(Error::Other(msg).into())
+}
+
+fn log_dir(repo: &Repo) -> std::path::PathBuf {
+    repo.ext_dir().join("logs")
+}
+
+/// The daemon's stderr: a log file per mountpoint under the repo, or nothing if unwritable.
+fn log_file(repo: &Repo, mnt: &Path) -> Stdio {
+    let dir = log_dir(repo);
+    let name: String = mnt
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let opened = std::fs::create_dir_all(&dir).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("mount{name}.log")))
+    });
+    match opened {
+        Ok(f) => Stdio::from(f),
+        Err(_) => Stdio::null(),
+    }
+}
+
+pub fn umount(args: UmountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    mount::unmount(&ctx.cwd.join(&args.mountpoint))?;
+    Ok(())
+}
+
+pub fn mounts(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    for m in mount::list_mounts()? {
+        let (repo, rev) = m.repo_and_rev().unwrap_or((m.source.as_str(), "?"));
+        writeln!(ctx.out, "{}\t{}\t{}", m.mountpoint.display(), repo, rev)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,575 @@
+//! The read-only filesystem of one revision, as plain methods: no FUSE types in here.
+//!
+//! Model: a `Tree` (the directory index, inode numbers = tree indices + 1) plus the object store.
+//! Every operation takes inode numbers and returns `Result<_, FsError>`; `FsError::errno` is the
+//! single errno table. `fuse.rs` is a thin adapter that calls one method and sends one reply, so
+//! tests drive this type operation by operation without a kernel (`tests/fs.rs`).
+//!
+//! Invariants and guarantees (docs/SEMANTICS.md):
+//! - the tree never changes while mounted, so attributes and entries may be cached forever;
+//! - an object file is opened once per inode and shared by all concurrent opens of it
+//!   (`ObjectFile`, held weakly per file so the last close drops it); reads come from an mmap
+//!   made on the first read, unless the adapter hands the fd to the kernel (passthrough);
+//! - a missing object, or with `verify` one whose bytes do not hash to its name, makes open
+//!   (or, in no-open mode, read) fail with EIO and is logged once, naming the object and the
+//!   path; everything else keeps being served. Such a file lists with a 1-byte placeholder size
+//!   so that readers always reach the daemon and get the error. Without `verify` a corrupt object is served as stored (`pvrfs fsck` finds it);
+//! - every write-type operation fails with EROFS (`FsError::ReadOnly`); a copy-on-write layer
+//!   (`overlay`) sits on top and answers those itself, using the base-tree methods here.
+
+use crate::oid::ObjectId;
+use crate::store::{Store, Verified};
+use crate::tree::{FileData, NodeKind, Tree, ROOT_INO};
+use memmap2::Mmap;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Block size reported by `stat` and `statfs`.
+pub const BLOCK_SIZE: u32 = 4096;
+/// How many closed object files stay open for quick reopening.
+pub const RECENT_OBJECT_FILES: usize = 1024;
+/// Longest name a lookup can match (what `statfs` reports).
+pub const NAME_MAX: u32 = 255;
+
+/// Errors of filesystem operations; each maps to exactly one errno.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("unknown file handle {0}")]
+    BadHandle(u64),
+    /// No inode has extended attributes and none can be set.
+    #[error("extended attributes are not supported")]
+    NoXattr,
+    #[error("buffer too small")]
+    Range,
+    /// The object behind a file cannot be served (missing, unreadable or corrupt).
+    #[error("cannot serve '{path}': object {id} {why}")]
+    Unavailable {
+        path: String,
+        id: ObjectId,
+        why: String,
+    },
+}
+
+impl FsError {
+    /// The errno table (one place, as mountpoint-s3's `ToErrno`).
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle(_) => libc::EBADF,
+            // What a filesystem without xattr support answers (vfat, for one).
+            FsError::NoXattr => libc::EOPNOTSUPP,
+            FsError::Range => libc::ERANGE,
+            // The file exists but its bytes cannot be produced: an I/O error, not ENOENT, so
+            // tools report a damaged file instead of a vanished one.
+            FsError::Unavailable { .. } => libc::EIO,
+        }
+    }
+}
+
+/// File type of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Directory,
+    RegularFile,
+}
+
+/// Attributes of an inode, as `stat` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub size: u64,
+    /// 512-byte blocks of data (what `du` adds up).
+    pub blocks: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// atime = mtime = ctime: the revision's commit time.
+    pub time: SystemTime,
+}
+
+/// `statfs` figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statfs {
+    /// Blocks of `bsize` holding the tree's bytes.
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    /// Inodes in the tree.
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Mount-wide settings.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub uid: u32,
+    pub gid: u32,
+    /// The revision's commit time (seconds since the epoch).
+    pub time: i64,
+    /// Hash each object once before serving it.
+    pub verify: bool,
+}
+
+/// Receives directory entries; `add` returns true when its buffer is full (the entry was not
+/// taken). Keeps FUSE's reply types out of `fs` (as mountpoint-s3's `DirectoryReplier`).
+pub trait DirectoryReplier {
+    /// Whether entries need attributes (readdirplus). Without, `add` gets `None` and no object
+    /// is `stat`ed for its size.
+    fn wants_attrs(&self) -> bool {
+        true
+    }
+
+    fn add(
+        &mut self,
+        ino: u64,
+        next_offset: u64,
+        kind: FileKind,
+        name: &OsStr,
+        attr: Option<&Attr>,
+    ) -> bool;
+}
+
+/// An object file open for reading, shared by every open of one inode.
+#[derive(Debug)]
+pub struct ObjectFile {
+    pub id: ObjectId,
+    /// File-table index of the first path that opened it (for messages).
+    index: u32,
+    file: File,
+    len: u64,
+    map: OnceLock<std::io::Result<Option<Mmap>>>,
+}
+
+impl ObjectFile {
+    /// The open object file (for kernel passthrough).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn bytes(&self) -> std::io::Result<&[u8]> {
+        let map = self.map.get_or_init(|| {
+            if self.len == 0 {
+                return Ok(None);
+            }
+            // SAFETY: objects are immutable once renamed into place (store invariant); a store
+            // edited behind our back could change the mapped bytes, never memory safety of ours
+            // beyond SIGBUS on truncation, which is the usual mmap contract.
+            let map = unsafe { Mmap::map(&self.file)? };
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Ok(Some(map))
+        });
+        match map {
+            Ok(Some(m)) => Ok(&m[..]),
+            Ok(None) => Ok(&[]),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+/// What an open handle reads from.
+#[derive(Debug, Clone)]
+pub enum Handle {
+    Object(Arc<ObjectFile>),
+    Inline(Arc<[u8]>),
+}
+
+/// Result of `open`.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub fh: u64,
+    pub handle: Handle,
+}
+
+/// The filesystem of one revision.
+pub struct Fs {
+    tree: Tree,
+    store: Store,
+    config: FsConfig,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    objects: Mutex<HashMap<u32, Weak<ObjectFile>>>,
+    /// Keeps the most recently opened object files open after their last close, so reopening
+    /// a hot file costs no open(2)/fstat(2). Bounded: each holds a file descriptor.
+    recent: Mutex<lru::LruCache<u32, Arc<ObjectFile>>>,
+    verified: Mutex<HashMap<ObjectId, bool>>,
+    reported: Mutex<HashSet<ObjectId>>,
+    total_bytes: OnceLock<u64>,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs").field("tree", &self.tree).finish()
+    }
+}
+
+impl Fs {
+    pub fn new(tree: Tree, store: Store, config: FsConfig) -> Fs {
+        Fs {
+            tree,
+            store,
+            config,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            objects: Mutex::new(HashMap::new()),
+            recent: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(RECENT_OBJECT_FILES).expect("non-zero"),
+            )),
+            verified: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashSet::new()),
+            total_bytes: OnceLock::new(),
+        }
+    }
+
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn time(&self) -> SystemTime {
+        if self.config.time >= 0 {
+            UNIX_EPOCH + Duration::from_secs(self.config.time as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.config.time.unsigned_abs())
+        }
+    }
+
+    /// The child `name` of directory `parent`, with its attributes.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        match self.tree.kind(parent) {
+            None => return Err(FsError::NotFound),
+            Some(NodeKind::File { .. }) => return Err(FsError::NotDir),
+            Some(NodeKind::Dir { .. }) => {}
+        }
+        let ino = self
+            .tree
+            .lookup(parent, name.as_bytes())
+            .ok_or(FsError::NotFound)?;
+        self.getattr(ino)
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let kind = self.tree.kind(ino).ok_or(FsError::NotFound)?;
+        let (kind, size, perm, nlink) = match kind {
+            NodeKind::Dir { subdirs, .. } => (FileKind::Directory, 0, 0o755, 2 + subdirs),
+            NodeKind::File { file } => {
+                // A missing object still lists, with a 1-byte placeholder size: a reader must
+                // reach us (open or read) and get EIO, never see a plausible empty file.
+                let size = self.tree.file_size(file, &self.store).unwrap_or(1);
+                (FileKind::RegularFile, size, 0o644, 1)
+            }
+        };
+        Ok(Attr {
+            ino,
+            kind,
+            size,
+            blocks: size.div_ceil(512),
+            perm,
+            nlink,
+            uid: self.config.uid,
+            gid: self.config.gid,
+            time: self.time(),
+        })
+    }
+
+    /// List directory `ino` from `offset` (0 = start; `.` and `..` come first).
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        replier: &mut dyn DirectoryReplier,
+    ) -> Result<(), FsError> {
+        match self.tree.kind(ino) {
+            None => return Err(FsError::NotFound),
+            Some(NodeKind::File { .. }) => return Err(FsError::NotDir),
+            Some(NodeKind::Dir { .. }) => {}
+        }
+        let children = self.tree.children(ino);
+        let total = 2 + (children.end - children.start);
+        for off in offset..total {
+            let (child, name): (u64, &[u8]) = match off {
+                0 => (ino, b"."),
+                1 => (self.tree.parent(ino).unwrap_or(ROOT_INO), b".."),
+                n => {
+                    let c = children.start + n - 2;
+                    (c, self.tree.name(c).unwrap_or_default())
+                }
+            };
+            let full = if replier.wants_attrs() {
+                let attr = self.getattr(child)?;
+                replier.add(
+                    child,
+                    off + 1,
+                    attr.kind,
+                    OsStr::from_bytes(name),
+                    Some(&attr),
+                )
+            } else {
+                let kind = match self.tree.kind(child) {
+                    Some(NodeKind::File { .. }) => FileKind::RegularFile,
+                    _ => FileKind::Directory,
+                };
+                replier.add(child, off + 1, kind, OsStr::from_bytes(name), None)
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Open a file for reading. Write access fails with EROFS.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(FsError::ReadOnly);
+        }
+        let file = match self.tree.kind(ino).ok_or(FsError::NotFound)? {
+            NodeKind::Dir { .. } => return Err(FsError::IsDir),
+            NodeKind::File { file } => file,
+        };
+        let handle = match self.tree.file_data(file) {
+            FileData::Inline(_) => Handle::Inline(self.tree.rendered(file)),
+            FileData::Object(id) => Handle::Object(self.open_object(file, *id)?),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, handle.clone());
+        Ok(Opened { fh, handle })
+    }
+
+    fn open_object(&self, file: u32, id: ObjectId) -> Result<Arc<ObjectFile>, FsError> {
+        if let Some(of) = self.recent.lock().get(&file) {
+            return Ok(of.clone());
+        }
+        if let Some(of) = self.objects.lock().get(&file).and_then(Weak::upgrade) {
+            return Ok(of);
+        }
+        if self.config.verify {
+            self.check_verified(file, id)?;
+        }
+        let f = match self.store.open(&id) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(self.unavailable(file, id, "is missing from the store")),
+            Err(e) => return Err(self.unavailable(file, id, &format!("cannot be opened: {e}"))),
+        };
+        let len = f
+            .metadata()
+            .map_err(|e| self.unavailable(file, id, &format!("cannot be read: {e}")))?
+            .len();
+        let of = Arc::new(ObjectFile {
+            id,
+            index: file,
+            file: f,
+            len,
+            map: OnceLock::new(),
+        });
+        let mut objects = self.objects.lock();
+        // Another thread may have opened it meanwhile: share theirs.
+        if let Some(existing) = objects.get(&file).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
+        objects.insert(file, Arc::downgrade(&of));
+        // The weak map would grow with every file ever opened: drop dead entries now and then.
+        if objects.len() > 4 * RECENT_OBJECT_FILES {
+            objects.retain(|_, w| w.strong_count() > 0);
+        }
+        drop(objects);
+        self.recent.lock().put(file, of.clone());
+        Ok(of)
+    }
+
+    fn check_verified(&self, file: u32, id: ObjectId) -> Result<(), FsError> {
+        let known = self.verified.lock().get(&id).copied();
+        let ok = match known {
+            Some(ok) => ok,
+            None => {
+                // Hashed outside the lock; two first opens may both hash, both agree.
+                let ok = match self.store.verify(&id) {
+                    Ok(Verified::Ok) => true,
+                    Ok(Verified::Missing) => {
+                        return Err(self.unavailable(file, id, "is missing from the store"))
+                    }
+                    Ok(Verified::Corrupt { actual }) => {
+                        log::error!(
+                            "object {id} needed for '{}' is corrupt: its content hashes to {actual}",
+                            self.tree.file_path(file)
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        return Err(self.unavailable(file, id, &format!("cannot be read: {e}")))
+                    }
+                };
+                self.verified.lock().insert(id, ok);
+                ok
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(FsError::Unavailable {
+                path: self.tree.file_path(file),
+                id,
+                why: "is corrupt".into(),
+            })
+        }
+    }
+
+    /// Build the error for an object that cannot be served, logging it once per object.
+    fn unavailable(&self, file: u32, id: ObjectId, why: &str) -> FsError {
+        let path = self.tree.file_path(file);
+        if self.reported.lock().insert(id) {
+            log::error!("object {id} needed for '{path}' {why}");
+        }
+        FsError::Unavailable {
+            path,
+            id,
+            why: why.to_string(),
+        }
+    }
+
+    /// Read up to `size` bytes at `offset` of an open file and hand them to `f` (no copy).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, FsError> {
+        let handle = self
+            .handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))?;
+        self.read_handle(&handle, offset, size, f)
+    }
+
+    fn read_handle<R>(
+        &self,
+        handle: &Handle,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, FsError> {
+        let slice = |data: &[u8]| -> std::ops::Range<usize> {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            let end = start.saturating_add(size as usize).min(data.len());
+            start..end
+        };
+        match handle {
+            Handle::Inline(bytes) => Ok(f(&bytes[slice(bytes)])),
+            Handle::Object(of) => {
+                let bytes = of.bytes().map_err(|e| {
+                    self.unavailable(of.index, of.id, &format!("cannot be mapped: {e}"))
+                })?;
+                Ok(f(&bytes[slice(bytes)]))
+            }
+        }
+    }
+
+    /// Read a file by inode, without an open handle: for kernels that open files without
+    /// asking (FUSE no-open mode). Missing/corrupt objects fail here with EIO instead of at open.
+    pub fn read_inode<R>(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, FsError> {
+        let file = match self.tree.kind(ino).ok_or(FsError::NotFound)? {
+            NodeKind::Dir { .. } => return Err(FsError::IsDir),
+            NodeKind::File { file } => file,
+        };
+        let handle = match self.tree.file_data(file) {
+            FileData::Inline(_) => Handle::Inline(self.tree.rendered(file)),
+            FileData::Object(id) => Handle::Object(self.open_object(file, *id)?),
+        };
+        self.read_handle(&handle, offset, size, f)
+    }
+
+    /// Forget an open handle.
+    pub fn release(&self, fh: u64) -> Result<(), FsError> {
+        self.handles
+            .lock()
+            .remove(&fh)
+            .map(drop)
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    /// Open directory check (directories have no per-open state).
+    pub fn opendir(&self, ino: u64, flags: i32) -> Result<(), FsError> {
+        match self.tree.kind(ino) {
+            None => Err(FsError::NotFound),
+            Some(NodeKind::File { .. }) => Err(FsError::NotDir),
+            Some(NodeKind::Dir { .. }) if flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                Err(FsError::ReadOnly)
+            }
+            Some(NodeKind::Dir { .. }) => Ok(()),
+        }
+    }
+
+    /// Filesystem figures: the tree's size in blocks (objects are stat'ed once, on first call),
+    /// its inode count, and nothing free (it is read-only).
+    pub fn statfs(&self) -> Statfs {
+        let bytes = *self.total_bytes.get_or_init(|| {
+            (0..self.tree.file_count() as u32)
+                .map(|f| self.tree.file_size(f, &self.store).unwrap_or(0))
+                .sum()
+        });
+        Statfs {
+            blocks: bytes.div_ceil(BLOCK_SIZE as u64),
+            bfree: 0,
+            bavail: 0,
+            files: self.tree.len() as u64,
+            ffree: 0,
+            bsize: BLOCK_SIZE,
+            namelen: NAME_MAX,
+            frsize: BLOCK_SIZE,
+        }
+    }
+
+    /// No inode has extended attributes.
+    pub fn getxattr(&self, ino: u64, _name: &OsStr) -> Result<Vec<u8>, FsError> {
+        self.getattr(ino)?;
+        Err(FsError::NoXattr)
+    }
+
+    /// The (empty) list of extended attribute names.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        self.getattr(ino)?;
+        Ok(Vec::new())
+    }
+
+    /// Every write-type operation (setattr, mknod, mkdir, unlink, rmdir, symlink, rename, link,
+    /// write, create, setxattr, removexattr, fallocate, copy_file_range) ends here.
+    pub fn write_op(&self, _what: &'static str) -> Result<(), FsError> {
+        Err(FsError::ReadOnly)
+    }
+}
