@@ -12,6 +12,7 @@ pub mod patch;
 pub mod repo;
 pub mod state;
 pub mod store;
+pub mod worktree;
 
 pub use error::{Error, Result};
 pub mod cli;

@@ -2,7 +2,9 @@
 //! `ctx.out` / `ctx.err`, and returns a library error on failure (mapped to an exit code by
 //! `main`). Nothing here calls `std::process::exit` or prints directly.
 
-use crate::cli::Cli;
+pub mod repo;
+
+use crate::cli::{Cli, Command};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -19,9 +21,21 @@ pub struct Ctx<'a> {
 }
 
 /// Run one parsed command line.
-pub fn dispatch(cli: Cli, _ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    #[allow(clippy::match_single_binding)] // arms are added per command
+pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     match cli.command {
+        Command::Init(a) => repo::init(a, ctx),
+        Command::Add(a) => repo::add(a, ctx),
+        Command::Status(a) => repo::status(a, ctx),
+        Command::Diff(a) => repo::diff(a, ctx),
+        Command::Json(a) => repo::json(a, ctx),
+        Command::Commit(a) => repo::commit(a, ctx),
+        Command::Log(a) => repo::log(a, ctx),
+        Command::Show(a) => repo::show(a, ctx),
+        Command::Checkout(a) => repo::checkout(a, ctx),
+        Command::Reset(a) => repo::reset(a, ctx),
+        Command::Apply(a) => repo::apply(a, ctx),
+        Command::Fsck(a) => repo::fsck(a, ctx),
+        Command::Gc(a) => repo::gc(a, ctx),
         other => anyhow::bail!("'{other:?}' is not implemented in this build"),
     }
 }
