@@ -521,8 +521,26 @@ impl<'r> WorkTree<'r> {
         let rev = self.repo.commit_state(lock, &scan.state, message, None)?;
         fsutil::crash_point("commit:before-clearing-new");
         save_staged(self.repo, &StagedMap::new())?;
+        self.set_tree_base(&scan.state)?;
         let _ = write_commit_log(&scan, self.repo.workdir(), log);
         Ok(rev)
+    }
+
+    /// The state the work tree was last made equal to (by commit or checkout), if known.
+    /// `checkout` treats its files as tracked too, so that after `checkout REV` or `apply`
+    /// (which move the tree and the head apart) the next checkout still cleans up after it.
+    fn tree_base(&self) -> Option<State> {
+        let text = fs::read_to_string(self.repo.ext_dir().join("tree-base")).ok()?;
+        let id = ObjectId::from_hex(text.trim()).ok()?;
+        let bytes = self.repo.store().read_verified(&id, None).ok()?;
+        State::from_json_bytes(&bytes, "the last checked-out state").ok()
+    }
+
+    fn set_tree_base(&self, state: &State) -> Result<()> {
+        let id = self.repo.store().put_bytes(&state.to_canonical_bytes())?;
+        let dir = self.repo.ext_dir();
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        fsutil::atomic_write(&dir.join("tree-base"), id.to_hex().as_bytes(), 0o644)
     }
 
     /// Make the work tree equal to `target` (see `CheckoutOptions`). The head is not moved.
@@ -534,29 +552,33 @@ impl<'r> WorkTree<'r> {
     ) -> Result<CheckoutReport> {
         let repo = self.repo;
         let head = repo.head_state()?;
+        let base = self.tree_base().unwrap_or_default();
         let staged = load_staged(repo)?;
         let paths: BTreeSet<&String> = head
             .entries_map()
             .keys()
+            .chain(base.entries_map().keys())
             .chain(target.entries_map().keys())
             .chain(staged.keys())
             .collect();
         let cache = &self.cache;
-        // What is on disk now, and whether it holds work the head does not have.
+        // What is on disk now, and whether it holds work that neither the head nor the last
+        // checked-out state has (only such work is protected).
         let current: Vec<(&String, Option<Probe>, bool)> = paths
             .into_par_iter()
             .map(|path| {
-                let h = head.get(path);
-                let as_object = stored_as_object(path, h, None);
-                let hv = match h {
+                let known = head.get(path).or(base.get(path));
+                let as_object = stored_as_object(path, known, None);
+                let hv = match known {
                     Some(Entry::Inline(v)) => Some(v),
                     _ => None,
                 };
                 let p = probe(&self.abs(path), path, !as_object, cache, hv)?;
-                let unsaved = match (&p, h) {
-                    (None, _) => false,
-                    (Some(p), Some(h)) => entry_of(path, as_object, p).map_or(true, |e| e != *h),
-                    (Some(_), None) => true,
+                let unsaved = match &p {
+                    None => false,
+                    Some(p) => entry_of(path, as_object, p).map_or(true, |e| {
+                        head.get(path) != Some(&e) && base.get(path) != Some(&e)
+                    }),
                 };
                 Ok((path, p, unsaved))
             })
@@ -579,7 +601,7 @@ impl<'r> WorkTree<'r> {
                         _ => writes.push((path.clone(), plan)),
                     }
                 }
-                None if head.contains(path) && p.is_some() => {
+                None if (head.contains(path) || base.contains(path)) && p.is_some() => {
                     if unsaved && !opts.force {
                         conflicts.push(path.clone());
                     } else {
@@ -638,6 +660,7 @@ impl<'r> WorkTree<'r> {
         if !written.is_empty() || !removes.is_empty() {
             fsutil::sync_filesystem(repo.workdir())?;
         }
+        self.set_tree_base(target)?;
         let report = CheckoutReport {
             written: written.len(),
             removed: removes.len(),
@@ -908,6 +931,40 @@ mod tests {
     }
 
     #[test]
+    fn a_trusted_cache_entry_is_believed_without_reading_the_file() {
+        let (_d, repo) = setup();
+        write(&repo, "f.bin", "aaaa");
+        write(&repo, "c.json", "{\"a\": 1}");
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut wt = WorkTree::open(&repo);
+        // Lie in the cache: same stat key, other hashes. If scan re-read the files it would
+        // see no change; trusting the cache, it reports both as changed.
+        let lies: Vec<(String, CacheEntry)> = ["f.bin", "c.json"]
+            .iter()
+            .map(|p| {
+                let meta = fs::symlink_metadata(repo.workdir().join(p)).unwrap();
+                let bogus = ObjectId::hash_bytes(b"bogus");
+                let value_sha = p.ends_with(".json").then_some(bogus);
+                (
+                    p.to_string(),
+                    CacheEntry {
+                        key: StatKey::of(&meta),
+                        sha: bogus,
+                        value_sha,
+                    },
+                )
+            })
+            .collect();
+        wt.cache.update_and_save(lies);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let scan = WorkTree::open(&repo).scan().unwrap();
+        // f.bin: believed; c.json: the value hash does not match the head, so it is parsed
+        assert_eq!(scan.changed, vec!["f.bin"]);
+    }
+
+    #[test]
     fn invalid_json_is_reported_with_its_path() {
         let (_d, repo) = setup();
         write(&repo, "bad.json", "{bad");
@@ -988,8 +1045,8 @@ mod tests {
             "[1,2.5E0]"
         );
         assert!(repo.workdir().join("new.txt").exists());
-        // the head did not move, so a/b.txt is now untracked and left alone
-        assert!(repo.workdir().join("a/b.txt").exists());
+        // a/b.txt came from the last checkout, so it is tracked and goes
+        assert!(!repo.workdir().join("a").exists());
     }
 
     #[test]

@@ -370,6 +370,10 @@ pub fn gc(args: GcArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         keep.extend(repo.load_state(&rev)?.object_ids());
     }
     keep.extend(worktree::load_staged(&repo)?.values().map(|s| s.sha));
+    // The state the work tree was last checked out from (see `WorkTree::checkout`).
+    if let Ok(text) = std::fs::read_to_string(repo.ext_dir().join("tree-base")) {
+        keep.extend(ObjectId::from_hex(text.trim()).ok());
+    }
     let store = repo.store();
     let mut removed = 0u64;
     let mut bytes = 0u64;
