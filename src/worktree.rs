@@ -33,6 +33,7 @@
 //! place, so a file is either old or new; the head is not moved by a checkout.
 
 pub mod statcache;
+pub mod walk;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -120,57 +121,9 @@ pub fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// Every regular file under `start` (inside the work dir `root`), as repo-relative paths in walk
-/// order. `.pvr` is never entered; `.pvrignore` files (gitignore syntax) are honoured.
-/// Non-UTF-8 names are an error naming the file (a state key must be a string).
+/// order (see `walk`).
 pub fn walk_files(root: &Path, start: &Path) -> Result<Vec<String>> {
-    let pvr_dir = root.join(crate::repo::PVR_DIR);
-    let found = parking_lot::Mutex::new(Vec::new());
-    let first_error = parking_lot::Mutex::new(None);
-    let walker = ignore::WalkBuilder::new(start)
-        .standard_filters(false)
-        .parents(true)
-        .follow_links(false)
-        .add_custom_ignore_filename(".pvrignore")
-        .filter_entry(move |e| e.path() != pvr_dir)
-        .build_parallel();
-    walker.run(|| {
-        let found = &found;
-        let first_error = &first_error;
-        Box::new(move |entry| {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    first_error
-                        .lock()
-                        .get_or_insert_with(|| Error::Other(format!("walking the work tree: {e}")));
-                    return ignore::WalkState::Quit;
-                }
-            };
-            if !entry.file_type().is_some_and(|t| t.is_file()) {
-                return ignore::WalkState::Continue;
-            }
-            let rel = entry.path().strip_prefix(root).ok().map(Path::to_path_buf);
-            match rel.as_ref().and_then(|r| r.to_str()) {
-                Some(r) => found.lock().push(r.to_string()),
-                None => {
-                    first_error.lock().get_or_insert_with(|| {
-                        Error::Other(format!(
-                            "'{}' has a name that is not UTF-8; pvr states can only hold UTF-8 paths (rename it or list it in .pvrignore)",
-                            entry.path().display()
-                        ))
-                    });
-                    return ignore::WalkState::Quit;
-                }
-            }
-            ignore::WalkState::Continue
-        })
-    });
-    if let Some(e) = first_error.into_inner() {
-        return Err(e);
-    }
-    let mut files = found.into_inner();
-    files.sort_unstable_by(|a, b| walk_order(a, b));
-    Ok(files)
+    walk::files(root, start)
 }
 
 /// What is on disk at one path.
@@ -183,6 +136,8 @@ pub struct Probe {
     pub value: Option<std::result::Result<Value, SyntaxError>>,
     /// sha256 of the canonical value bytes, when known.
     pub value_sha: Option<ObjectId>,
+    /// Answered by a trusted stat-cache entry (nothing was read).
+    pub cached: bool,
 }
 
 impl Probe {
@@ -197,29 +152,31 @@ impl Probe {
 
 /// Look at one file: `None` when it is absent or not a regular file. `inline` asks for the parsed
 /// value; `head_value` (the committed value of the path) lets a cache hit skip reading it.
+/// `pre` is the file's stat key when the caller already has it (from `walk`).
 fn probe(
     abs: &Path,
     rel: &str,
     inline: bool,
     cache: &StatCache,
     head_value: Option<&Value>,
+    pre: Option<StatKey>,
 ) -> Result<Option<Probe>> {
-    let meta = match fs::symlink_metadata(abs) {
-        Ok(m) => m,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(Error::io("stat", abs, e)),
+    let key = match pre {
+        Some(k) => k,
+        None => match fs::symlink_metadata(abs) {
+            Ok(m) if m.is_file() => StatKey::of(&m),
+            Ok(_) => return Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(Error::io("stat", abs, e)),
+        },
     };
-    if !meta.is_file() {
-        return Ok(None);
-    }
-    let key = StatKey::of(&meta);
     if let Some(hit) = cache.lookup(rel, &key) {
         if !inline {
             return Ok(Some(Probe {
@@ -227,6 +184,7 @@ fn probe(
                 sha: hit.sha,
                 value: None,
                 value_sha: hit.value_sha,
+                cached: true,
             }));
         }
         if let (Some(vs), Some(hv)) = (hit.value_sha, head_value) {
@@ -236,6 +194,7 @@ fn probe(
                     sha: hit.sha,
                     value: Some(Ok(hv.clone())),
                     value_sha: Some(vs),
+                    cached: true,
                 }));
             }
         }
@@ -246,7 +205,7 @@ fn probe(
         Err(e) => return Err(Error::io("open", abs, e)),
     };
     let (sha, value) = if inline {
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        let mut bytes = Vec::with_capacity(key.size as usize);
         file.read_to_end(&mut bytes).ctx("read", abs)?;
         (ObjectId::hash_bytes(&bytes), Some(json::parse(&bytes)))
     } else {
@@ -264,6 +223,7 @@ fn probe(
         sha,
         value,
         value_sha,
+        cached: false,
     }))
 }
 
@@ -300,14 +260,36 @@ fn entry_of(path: &str, as_object: bool, p: &Probe) -> Result<Entry> {
 pub struct Scan {
     pub head: State,
     pub staged: StagedMap,
-    /// What a commit would record now.
-    pub state: State,
+    /// New entries of added and changed paths.
+    pub updates: BTreeMap<String, Entry>,
     /// Staged, present, not in the head (`A`).
     pub added: Vec<String>,
     /// In the head, gone from disk (`D`).
     pub deleted: Vec<String>,
     /// In the head, present, different (`C`).
     pub changed: Vec<String>,
+    /// Files neither tracked nor staged, in walk order (only from `scan_all`).
+    pub untracked: Vec<String>,
+}
+
+impl Scan {
+    /// What a commit would record now: the head with the updates and deletions applied.
+    /// (Built on demand: `status` never needs it, and cloning a big head is not free.)
+    pub fn state(&self) -> Result<State> {
+        let mut state = self.head.clone();
+        for p in &self.deleted {
+            state.remove(p);
+        }
+        for (p, e) in &self.updates {
+            state.insert(p, e.clone())?;
+        }
+        Ok(state)
+    }
+
+    /// True when the work tree holds no change to commit.
+    pub fn is_clean(&self) -> bool {
+        self.updates.is_empty() && self.deleted.is_empty()
+    }
 }
 
 /// A repository's work tree with its stat cache.
@@ -326,13 +308,41 @@ impl<'r> WorkTree<'r> {
         self.repo.workdir().join(rel)
     }
 
-    /// Compute the working view. Fails with `InvalidJson` when an inline file does not parse.
+    /// Compute the working view (tracked and staged files only). Fails with `InvalidJson` when
+    /// an inline file does not parse.
     pub fn scan(&mut self) -> Result<Scan> {
+        self.scan_inner(false)
+    }
+
+    /// `scan` plus the untracked files, in one walk of the tree (what `status` needs).
+    pub fn scan_all(&mut self) -> Result<Scan> {
+        self.scan_inner(true)
+    }
+
+    fn scan_inner(&mut self, with_untracked: bool) -> Result<Scan> {
         let head = self.repo.head_state()?;
         let staged = load_staged(self.repo)?;
         let paths: BTreeSet<&String> = head.entries_map().keys().chain(staged.keys()).collect();
+        // With a walk, tracked files get their stat key from it (fstatat, cheap); the others
+        // (ignored by .pvrignore, or gone) are looked up one by one below.
+        let mut untracked = Vec::new();
+        let mut keys: HashMap<String, StatKey> = HashMap::new();
+        if with_untracked {
+            let tracked: std::collections::HashSet<&str> =
+                paths.iter().map(|p| p.as_str()).collect();
+            let root = self.repo.workdir();
+            for w in walk::walk(root, root, &|p| tracked.contains(p))? {
+                match w.key {
+                    Some(k) => {
+                        keys.insert(w.path, k);
+                    }
+                    None if !tracked.contains(w.path.as_str()) => untracked.push(w.path),
+                    None => {}
+                }
+            }
+        }
         let cache = &self.cache;
-        let probes: Vec<(String, bool, Option<Probe>)> = paths
+        let probes: Vec<(&String, bool, Option<Probe>)> = paths
             .into_par_iter()
             .map(|path| {
                 let h = head.get(path);
@@ -341,50 +351,54 @@ impl<'r> WorkTree<'r> {
                     Some(Entry::Inline(v)) => Some(v),
                     _ => None,
                 };
-                let p = probe(&self.abs(path), path, !as_object, cache, head_value)?;
-                Ok((path.clone(), as_object, p))
+                let pre = keys.get(path.as_str()).copied();
+                let p = probe(&self.abs(path), path, !as_object, cache, head_value, pre)?;
+                Ok((path, as_object, p))
             })
             .collect::<Result<_>>()?;
-        let mut state = head.clone();
+        let mut updates = BTreeMap::new();
         let (mut added, mut deleted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-        let mut new_cache = HashMap::new();
+        let mut cache_dirty = false;
+        let mut present = 0;
         for (path, as_object, p) in &probes {
             let in_head = head.get(path);
             let Some(p) = p else {
                 if in_head.is_some() {
-                    state.remove(path);
-                    deleted.push(path.clone());
+                    deleted.push((*path).clone());
                 }
                 continue;
             };
-            if let Some(c) = p.cache_entry() {
-                new_cache.insert(path.clone(), c);
-            }
+            present += 1;
+            cache_dirty |= !p.cached;
             let entry = entry_of(path, *as_object, p)?;
             match in_head {
-                None => added.push(path.clone()),
-                Some(h) if *h != entry => changed.push(path.clone()),
+                None => added.push((*path).clone()),
+                Some(h) if *h != entry => changed.push((*path).clone()),
                 Some(_) => continue,
             }
-            state.insert(path, entry)?;
+            updates.insert((*path).clone(), entry);
         }
-        self.cache.replace_and_save(new_cache);
+        // Rewrite the cache only when it learned something (or lost entries).
+        if cache_dirty || present != self.cache.len() {
+            let new_cache: HashMap<String, CacheEntry> = probes
+                .iter()
+                .filter_map(|(path, _, p)| {
+                    p.as_ref()
+                        .and_then(Probe::cache_entry)
+                        .map(|c| ((*path).clone(), c))
+                })
+                .collect();
+            self.cache.replace_and_save(new_cache);
+        }
         Ok(Scan {
             head,
             staged,
-            state,
+            updates,
             added,
             deleted,
             changed,
+            untracked,
         })
-    }
-
-    /// Untracked files (neither in the head nor staged), in walk order.
-    pub fn untracked(&self, scan: &Scan) -> Result<Vec<String>> {
-        let root = self.repo.workdir();
-        let mut files = walk_files(root, root)?;
-        files.retain(|f| !scan.head.contains(f) && !scan.staged.contains_key(f));
-        Ok(files)
     }
 
     /// Stage files (`add`). `paths` are as the user typed them, relative to `cwd`; empty means
@@ -465,7 +479,7 @@ impl<'r> WorkTree<'r> {
             .into_par_iter()
             .map(|path| {
                 let abs = root.join(&path);
-                let p = probe(&abs, &path, false, cache, None)?
+                let p = probe(&abs, &path, false, cache, None, None)?
                     .ok_or_else(|| Error::Other(format!("'{path}' vanished while adding it")))?;
                 if raw || !is_inline_path(&path) {
                     store.put_file_expecting(&abs, &p.sha)?;
@@ -505,23 +519,18 @@ impl<'r> WorkTree<'r> {
         let store = self.repo.store();
         // Store the objects of new and changed entries (unchanged ones are already stored).
         let to_store: Vec<(&String, ObjectId)> = scan
-            .added
+            .updates
             .iter()
-            .chain(&scan.changed)
-            .filter_map(|p| {
-                scan.state
-                    .get(p)
-                    .and_then(Entry::object_id)
-                    .map(|id| (p, id))
-            })
+            .filter_map(|(p, e)| e.object_id().map(|id| (p, id)))
             .collect();
         to_store
             .par_iter()
             .try_for_each(|(p, id)| store.put_file_expecting(&self.abs(p), id).map(|_| ()))?;
-        let rev = self.repo.commit_state(lock, &scan.state, message, None)?;
+        let state = scan.state()?;
+        let rev = self.repo.commit_state(lock, &state, message, None)?;
         fsutil::crash_point("commit:before-clearing-new");
         save_staged(self.repo, &StagedMap::new())?;
-        self.set_tree_base(&scan.state)?;
+        self.set_tree_base(&state)?;
         let _ = write_commit_log(&scan, self.repo.workdir(), log);
         Ok(rev)
     }
@@ -573,7 +582,7 @@ impl<'r> WorkTree<'r> {
                     Some(Entry::Inline(v)) => Some(v),
                     _ => None,
                 };
-                let p = probe(&self.abs(path), path, !as_object, cache, hv)?;
+                let p = probe(&self.abs(path), path, !as_object, cache, hv, None)?;
                 let unsaved = match &p {
                     None => false,
                     Some(p) => entry_of(path, as_object, p).map_or(true, |e| {
@@ -674,7 +683,7 @@ impl<'r> WorkTree<'r> {
 
 fn write_commit_log(scan: &Scan, workdir: &Path, log: &mut dyn Write) -> std::io::Result<()> {
     let repo = workdir.display();
-    let kind = |p: &str| match scan.state.get(p) {
+    let kind = |p: &str| match scan.updates.get(p) {
         Some(Entry::Inline(_)) => "inline",
         _ => "raw",
     };
@@ -688,7 +697,7 @@ fn write_commit_log(scan: &Scan, workdir: &Path, log: &mut dyn Write) -> std::io
         .added
         .iter()
         .chain(scan.changed.iter().filter(|p| scan.staged.contains_key(*p)))
-        .map(|p| match scan.state.get(p) {
+        .map(|p| match scan.updates.get(p) {
             Some(Entry::Object(id)) => format!("Adding raw {repo}/{p} with {id}"),
             _ => format!("Adding inline {p}"),
         })

@@ -47,14 +47,12 @@ pub fn add(args: AddArgs, ctx: &mut Ctx<'_>) -> Result<()> {
 
 pub fn status(_args: StatusArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let repo = open(ctx)?;
-    let mut wt = WorkTree::open(&repo);
-    let scan = wt.scan()?;
-    let untracked = wt.untracked(&scan)?;
+    let scan = WorkTree::open(&repo).scan_all()?;
     for (tag, paths) in [
         ("A", &scan.added),
         ("D", &scan.deleted),
         ("C", &scan.changed),
-        ("?", &untracked),
+        ("?", &scan.untracked),
     ] {
         for p in paths {
             writeln!(ctx.out, "{tag} {p}")?;
@@ -75,11 +73,12 @@ pub fn diff(args: DiffArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let (old, new) = match args.revs.as_slice() {
         [] => {
             let scan = WorkTree::open(&repo).scan()?;
-            (scan.head, scan.state)
+            let state = scan.state()?;
+            (scan.head, state)
         }
         [a] => {
             let old = repo.load_state(&repo.resolve(a)?)?;
-            (old, WorkTree::open(&repo).scan()?.state)
+            (old, WorkTree::open(&repo).scan()?.state()?)
         }
         [a, b] => (
             repo.load_state(&repo.resolve(a)?)?,
@@ -96,7 +95,7 @@ pub fn json(args: JsonArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let repo = open(ctx)?;
     let state = match &args.rev {
         Some(r) => repo.load_state(&repo.resolve(r)?)?,
-        None => WorkTree::open(&repo).scan()?.state,
+        None => WorkTree::open(&repo).scan()?.state()?,
     };
     let value = state.to_value();
     if args.canonical {

@@ -44,6 +44,18 @@ impl StatKey {
             dev: meta.dev(),
         }
     }
+
+    /// From a raw `stat` (field types vary by architecture, hence the casts).
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    pub fn from_stat(st: &rustix::fs::Stat) -> Self {
+        StatKey {
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+            ino: st.st_ino as u64,
+            dev: st.st_dev as u64,
+        }
+    }
 }
 
 /// What the cache knows about one file.
