@@ -850,6 +850,11 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     );
 }
 
+/// A string in canonical JSON (quotes and canonical escapes), as [`write_canonical`] writes it.
+pub fn write_canonical_string(s: &str, out: &mut Vec<u8>) {
+    write_string(s, StrStyle::Canonical, out);
+}
+
 /// pvr's canonical encoding of `v` (see [`write_canonical`]).
 pub fn to_canonical(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();

@@ -346,7 +346,17 @@ impl Repo {
     }
 
     fn pending_head(&self, recorded: &[Revision]) -> Result<Option<Revision>> {
-        let head = self.head_state()?;
+        // Fast path: `.pvr/json` as pvrfs writes it is canonical, so the hash of its bytes is
+        // the state id; when it is the newest record's, nothing needs parsing.
+        let path = self.json_path();
+        let bytes = fs::read(&path).ctx("read", &path)?;
+        if recorded
+            .last()
+            .is_some_and(|r| r.state.0 == ObjectId::hash_bytes(&bytes))
+        {
+            return Ok(None);
+        }
+        let head = State::from_json_bytes(&bytes, &path.display().to_string())?;
         let head_id = head.state_id();
         if recorded.last().is_some_and(|r| r.state.0 == head_id) {
             return Ok(None);
@@ -427,6 +437,21 @@ impl Repo {
         message: &str,
         expected_parent: Option<u64>,
     ) -> Result<Revision> {
+        self.commit_state_on(lock, None, new_state, message, expected_parent)
+    }
+
+    /// `commit_state`, given the state the caller derived `new_state` from (usually the head
+    /// it just read): when that is the parent revision's state, it is used for the diff instead
+    /// of loading and verifying the parent from the store (a big state costs a read, a hash
+    /// and a parse).
+    pub fn commit_state_on(
+        &self,
+        lock: &RepoLock,
+        base: Option<&State>,
+        new_state: &State,
+        message: &str,
+        expected_parent: Option<u64>,
+    ) -> Result<Revision> {
         self.adopt_pending(lock)?;
         let recorded = self.recorded_revisions()?;
         let parent = recorded.last().cloned();
@@ -442,8 +467,15 @@ impl Repo {
         let state_id = self.store.put_bytes(&canonical)?;
         let diff = match &parent {
             Some(p) => {
-                let parent_state = self.load_state(p)?;
-                let d = patch::state_json_patch(&parent_state, new_state);
+                let loaded;
+                let parent_state = match base {
+                    Some(b) if b.state_id() == p.state.0 => b,
+                    _ => {
+                        loaded = self.load_state(p)?;
+                        &loaded
+                    }
+                };
+                let d = patch::state_json_patch(parent_state, new_state);
                 Some(ObjectIdText(self.store.put_bytes(&json::to_canonical(&d))?))
             }
             None => None,

@@ -107,6 +107,7 @@ impl State {
             });
         };
         let mut state = State::default();
+        let mut entries = Vec::with_capacity(map.len());
         for (key, v) in map {
             if key == SPEC_KEY {
                 match v {
@@ -126,22 +127,16 @@ impl State {
                 key: key.clone(),
                 reason,
             })?;
-            state.insert_unchecked(key, entry, origin)?;
+            if let Err(reason) = validate_path(&key) {
+                return Err(bad(origin, &key, reason));
+            }
+            entries.push((key, entry));
         }
+        // The map iterates in key order, so this is a linear bulk build, not n inserts
+        // (measurably cheaper for a 100k-entry `.pvr/json`).
+        state.entries = entries.into_iter().collect();
         state.check_no_file_dir_conflicts(origin)?;
         Ok(state)
-    }
-
-    fn insert_unchecked(&mut self, key: String, entry: Entry, origin: &str) -> Result<()> {
-        if let Err(reason) = validate_path(&key) {
-            return Err(Error::BadEntry {
-                origin: origin.to_string(),
-                key,
-                reason: reason.into(),
-            });
-        }
-        self.entries.insert(key, entry);
-        Ok(())
     }
 
     /// Insert or replace one file, keeping the invariants (the path is validated and may not be a
@@ -248,7 +243,46 @@ impl State {
 
     /// The canonical bytes pvr writes to `.pvr/json` on commit.
     pub fn to_canonical_bytes(&self) -> Vec<u8> {
-        json::to_canonical(&self.to_value())
+        // Written straight from the sorted entries (no intermediate `Value`: on a 100k-entry
+        // state that copy dominated commit). `#spec` is merged in at its code-point position.
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 100);
+        out.push(b'{');
+        let mut spec = self.spec.as_deref();
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+        };
+        let write_spec = |out: &mut Vec<u8>, s: &str| {
+            json::write_canonical_string(SPEC_KEY, out);
+            out.push(b':');
+            json::write_canonical_string(s, out);
+        };
+        for (k, e) in &self.entries {
+            if let Some(s) = spec.filter(|_| SPEC_KEY < k.as_str()) {
+                sep(&mut out);
+                write_spec(&mut out, s);
+                spec = None;
+            }
+            sep(&mut out);
+            json::write_canonical_string(k, &mut out);
+            out.push(b':');
+            match e {
+                Entry::Object(id) => {
+                    out.push(b'"');
+                    out.extend_from_slice(id.to_hex().as_bytes());
+                    out.push(b'"');
+                }
+                Entry::Inline(v) => json::write_canonical(v, &mut out),
+            }
+        }
+        if let Some(s) = spec {
+            sep(&mut out);
+            write_spec(&mut out, s);
+        }
+        out.push(b'}');
+        out
     }
 
     /// The state id: sha256 of the canonical bytes.
@@ -310,6 +344,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<State> {
         State::from_json_bytes(text.as_bytes(), "test")
+    }
+
+    #[test]
+    fn direct_canonical_writer_matches_the_value_encoder() {
+        let id = ObjectId::hash_bytes(b"x");
+        let mut s = State::empty("spec@1");
+        for key in [
+            "!first",
+            " space",
+            "\"quote",
+            "$after",
+            "a/b.txt",
+            "z\u{1F600}.bin",
+            "é",
+        ] {
+            s.insert(key, Entry::Object(id)).unwrap();
+        }
+        let v = json::parse(br#"{"k":[1,2.50,null,"<\n>"]}"#).unwrap();
+        s.insert("c.json", Entry::Inline(v)).unwrap();
+        assert_eq!(s.to_canonical_bytes(), json::to_canonical(&s.to_value()));
+        for spec in [Some("s"), None] {
+            let mut e = State {
+                spec: spec.map(str::to_string),
+                ..Default::default()
+            };
+            assert_eq!(e.to_canonical_bytes(), json::to_canonical(&e.to_value()));
+            e.insert("!a", Entry::Object(id)).unwrap();
+            assert_eq!(e.to_canonical_bytes(), json::to_canonical(&e.to_value()));
+        }
     }
 
     #[test]

@@ -42,8 +42,9 @@ use crate::oid::ObjectId;
 use crate::repo::{Repo, RepoLock};
 use crate::state::{is_inline_path, Entry, State};
 use rayon::prelude::*;
+use statcache::HashMap;
 use statcache::{CacheEntry, StatCache, StatKey};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -268,7 +269,8 @@ pub struct Scan {
     pub deleted: Vec<String>,
     /// In the head, present, different (`C`).
     pub changed: Vec<String>,
-    /// Files neither tracked nor staged, in walk order (only from `scan_all`).
+    /// Files neither tracked nor staged, in walk order (only from `scan_all`); a name that is
+    /// not UTF-8 appears lossily converted (it cannot be added).
     pub untracked: Vec<String>,
 }
 
@@ -311,57 +313,75 @@ impl<'r> WorkTree<'r> {
     /// Compute the working view (tracked and staged files only). Fails with `InvalidJson` when
     /// an inline file does not parse.
     pub fn scan(&mut self) -> Result<Scan> {
-        self.scan_inner(false)
+        // The walk is also the cheapest way to stat every tracked file (fstatat per directory
+        // beats one full path lookup per file), so it is used even when `?` is not wanted.
+        let mut scan = self.scan_inner()?;
+        scan.untracked = Vec::new();
+        Ok(scan)
     }
 
     /// `scan` plus the untracked files, in one walk of the tree (what `status` needs).
     pub fn scan_all(&mut self) -> Result<Scan> {
-        self.scan_inner(true)
+        self.scan_inner()
     }
 
-    fn scan_inner(&mut self, with_untracked: bool) -> Result<Scan> {
+    fn scan_inner(&mut self) -> Result<Scan> {
         let head = self.repo.head_state()?;
         let staged = load_staged(self.repo)?;
-        let paths: BTreeSet<&String> = head.entries_map().keys().chain(staged.keys()).collect();
+        // Head entries (sorted) then staged-only paths (sorted): the lists below come out sorted.
+        let paths: Vec<(&String, Option<&Entry>)> = head
+            .iter()
+            .map(|(k, e)| (k, Some(e)))
+            .chain(
+                staged
+                    .keys()
+                    .filter(|k| !head.contains(k))
+                    .map(|k| (k, None)),
+            )
+            .collect();
         // With a walk, tracked files get their stat key from it (fstatat, cheap); the others
         // (ignored by .pvrignore, or gone) are looked up one by one below.
         let mut untracked = Vec::new();
-        let mut keys: HashMap<String, StatKey> = HashMap::new();
-        if with_untracked {
-            let tracked: std::collections::HashSet<&str> =
-                paths.iter().map(|p| p.as_str()).collect();
+        let mut keys: Vec<Option<StatKey>> = vec![None; paths.len()];
+        {
+            let index: HashMap<&str, usize> = paths
+                .iter()
+                .enumerate()
+                .map(|(i, (p, _))| (p.as_str(), i))
+                .collect();
             let root = self.repo.workdir();
-            for w in walk::walk(root, root, &|p| tracked.contains(p))? {
-                match w.key {
-                    Some(k) => {
-                        keys.insert(w.path, k);
-                    }
-                    None if !tracked.contains(w.path.as_str()) => untracked.push(w.path),
-                    None => {}
+            for w in walk::walk(root, root, &|p| index.get(p).copied())? {
+                match w {
+                    walk::Walked::Known(i, k) => keys[i] = Some(k),
+                    walk::Walked::Other(p) => untracked.push(p),
+                    walk::Walked::NotUtf8(p) => untracked.push(p.to_string_lossy().into_owned()),
                 }
             }
         }
         let cache = &self.cache;
-        let probes: Vec<(&String, bool, Option<Probe>)> = paths
+        let probes: Vec<(&String, Option<&Entry>, bool, Option<Probe>)> = paths
             .into_par_iter()
-            .map(|path| {
-                let h = head.get(path);
-                let as_object = stored_as_object(path, h, staged.get(path));
+            .zip(keys)
+            .map(|((path, h), pre)| {
+                let s = if staged.is_empty() {
+                    None
+                } else {
+                    staged.get(path)
+                };
+                let as_object = stored_as_object(path, h, s);
                 let head_value = match h {
                     Some(Entry::Inline(v)) => Some(v),
                     _ => None,
                 };
-                let pre = keys.get(path.as_str()).copied();
                 let p = probe(&self.abs(path), path, !as_object, cache, head_value, pre)?;
-                Ok((path, as_object, p))
+                Ok((path, h, as_object, p))
             })
             .collect::<Result<_>>()?;
         let mut updates = BTreeMap::new();
         let (mut added, mut deleted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
         let mut cache_dirty = false;
         let mut present = 0;
-        for (path, as_object, p) in &probes {
-            let in_head = head.get(path);
+        for (path, in_head, as_object, p) in &probes {
             let Some(p) = p else {
                 if in_head.is_some() {
                     deleted.push((*path).clone());
@@ -373,7 +393,7 @@ impl<'r> WorkTree<'r> {
             let entry = entry_of(path, *as_object, p)?;
             match in_head {
                 None => added.push((*path).clone()),
-                Some(h) if *h != entry => changed.push((*path).clone()),
+                Some(h) if **h != entry => changed.push((*path).clone()),
                 Some(_) => continue,
             }
             updates.insert((*path).clone(), entry);
@@ -382,7 +402,7 @@ impl<'r> WorkTree<'r> {
         if cache_dirty || present != self.cache.len() {
             let new_cache: HashMap<String, CacheEntry> = probes
                 .iter()
-                .filter_map(|(path, _, p)| {
+                .filter_map(|(path, _, _, p)| {
                     p.as_ref()
                         .and_then(Probe::cache_entry)
                         .map(|c| ((*path).clone(), c))
@@ -390,6 +410,7 @@ impl<'r> WorkTree<'r> {
                 .collect();
             self.cache.replace_and_save(new_cache);
         }
+
         Ok(Scan {
             head,
             staged,
@@ -527,7 +548,9 @@ impl<'r> WorkTree<'r> {
             .par_iter()
             .try_for_each(|(p, id)| store.put_file_expecting(&self.abs(p), id).map(|_| ()))?;
         let state = scan.state()?;
-        let rev = self.repo.commit_state(lock, &state, message, None)?;
+        let rev = self
+            .repo
+            .commit_state_on(lock, Some(&scan.head), &state, message, None)?;
         fsutil::crash_point("commit:before-clearing-new");
         save_staged(self.repo, &StagedMap::new())?;
         self.set_tree_base(&state)?;

@@ -370,3 +370,20 @@ fn add_takes_files_directories_globs_and_honours_pvrignore() {
         "{json}"
     );
 }
+
+#[test]
+fn names_that_are_not_utf8_are_shown_but_never_added() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = two_commits();
+    let bad = d.root.join(std::ffi::OsStr::from_bytes(b"bad-\xff.bin"));
+    fs::write(&bad, "x").unwrap();
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "? bad-\u{FFFD}.bin\n");
+    let r = d.pvrfs(&["add"]);
+    assert_ne!(r.code(), 0);
+    assert!(r.stderr().contains("not UTF-8"), "{}", r.stderr());
+    assert!(!d.path(".pvr/new").exists());
+    // the tracked files are not held hostage by it
+    d.write("a.txt", "three\n");
+    d.pvrfs(&["commit", "-m", "still works"]).ok();
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "? bad-\u{FFFD}.bin\n");
+}
