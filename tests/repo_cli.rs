@@ -387,3 +387,41 @@ fn names_that_are_not_utf8_are_shown_but_never_added() {
     d.pvrfs(&["commit", "-m", "still works"]).ok();
     assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "? bad-\u{FFFD}.bin\n");
 }
+
+/// A repository as the reference pvr leaves it: no `.pvr/pvrfs/`, objects in the global pool
+/// (`ObjectsDir` empty → `$PVR_CONFIG_DIR/objects`), `.pvr/json` committed by pvr.
+#[test]
+fn a_pvr_made_repository_opens_commits_and_keeps_its_pool() {
+    let d = Dir::new();
+    let pool = d.config_dir.join("objects");
+    fs::create_dir_all(&pool).unwrap();
+    fs::write(pool.join(sha(b"hello\n")), "hello\n").unwrap();
+    d.write("hello.txt", "hello\n");
+    d.write("cfg.json", "{\"a\": [1, 2.50]}\n");
+    d.write(
+        ".pvr/json",
+        format!(
+            r##"{{"#spec":"pantavisor-service-system@1","cfg.json":{{"a":[1,2.5E0]}},"hello.txt":"{}"}}"##,
+            sha(b"hello\n")
+        ),
+    );
+    d.write(
+        ".pvr/config",
+        "{\n\t\"DefaultGetUrl\": \"\",\n\t\"DefaultPutUrl\": \"\",\n\t\"DefaultPostUrl\": \"\",\n\t\"ObjectsDir\": \"\",\n\t\"AccessTokens\": {},\n\t\"RefreshTokens\": {}\n}",
+    );
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    let log = d.pvrfs(&["log"]).ok().stdout();
+    assert!(log.contains("not yet recorded"), "{log}");
+    d.pvrfs(&["fsck"]).ok();
+    d.write("new.txt", "new\n");
+    d.pvrfs(&["add", "new.txt"]).ok();
+    d.pvrfs(&["commit", "-m", "from pvrfs"]).ok();
+    // new objects go to the pool pvr uses, and the history starts at pvr's state
+    assert!(pool.join(sha(b"new\n")).exists());
+    assert_eq!(d.pvrfs(&["log"]).ok().stdout().lines().count(), 2);
+    d.pvrfs(&["gc"]).expect_code(2);
+    d.empty_work_dir();
+    d.pvrfs(&["checkout"]).ok();
+    assert_eq!(d.read_string("new.txt"), "new\n");
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+}

@@ -6,17 +6,25 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A temporary work directory (canonical path, so it matches what pvrfs prints).
+/// A temporary work directory (canonical path, so it matches what pvrfs prints), with pvr's
+/// config dir (`$PVR_CONFIG_DIR`, holding the global object pool) beside it.
 pub struct Dir {
     _tmp: tempfile::TempDir,
     pub root: PathBuf,
+    pub config_dir: PathBuf,
 }
 
 impl Dir {
     pub fn new() -> Dir {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let root = fs::canonicalize(tmp.path()).expect("canonicalize");
-        Dir { _tmp: tmp, root }
+        let base = fs::canonicalize(tmp.path()).expect("canonicalize");
+        let root = base.join("work");
+        fs::create_dir(&root).unwrap();
+        Dir {
+            _tmp: tmp,
+            root,
+            config_dir: base.join("pvr-config"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -47,7 +55,7 @@ impl Dir {
         cmd.args(args).current_dir(&self.root);
         // never touch the real ~/.pvr
         cmd.env("HOME", &self.root)
-            .env("PVR_CONFIG_DIR", self.root.join(".pvr-config"));
+            .env("PVR_CONFIG_DIR", &self.config_dir);
         cmd.env_remove("PVRFS_CRASH_AT");
         for (k, v) in env {
             cmd.env(k, v);
