@@ -500,11 +500,36 @@ impl<'r> WorkTree<'r> {
             .into_par_iter()
             .map(|path| {
                 let abs = root.join(&path);
-                let p = probe(&abs, &path, false, cache, None, None)?
-                    .ok_or_else(|| Error::Other(format!("'{path}' vanished while adding it")))?;
-                if raw || !is_inline_path(&path) {
-                    store.put_file_expecting(&abs, &p.sha)?;
+                let vanished = || Error::Other(format!("'{path}' vanished while adding it"));
+                if !raw && is_inline_path(&path) {
+                    // inline: only its hash is staged; the value is read at commit
+                    let p = probe(&abs, &path, false, cache, None, None)?.ok_or_else(vanished)?;
+                    return Ok((path, p));
                 }
+                let meta = fs::symlink_metadata(&abs).map_err(|_| vanished())?;
+                let key = StatKey::of(&meta);
+                if let Some(hit) = cache.lookup(&path, &key) {
+                    if store.contains(&hit.sha) {
+                        let p = Probe {
+                            key: Some(key),
+                            sha: hit.sha,
+                            value: None,
+                            value_sha: hit.value_sha,
+                            cached: true,
+                        };
+                        return Ok((path, p));
+                    }
+                }
+                // Hash while copying into the store: one read per file.
+                let (sha, _) = store.put_file(&abs)?;
+                let stable = fs::symlink_metadata(&abs).is_ok_and(|m| StatKey::of(&m) == key);
+                let p = Probe {
+                    key: stable.then_some(key),
+                    sha,
+                    value: None,
+                    value_sha: None,
+                    cached: false,
+                };
                 Ok((path, p))
             })
             .collect::<Result<_>>()?;
