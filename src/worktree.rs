@@ -21,9 +21,11 @@
 //!
 //! # Speed
 //!
-//! Files are probed in parallel (rayon). The stat cache (`statcache`) remembers each tracked
-//! file's `lstat` key and hashes, so an unchanged file costs one `lstat` and no read; an
-//! unchanged inline `.json` is not even parsed (its cached value hash matches the head's value).
+//! One parallel walk (`walk`) lists untracked files and `fstatat`s the tracked ones; files are
+//! then probed in parallel (rayon). The stat cache (`statcache`) remembers each tracked file's
+//! `lstat` key and hashes, so an unchanged file costs one `fstatat` and no read; an unchanged
+//! inline `.json` is not even parsed (its cached value hash matches the head's value). The
+//! working state is only built when a command needs it (`Scan::state`).
 //!
 //! # Writes
 //!
@@ -716,9 +718,9 @@ impl<'r> WorkTree<'r> {
                 Ok((path.clone(), plan.cache_entry(key)))
             })
             .collect::<Result<_>>()?;
-        if !written.is_empty() || !removes.is_empty() {
-            fsutil::sync_filesystem(repo.workdir())?;
-        }
+        // Work-tree files are not fsynced (git does not either): after a power cut a file may
+        // come back empty, which the next checkout sees as an unsaved change and refuses to
+        // overwrite without --force, so nothing is lost silently.
         self.set_tree_base(target)?;
         let report = CheckoutReport {
             written: written.len(),
