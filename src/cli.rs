@@ -39,10 +39,13 @@ pub enum Command {
     /// object store `.pvr/objects` (pvr's default is a global pool; pass `--objects` for one).
     /// Refuses to touch an existing repository.
     Init(InitArgs),
-    /// Stage files for the next commit (all files when no path is given).
+    /// Stage files for the next commit (all untracked files when no path is given).
     ///
-    /// A directory adds everything under it. Paths may be globs. `.pvrignore` (gitignore
-    /// syntax) is honoured. Objects are stored right away, so a later commit only records them.
+    /// A directory adds the untracked files under it (changes to tracked files are committed
+    /// without staging). A file named explicitly, or matched by a glob such as '*.json', is
+    /// staged even when tracked (so `add --raw x.json` switches a tracked file to an object).
+    /// `.pvrignore` (gitignore syntax) is honoured. Objects are stored right away, so a later
+    /// commit only records them.
     Add(AddArgs),
     /// Show what changed in the work tree since the last commit.
     ///
@@ -67,6 +70,8 @@ pub enum Command {
     ///
     /// Writes every file of the revision (verifying object hashes), removes tracked files the
     /// revision does not have, and refuses to overwrite uncommitted changes without `--force`.
+    /// The head (`.pvr/json`) does not move: after `checkout 3`, `status` shows how the tree
+    /// differs from the latest revision, and `commit` records revision 3's content anew.
     #[command(visible_alias = "co")]
     Checkout(CheckoutArgs),
     /// Discard uncommitted changes: `checkout --force` of the latest revision.
@@ -74,7 +79,7 @@ pub enum Command {
     /// Apply a patch (RFC 7396 merge patch or RFC 6902 JSON Patch) as a new revision.
     ///
     /// All or nothing: if the patch does not apply, or needs an object the store lacks,
-    /// nothing is written.
+    /// nothing is written. The work tree is left alone; `pvrfs checkout` brings it up to date.
     Apply(ApplyArgs),
     /// Check every revision: states valid, every object present and hashing to its name.
     Fsck(FsckArgs),

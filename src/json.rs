@@ -167,8 +167,11 @@ pub fn parse(bytes: &[u8]) -> Result<Value, SyntaxError> {
 /// A container being filled while parsing (explicit stack instead of recursion).
 enum Frame {
     Array(Vec<Value>),
-    /// The object so far and the key whose value is being parsed.
-    Object(Map, String),
+    /// The members so far (in input order) and the key whose value is being parsed. Collected
+    /// in a `Vec` and turned into a map once, at `}`: a bulk build from (usually sorted)
+    /// members is linear, where n inserts into a `BTreeMap` cost n log n key comparisons (a
+    /// visible share of parsing a 100k-entry state).
+    Object(Vec<(String, Value)>, String),
 }
 
 struct Parser<'a> {
@@ -232,7 +235,7 @@ impl Parser<'_> {
                         Value::Object(Map::new())
                     } else {
                         let key = self.object_key()?;
-                        stack.push(Frame::Object(Map::new(), key));
+                        stack.push(Frame::Object(Vec::new(), key));
                         continue 'value;
                     }
                 }
@@ -264,7 +267,7 @@ impl Parser<'_> {
                         }
                     }
                     Some(Frame::Object(mut map, key)) => {
-                        map.insert(key, val); // duplicate keys: last one wins
+                        map.push((key, val));
                         match self.peek_nonspace()? {
                             b',' => {
                                 self.pos += 1;
@@ -275,7 +278,9 @@ impl Parser<'_> {
                             }
                             b'}' => {
                                 self.pos += 1;
-                                val = Value::Object(map);
+                                // `BTreeMap::from_iter` sorts stably and keeps the last of
+                                // equal keys: duplicate keys, last one wins (as Go).
+                                val = Value::Object(map.into_iter().collect());
                             }
                             _ => return Err(self.err("after object key:value pair")),
                         }
@@ -850,8 +855,8 @@ pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     );
 }
 
-/// Append `s` as a canonical JSON string literal (quotes included).
-pub fn write_canonical_str(s: &str, out: &mut Vec<u8>) {
+/// A string in canonical JSON (quotes and canonical escapes), as [`write_canonical`] writes it.
+pub fn write_canonical_string(s: &str, out: &mut Vec<u8>) {
     write_string(s, StrStyle::Canonical, out);
 }
 

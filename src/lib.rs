@@ -19,6 +19,7 @@ pub mod repo;
 pub mod state;
 pub mod store;
 pub mod tree;
+pub mod worktree;
 
 pub use error::{Error, Result};
 pub mod cli;

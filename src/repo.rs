@@ -346,10 +346,10 @@ impl Repo {
     }
 
     fn pending_head(&self, recorded: &[Revision]) -> Result<Option<Revision>> {
+        // Fast path: `.pvr/json` as pvrfs writes it is canonical, so the hash of its bytes is
+        // the state id; when it is the newest record's, nothing needs parsing.
         let path = self.json_path();
         let bytes = fs::read(&path).ctx("read", &path)?;
-        // Fast path: pvrfs writes `.pvr/json` canonically, so its bytes hash to the state id and
-        // the (large) state need not be parsed just to learn that nothing is pending.
         if recorded
             .last()
             .is_some_and(|r| r.state.0 == ObjectId::hash_bytes(&bytes))
@@ -439,18 +439,19 @@ impl Repo {
         self.commit_inner(lock, new_state, message, expected_parent, ParentDiff::Load)
     }
 
-    /// `commit_state` for callers that already hold the parent's state in memory (the head they
-    /// just read): saves reading and parsing it again, which is O(tree).
-    /// `parent_state` must be the state of the latest revision; it is only used for the diff.
-    pub fn commit_state_from(
+    /// `commit_state`, given the state the caller derived `new_state` from (usually the head
+    /// it just read): when that is the parent revision's state, it is used for the diff instead
+    /// of loading and verifying the parent from the store (a big state costs a read, a hash
+    /// and a parse).
+    pub fn commit_state_on(
         &self,
         lock: &RepoLock,
-        parent_state: &State,
+        base: Option<&State>,
         new_state: &State,
         message: &str,
         expected_parent: Option<u64>,
     ) -> Result<Revision> {
-        let from = ParentDiff::From(parent_state);
+        let from = base.map_or(ParentDiff::Load, ParentDiff::From);
         self.commit_inner(lock, new_state, message, expected_parent, from)
     }
 
@@ -477,7 +478,7 @@ impl Repo {
         expected_parent: Option<u64>,
         parent_diff: ParentDiff<'_>,
     ) -> Result<Revision> {
-        // A just-adopted head was read from `.pvr/json`, which is what callers pass as parent.
+        // A just-adopted head was read from `.pvr/json`, which is what callers pass as base.
         self.adopt_pending(lock)?;
         let recorded = self.recorded_revisions()?;
         let parent = recorded.last().cloned();
@@ -495,11 +496,11 @@ impl Repo {
             Some(p) => {
                 let d = match parent_diff {
                     ParentDiff::Known(d) => d,
-                    ParentDiff::From(parent_state) => {
-                        debug_assert_eq!(parent_state.state_id(), p.state.0, "wrong parent");
-                        patch::state_json_patch(parent_state, new_state)
+                    // Only when it really is the parent's state (cheap next to a load).
+                    ParentDiff::From(base) if base.state_id() == p.state.0 => {
+                        patch::state_json_patch(base, new_state)
                     }
-                    ParentDiff::Load => patch::state_json_patch(&self.load_state(p)?, new_state),
+                    _ => patch::state_json_patch(&self.load_state(p)?, new_state),
                 };
                 Some(ObjectIdText(self.store.put_bytes(&json::to_canonical(&d))?))
             }
@@ -543,7 +544,7 @@ impl Repo {
 enum ParentDiff<'a> {
     /// Read the parent's state from the store and diff.
     Load,
-    /// Diff against this in-memory parent state.
+    /// Diff against this in-memory state if it is the parent's (else load the parent).
     From(&'a State),
     /// The caller computed the diff.
     Known(Value),

@@ -267,7 +267,7 @@ impl State {
         for (key, entry) in &self.entries {
             if !spec_written && key.as_str() > SPEC_KEY {
                 write_member(&mut out, &mut first, SPEC_KEY, |o| {
-                    json::write_canonical_str(self.spec.as_deref().unwrap_or_default(), o)
+                    json::write_canonical_string(self.spec.as_deref().unwrap_or_default(), o)
                 });
                 spec_written = true;
             }
@@ -282,7 +282,7 @@ impl State {
         }
         if !spec_written {
             write_member(&mut out, &mut first, SPEC_KEY, |o| {
-                json::write_canonical_str(self.spec.as_deref().unwrap_or_default(), o)
+                json::write_canonical_string(self.spec.as_deref().unwrap_or_default(), o)
             });
         }
         out.push(b'}');
@@ -299,7 +299,7 @@ fn write_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: impl FnOn
     if !std::mem::take(first) {
         out.push(b',');
     }
-    json::write_canonical_str(key, out);
+    json::write_canonical_string(key, out);
     out.push(b':');
     value(out);
 }
@@ -357,6 +357,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<State> {
         State::from_json_bytes(text.as_bytes(), "test")
+    }
+
+    #[test]
+    fn direct_canonical_writer_matches_the_value_encoder() {
+        let id = ObjectId::hash_bytes(b"x");
+        let mut s = State::empty("spec@1");
+        for key in [
+            "!first",
+            " space",
+            "\"quote",
+            "$after",
+            "a/b.txt",
+            "z\u{1F600}.bin",
+            "é",
+        ] {
+            s.insert(key, Entry::Object(id)).unwrap();
+        }
+        let v = json::parse(br#"{"k":[1,2.50,null,"<\n>"]}"#).unwrap();
+        s.insert("c.json", Entry::Inline(v)).unwrap();
+        assert_eq!(s.to_canonical_bytes(), json::to_canonical(&s.to_value()));
+        for spec in [Some("s"), None] {
+            let mut e = State {
+                spec: spec.map(str::to_string),
+                ..Default::default()
+            };
+            assert_eq!(e.to_canonical_bytes(), json::to_canonical(&e.to_value()));
+            e.insert("!a", Entry::Object(id)).unwrap();
+            assert_eq!(e.to_canonical_bytes(), json::to_canonical(&e.to_value()));
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod exchange;
 pub mod mount;
+pub mod repo;
 
 use crate::cli::{Cli, Command};
 use std::io::Write;
@@ -33,6 +34,18 @@ pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Mount(args) => mount::mount(args, ctx),
         Command::Umount(args) => mount::umount(args, ctx),
         Command::Mounts => mount::mounts(ctx),
-        other => anyhow::bail!("'{other:?}' is not implemented in this build"),
+        Command::Init(a) => repo::init(a, ctx),
+        Command::Add(a) => repo::add(a, ctx),
+        Command::Status(a) => repo::status(a, ctx),
+        Command::Diff(a) => repo::diff(a, ctx),
+        Command::Json(a) => repo::json(a, ctx),
+        Command::Commit(a) => repo::commit(a, ctx),
+        Command::Log(a) => repo::log(a, ctx),
+        Command::Show(a) => repo::show(a, ctx),
+        Command::Checkout(a) => repo::checkout(a, ctx),
+        Command::Reset(a) => repo::reset(a, ctx),
+        Command::Apply(a) => repo::apply(a, ctx),
+        Command::Fsck(a) => repo::fsck(a, ctx),
+        Command::Gc(a) => repo::gc(a, ctx),
     }
 }
