@@ -1,7 +1,7 @@
 //! Bench/demo helper: commit the files of SRC as the next revision of the repository at REPO
 //! (created when missing). `*.json` files are inlined when they parse, as `pvr add` does;
-//! everything else is stored as an object. Used by `scripts/bench-mount` and
-//! `scripts/demo-mount`, which must not depend on the working-tree commands.
+//! everything else is stored as an object. Used by `scripts/bench-mount`, which builds large
+//! repositories without going through a work tree.
 //!
 //! Usage: cargo run --release --example mkrepo -- SRC REPO
 

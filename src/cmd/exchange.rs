@@ -112,7 +112,16 @@ pub fn clone(args: CloneArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             &format!("clone {}", args.src),
             &options(ctx),
         )?;
-        exchange::checkout_fresh(&repo, &outcome.state).context("checkout of the clone failed")?;
+        // The same checkout as `pvrfs checkout` (parallel, hash-verified, stat cache primed).
+        let lock = repo.lock()?;
+        let opts = crate::worktree::CheckoutOptions {
+            canonical: false,
+            hardlink: false,
+            force: false,
+        };
+        crate::worktree::WorkTree::open(&repo)
+            .checkout(&lock, &outcome.state, &opts)
+            .context("checkout of the clone failed")?;
         Ok(outcome)
     })();
     match result {

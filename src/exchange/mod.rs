@@ -621,47 +621,6 @@ pub fn default_clone_dir(src: &str) -> Option<String> {
         .then(|| name.to_string())
 }
 
-/// Write every file of `state` into the empty directory `dir` (clone's checkout): objects are
-/// copied from the store with their hash checked, inline JSON rendered as pvr's checkout does.
-pub fn checkout_fresh(repo: &Repo, state: &State) -> Result<()> {
-    use crate::error::IoContext;
-    use std::io::Write;
-    let root = repo.workdir();
-    for (key, entry) in state.iter() {
-        let dest = root.join(key);
-        let parent = dest.parent().unwrap_or(root);
-        std::fs::create_dir_all(parent).ctx("create", parent)?;
-        let tmp = crate::fsutil::temp_path_in(parent);
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp).ctx("create", &tmp)?;
-            match entry {
-                Entry::Inline(v) => f
-                    .write_all(&crate::json::render_checkout(v))
-                    .ctx("write", &tmp)?,
-                Entry::Object(id) => {
-                    let src = repo.store().open_required(id, Some(key))?;
-                    let mut hashing = HashingReader::new(src);
-                    std::io::copy(&mut hashing, &mut f).ctx("write", &tmp)?;
-                    let actual = hashing.finish();
-                    if actual != *id {
-                        return Err(Error::CorruptObject {
-                            id: *id,
-                            actual,
-                            path: Some(key.clone()),
-                        });
-                    }
-                }
-            }
-            std::fs::rename(&tmp, &dest).ctx("rename into place", &dest)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
-    }
-    Ok(())
-}
-
 /// A reader that hashes what passes through it.
 pub(crate) struct HashingReader<R> {
     inner: R,
