@@ -4,6 +4,7 @@
 
 pub mod exchange;
 pub mod mount;
+pub mod mountops;
 
 use crate::cli::{Cli, Command};
 use std::io::Write;
@@ -33,6 +34,13 @@ pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Mount(args) => mount::mount(args, ctx),
         Command::Umount(args) => mount::umount(args, ctx),
         Command::Mounts => mount::mounts(ctx),
+        // Mount-aware: these act on the --rw mount given by --mount or containing the cwd.
+        // The work-tree versions (branch `core`) are not on this branch; at merge, each arm
+        // becomes "if mountops::mount_target(..) is Some, the mount version, else core's".
+        Command::Commit(args) => mountops::commit(args, ctx),
+        Command::Status(args) => mountops::status(args, ctx),
+        Command::Diff(args) => mountops::diff(args, ctx),
+        Command::Reset(args) => mountops::reset(args, ctx),
         other => anyhow::bail!("'{other:?}' is not implemented in this build"),
     }
 }

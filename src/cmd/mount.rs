@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 /// Environment variable naming the readiness pipe of a daemon child.
 const READY_FD: &str = "PVRFS_READY_FD";
 
-fn options(args: &MountArgs) -> MountOptions {
+pub(crate) fn options(args: &MountArgs) -> MountOptions {
     MountOptions {
         allow_other: args.allow_other,
         canonical: args.canonical,
@@ -33,11 +33,6 @@ fn options(args: &MountArgs) -> MountOptions {
 }
 
 pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    if args.rw {
-        anyhow::bail!(
-            "--rw (copy-on-write mounts) is not available in this build; mount read-only"
-        );
-    }
     // Absolute: the daemon runs in `/` (and `-C DIR` may be relative).
     let repo_dir = std::path::absolute(ctx.cwd.join(&args.repo)).ctx("resolve", &args.repo)?;
     let mnt =
@@ -53,10 +48,11 @@ pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if !ctx.quiet {
         writeln!(
             ctx.err,
-            "mounted revision {} of {} at {}",
+            "mounted revision {} of {} at {}{}",
             rev.rev,
             repo_dir.display(),
-            mnt.display()
+            mnt.display(),
+            if args.rw { " (copy-on-write)" } else { "" }
         )?;
     }
     Ok(())
@@ -73,6 +69,9 @@ fn foreground(args: &MountArgs, repo_dir: &Path, mnt: &Path) -> anyhow::Result<(
         .and_then(|v| v.parse::<i32>().ok())
         .map(|fd| File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
     std::env::remove_var(READY_FD);
+    if args.rw {
+        return super::mountops::foreground_rw(args, repo_dir, mnt, ready);
+    }
     let result = (|| -> crate::Result<_> {
         let canon = mount::check_mountpoint(mnt)?;
         let opts = options(args);
@@ -126,6 +125,9 @@ fn daemonize(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyh
             crate::cli::PassthroughMode::Always => "always",
             crate::cli::PassthroughMode::Never => "never",
         });
+    if args.rw {
+        cmd.arg("--rw").arg("--overlay").arg(&args.overlay);
+    }
     for (on, flag) in [
         (args.allow_other, "--allow-other"),
         (args.canonical, "--canonical"),

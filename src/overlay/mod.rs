@@ -1648,6 +1648,12 @@ impl Overlay {
     }
 
     /// True when the view differs from the base in nothing the journal tracks.
+    /// True when the node's content is an upper file (a read handle opened on its base content
+    /// before the copy-up should be reopened).
+    pub fn has_upper(&self, ino: u64) -> bool {
+        self.uppers.contains(&ino)
+    }
+
     pub fn is_clean(&self) -> bool {
         self.affected.is_empty()
     }

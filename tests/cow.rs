@@ -1,0 +1,481 @@
+//! Real copy-on-write mounts (`pvrfs mount --rw`): every operation through std/libc on the
+//! mount, the tool scenarios (editor save, appends, git, cc/make, tar), commit/status/diff/reset
+//! from the CLI, remount and SIGKILL recovery. The `Mount` guard unmounts, also on panic.
+
+mod common;
+
+use common::{fuse_available, pvrfs_command, Content, Mount, TestRepo};
+use pvrfs::state::Entry;
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fixture() -> TestRepo {
+    let mut t = TestRepo::new();
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    t.set("README", Content::Blob(b"hello\n"))
+        .set("config.json", Content::Json(r#"{"a":1,"b":[true,null]}"#))
+        .set("app/bin/tool", Content::Blob(b"#!/bin/sh\necho tool\n"))
+        .set("app/data.txt", Content::Blob(b"data"))
+        .set("blobs/big.img", Content::Blob(&big));
+    t.commit("fixture");
+    t
+}
+
+fn rw(t: &TestRepo) -> Mount {
+    Mount::new(t.path(), "latest", &["--rw"])
+}
+
+/// `pvrfs ARGS` run with its cwd in `dir`.
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    pvrfs_command()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run pvrfs")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "sh -c {script:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn basic_operations_behave_as_on_a_local_fs() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    // create, O_EXCL
+    fs::write(m.join("new.txt"), b"new").unwrap();
+    assert_eq!(fs::read(m.join("new.txt")).unwrap(), b"new");
+    let excl = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.join("new.txt"));
+    assert_eq!(errno_of(excl), libc::EEXIST);
+    // write into a base file: copy-up on open-for-write, size honest
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(m.join("README"))
+            .unwrap();
+        f.seek(SeekFrom::Start(6)).unwrap();
+        f.write_all(b"world\n").unwrap();
+    }
+    assert_eq!(fs::read(m.join("README")).unwrap(), b"hello\nworld\n");
+    assert_eq!(fs::metadata(m.join("README")).unwrap().len(), 12);
+    // append
+    for line in ["a\n", "b\n"] {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(m.join("app/data.txt"))
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    assert_eq!(fs::read(m.join("app/data.txt")).unwrap(), b"dataa\nb\n");
+    // truncate and ftruncate
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("new.txt"))
+        .unwrap();
+    assert_eq!(fs::metadata(m.join("new.txt")).unwrap().len(), 0);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.join("blobs/big.img"))
+        .unwrap();
+    f.set_len(10).unwrap();
+    drop(f);
+    assert_eq!(
+        fs::read(m.join("blobs/big.img")).unwrap(),
+        (0..10u8).collect::<Vec<_>>()
+    );
+    // mkdir / rmdir
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/f"), b"x").unwrap();
+    assert_eq!(errno_of(fs::remove_dir(m.join("d"))), libc::ENOTEMPTY);
+    assert_eq!(fs::metadata(m.join("d")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.path()).unwrap().nlink(), 5); // app, blobs, d + . + ..
+                                                            // rename over an existing file, and of a directory
+    fs::rename(m.join("d/f"), m.join("README")).unwrap();
+    assert_eq!(fs::read(m.join("README")).unwrap(), b"x");
+    fs::rename(m.join("app"), m.join("d/app")).unwrap();
+    assert_eq!(
+        fs::read(m.join("d/app/bin/tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    fs::remove_dir(m.join("d/app/bin")).unwrap_err();
+    // symlink / readlink, hard link
+    std::os::unix::fs::symlink("../README", m.join("d/link")).unwrap();
+    assert_eq!(
+        fs::read_link(m.join("d/link")).unwrap(),
+        Path::new("../README")
+    );
+    assert_eq!(fs::read(m.join("d/link")).unwrap(), b"x");
+    fs::hard_link(m.join("README"), m.join("hard")).unwrap();
+    assert_eq!(fs::metadata(m.join("README")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(m.join("README")).unwrap().ino(),
+        fs::metadata(m.join("hard")).unwrap().ino()
+    );
+    // chmod, utimens
+    fs::set_permissions(m.join("hard"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        fs::metadata(m.join("README")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    let c = CString::new(m.join("hard").as_os_str().as_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 2_000_000,
+            tv_nsec: 0,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    assert_eq!(fs::metadata(m.join("hard")).unwrap().mtime(), 2_000_000);
+    // unlink of an open file: still readable through its handle
+    let mut f = fs::File::open(m.join("hard")).unwrap();
+    fs::remove_file(m.join("hard")).unwrap();
+    fs::remove_file(m.join("README")).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "x");
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    // statfs answers
+    let st = rustix::fs::statvfs(m.path()).unwrap();
+    assert!(st.f_bsize > 0);
+    // the revision was never modified
+    let head = t.repo.head_state().unwrap();
+    assert!(head.get("README").is_some());
+}
+
+#[test]
+fn rename_flags_fsync_locks_and_mmap() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    let cpath = |p: &str| CString::new(m.join(p).as_os_str().as_bytes()).unwrap();
+    fs::write(m.join("a"), b"A").unwrap();
+    fs::write(m.join("b"), b"B").unwrap();
+    let renameat2 = |a: &str, b: &str, flags: u32| unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cpath(a).as_ptr(),
+            libc::AT_FDCWD,
+            cpath(b).as_ptr(),
+            flags,
+        )
+    };
+    assert_eq!(renameat2("a", "b", libc::RENAME_NOREPLACE), -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(renameat2("a", "b", libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read(m.join("a")).unwrap(), b"B");
+    assert_eq!(fs::read(m.join("b")).unwrap(), b"A");
+    // fsync / fdatasync / fsyncdir
+    let f = OpenOptions::new().write(true).open(m.join("a")).unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    fs::File::open(m.path()).unwrap().sync_all().unwrap();
+    // flock and POSIX locks are exclusive among openers
+    let g = OpenOptions::new().write(true).open(m.join("a")).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    assert_eq!(
+        unsafe { libc::flock(g.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        -1
+    );
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = libc::F_WRLCK as i16;
+    lk.l_whence = libc::SEEK_SET as i16;
+    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &lk) }, 0);
+    drop((f, g));
+    // shared writable mmap reaches the file
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("blobs/big.img"))
+        .unwrap();
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(b"MMAP".as_ptr(), p.cast::<u8>(), 4);
+        assert_eq!(libc::msync(p, 4096, libc::MS_SYNC), 0);
+        libc::munmap(p, 4096);
+    }
+    drop(f);
+    let mut head = [0u8; 6];
+    fs::File::open(m.join("blobs/big.img"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(&head, b"MMAP\x04\x05");
+    assert_eq!(
+        fs::metadata(m.join("blobs/big.img")).unwrap().len(),
+        2_000_000
+    );
+}
+
+#[test]
+fn commit_status_diff_and_reset_from_the_cli() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    fs::write(m.join("app/new.txt"), b"fresh").unwrap();
+    fs::remove_file(m.join("README")).unwrap();
+    fs::write(m.join("config.json"), br#"{"a":2}"#).unwrap();
+    fs::create_dir(m.join("empty")).unwrap();
+    let status = ok(cli(&m.join("app"), &["status"]));
+    assert_eq!(status, "A app/new.txt\nD README\nC config.json\n");
+    let diff = ok(cli(m.path(), &["diff"]));
+    assert!(diff.contains("\"README\": null"), "{diff}");
+    // invalid JSON: refused, nothing committed, overlay intact
+    fs::write(m.join("bad.json"), b"{nope").unwrap();
+    let out = cli(m.path(), &["commit", "-m", "x"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+    assert_eq!(t.repo.latest().unwrap().rev, 1);
+    fs::remove_file(m.join("bad.json")).unwrap();
+    // commit from inside the mount; the mount continues on the new revision
+    let out = cli(&m.join("app"), &["commit", "-m", "from the mount"]);
+    let text = ok_with_err(out);
+    assert!(text.0.contains("Committed revision 2"), "{text:?}");
+    assert!(text.1.contains("empty directory 'empty'"), "{text:?}");
+    let head = t.repo.latest().unwrap();
+    assert_eq!(head.rev, 2);
+    let state = t.repo.head_state().unwrap();
+    assert!(state.get("README").is_none());
+    assert!(matches!(state.get("app/new.txt"), Some(Entry::Object(_))));
+    assert_eq!(ok(cli(m.path(), &["status"])), "");
+    assert_eq!(fs::read(m.join("app/new.txt")).unwrap(), b"fresh");
+    // head moved since the base: refused, overlay kept
+    fs::write(m.join("later.txt"), b"later").unwrap();
+    let mut moved = t.repo.head_state().unwrap();
+    let id = t.repo.store().put_bytes(b"o").unwrap();
+    moved.insert("other", Entry::Object(id)).unwrap();
+    common::commit(&t.repo, &moved);
+    let out = cli(m.path(), &["commit", "-m", "stale"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("moved"));
+    assert_eq!(ok(cli(m.path(), &["status"])), "A later.txt\n");
+    // reset --mount discards; reset without --mount inside a mount refuses
+    assert!(!cli(m.path(), &["reset"]).status.success());
+    ok(cli(
+        Path::new("/"),
+        &["reset", "--mount", m.path().to_str().unwrap()],
+    ));
+    assert!(!m.join("later.txt").exists());
+    assert_eq!(fs::read(m.join("app/new.txt")).unwrap(), b"fresh");
+}
+
+fn ok_with_err(out: Output) -> (String, String) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (ok(out), err)
+}
+
+#[test]
+fn overlay_survives_umount_and_sigkill_and_is_exclusive() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    fs::write(m.join("kept.txt"), b"kept").unwrap();
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(m.join("synced"))
+            .unwrap();
+        (&f).write_all(b"durable").unwrap();
+        f.sync_all().unwrap();
+    }
+    // a second mount of the same overlay is refused
+    let other = tempfile::tempdir().unwrap();
+    let out = pvrfs_command()
+        .arg("mount")
+        .arg(t.path())
+        .arg("latest")
+        .arg(other.path())
+        .arg("--rw")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("locked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SIGKILL the daemon, clear the dead mount, remount: everything is back
+    kill_daemon(m.path());
+    ok(pvrfs_command()
+        .arg("umount")
+        .arg(m.path())
+        .output()
+        .unwrap());
+    let m2 = rw(&t);
+    assert_eq!(fs::read(m2.join("kept.txt")).unwrap(), b"kept");
+    assert_eq!(fs::read(m2.join("synced")).unwrap(), b"durable");
+    drop(m2);
+    let m3 = rw(&t);
+    assert_eq!(fs::read(m3.join("kept.txt")).unwrap(), b"kept");
+    drop(m);
+}
+
+/// SIGKILL the daemon serving `mnt` (found by its command line).
+fn kill_daemon(mnt: &Path) {
+    let mnt = fs::canonicalize(mnt).unwrap();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.iter().any(|a| *a == b"--foreground")
+            && args.iter().any(|a| *a == mnt.as_os_str().as_bytes())
+        {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // wait for it to go
+            for _ in 0..200 {
+                if !e.path().exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            return;
+        }
+    }
+    panic!("no daemon for {}", mnt.display());
+}
+
+#[test]
+fn tools_work_in_the_tree_editor_appends_git_cc_make_tar() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    let d = m.path();
+    // An editor's save: write a temp file, fsync it, rename it over the original (vim's way
+    // with `backupcopy=no`), then the same through vim itself.
+    sh(
+        d,
+        "printf 'edited\\n' > .README.swp && sync .README.swp && mv .README.swp README && cat README",
+    );
+    assert_eq!(fs::read(m.join("README")).unwrap(), b"edited\n");
+    sh(
+        d,
+        "vim -Nu NONE -n -es -c 'set backupcopy=no writebackup' -c '%s/edited/by vim/' -c 'wq' README",
+    );
+    assert_eq!(fs::read(m.join("README")).unwrap(), b"by vim\n");
+    // >> appends from many processes
+    sh(d, "for i in 1 2 3 4 5; do echo line$i >> log.txt; done");
+    assert_eq!(
+        fs::read_to_string(m.join("log.txt")).unwrap(),
+        "line1\nline2\nline3\nline4\nline5\n"
+    );
+    // git in the tree
+    sh(
+        d,
+        "git init -q proj && cd proj && git config user.email t@e && git config user.name t \
+         && echo one > f && git add f && git commit -qm one && echo two > f && git commit -qam two \
+         && git checkout -q HEAD~1 && test \"$(cat f)\" = one && git checkout -q - && git status --short && git fsck --no-progress 2>&1",
+    );
+    assert_eq!(fs::read(m.join("proj/f")).unwrap(), b"two\n");
+    // cc + make of a small C project
+    fs::create_dir(m.join("c")).unwrap();
+    fs::write(
+        m.join("c/main.c"),
+        "#include <stdio.h>\nint add(int,int);\nint main(void){printf(\"%d\\n\", add(2,3));return 0;}\n",
+    )
+    .unwrap();
+    fs::write(m.join("c/add.c"), "int add(int a,int b){return a+b;}\n").unwrap();
+    fs::write(
+        m.join("c/Makefile"),
+        "prog: main.o add.o\n\tcc -o $@ $^\n%.o: %.c\n\tcc -c -o $@ $<\n",
+    )
+    .unwrap();
+    assert_eq!(sh(&m.join("c"), "make -s && ./prog"), "5\n");
+    assert_eq!(
+        sh(&m.join("c"), "touch add.c && make && ./prog")
+            .lines()
+            .last(),
+        Some("5")
+    );
+    // tar x of an archive into the tree, compared with the same extraction on local disk
+    let src = tempfile::tempdir().unwrap();
+    sh(
+        src.path(),
+        "mkdir -p t/a/b && echo x > t/a/b/x && ln -s a/b/x t/sl && ln t/a/b/x t/hl && \
+         head -c 300000 /dev/urandom > t/rand && chmod 755 t/a && tar cf ../t.tar t",
+    );
+    let tarball = src.path().parent().unwrap().join("t.tar");
+    sh(d, &format!("tar xf {}", tarball.display()));
+    let local = tempfile::tempdir().unwrap();
+    sh(local.path(), &format!("tar xf {}", tarball.display()));
+    assert_eq!(
+        common::dump_dir(&m.join("t")),
+        common::dump_dir(&local.path().join("t"))
+    );
+    fs::remove_file(tarball).unwrap();
+    // and all of it commits
+    ok(cli(d, &["commit", "-m", "tools"]));
+    let state = t.repo.head_state().unwrap();
+    assert!(state.get("proj/.git/HEAD").is_some());
+    assert!(state.get("c/prog").is_some());
+    assert!(state.get("t/rand").is_some());
+}
