@@ -90,6 +90,9 @@ struct Model {
     rng: ChaCha8Rng,
 }
 
+/// One operation, run once on each root; returns the errno of a failure.
+type Op = Box<dyn Fn(&Path) -> Result<(), i32>>;
+
 impl Model {
     fn paths(root: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
         let (mut dirs, mut files, mut all) = (vec![String::new()], vec![], vec![]);
@@ -122,7 +125,7 @@ impl Model {
     }
 
     /// One random operation, as a closure run on each root.
-    fn step(&mut self, plain: &Path) -> (String, Box<dyn Fn(&Path) -> Result<(), i32>>) {
+    fn step(&mut self, plain: &Path) -> (String, Op) {
         let (dirs, files, all) = Self::paths(plain);
         let pick = |rng: &mut ChaCha8Rng, v: &[String]| v.choose(rng).cloned();
         match self.rng.gen_range(0..100) {
