@@ -8,7 +8,9 @@
 //!   right; `reset` invalidates explicitly through the notifier);
 //! - no direct I/O and no KEEP_CACHE: files use the page cache, so shared writable `mmap`
 //!   works; the cache is dropped at each open, which is always correct;
-//! - writes go through the daemon (`pwrite` into the upper file), no writeback cache;
+//! - writes go through the daemon (`pwrite` into the upper file), no writeback cache; so
+//!   nothing is buffered here and files are opened with FOPEN_NOFLUSH (no FLUSH round trip on
+//!   every close);
 //! - POSIX record locks and `flock` are left to the kernel (`getlk`/`setlk` unimplemented, no
 //!   `FUSE_POSIX_LOCKS`/`FUSE_FLOCK_LOCKS` requested): they work among all users of this mount;
 //! - `mknod` makes regular files only (pvr states hold no devices, fifos or sockets): `EPERM`.
@@ -278,7 +280,7 @@ impl Filesystem for CowFuse {
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let truncate = write && flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write, truncate) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -305,7 +307,7 @@ impl Filesystem for CowFuse {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_NOFLUSH,
             ),
             Err(e) => reply.error(errno(&e)),
         }
@@ -354,7 +356,8 @@ impl Filesystem for CowFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are not buffered here (each went to the upper file already).
+        // Not sent (FOPEN_NOFLUSH): writes are not buffered here, each went to the upper file
+        // already, and locks are the kernel's.
         reply.ok();
     }
 
