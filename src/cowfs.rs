@@ -25,6 +25,7 @@ use crate::repo::Repo;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -244,6 +245,15 @@ impl CowFs {
         let files = self.files.lock();
         let f = files.get(&fh).ok_or_else(|| bad_fh(fh))?;
         Ok((f.ino, f.handle.clone()))
+    }
+
+    /// The upper file behind an open handle and whether the handle may write (for kernel
+    /// passthrough); `None` for base content.
+    pub fn upper_file(&self, fh: u64) -> Option<(Arc<std::fs::File>, bool)> {
+        match &self.files.lock().get(&fh)?.handle {
+            Handle::Upper { file, write, .. } => Some((file.clone(), *write)),
+            _ => None,
+        }
     }
 
     pub fn read_data(&self, fh: u64, offset: u64, size: usize) -> Result<Vec<u8>> {

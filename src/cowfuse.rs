@@ -8,22 +8,30 @@
 //!   right; `reset` invalidates explicitly through the notifier);
 //! - no direct I/O and no KEEP_CACHE: files use the page cache, so shared writable `mmap`
 //!   works; the cache is dropped at each open, which is always correct;
-//! - writes go through the daemon (`pwrite` into the upper file), no writeback cache; so
-//!   nothing is buffered here and files are opened with FOPEN_NOFLUSH (no FLUSH round trip on
-//!   every close);
+//! - kernel passthrough (where granted) for upper files opened for writing: reads, writes and
+//!   mmap go straight to the upper file in the kernel; the kernel wants one backing file per
+//!   inode and no mixing with cached opens, so the mode is chosen per inode (`Io`): the first
+//!   open decides, later opens join (a writer only if it opens the same upper file);
+//! - otherwise I/O goes through the daemon (`pread`/`pwrite` on the upper file or the object),
+//!   no writeback cache; nothing is buffered here, so files are opened with FOPEN_NOFLUSH (no
+//!   FLUSH round trip on every close);
 //! - POSIX record locks and `flock` are left to the kernel (`getlk`/`setlk` unimplemented, no
 //!   `FUSE_POSIX_LOCKS`/`FUSE_FLOCK_LOCKS` requested): they work among all users of this mount;
 //! - `mknod` makes regular files only (pvr states hold no devices, fifos or sockets): `EPERM`.
 
+use crate::cli::PassthroughMode;
 use crate::cowfs::CowFs;
 use crate::overlay::{Attr, FsError, Kind, RenameFlags, SetAttr};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -73,14 +81,109 @@ fn time(t: TimeOrNow) -> SystemTime {
     }
 }
 
+/// How the kernel does I/O on an inode's open files. The kernel refuses to mix cached and
+/// passthrough opens of one inode, and wants one backing file per inode, so this is per inode.
+enum Io {
+    /// Through the daemon (and the page cache); `n` open files.
+    Cached(u32),
+    /// In the kernel on the backing file (an upper file opened read-write), identified by
+    /// (device, inode) so that only opens of that same upper file join it.
+    Pass(Arc<BackingId>, (u64, u64), u32),
+}
+
 /// The FUSE face of a `CowFs`.
 pub struct CowFuse {
     fs: Arc<CowFs>,
+    mode: PassthroughMode,
+    /// Set at INIT when the kernel granted passthrough.
+    passthrough: AtomicBool,
+    io: Mutex<HashMap<u64, Io>>,
+}
+
+fn identity(f: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl CowFuse {
-    pub fn new(fs: Arc<CowFs>) -> CowFuse {
-        CowFuse { fs }
+    pub fn new(fs: Arc<CowFs>, mode: PassthroughMode) -> CowFuse {
+        CowFuse {
+            fs,
+            mode,
+            passthrough: AtomicBool::new(false),
+            io: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decide how a new open file `fh` of `ino` does I/O: `Ok(Some(id))` passthrough on `id`,
+    /// `Ok(None)` through the daemon. A write open of an upper file starts passthrough when no
+    /// cached open exists; readers and writers of the same upper file join it; other opens
+    /// are cached. `Err` only for a writer whose upper file is not the inode's backing file
+    /// (a reader held it across a commit that turned the old upper file into base content).
+    fn io_for(
+        &self,
+        ino: u64,
+        fh: u64,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Result<Option<Arc<BackingId>>, Errno> {
+        let upper = self.fs.upper_file(fh);
+        let mut io = self.io.lock();
+        match io.get_mut(&ino) {
+            Some(Io::Cached(n)) => {
+                *n += 1;
+                Ok(None)
+            }
+            Some(Io::Pass(id, backing, n)) => {
+                let same = upper.as_ref().and_then(|(f, _)| identity(f)) == Some(*backing);
+                let writer = upper.as_ref().is_some_and(|(_, w)| *w);
+                if writer && !same {
+                    return Err(Errno::ETXTBSY);
+                }
+                *n += 1;
+                Ok(Some(id.clone()))
+            }
+            None => {
+                let pass = match &upper {
+                    Some((file, true)) if self.passthrough.load(Ordering::Relaxed) => {
+                        match (open_backing(file), identity(file)) {
+                            (Ok(id), Some(ident)) => Some((Arc::new(id), ident)),
+                            (Err(e), _) => {
+                                log::warn!(
+                                    "passthrough refused for inode {ino} ({e}); serving I/O"
+                                );
+                                None
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match pass {
+                    Some((id, ident)) => {
+                        io.insert(ino, Io::Pass(id.clone(), ident, 1));
+                        Ok(Some(id))
+                    }
+                    None => {
+                        io.insert(ino, Io::Cached(1));
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn io_closed(&self, ino: u64) {
+        let mut io = self.io.lock();
+        let last = match io.get_mut(&ino) {
+            Some(Io::Cached(n)) | Some(Io::Pass(_, _, n)) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        if last {
+            io.remove(&ino);
+        }
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
@@ -109,6 +212,17 @@ macro_rules! name_or_reply {
 
 impl Filesystem for CowFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.mode != PassthroughMode::Never {
+            // Depth 1: the upper files are on the repository's own (non-FUSE) file system.
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough.store(granted, Ordering::Relaxed);
+            if !granted && self.mode == PassthroughMode::Always {
+                return Err(std::io::Error::other(
+                    "FUSE passthrough is not available and --passthrough always was given",
+                ));
+            }
+        }
         // Larger writes: fewer round trips for sequential writes (the kernel's limit is 1 MiB).
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
@@ -279,9 +393,19 @@ impl Filesystem for CowFuse {
         let acc = flags.0 & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let truncate = write && flags.0 & libc::O_TRUNC != 0;
-        match self.fs.open(ino.0, write, truncate) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH),
-            Err(e) => reply.error(errno(&e)),
+        let fh = match self.fs.open(ino.0, write, truncate) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        match self.io_for(ino.0, fh, |f| reply.open_backing(f)) {
+            Ok(Some(id)) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
+            }
+            Ok(None) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH),
+            Err(e) => {
+                self.fs.release(fh);
+                reply.error(e)
+            }
         }
     }
 
@@ -302,13 +426,27 @@ impl Filesystem for CowFuse {
             .fs
             .create(parent.0, name, mode & !umask & 0o7777, req.uid(), req.gid())
         {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_NOFLUSH,
-            ),
+            Ok((a, fh)) => match self.io_for(a.ino, fh, |f| reply.open_backing(f)) {
+                Ok(Some(id)) => reply.created_passthrough(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_NOFLUSH,
+                    &id,
+                ),
+                Ok(None) => reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_NOFLUSH,
+                ),
+                Err(e) => {
+                    self.fs.release(fh);
+                    reply.error(e)
+                }
+            },
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -364,13 +502,14 @@ impl Filesystem for CowFuse {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.io_closed(ino.0);
         self.fs.release(fh.0);
         reply.ok();
     }

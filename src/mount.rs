@@ -242,7 +242,7 @@ pub fn mount_rw(
     }
     config.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()));
     config.clone_fd = true;
-    let fuse = crate::cowfuse::CowFuse::new(prepared.fs.clone());
+    let fuse = crate::cowfuse::CowFuse::new(prepared.fs.clone(), opts.passthrough);
     fuser::Session::new(fuse, mnt, &config).map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => Error::Other(format!(
             "no permission to mount on '{}': {e} (FUSE mounts need root or fusermount3)",

@@ -193,8 +193,14 @@ fn rename_flags_fsync_locks_and_mmap() {
     if !fuse_available() {
         return;
     }
-    let t = fixture();
-    let m = rw(&t);
+    for extra in [&["--rw"][..], &["--rw", "--passthrough", "never"][..]] {
+        let t = fixture();
+        let m = Mount::new(t.path(), "latest", extra);
+        rename_fsync_locks_mmap(&m);
+    }
+}
+
+fn rename_fsync_locks_mmap(m: &Mount) {
     let cpath = |p: &str| CString::new(m.join(p).as_os_str().as_bytes()).unwrap();
     fs::write(m.join("a"), b"A").unwrap();
     fs::write(m.join("b"), b"B").unwrap();
@@ -478,4 +484,45 @@ fn tools_work_in_the_tree_editor_appends_git_cc_make_tar() {
     assert!(state.get("proj/.git/HEAD").is_some());
     assert!(state.get("c/prog").is_some());
     assert!(state.get("t/rand").is_some());
+}
+
+/// Readers and writers of one file at once, in both orders (cached opens first, passthrough
+/// opens first): every reader sees what the writer wrote, as on a local file system.
+#[test]
+fn concurrent_readers_and_writers_see_each_others_data() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    // a reader of the base content first, then a writer (copy-up)
+    let reader = fs::File::open(m.join("app/data.txt")).unwrap();
+    let writer = OpenOptions::new()
+        .write(true)
+        .open(m.join("app/data.txt"))
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    writer.write_all_at(b"DATA", 0).unwrap();
+    let mut buf = [0u8; 4];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"DATA");
+    drop((reader, writer));
+    // a writer of a new file first, then a reader while it keeps writing (tail -f)
+    let writer = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.join("log"))
+        .unwrap();
+    writer.write_all_at(b"one\n", 0).unwrap();
+    let reader = fs::File::open(m.join("log")).unwrap();
+    writer.write_all_at(b"two\n", 4).unwrap();
+    let mut s = String::new();
+    (&reader).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "one\ntwo\n");
+    // a file open for writing across a commit keeps working
+    ok(cli(m.path(), &["commit", "-m", "while open"]));
+    writer.write_all_at(b"three\n", 8).unwrap();
+    drop((reader, writer));
+    assert_eq!(fs::read(m.join("log")).unwrap(), b"one\ntwo\nthree\n");
+    assert_eq!(ok(cli(m.path(), &["status"])), "C log\n");
 }

@@ -273,12 +273,21 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Even seeds run with kernel passthrough (where the kernel has it), odd ones through the daemon.
+fn mode(seed: u64) -> &'static [&'static str] {
+    if seed % 2 == 0 {
+        &["--rw"]
+    } else {
+        &["--rw", "--passthrough", "never"]
+    }
+}
+
 fn run(seed: u64, steps: usize) {
     let t = base_repo();
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = plain_dir.path().to_path_buf();
     plain_copy(&plain);
-    let mut m = Some(Mount::new(t.path(), "latest", &["--rw"]));
+    let mut m = Some(Mount::new(t.path(), "latest", mode(seed)));
     let mut model = Model {
         rng: ChaCha8Rng::seed_from_u64(seed),
     };
@@ -351,7 +360,7 @@ fn run(seed: u64, steps: usize) {
             assert_eq!(t.repo.latest().unwrap().rev, head + 1);
             assert_eq!(dump_dir(&mnt), dump_dir(&plain));
             drop(m.take());
-            m = Some(Mount::new(t.path(), "latest", &["--rw"]));
+            m = Some(Mount::new(t.path(), "latest", mode(seed)));
             assert_eq!(dump_dir(m.as_ref().unwrap().path()), dump_dir(&plain));
         }
     }
@@ -372,13 +381,19 @@ fn one_file_under_random_io_matches_memory() {
     if !fuse_available() {
         return;
     }
+    for seed in [0, 1] {
+        one_file(seed);
+    }
+}
+
+fn one_file(seed: u64) {
     let mut t = TestRepo::new();
     let init: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
     t.set("f", Content::Blob(&init));
     t.commit("base");
-    let m = Mount::new(t.path(), "latest", &["--rw"]);
+    let m = Mount::new(t.path(), "latest", mode(seed));
     let mut mem = init.clone();
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut ops = Vec::new();
     let f = OpenOptions::new()
         .read(true)
