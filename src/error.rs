@@ -80,7 +80,8 @@ pub enum Error {
     #[error("{0}")]
     Other(String),
 
-    /// An error another pvrfs process (a mount daemon) reported, with its exit code.
+    /// An error with an explicit exit code: reported by another pvrfs process (a mount daemon),
+    /// or reworded for its context.
     #[error("{message}")]
     Remote { code: u8, message: String },
 }

@@ -194,7 +194,17 @@ pub fn prepare_rw(
     let ov_opts = Options {
         canonical_json: opts.canonical,
     };
-    let ov = Overlay::load_or_create(&repo, name, &rev.rev.to_string(), ov_opts.clone())?;
+    let ov = Overlay::load_or_create(&repo, name, &rev.rev.to_string(), ov_opts.clone())
+        .map_err(|e| match e {
+            Error::Locked { .. } => Error::Remote {
+                code: e.exit_code(),
+                message: format!(
+                    "overlay '{name}' of {} is locked: another pvrfs daemon has it mounted (see 'pvrfs mounts'); use --overlay OTHER for a second writable mount",
+                    repo.workdir().display()
+                ),
+            },
+            e => e,
+        })?;
     if ov.base_rev() != rev.rev {
         return Err(Error::Conflict(format!(
             "overlay '{name}' of {} holds changes made on revision {}, not {}: mount revision {} \

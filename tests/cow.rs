@@ -358,11 +358,29 @@ fn overlay_survives_umount_and_sigkill_and_is_exclusive() {
         .arg("--rw")
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("locked"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("overlay 'default'") && err.contains("locked"),
+        "{err}"
+    );
+    // another overlay of the same repository can be mounted beside it
+    let m_other = Mount::new(t.path(), "latest", &["--rw", "--overlay", "second"]);
+    assert!(!m_other.join("kept.txt").exists());
+    drop(m_other);
+    // remounting an overlay on another revision than its base is refused
+    let out = pvrfs_command()
+        .arg("mount")
+        .arg(t.path())
+        .arg("0")
+        .arg(other.path())
+        .args(["--rw", "--overlay", "second"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("made on revision 1"),
+        "{err}"
     );
     // SIGKILL the daemon, clear the dead mount, remount: everything is back
     kill_daemon(m.path());

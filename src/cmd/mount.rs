@@ -169,6 +169,18 @@ fn daemonize(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyh
         return Ok(());
     }
     let status = child.wait().ok();
+    // "error CODE\nMESSAGE": keep the daemon's exit code (5 locked, 2 usage, ...).
+    if let Some((code, msg)) = answer
+        .strip_prefix("error ")
+        .and_then(|rest| rest.split_once('\n'))
+        .and_then(|(c, m)| Some((c.parse::<u8>().ok()?, m)))
+    {
+        return Err(Error::Remote {
+            code,
+            message: msg.to_string(),
+        }
+        .into());
+    }
     let msg = match answer.strip_prefix("error ") {
         Some(rest) => rest.split_once('\n').map_or(rest, |(_, m)| m).to_string(),
         None => format!(
