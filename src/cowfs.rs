@@ -305,11 +305,18 @@ impl CowFs {
     }
 
     pub fn status_text(&self) -> RepoResult<String> {
-        self.control(|o| o.status_text())
+        self.inspect(|o| o.status_text())
     }
 
     pub fn diff_text(&self) -> RepoResult<String> {
-        self.control(|o| o.diff_text())
+        self.inspect(|o| o.diff_text())
+    }
+
+    /// A read-only look at the overlay (status, diff): file I/O goes on meanwhile.
+    fn inspect<T>(&self, f: impl FnOnce(&Overlay) -> RepoResult<T>) -> RepoResult<T> {
+        let g = self.ov.read();
+        f(g.as_ref()
+            .ok_or_else(|| Error::Other("overlay is being reset".into()))?)
     }
 
     /// Discard every change: the view becomes the base revision again. Open handles of upper

@@ -544,3 +544,44 @@ fn concurrent_readers_and_writers_see_each_others_data() {
     assert_eq!(fs::read(m.join("log")).unwrap(), b"one\ntwo\nthree\n");
     assert_eq!(ok(cli(m.path(), &["status"])), "C log\n");
 }
+
+/// What a pvr state cannot hold is refused with the errno a local fs without it would give.
+#[test]
+fn special_files_xattrs_and_dot_pvr_are_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    let c = |p: &str| CString::new(m.join(p).as_os_str().as_bytes()).unwrap();
+    // mknod of a regular file works, a FIFO does not
+    assert_eq!(
+        unsafe { libc::mknod(c("plain").as_ptr(), libc::S_IFREG | 0o644, 0) },
+        0
+    );
+    assert!(m.join("plain").is_file());
+    assert_eq!(unsafe { libc::mkfifo(c("fifo").as_ptr(), 0o644) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    let r = unsafe {
+        libc::setxattr(
+            c("plain").as_ptr(),
+            c"user.x".as_ptr(),
+            b"v".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
+    assert_eq!(errno_of(fs::create_dir(m.join(".pvr"))), libc::EPERM);
+    // status/diff/commit outside any mount, without --mount: a clear refusal
+    let out = cli(t.path(), &["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mount"));
+}
