@@ -101,19 +101,23 @@ pub fn serve(
     let me = unsafe { libc::geteuid() };
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
-        let answer = match peer_uid(&conn) {
-            Some(uid) if uid == me || uid == 0 => {
-                let mut line = String::new();
-                match BufReader::new(&conn).read_line(&mut line) {
-                    Ok(_) => match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => handle(&fs, req, &invalidate),
-                        Err(e) => failed(Error::Usage(format!("bad control request: {e}"))),
-                    },
-                    Err(e) => failed(Error::io("read control request on", "socket", e)),
+        // One connection at a time: a client that never sends its line must not block others.
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        // Read the request first in every case: closing on an unread request would make the
+        // client's write fail (EPIPE) before it sees the answer.
+        let mut line = String::new();
+        let read = BufReader::new(&conn).read_line(&mut line);
+        let answer = match (peer_uid(&conn), read) {
+            (Some(uid), Ok(_)) if uid == me || uid == 0 => {
+                match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => handle(&fs, req, &invalidate),
+                    Err(e) => failed(Error::Usage(format!("bad control request: {e}"))),
                 }
             }
+            (_, Err(e)) => failed(Error::io("read control request on", "socket", e)),
             _ => failed(Error::Usage(
-                "only the user who mounted may commit or reset this mount".into(),
+                "only the user who mounted (or root) may commit, reset or inspect this mount"
+                    .into(),
             )),
         };
         let mut text = serde_json::to_string(&answer).unwrap_or_default();
@@ -142,6 +146,18 @@ fn handle(fs: &CowFs, req: Request, invalidate: &impl Fn(Invalidate)) -> Answer 
             let msg = req
                 .message
                 .unwrap_or_else(|| "** No commit message **".into());
+            // Nothing that a revision can hold changed: no empty revision (as pvr).
+            match fs.status_text() {
+                Ok(s) if s.is_empty() => {
+                    return Answer {
+                        ok: true,
+                        warnings: fs.warnings().unwrap_or_default(),
+                        ..Answer::default()
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return failed(e),
+            }
             match fs.commit(&msg) {
                 Ok(report) => Answer {
                     ok: true,
@@ -208,12 +224,19 @@ pub fn request(mountpoint: &Path, req: &Request) -> Result<Answer> {
     })?;
     let mut line = serde_json::to_string(req).map_err(|e| Error::Other(e.to_string()))?;
     line.push('\n');
-    s.write_all(line.as_bytes())
-        .ctx("send request to the daemon of", mountpoint)?;
+    // A write error is reported as such, never as a broken pipe (which `main` treats as a
+    // closed stdout); the daemon's answer, if any, explains it better.
+    let sent = s.write_all(line.as_bytes());
     let mut answer = String::new();
     BufReader::new(&s)
         .read_line(&mut answer)
         .ctx("read answer from the daemon of", mountpoint)?;
+    if let (true, Err(e)) = (answer.is_empty(), &sent) {
+        return Err(Error::Other(format!(
+            "could not send the request to the daemon of '{}': {e}",
+            mountpoint.display()
+        )));
+    }
     if answer.is_empty() {
         return Err(Error::Other(format!(
             "the daemon of '{}' closed the connection without answering (did it die? see 'pvrfs mounts')",

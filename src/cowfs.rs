@@ -312,6 +312,11 @@ impl CowFs {
         self.inspect(|o| o.diff_text())
     }
 
+    /// What a commit now could not store (empty directories, modes, symlinks...).
+    pub fn warnings(&self) -> RepoResult<Vec<String>> {
+        self.inspect(|o| o.warnings())
+    }
+
     /// A read-only look at the overlay (status, diff): file I/O goes on meanwhile.
     fn inspect<T>(&self, f: impl FnOnce(&Overlay) -> RepoResult<T>) -> RepoResult<T> {
         let g = self.ov.read();

@@ -585,3 +585,82 @@ fn special_files_xattrs_and_dot_pvr_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mount"));
 }
+
+/// With `--allow-other`, the kernel checks permissions from the overlay's modes and owners
+/// (`default_permissions`), as on a local file system.
+#[test]
+fn allow_other_enforces_modes_and_owners() {
+    if !fuse_available() || unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let t = fixture();
+    let m = Mount::new(t.path(), "latest", &["--rw", "--allow-other"]);
+    fs::write(m.join("secret"), b"s").unwrap();
+    fs::set_permissions(m.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(m.join("public"), b"p").unwrap();
+    fs::set_permissions(m.join("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |script: &str| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).current_dir("/");
+        // SAFETY: only setgid/setuid between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let mnt = m.path().display().to_string();
+    assert!(as_nobody(&format!("cat {mnt}/public")).status.success());
+    let out = as_nobody(&format!("cat {mnt}/secret"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    assert!(!as_nobody(&format!("echo x > {mnt}/public"))
+        .status
+        .success());
+    assert!(!as_nobody(&format!("touch {mnt}/new")).status.success());
+    // and a user who may write makes files owned by them
+    fs::create_dir(m.join("shared")).unwrap();
+    fs::set_permissions(m.join("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(as_nobody(&format!("echo x > {mnt}/shared/mine"))
+        .status
+        .success());
+    assert_eq!(fs::metadata(m.join("shared/mine")).unwrap().uid(), 65534);
+    // but cannot commit: only the mounting user (or root) may
+    let out = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = pvrfs_command();
+        cmd.args(["status", "--mount"]).arg(m.path());
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    assert!(
+        !out.status.success(),
+        "status as nobody: {:?} [{}] [{}]",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only the user who mounted"));
+    // nothing changed that a revision can hold: no empty revision
+    let before = t.repo.latest().unwrap().rev;
+    ok(cli(m.path(), &["commit", "-m", "x"]));
+    fs::set_permissions(m.join("public"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(m.join("empty-dir")).unwrap();
+    let out = cli(m.path(), &["commit", "-m", "empty"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(ok(out), "Nothing to commit\n");
+    assert!(err.contains("empty directory 'empty-dir'"), "{err}");
+    assert_eq!(t.repo.latest().unwrap().rev, before + 1);
+}
