@@ -45,6 +45,9 @@ type Listing = Vec<(String, u64, Kind)>;
 struct Open {
     ino: u64,
     handle: Handle,
+    /// The overlay it belongs to (bumped by `reset`): a handle of a discarded overlay must not
+    /// touch the new overlay's open counts, which protect its own open files.
+    epoch: u64,
 }
 
 /// The writable filesystem of one mount.
@@ -56,6 +59,7 @@ pub struct CowFs {
     files: Mutex<HashMap<u64, Open>>,
     dirs: Mutex<HashMap<u64, Listing>>,
     next_fh: AtomicU64,
+    epoch: AtomicU64,
 }
 
 fn gone() -> FsError {
@@ -84,6 +88,7 @@ impl CowFs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -99,7 +104,8 @@ impl CowFs {
 
     fn add_file(&self, ino: u64, handle: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().insert(fh, Open { ino, handle });
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.files.lock().insert(fh, Open { ino, handle, epoch });
         fh
     }
 
@@ -263,6 +269,7 @@ impl CowFs {
             let fresh = self.write(|o| o.open(ino, false, false))?;
             if let Some(f) = self.files.lock().get_mut(&fh) {
                 f.handle = fresh.clone();
+                f.epoch = self.epoch.load(Ordering::Relaxed);
             }
             handle = fresh;
         }
@@ -286,8 +293,11 @@ impl CowFs {
 
     pub fn release(&self, fh: u64) {
         let open = self.files.lock().remove(&fh);
-        if let (Some(open), Some(o)) = (open, self.ov.write().as_mut()) {
-            o.release(open.handle);
+        let mut g = self.ov.write();
+        if let (Some(open), Some(o)) = (open, g.as_mut()) {
+            if open.epoch == self.epoch.load(Ordering::Relaxed) {
+                o.release(open.handle);
+            }
         }
     }
 
@@ -342,8 +352,10 @@ impl CowFs {
         for (name, _, _) in old.readdir(overlay::ROOT).unwrap_or_default() {
             inval.entries.push((overlay::ROOT, name));
         }
-        // The old overlay must let go of its lock before the directory can be removed.
+        // The old overlay must let go of its lock before the directory can be removed. Its
+        // open handles keep their files but no longer count in any overlay.
         drop(old);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         let result = Overlay::discard(&self.repo, &self.id)
             .and_then(|()| Overlay::load_or_create(&self.repo, &self.id, &base, self.opts.clone()));
         match result {
@@ -352,8 +364,6 @@ impl CowFs {
                     inval.entries.push((overlay::ROOT, name));
                 }
                 *g = Some(ov);
-                // Handles on upper files of the old overlay stay valid fds but name no node:
-                // keep them readable, forget their inode bookkeeping.
                 Ok(inval)
             }
             Err(e) => {
