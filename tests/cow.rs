@@ -702,3 +702,41 @@ fn descriptors_open_across_a_reset() {
     drop(new);
     assert_eq!(fs::read(m.join("app/data.txt")).unwrap(), b"still here");
 }
+
+/// `cargo build` of a tiny crate inside the tree (locks, hard links, renames, mmap of outputs).
+#[test]
+fn cargo_builds_a_tiny_crate_in_the_tree() {
+    if !fuse_available() || Command::new("cargo").arg("--version").output().is_err() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    fs::create_dir_all(m.join("hello/src")).unwrap();
+    fs::write(
+        m.join("hello/Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    fs::write(
+        m.join("hello/src/main.rs"),
+        "fn main() { println!(\"hello from the mount\"); }\n",
+    )
+    .unwrap();
+    let out = Command::new("cargo")
+        .args(["run", "--offline", "--quiet"])
+        .current_dir(m.join("hello"))
+        .env_remove("CARGO_TARGET_DIR")
+        .env("CARGO_INCREMENTAL", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the mount\n"
+    );
+    assert!(m.join("hello/Cargo.lock").exists());
+}
