@@ -580,6 +580,12 @@ fn special_files_xattrs_and_dot_pvr_are_refused() {
         Some(libc::EOPNOTSUPP)
     );
     assert_eq!(errno_of(fs::create_dir(m.join(".pvr"))), libc::EPERM);
+    // read-only-only options are refused with --rw, not ignored
+    let out = cli(
+        t.path(),
+        &["mount", ".", "latest", "/nonexistent", "--rw", "--verify"],
+    );
+    assert_eq!(out.status.code(), Some(2));
     // status/diff/commit outside any mount, without --mount: a clear refusal
     let out = cli(t.path(), &["status"]);
     assert!(!out.status.success());

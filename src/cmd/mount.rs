@@ -33,6 +33,14 @@ pub(crate) fn options(args: &MountArgs) -> MountOptions {
 }
 
 pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    if args.rw && (args.uid.is_some() || args.gid.is_some() || args.verify) {
+        // Not silently ignored: a --rw mount's files belong to whoever creates them (chown
+        // works), and its reads of base content are not hash-checked.
+        return Err(Error::Usage(
+            "--uid, --gid and --verify apply to read-only mounts only (not with --rw)".into(),
+        )
+        .into());
+    }
     // Absolute: the daemon runs in `/` (and `-C DIR` may be relative).
     let repo_dir = std::path::absolute(ctx.cwd.join(&args.repo)).ctx("resolve", &args.repo)?;
     let mnt =
