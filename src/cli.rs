@@ -131,7 +131,11 @@ pub struct AddArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// Show the changes of this --rw mount (default: the mount containing the cwd, if any).
+    #[arg(long, value_name = "MNT")]
+    pub mount: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum DiffFormat {
@@ -151,6 +155,9 @@ pub struct DiffArgs {
     /// Up to two revisions (N, latest, HEAD, latest~K, state-id prefix).
     #[arg(num_args = 0..=2, value_name = "REV")]
     pub revs: Vec<String>,
+    /// Show the changes of this --rw mount (default: the mount containing the cwd, if any).
+    #[arg(long, value_name = "MNT")]
+    pub mount: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +174,9 @@ pub struct CommitArgs {
     /// The commit message (default `** No commit message **`, as pvr).
     #[arg(short, long)]
     pub message: Option<String>,
+    /// Commit the changes of this --rw mount (default: the mount containing the cwd, if any).
+    #[arg(long, value_name = "MNT")]
+    pub mount: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +214,10 @@ pub struct ResetArgs {
     /// Write inline JSON canonically.
     #[arg(long)]
     pub canonical: bool,
+    /// Discard every change of this --rw mount (its overlay); required for a mount, so a reset
+    /// typed inside a mount cannot discard its changes by accident.
+    #[arg(long, value_name = "MNT")]
+    pub mount: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +296,9 @@ pub struct MountArgs {
     /// Copy-on-write: changes go to an overlay under .pvr/, commit with `pvrfs commit`.
     #[arg(long)]
     pub rw: bool,
+    /// Which overlay a --rw mount uses (one per repository and name; default "default").
+    #[arg(long, value_name = "NAME", default_value = "default", requires = "rw")]
+    pub overlay: String,
     /// Stay in the foreground (logs to stderr; RUST_LOG=debug for more).
     #[arg(short, long)]
     pub foreground: bool,

@@ -79,6 +79,11 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    /// An error with an explicit exit code: reported by another pvrfs process (a mount daemon),
+    /// or reworded for its context.
+    #[error("{message}")]
+    Remote { code: u8, message: String },
 }
 
 fn for_path(path: &Option<String>) -> String {
@@ -104,6 +109,7 @@ impl Error {
             Error::InvalidJson { .. } | Error::CorruptState { .. } | Error::BadEntry { .. } => 3,
             Error::MissingObject { .. } | Error::CorruptObject { .. } => 4,
             Error::Locked { .. } => 5,
+            Error::Remote { code, .. } => *code,
             _ => 1,
         }
     }

@@ -5,6 +5,9 @@
 //! layout and revisions, `patch` diffs, `fsutil` durable writes, `overlay` the copy-on-write
 //! layer of writable mounts (docs/OVERLAY.md).
 
+pub mod control;
+pub mod cowfs;
+pub mod cowfuse;
 pub mod error;
 pub mod exchange;
 pub mod fs;

@@ -173,6 +173,95 @@ pub fn mount(
     })
 }
 
+/// A writable (`--rw`) mount ready to be served: the overlay is loaded (and locked).
+pub struct PreparedRw {
+    pub repo: Repo,
+    pub fs: Arc<crate::cowfs::CowFs>,
+}
+
+/// Open (or create) overlay `name` of the repository for a `--rw` mount of `spec`. An existing
+/// overlay resumes exactly; it must be on the revision `spec` names (its changes were made
+/// against that revision), else the mount is refused with the way out.
+pub fn prepare_rw(
+    repo_dir: &Path,
+    spec: &str,
+    name: &str,
+    opts: &MountOptions,
+) -> Result<PreparedRw> {
+    use crate::overlay::{Options, Overlay};
+    let repo = Repo::open(repo_dir)?;
+    let rev = repo.resolve(spec)?;
+    let ov_opts = Options {
+        canonical_json: opts.canonical,
+    };
+    let ov = Overlay::load_or_create(&repo, name, &rev.rev.to_string(), ov_opts.clone())
+        .map_err(|e| match e {
+            Error::Locked { .. } => Error::Remote {
+                code: e.exit_code(),
+                message: format!(
+                    "overlay '{name}' of {} is locked: another pvrfs daemon has it mounted (see 'pvrfs mounts'); use --overlay OTHER for a second writable mount",
+                    repo.workdir().display()
+                ),
+            },
+            e => e,
+        })?;
+    if ov.base_rev() != rev.rev {
+        return Err(Error::Conflict(format!(
+            "overlay '{name}' of {} holds changes made on revision {}, not {}: mount revision {} \
+             (and commit or 'pvrfs reset --mount MNT' there), or use another --overlay NAME",
+            repo.workdir().display(),
+            ov.base_rev(),
+            rev.rev,
+            ov.base_rev()
+        )));
+    }
+    trim_heap();
+    let fs = crate::cowfs::CowFs::new(repo.clone(), name, ov, ov_opts);
+    Ok(PreparedRw {
+        repo,
+        fs: Arc::new(fs),
+    })
+}
+
+/// The mount source of a `--rw` mount: `pvrfs:<repo>@rw:<overlay>` (its revision moves with
+/// every commit, so the source names the overlay instead).
+pub fn fsname_rw(repo: &Repo, overlay: &str) -> String {
+    format!("pvrfs:{}@rw:{overlay}", repo.workdir().display()).replace(',', "_")
+}
+
+/// Mount a prepared `--rw` filesystem at `mnt` (read-write, kernel permission checks).
+pub fn mount_rw(
+    prepared: &PreparedRw,
+    overlay: &str,
+    mnt: &Path,
+    opts: &MountOptions,
+) -> Result<fuser::Session<crate::cowfuse::CowFuse>> {
+    use fuser::{MountOption, SessionACL};
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(fsname_rw(&prepared.repo, overlay)),
+        MountOption::Subtype("pvrfs".into()),
+        MountOption::RW,
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::Exec,
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    config.clone_fd = true;
+    let fuse = crate::cowfuse::CowFuse::new(prepared.fs.clone(), opts.passthrough);
+    fuser::Session::new(fuse, mnt, &config).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => Error::Other(format!(
+            "no permission to mount on '{}': {e} (FUSE mounts need root or fusermount3)",
+            mnt.display()
+        )),
+        _ => Error::io("mount FUSE filesystem on", mnt, e),
+    })
+}
+
 /// The signals that unmount a serving daemon.
 fn stop_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on a local, initialised set.
@@ -198,7 +287,7 @@ pub fn block_stop_signals() {
 }
 
 /// Serve a mounted session until it is unmounted (or SIGINT/SIGTERM/SIGHUP, which unmount it).
-pub fn serve(mut session: fuser::Session<FuseFs>) -> Result<()> {
+pub fn serve<FS: fuser::Filesystem>(mut session: fuser::Session<FS>) -> Result<()> {
     let mut unmounter = session.unmount_callable();
     // Only the waiter below receives the stop signals (a no-op if already blocked).
     block_stop_signals();

@@ -4,6 +4,7 @@
 
 pub mod exchange;
 pub mod mount;
+pub mod mountops;
 pub mod repo;
 
 use crate::cli::{Cli, Command};
@@ -36,16 +37,30 @@ pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Mounts => mount::mounts(ctx),
         Command::Init(a) => repo::init(a, ctx),
         Command::Add(a) => repo::add(a, ctx),
-        Command::Status(a) => repo::status(a, ctx),
-        Command::Diff(a) => repo::diff(a, ctx),
         Command::Json(a) => repo::json(a, ctx),
-        Command::Commit(a) => repo::commit(a, ctx),
         Command::Log(a) => repo::log(a, ctx),
         Command::Show(a) => repo::show(a, ctx),
         Command::Checkout(a) => repo::checkout(a, ctx),
-        Command::Reset(a) => repo::reset(a, ctx),
         Command::Apply(a) => repo::apply(a, ctx),
         Command::Fsck(a) => repo::fsck(a, ctx),
         Command::Gc(a) => repo::gc(a, ctx),
+        // Mount-aware: inside a pvrfs mount (or with --mount MNT) these act on the mount's
+        // overlay through its daemon; elsewhere on the work tree.
+        Command::Commit(a) => match mountops::mount_target(ctx, a.mount.as_deref())? {
+            Some(mnt) => mountops::commit(&mnt, a, ctx),
+            None => repo::commit(a, ctx),
+        },
+        Command::Status(a) => match mountops::mount_target(ctx, a.mount.as_deref())? {
+            Some(mnt) => mountops::status(&mnt, ctx),
+            None => repo::status(a, ctx),
+        },
+        Command::Diff(a) => match mountops::mount_target(ctx, a.mount.as_deref())? {
+            Some(mnt) => mountops::diff(&mnt, a, ctx),
+            None => repo::diff(a, ctx),
+        },
+        Command::Reset(a) => match mountops::mount_target(ctx, a.mount.as_deref())? {
+            Some(mnt) => mountops::reset(&mnt, a, ctx),
+            None => repo::reset(a, ctx),
+        },
     }
 }

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 /// Environment variable naming the readiness pipe of a daemon child.
 const READY_FD: &str = "PVRFS_READY_FD";
 
-fn options(args: &MountArgs) -> MountOptions {
+pub(crate) fn options(args: &MountArgs) -> MountOptions {
     MountOptions {
         allow_other: args.allow_other,
         canonical: args.canonical,
@@ -33,10 +33,13 @@ fn options(args: &MountArgs) -> MountOptions {
 }
 
 pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    if args.rw {
-        anyhow::bail!(
-            "--rw (copy-on-write mounts) is not available in this build; mount read-only"
-        );
+    if args.rw && (args.uid.is_some() || args.gid.is_some() || args.verify) {
+        // Not silently ignored: a --rw mount's files belong to whoever creates them (chown
+        // works), and its reads of base content are not hash-checked.
+        return Err(Error::Usage(
+            "--uid, --gid and --verify apply to read-only mounts only (not with --rw)".into(),
+        )
+        .into());
     }
     // Absolute: the daemon runs in `/` (and `-C DIR` may be relative).
     let repo_dir = std::path::absolute(ctx.cwd.join(&args.repo)).ctx("resolve", &args.repo)?;
@@ -53,10 +56,11 @@ pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if !ctx.quiet {
         writeln!(
             ctx.err,
-            "mounted revision {} of {} at {}",
+            "mounted revision {} of {} at {}{}",
             rev.rev,
             repo_dir.display(),
-            mnt.display()
+            mnt.display(),
+            if args.rw { " (copy-on-write)" } else { "" }
         )?;
     }
     Ok(())
@@ -73,6 +77,9 @@ fn foreground(args: &MountArgs, repo_dir: &Path, mnt: &Path) -> anyhow::Result<(
         .and_then(|v| v.parse::<i32>().ok())
         .map(|fd| File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
     std::env::remove_var(READY_FD);
+    if args.rw {
+        return super::mountops::foreground_rw(args, repo_dir, mnt, ready);
+    }
     let result = (|| -> crate::Result<_> {
         let canon = mount::check_mountpoint(mnt)?;
         let opts = options(args);
@@ -126,6 +133,9 @@ fn daemonize(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyh
             crate::cli::PassthroughMode::Always => "always",
             crate::cli::PassthroughMode::Never => "never",
         });
+    if args.rw {
+        cmd.arg("--rw").arg("--overlay").arg(&args.overlay);
+    }
     for (on, flag) in [
         (args.allow_other, "--allow-other"),
         (args.canonical, "--canonical"),
@@ -167,6 +177,18 @@ fn daemonize(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyh
         return Ok(());
     }
     let status = child.wait().ok();
+    // "error CODE\nMESSAGE": keep the daemon's exit code (5 locked, 2 usage, ...).
+    if let Some((code, msg)) = answer
+        .strip_prefix("error ")
+        .and_then(|rest| rest.split_once('\n'))
+        .and_then(|(c, m)| Some((c.parse::<u8>().ok()?, m)))
+    {
+        return Err(Error::Remote {
+            code,
+            message: msg.to_string(),
+        }
+        .into());
+    }
     let msg = match answer.strip_prefix("error ") {
         Some(rest) => rest.split_once('\n').map_or(rest, |(_, m)| m).to_string(),
         None => format!(

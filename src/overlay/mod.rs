@@ -299,6 +299,9 @@ pub struct Overlay {
     base_state_id: ObjectId,
     base_time: SystemTime,
     nodes: HashMap<u64, Node>,
+    /// Subdirectories per directory (its `nlink` - 2), kept by `attach`/`detach` so `getattr`
+    /// of a directory is O(1), not O(entries): the kernel asks it after every create in it.
+    subdirs: HashMap<u64, u32>,
     next_id: u64,
     affected: BTreeSet<String>,
     /// Inodes whose content is an upper file.
@@ -503,9 +506,15 @@ impl Overlay {
         }
         let uid = unsafe { libc::geteuid() };
         let gid = unsafe { libc::getegid() };
+        let mut subdirs: HashMap<u64, u32> = HashMap::new();
         for node in nodes.values_mut() {
             node.uid = uid;
             node.gid = gid;
+            if matches!(node.body, Body::Dir(_)) {
+                for (parent, _) in &node.links {
+                    *subdirs.entry(*parent).or_default() += 1;
+                }
+            }
         }
         Ok(Overlay {
             repo: repo.clone(),
@@ -516,6 +525,7 @@ impl Overlay {
             base,
             base_time,
             nodes,
+            subdirs,
             next_id: next,
             affected: BTreeSet::new(),
             uppers: HashSet::new(),
@@ -618,12 +628,7 @@ impl Overlay {
             }
         };
         let nlink = match &node.body {
-            Body::Dir(c) => {
-                2 + c
-                    .values()
-                    .filter(|i| matches!(self.nodes[i].body, Body::Dir(_)))
-                    .count() as u32
-            }
+            Body::Dir(_) => 2 + self.subdirs.get(&ino).copied().unwrap_or(0),
             _ => node.links.len() as u32,
         };
         Ok(Attr {
@@ -769,17 +774,22 @@ impl Overlay {
 
     fn attach(&mut self, parent: u64, name: &str, ino: u64) {
         dir_children(&mut self.nodes, parent).insert(name.to_string(), ino);
-        self.nodes
-            .get_mut(&ino)
-            .expect("attached node exists")
-            .links
-            .push((parent, name.to_string()));
+        let node = self.nodes.get_mut(&ino).expect("attached node exists");
+        node.links.push((parent, name.to_string()));
+        if matches!(node.body, Body::Dir(_)) {
+            *self.subdirs.entry(parent).or_default() += 1;
+        }
         self.touch_dir(parent);
     }
 
     fn detach(&mut self, parent: u64, name: &str) -> Option<u64> {
         let ino = dir_children(&mut self.nodes, parent).remove(name)?;
         let node = self.nodes.get_mut(&ino).expect("child exists");
+        if matches!(node.body, Body::Dir(_)) {
+            if let Some(n) = self.subdirs.get_mut(&parent) {
+                *n = n.saturating_sub(1);
+            }
+        }
         if let Some(i) = node
             .links
             .iter()
@@ -1648,6 +1658,12 @@ impl Overlay {
     }
 
     /// True when the view differs from the base in nothing the journal tracks.
+    /// True when the node's content is an upper file (a read handle opened on its base content
+    /// before the copy-up should be reopened).
+    pub fn has_upper(&self, ino: u64) -> bool {
+        self.uppers.contains(&ino)
+    }
+
     pub fn is_clean(&self) -> bool {
         self.affected.is_empty()
     }

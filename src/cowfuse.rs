@@ -1,0 +1,591 @@
+//! The `fuser::Filesystem` adapter of a `--rw` mount: one call into `cowfs::CowFs`, one reply.
+//!
+//! Kernel-side choices (docs/SEMANTICS.md, "Copy-on-write mounts"):
+//! - `default_permissions`: the kernel checks modes and owners as on a local file system, from
+//!   the attributes given here (so `--allow-other` is safe);
+//! - entries and attributes are cached for one second only: unlike a read-only mount, the view
+//!   changes (every change goes through this mount, so the kernel's own updates keep its caches
+//!   right; `reset` invalidates explicitly through the notifier);
+//! - no direct I/O and no KEEP_CACHE: files use the page cache, so shared writable `mmap`
+//!   works; the cache is dropped at each open, which is always correct;
+//! - kernel passthrough (where granted) for upper files opened for writing: reads, writes and
+//!   mmap go straight to the upper file in the kernel; the kernel wants one backing file per
+//!   inode and no mixing with cached opens, so the mode is chosen per inode (`Io`): the first
+//!   open decides, later opens join (a writer only if it opens the same upper file);
+//! - otherwise I/O goes through the daemon (`pread`/`pwrite` on the upper file or the object),
+//!   no writeback cache; nothing is buffered here, so files are opened with FOPEN_NOFLUSH (no
+//!   FLUSH round trip on every close);
+//! - POSIX record locks and `flock` are left to the kernel (`getlk`/`setlk` unimplemented, no
+//!   `FUSE_POSIX_LOCKS`/`FUSE_FLOCK_LOCKS` requested): they work among all users of this mount;
+//! - `mknod` makes regular files only (pvr states hold no devices, fifos or sockets): `EPERM`.
+
+use crate::cli::PassthroughMode;
+use crate::cowfs::CowFs;
+use crate::overlay::{Attr, FsError, Kind, RenameFlags, SetAttr};
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const TTL: Duration = Duration::from_secs(1);
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn kind(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: kind(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: crate::fs::BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+/// A name the overlay can hold (state keys are UTF-8).
+fn utf8(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+/// How the kernel does I/O on an inode's open files. The kernel refuses to mix cached and
+/// passthrough opens of one inode, and wants one backing file per inode, so this is per inode.
+enum Io {
+    /// Through the daemon (and the page cache); `n` open files.
+    Cached(u32),
+    /// In the kernel on the backing file (an upper file opened read-write), identified by
+    /// (device, inode) so that only opens of that same upper file join it.
+    Pass(Arc<BackingId>, (u64, u64), u32),
+}
+
+/// The FUSE face of a `CowFs`.
+pub struct CowFuse {
+    fs: Arc<CowFs>,
+    mode: PassthroughMode,
+    /// Set at INIT when the kernel granted passthrough.
+    passthrough: AtomicBool,
+    io: Mutex<HashMap<u64, Io>>,
+}
+
+fn identity(f: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl CowFuse {
+    pub fn new(fs: Arc<CowFs>, mode: PassthroughMode) -> CowFuse {
+        CowFuse {
+            fs,
+            mode,
+            passthrough: AtomicBool::new(false),
+            io: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decide how a new open file `fh` of `ino` does I/O: `Ok(Some(id))` passthrough on `id`,
+    /// `Ok(None)` through the daemon. A write open of an upper file starts passthrough when no
+    /// cached open exists; readers and writers of the same upper file join it; other opens
+    /// are cached. `Err` only for a writer whose upper file is not the inode's backing file
+    /// (a reader held it across a commit that turned the old upper file into base content).
+    fn io_for(
+        &self,
+        ino: u64,
+        fh: u64,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Result<Option<Arc<BackingId>>, Errno> {
+        let upper = self.fs.upper_file(fh);
+        let mut io = self.io.lock();
+        match io.get_mut(&ino) {
+            Some(Io::Cached(n)) => {
+                *n += 1;
+                Ok(None)
+            }
+            Some(Io::Pass(id, backing, n)) => {
+                let same = upper.as_ref().and_then(|(f, _)| identity(f)) == Some(*backing);
+                let writer = upper.as_ref().is_some_and(|(_, w)| *w);
+                if writer && !same {
+                    return Err(Errno::ETXTBSY);
+                }
+                *n += 1;
+                Ok(Some(id.clone()))
+            }
+            None => {
+                let pass = match &upper {
+                    Some((file, true)) if self.passthrough.load(Ordering::Relaxed) => {
+                        match (open_backing(file), identity(file)) {
+                            (Ok(id), Some(ident)) => Some((Arc::new(id), ident)),
+                            (Err(e), _) => {
+                                log::warn!(
+                                    "passthrough refused for inode {ino} ({e}); serving I/O"
+                                );
+                                None
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match pass {
+                    Some((id, ident)) => {
+                        io.insert(ino, Io::Pass(id.clone(), ident, 1));
+                        Ok(Some(id))
+                    }
+                    None => {
+                        io.insert(ino, Io::Cached(1));
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn io_closed(&self, ino: u64) {
+        let mut io = self.io.lock();
+        let last = match io.get_mut(&ino) {
+            Some(Io::Cached(n)) | Some(Io::Pass(_, _, n)) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        if last {
+            io.remove(&ino);
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+macro_rules! name_or_reply {
+    ($name:expr, $reply:expr) => {
+        match utf8($name) {
+            Ok(n) => n,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+impl Filesystem for CowFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.mode != PassthroughMode::Never {
+            // Depth 1: the upper files are on the repository's own (non-FUSE) file system.
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough.store(granted, Ordering::Relaxed);
+            if !granted && self.mode == PassthroughMode::Always {
+                return Err(std::io::Error::other(
+                    "FUSE passthrough is not available and --passthrough always was given",
+                ));
+            }
+        }
+        // Larger writes: fewer round trips for sequential writes (the kernel's limit is 1 MiB).
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_or_reply!(name, reply);
+        self.entry(reply, self.fs.lookup(parent.0, name))
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.fs.forget(ino.0);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
+        match self.fs.setattr(ino.0, &set) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name_or_reply!(name, reply);
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        let r = self
+            .fs
+            .create(parent.0, name, mode & !umask, req.uid(), req.gid())
+            .map(|(a, fh)| {
+                self.fs.release(fh);
+                a
+            });
+        self.entry(reply, r)
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name_or_reply!(name, reply);
+        let r = self
+            .fs
+            .mkdir(parent.0, name, mode & !umask & 0o7777, req.uid(), req.gid());
+        self.entry(reply, r)
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_or_reply!(name, reply);
+        empty(reply, self.fs.unlink(parent.0, name))
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_or_reply!(name, reply);
+        empty(reply, self.fs.rmdir(parent.0, name))
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = name_or_reply!(link_name, reply);
+        let target = name_or_reply!(target.as_os_str(), reply);
+        let r = self
+            .fs
+            .symlink(parent.0, name, target, req.uid(), req.gid());
+        self.entry(reply, r)
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let name = name_or_reply!(name, reply);
+        let newname = name_or_reply!(newname, reply);
+        let known = fuser::RenameFlags::RENAME_NOREPLACE | fuser::RenameFlags::RENAME_EXCHANGE;
+        if !(flags - known).is_empty() {
+            // RENAME_WHITEOUT is for overlayfs's own upper layers.
+            return reply.error(Errno::EINVAL);
+        }
+        let f = RenameFlags {
+            noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
+        };
+        empty(
+            reply,
+            self.fs.rename(parent.0, name, newparent.0, newname, f),
+        )
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let name = name_or_reply!(newname, reply);
+        self.entry(reply, self.fs.link(ino.0, newparent.0, name))
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let acc = flags.0 & libc::O_ACCMODE;
+        let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let truncate = write && flags.0 & libc::O_TRUNC != 0;
+        let fh = match self.fs.open(ino.0, write, truncate) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        match self.io_for(ino.0, fh, |f| reply.open_backing(f)) {
+            Ok(Some(id)) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
+            }
+            Ok(None) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH),
+            Err(e) => {
+                self.fs.release(fh);
+                reply.error(e)
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name_or_reply!(name, reply);
+        // The kernel sends CREATE only for a name its lookup did not find, so the overlay's
+        // exclusive create is right for O_CREAT with and without O_EXCL.
+        match self
+            .fs
+            .create(parent.0, name, mode & !umask & 0o7777, req.uid(), req.gid())
+        {
+            Ok((a, fh)) => match self.io_for(a.ino, fh, |f| reply.open_backing(f)) {
+                Ok(Some(id)) => reply.created_passthrough(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_NOFLUSH,
+                    &id,
+                ),
+                Ok(None) => reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_NOFLUSH,
+                ),
+                Err(e) => {
+                    self.fs.release(fh);
+                    reply.error(e)
+                }
+            },
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read_data(fh.0, offset, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write_data(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Not sent (FOPEN_NOFLUSH): writes are not buffered here, each went to the upper file
+        // already, and locks are the kernel's.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.io_closed(ino.0);
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.fsync(fh.0, datasync))
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.fs.readdir(fh.0, offset, |ino, next, k, name| {
+            reply.add(INodeNo(ino), next, kind(k), name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.sync())
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // New data lands next to the overlay: its file system's free space is what is left.
+        match rustix::fs::statvfs(self.fs.data_dir()) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                crate::fs::NAME_MAX,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+}

@@ -1,0 +1,755 @@
+//! Real copy-on-write mounts (`pvrfs mount --rw`): every operation through std/libc on the
+//! mount, the tool scenarios (editor save, appends, git, cc/make, tar), commit/status/diff/reset
+//! from the CLI, remount and SIGKILL recovery. The `Mount` guard unmounts, also on panic.
+
+mod common;
+
+use common::{fuse_available, pvrfs_command, Content, Mount, TestRepo};
+use pvrfs::state::Entry;
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fixture() -> TestRepo {
+    let mut t = TestRepo::new();
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    t.set("README", Content::Blob(b"hello\n"))
+        .set("config.json", Content::Json(r#"{"a":1,"b":[true,null]}"#))
+        .set("app/bin/tool", Content::Blob(b"#!/bin/sh\necho tool\n"))
+        .set("app/data.txt", Content::Blob(b"data"))
+        .set("blobs/big.img", Content::Blob(&big));
+    t.commit("fixture");
+    t
+}
+
+fn rw(t: &TestRepo) -> Mount {
+    Mount::new(t.path(), "latest", &["--rw"])
+}
+
+/// `pvrfs ARGS` run with its cwd in `dir`.
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    pvrfs_command()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run pvrfs")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "sh -c {script:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn basic_operations_behave_as_on_a_local_fs() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    // create, O_EXCL
+    fs::write(m.join("new.txt"), b"new").unwrap();
+    assert_eq!(fs::read(m.join("new.txt")).unwrap(), b"new");
+    let excl = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.join("new.txt"));
+    assert_eq!(errno_of(excl), libc::EEXIST);
+    // write into a base file: copy-up on open-for-write, size honest
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(m.join("README"))
+            .unwrap();
+        f.seek(SeekFrom::Start(6)).unwrap();
+        f.write_all(b"world\n").unwrap();
+    }
+    assert_eq!(fs::read(m.join("README")).unwrap(), b"hello\nworld\n");
+    assert_eq!(fs::metadata(m.join("README")).unwrap().len(), 12);
+    // append
+    for line in ["a\n", "b\n"] {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(m.join("app/data.txt"))
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    assert_eq!(fs::read(m.join("app/data.txt")).unwrap(), b"dataa\nb\n");
+    // truncate and ftruncate
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.join("new.txt"))
+        .unwrap();
+    assert_eq!(fs::metadata(m.join("new.txt")).unwrap().len(), 0);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.join("blobs/big.img"))
+        .unwrap();
+    f.set_len(10).unwrap();
+    drop(f);
+    assert_eq!(
+        fs::read(m.join("blobs/big.img")).unwrap(),
+        (0..10u8).collect::<Vec<_>>()
+    );
+    // mkdir / rmdir
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/f"), b"x").unwrap();
+    assert_eq!(errno_of(fs::remove_dir(m.join("d"))), libc::ENOTEMPTY);
+    assert_eq!(fs::metadata(m.join("d")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.path()).unwrap().nlink(), 5); // app, blobs, d + . + ..
+                                                            // rename over an existing file, and of a directory
+    fs::rename(m.join("d/f"), m.join("README")).unwrap();
+    assert_eq!(fs::read(m.join("README")).unwrap(), b"x");
+    fs::rename(m.join("app"), m.join("d/app")).unwrap();
+    assert_eq!(
+        fs::read(m.join("d/app/bin/tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    fs::remove_dir(m.join("d/app/bin")).unwrap_err();
+    // symlink / readlink, hard link
+    std::os::unix::fs::symlink("../README", m.join("d/link")).unwrap();
+    assert_eq!(
+        fs::read_link(m.join("d/link")).unwrap(),
+        Path::new("../README")
+    );
+    assert_eq!(fs::read(m.join("d/link")).unwrap(), b"x");
+    fs::hard_link(m.join("README"), m.join("hard")).unwrap();
+    assert_eq!(fs::metadata(m.join("README")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(m.join("README")).unwrap().ino(),
+        fs::metadata(m.join("hard")).unwrap().ino()
+    );
+    // chmod, utimens
+    fs::set_permissions(m.join("hard"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        fs::metadata(m.join("README")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    let c = CString::new(m.join("hard").as_os_str().as_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 2_000_000,
+            tv_nsec: 0,
+        },
+    ];
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    assert_eq!(fs::metadata(m.join("hard")).unwrap().mtime(), 2_000_000);
+    // unlink of an open file: still readable through its handle
+    let mut f = fs::File::open(m.join("hard")).unwrap();
+    fs::remove_file(m.join("hard")).unwrap();
+    fs::remove_file(m.join("README")).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "x");
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    // statfs answers
+    let st = rustix::fs::statvfs(m.path()).unwrap();
+    assert!(st.f_bsize > 0);
+    // the revision was never modified
+    let head = t.repo.head_state().unwrap();
+    assert!(head.get("README").is_some());
+}
+
+#[test]
+fn rename_flags_fsync_locks_and_mmap() {
+    if !fuse_available() {
+        return;
+    }
+    for extra in [&["--rw"][..], &["--rw", "--passthrough", "never"][..]] {
+        let t = fixture();
+        let m = Mount::new(t.path(), "latest", extra);
+        rename_fsync_locks_mmap(&m);
+    }
+}
+
+fn rename_fsync_locks_mmap(m: &Mount) {
+    let cpath = |p: &str| CString::new(m.join(p).as_os_str().as_bytes()).unwrap();
+    fs::write(m.join("a"), b"A").unwrap();
+    fs::write(m.join("b"), b"B").unwrap();
+    let renameat2 = |a: &str, b: &str, flags: u32| unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cpath(a).as_ptr(),
+            libc::AT_FDCWD,
+            cpath(b).as_ptr(),
+            flags,
+        )
+    };
+    assert_eq!(renameat2("a", "b", libc::RENAME_NOREPLACE), -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    assert_eq!(renameat2("a", "b", libc::RENAME_EXCHANGE), 0);
+    assert_eq!(fs::read(m.join("a")).unwrap(), b"B");
+    assert_eq!(fs::read(m.join("b")).unwrap(), b"A");
+    // fsync / fdatasync / fsyncdir
+    let f = OpenOptions::new().write(true).open(m.join("a")).unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    fs::File::open(m.path()).unwrap().sync_all().unwrap();
+    // flock and POSIX locks are exclusive among openers
+    let g = OpenOptions::new().write(true).open(m.join("a")).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    assert_eq!(
+        unsafe { libc::flock(g.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        -1
+    );
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = libc::F_WRLCK as i16;
+    lk.l_whence = libc::SEEK_SET as i16;
+    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &lk) }, 0);
+    drop((f, g));
+    // shared writable mmap reaches the file
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("blobs/big.img"))
+        .unwrap();
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(b"MMAP".as_ptr(), p.cast::<u8>(), 4);
+        assert_eq!(libc::msync(p, 4096, libc::MS_SYNC), 0);
+        libc::munmap(p, 4096);
+    }
+    drop(f);
+    let mut head = [0u8; 6];
+    fs::File::open(m.join("blobs/big.img"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(&head, b"MMAP\x04\x05");
+    assert_eq!(
+        fs::metadata(m.join("blobs/big.img")).unwrap().len(),
+        2_000_000
+    );
+}
+
+#[test]
+fn commit_status_diff_and_reset_from_the_cli() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    fs::write(m.join("app/new.txt"), b"fresh").unwrap();
+    fs::remove_file(m.join("README")).unwrap();
+    fs::write(m.join("config.json"), br#"{"a":2}"#).unwrap();
+    fs::create_dir(m.join("empty")).unwrap();
+    let status = ok(cli(&m.join("app"), &["status"]));
+    assert_eq!(status, "A app/new.txt\nD README\nC config.json\n");
+    let diff = ok(cli(m.path(), &["diff"]));
+    assert!(diff.contains("\"README\": null"), "{diff}");
+    // invalid JSON: refused, nothing committed, overlay intact
+    fs::write(m.join("bad.json"), b"{nope").unwrap();
+    let out = cli(m.path(), &["commit", "-m", "x"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+    assert_eq!(t.repo.latest().unwrap().rev, 1);
+    fs::remove_file(m.join("bad.json")).unwrap();
+    // commit from inside the mount; the mount continues on the new revision
+    let out = cli(&m.join("app"), &["commit", "-m", "from the mount"]);
+    let text = ok_with_err(out);
+    assert!(text.0.contains("Committed revision 2"), "{text:?}");
+    assert!(text.1.contains("empty directory 'empty'"), "{text:?}");
+    let head = t.repo.latest().unwrap();
+    assert_eq!(head.rev, 2);
+    let state = t.repo.head_state().unwrap();
+    assert!(state.get("README").is_none());
+    assert!(matches!(state.get("app/new.txt"), Some(Entry::Object(_))));
+    assert_eq!(ok(cli(m.path(), &["status"])), "");
+    assert_eq!(fs::read(m.join("app/new.txt")).unwrap(), b"fresh");
+    // head moved since the base: refused, overlay kept
+    fs::write(m.join("later.txt"), b"later").unwrap();
+    let mut moved = t.repo.head_state().unwrap();
+    let id = t.repo.store().put_bytes(b"o").unwrap();
+    moved.insert("other", Entry::Object(id)).unwrap();
+    common::commit(&t.repo, &moved);
+    let out = cli(m.path(), &["commit", "-m", "stale"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("moved"));
+    assert_eq!(ok(cli(m.path(), &["status"])), "A later.txt\n");
+    // reset --mount discards; reset without --mount inside a mount refuses
+    assert!(!cli(m.path(), &["reset"]).status.success());
+    ok(cli(
+        Path::new("/"),
+        &["reset", "--mount", m.path().to_str().unwrap()],
+    ));
+    assert!(!m.join("later.txt").exists());
+    assert_eq!(fs::read(m.join("app/new.txt")).unwrap(), b"fresh");
+}
+
+fn ok_with_err(out: Output) -> (String, String) {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (ok(out), err)
+}
+
+#[test]
+fn overlay_survives_umount_and_sigkill_and_is_exclusive() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    fs::write(m.join("kept.txt"), b"kept").unwrap();
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(m.join("synced"))
+            .unwrap();
+        (&f).write_all(b"durable").unwrap();
+        f.sync_all().unwrap();
+    }
+    // a second mount of the same overlay is refused
+    let other = tempfile::tempdir().unwrap();
+    let out = pvrfs_command()
+        .arg("mount")
+        .arg(t.path())
+        .arg("latest")
+        .arg(other.path())
+        .arg("--rw")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("overlay 'default'") && err.contains("locked"),
+        "{err}"
+    );
+    // another overlay of the same repository can be mounted beside it
+    let m_other = Mount::new(t.path(), "latest", &["--rw", "--overlay", "second"]);
+    assert!(!m_other.join("kept.txt").exists());
+    drop(m_other);
+    // remounting an overlay on another revision than its base is refused
+    let out = pvrfs_command()
+        .arg("mount")
+        .arg(t.path())
+        .arg("0")
+        .arg(other.path())
+        .args(["--rw", "--overlay", "second"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("made on revision 1"),
+        "{err}"
+    );
+    // SIGKILL the daemon, clear the dead mount, remount: everything is back
+    kill_daemon(m.path());
+    ok(pvrfs_command()
+        .arg("umount")
+        .arg(m.path())
+        .output()
+        .unwrap());
+    let m2 = rw(&t);
+    assert_eq!(fs::read(m2.join("kept.txt")).unwrap(), b"kept");
+    assert_eq!(fs::read(m2.join("synced")).unwrap(), b"durable");
+    drop(m2);
+    let m3 = rw(&t);
+    assert_eq!(fs::read(m3.join("kept.txt")).unwrap(), b"kept");
+    drop(m);
+}
+
+/// SIGKILL the daemon serving `mnt` (found by its command line).
+fn kill_daemon(mnt: &Path) {
+    let mnt = fs::canonicalize(mnt).unwrap();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.iter().any(|a| *a == b"--foreground")
+            && args.iter().any(|a| *a == mnt.as_os_str().as_bytes())
+        {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // wait for it to go
+            for _ in 0..200 {
+                if !e.path().exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            return;
+        }
+    }
+    panic!("no daemon for {}", mnt.display());
+}
+
+#[test]
+fn tools_work_in_the_tree_editor_appends_git_cc_make_tar() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    let d = m.path();
+    // An editor's save: write a temp file, fsync it, rename it over the original (vim's way
+    // with `backupcopy=no`), then the same through vim itself.
+    sh(
+        d,
+        "printf 'edited\\n' > .README.swp && sync .README.swp && mv .README.swp README && cat README",
+    );
+    assert_eq!(fs::read(m.join("README")).unwrap(), b"edited\n");
+    sh(
+        d,
+        "vim -Nu NONE -n -es -c 'set backupcopy=no writebackup' -c '%s/edited/by vim/' -c 'wq' README",
+    );
+    assert_eq!(fs::read(m.join("README")).unwrap(), b"by vim\n");
+    // >> appends from many processes
+    sh(d, "for i in 1 2 3 4 5; do echo line$i >> log.txt; done");
+    assert_eq!(
+        fs::read_to_string(m.join("log.txt")).unwrap(),
+        "line1\nline2\nline3\nline4\nline5\n"
+    );
+    // git in the tree
+    sh(
+        d,
+        "git init -q proj && cd proj && git config user.email t@e && git config user.name t \
+         && echo one > f && git add f && git commit -qm one && echo two > f && git commit -qam two \
+         && git checkout -q HEAD~1 && test \"$(cat f)\" = one && git checkout -q - && git status --short && git fsck --no-progress 2>&1",
+    );
+    assert_eq!(fs::read(m.join("proj/f")).unwrap(), b"two\n");
+    // cc + make of a small C project
+    fs::create_dir(m.join("c")).unwrap();
+    fs::write(
+        m.join("c/main.c"),
+        "#include <stdio.h>\nint add(int,int);\nint main(void){printf(\"%d\\n\", add(2,3));return 0;}\n",
+    )
+    .unwrap();
+    fs::write(m.join("c/add.c"), "int add(int a,int b){return a+b;}\n").unwrap();
+    fs::write(
+        m.join("c/Makefile"),
+        "prog: main.o add.o\n\tcc -o $@ $^\n%.o: %.c\n\tcc -c -o $@ $<\n",
+    )
+    .unwrap();
+    assert_eq!(sh(&m.join("c"), "make -s && ./prog"), "5\n");
+    assert_eq!(
+        sh(&m.join("c"), "touch add.c && make && ./prog")
+            .lines()
+            .last(),
+        Some("5")
+    );
+    // tar x of an archive into the tree, compared with the same extraction on local disk
+    let src = tempfile::tempdir().unwrap();
+    sh(
+        src.path(),
+        "mkdir -p t/a/b && echo x > t/a/b/x && ln -s a/b/x t/sl && ln t/a/b/x t/hl && \
+         head -c 300000 /dev/urandom > t/rand && chmod 755 t/a && tar cf ../t.tar t",
+    );
+    let tarball = src.path().parent().unwrap().join("t.tar");
+    sh(d, &format!("tar xf {}", tarball.display()));
+    let local = tempfile::tempdir().unwrap();
+    sh(local.path(), &format!("tar xf {}", tarball.display()));
+    assert_eq!(
+        common::dump_dir(&m.join("t")),
+        common::dump_dir(&local.path().join("t"))
+    );
+    fs::remove_file(tarball).unwrap();
+    // and all of it commits
+    ok(cli(d, &["commit", "-m", "tools"]));
+    let state = t.repo.head_state().unwrap();
+    assert!(state.get("proj/.git/HEAD").is_some());
+    assert!(state.get("c/prog").is_some());
+    assert!(state.get("t/rand").is_some());
+}
+
+/// Readers and writers of one file at once, in both orders (cached opens first, passthrough
+/// opens first): every reader sees what the writer wrote, as on a local file system.
+#[test]
+fn concurrent_readers_and_writers_see_each_others_data() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    // a reader of the base content first, then a writer (copy-up)
+    let reader = fs::File::open(m.join("app/data.txt")).unwrap();
+    let writer = OpenOptions::new()
+        .write(true)
+        .open(m.join("app/data.txt"))
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    writer.write_all_at(b"DATA", 0).unwrap();
+    let mut buf = [0u8; 4];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"DATA");
+    drop((reader, writer));
+    // a writer of a new file first, then a reader while it keeps writing (tail -f)
+    let writer = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.join("log"))
+        .unwrap();
+    writer.write_all_at(b"one\n", 0).unwrap();
+    let reader = fs::File::open(m.join("log")).unwrap();
+    writer.write_all_at(b"two\n", 4).unwrap();
+    let mut s = String::new();
+    (&reader).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "one\ntwo\n");
+    // a file open for writing across a commit keeps working
+    ok(cli(m.path(), &["commit", "-m", "while open"]));
+    writer.write_all_at(b"three\n", 8).unwrap();
+    drop((reader, writer));
+    assert_eq!(fs::read(m.join("log")).unwrap(), b"one\ntwo\nthree\n");
+    assert_eq!(ok(cli(m.path(), &["status"])), "C log\n");
+}
+
+/// What a pvr state cannot hold is refused with the errno a local fs without it would give.
+#[test]
+fn special_files_xattrs_and_dot_pvr_are_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    let c = |p: &str| CString::new(m.join(p).as_os_str().as_bytes()).unwrap();
+    // mknod of a regular file works, a FIFO does not
+    assert_eq!(
+        unsafe { libc::mknod(c("plain").as_ptr(), libc::S_IFREG | 0o644, 0) },
+        0
+    );
+    assert!(m.join("plain").is_file());
+    assert_eq!(unsafe { libc::mkfifo(c("fifo").as_ptr(), 0o644) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    let r = unsafe {
+        libc::setxattr(
+            c("plain").as_ptr(),
+            c"user.x".as_ptr(),
+            b"v".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
+    assert_eq!(errno_of(fs::create_dir(m.join(".pvr"))), libc::EPERM);
+    // read-only-only options are refused with --rw, not ignored
+    let out = cli(
+        t.path(),
+        &["mount", ".", "latest", "/nonexistent", "--rw", "--verify"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    // outside any mount, without --mount, status is the work tree's (the repo dir here)
+    let out = cli(t.path(), &["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --mount naming something that is not a pvrfs mount: a clear refusal
+    let out = cli(t.path(), &["status", "--mount", "."]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a pvrfs mount"));
+}
+
+/// With `--allow-other`, the kernel checks permissions from the overlay's modes and owners
+/// (`default_permissions`), as on a local file system.
+#[test]
+fn allow_other_enforces_modes_and_owners() {
+    if !fuse_available() || unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let t = fixture();
+    let m = Mount::new(t.path(), "latest", &["--rw", "--allow-other"]);
+    fs::write(m.join("secret"), b"s").unwrap();
+    fs::set_permissions(m.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(m.join("public"), b"p").unwrap();
+    fs::set_permissions(m.join("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |script: &str| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).current_dir("/");
+        // SAFETY: only setgid/setuid between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let mnt = m.path().display().to_string();
+    assert!(as_nobody(&format!("cat {mnt}/public")).status.success());
+    let out = as_nobody(&format!("cat {mnt}/secret"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    assert!(!as_nobody(&format!("echo x > {mnt}/public"))
+        .status
+        .success());
+    assert!(!as_nobody(&format!("touch {mnt}/new")).status.success());
+    // and a user who may write makes files owned by them
+    fs::create_dir(m.join("shared")).unwrap();
+    fs::set_permissions(m.join("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(as_nobody(&format!("echo x > {mnt}/shared/mine"))
+        .status
+        .success());
+    assert_eq!(fs::metadata(m.join("shared/mine")).unwrap().uid(), 65534);
+    // but cannot commit: only the mounting user (or root) may
+    let out = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = pvrfs_command();
+        cmd.args(["status", "--mount"]).arg(m.path());
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    assert!(
+        !out.status.success(),
+        "status as nobody: {:?} [{}] [{}]",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only the user who mounted"));
+    // nothing changed that a revision can hold: no empty revision
+    let before = t.repo.latest().unwrap().rev;
+    ok(cli(m.path(), &["commit", "-m", "x"]));
+    fs::set_permissions(m.join("public"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(m.join("empty-dir")).unwrap();
+    let out = cli(m.path(), &["commit", "-m", "empty"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(ok(out), "Nothing to commit\n");
+    assert!(err.contains("empty directory 'empty-dir'"), "{err}");
+    assert_eq!(t.repo.latest().unwrap().rev, before + 1);
+}
+
+/// Files open across a reset keep working on their discarded data, and do not disturb the new
+/// overlay's bookkeeping:
+/// a file reopened for writing after the reset survives a commit while the old descriptor closes.
+#[test]
+fn descriptors_open_across_a_reset() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = Mount::new(t.path(), "latest", &["--rw", "--passthrough", "never"]);
+    use std::os::unix::fs::FileExt;
+    // the same inode before and after the reset (base numbering is the same)
+    let old = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("app/data.txt"))
+        .unwrap();
+    old.write_all_at(b"discarded", 0).unwrap();
+    ok(cli(
+        Path::new("/"),
+        &["reset", "--mount", m.path().to_str().unwrap()],
+    ));
+    assert_eq!(fs::read(m.join("app/data.txt")).unwrap(), b"data");
+    // (the old descriptor still works on its discarded file)
+    old.write_all_at(b"more", 9).unwrap();
+    let new = OpenOptions::new()
+        .write(true)
+        .open(m.join("app/data.txt"))
+        .unwrap();
+    drop(old);
+    std::thread::sleep(std::time::Duration::from_millis(200)); // RELEASE is asynchronous
+                                                               // the new writer must still count as open: the commit keeps its upper file
+    ok(cli(m.path(), &["commit", "-m", "after reset"]));
+    new.write_all_at(b"still here", 0).unwrap();
+    drop(new);
+    assert_eq!(fs::read(m.join("app/data.txt")).unwrap(), b"still here");
+}
+
+/// `cargo build` of a tiny crate inside the tree (locks, hard links, renames, mmap of outputs).
+#[test]
+fn cargo_builds_a_tiny_crate_in_the_tree() {
+    if !fuse_available() || Command::new("cargo").arg("--version").output().is_err() {
+        return;
+    }
+    let t = fixture();
+    let m = rw(&t);
+    fs::create_dir_all(m.join("hello/src")).unwrap();
+    fs::write(
+        m.join("hello/Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    fs::write(
+        m.join("hello/src/main.rs"),
+        "fn main() { println!(\"hello from the mount\"); }\n",
+    )
+    .unwrap();
+    let out = Command::new("cargo")
+        .args(["run", "--offline", "--quiet"])
+        .current_dir(m.join("hello"))
+        .env_remove("CARGO_TARGET_DIR")
+        .env("CARGO_INCREMENTAL", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the mount\n"
+    );
+    assert!(m.join("hello/Cargo.lock").exists());
+}
