@@ -164,6 +164,58 @@ pub fn parse(bytes: &[u8]) -> Result<Value, SyntaxError> {
     Parser { b: bytes, pos: 0 }.parse_document()
 }
 
+/// One member value of a top-level object read by [`parse_object_members`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemberValue {
+    /// A string of exactly 64 lowercase hex digits without escapes, decoded straight to an id
+    /// (never materialised as a `String`: the common case of a state entry).
+    Id(crate::oid::ObjectId),
+    /// Anything else, parsed as by [`parse`].
+    Value(Value),
+}
+
+/// Parses `bytes` like [`parse`] when its first value is an object, returning that object's
+/// members in input order (duplicates kept: the caller decides, last one wins in [`parse`]).
+/// `Ok(None)` when the first value is not an object (call [`parse`] for it). Any syntax error
+/// anywhere in the object is returned before a single member is, as [`parse`] does.
+///
+/// Made for loading a state: no map of all members is built, and object-id strings skip the
+/// `String` and the later hex re-validation.
+pub fn parse_object_members(
+    bytes: &[u8],
+) -> Result<Option<Vec<(String, MemberValue)>>, SyntaxError> {
+    let mut p = Parser { b: bytes, pos: 0 };
+    p.skip_ws();
+    if p.b.get(p.pos) != Some(&b'{') {
+        return Ok(None);
+    }
+    p.pos += 1;
+    let mut members = Vec::new();
+    if p.peek_nonspace()? == b'}' {
+        return Ok(Some(members));
+    }
+    loop {
+        let key = p.object_key()?;
+        let value = match p.peek_nonspace()? {
+            b'"' => match p.hex_id_string() {
+                Some(id) => MemberValue::Id(id),
+                None => MemberValue::Value(Value::String(p.string()?)),
+            },
+            _ => MemberValue::Value(p.value(1)?),
+        };
+        members.push((key, value));
+        match p.peek_nonspace()? {
+            b',' => {
+                p.pos += 1;
+                p.peek_nonspace()?;
+            }
+            // Trailing bytes after the object are ignored, as by `parse`.
+            b'}' => return Ok(Some(members)),
+            _ => return Err(p.err("after object key:value pair")),
+        }
+    }
+}
+
 /// A container being filled while parsing (explicit stack instead of recursion).
 enum Frame {
     Array(Vec<Value>),
@@ -211,13 +263,18 @@ impl Parser<'_> {
         if self.pos >= self.b.len() {
             return Err(SyntaxError::Eof);
         }
+        self.value(0)
+    }
+
+    /// One value starting at the current position, nested `depth` containers deep.
+    fn value(&mut self, depth: usize) -> Result<Value, SyntaxError> {
         let mut stack: Vec<Frame> = Vec::new();
         'value: loop {
             // Expecting the start of a value.
             let c = self.peek_nonspace()?;
             let mut val = match c {
                 b'{' | b'[' => {
-                    if stack.len() >= MAX_DEPTH {
+                    if depth + stack.len() >= MAX_DEPTH {
                         return Err(self.err("exceeded max depth"));
                     }
                     self.pos += 1;
@@ -403,6 +460,18 @@ impl Parser<'_> {
                 _ => self.pos += 1,
             }
         }
+    }
+
+    /// At an opening quote: a string of exactly 64 lowercase hex digits (consumed, decoded), or
+    /// `None` with nothing consumed.
+    fn hex_id_string(&mut self) -> Option<crate::oid::ObjectId> {
+        let s = self.b.get(self.pos..self.pos + 66)?;
+        if s[65] != b'"' {
+            return None;
+        }
+        let id = crate::oid::ObjectId::from_hex_bytes(&s[1..65])?;
+        self.pos += 66;
+        Some(id)
     }
 
     /// The four hex digits of a `\u` escape (position just after the `u`).

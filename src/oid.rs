@@ -31,6 +31,35 @@ impl ObjectId {
         &self.0
     }
 
+    /// `from_hex` on raw bytes, for parsers: `None` unless exactly 64 lowercase hex digits.
+    pub fn from_hex_bytes(hex: &[u8]) -> Option<Self> {
+        // Nibble of each byte, 0xFF for anything but `0-9a-f`; checked once per pair with an OR
+        // (this runs once per entry when a state is loaded).
+        const NIBBLE: [u8; 256] = {
+            let mut t = [0xFF; 256];
+            let mut c = 0;
+            while c < 10 {
+                t[b'0' as usize + c] = c as u8;
+                c += 1;
+            }
+            let mut c = 0;
+            while c < 6 {
+                t[b'a' as usize + c] = 10 + c as u8;
+                c += 1;
+            }
+            t
+        };
+        let hex: &[u8; 64] = hex.try_into().ok()?;
+        let mut out = [0u8; 32];
+        let mut bad = 0u8;
+        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+            bad |= hi | lo;
+            *byte = (hi << 4) | (lo & 0x0F);
+        }
+        (bad & 0xF0 == 0).then_some(ObjectId(out))
+    }
+
     /// Strict parse: exactly 64 lowercase hex digits, as pvr writes them.
     pub fn from_hex(text: &str) -> Result<Self, BadObjectId> {
         let bad = || BadObjectId {
@@ -140,6 +169,26 @@ mod tests {
     use super::*;
 
     const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn from_hex_bytes_is_from_hex() {
+        let up = EMPTY.to_uppercase();
+        let mut cases = vec![EMPTY.to_string(), up, String::new(), format!("{EMPTY}0")];
+        for bad in ['g', 'G', 'A', '/', ':', '`', '@', '\u{e9}'] {
+            for at in [0, 1, 62, 63] {
+                let mut s = EMPTY.to_string();
+                s.replace_range(at..at + 1, &bad.to_string());
+                cases.push(s);
+            }
+        }
+        for c in cases {
+            assert_eq!(
+                ObjectId::from_hex_bytes(c.as_bytes()),
+                ObjectId::from_hex(&c).ok(),
+                "{c}"
+            );
+        }
+    }
 
     #[test]
     fn hashes_and_round_trips() {

@@ -11,7 +11,7 @@
 //! canonical order, so serialising is a single ordered walk.
 
 use crate::error::{Error, Result};
-use crate::json::{self, Value};
+use crate::json::{self, MemberValue, Value};
 use crate::oid::ObjectId;
 use std::collections::BTreeMap;
 
@@ -90,12 +90,85 @@ impl State {
     }
 
     /// Parse state JSON bytes. `origin` names the source in errors (a file, a revision, a URL).
+    ///
+    /// Reads the top-level object member by member straight into entries (no intermediate map
+    /// of the whole tree); behaves exactly as `json::parse` followed by `from_value`.
     pub fn from_json_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
-        let value = json::parse(bytes).map_err(|e| Error::CorruptState {
+        let not_json = |e: json::SyntaxError| Error::CorruptState {
             origin: origin.to_string(),
             detail: format!("not valid JSON: {e}"),
-        })?;
-        Self::from_value(value, origin)
+        };
+        match json::parse_object_members(bytes).map_err(not_json)? {
+            Some(members) => Self::from_members(members, origin),
+            // Not an object: let the general path produce its error.
+            None => Self::from_value(json::parse(bytes).map_err(not_json)?, origin),
+        }
+    }
+
+    /// `from_value` for members in input order (see `json::parse_object_members`).
+    fn from_members(mut members: Vec<(String, MemberValue)>, origin: &str) -> Result<Self> {
+        // Canonical input is strictly sorted already; anything else (pvr-made or hostile input)
+        // is put in the order `from_value` would see: sorted, duplicate keys last one wins.
+        if !members.windows(2).all(|w| w[0].0 < w[1].0) {
+            // Stable, so among equal keys the last one in the input stays last.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut kept: Vec<(String, MemberValue)> = Vec::with_capacity(members.len());
+            for m in members {
+                match kept.last_mut() {
+                    Some(last) if last.0 == m.0 => *last = m,
+                    _ => kept.push(m),
+                }
+            }
+            members = kept;
+        }
+        let mut spec = None;
+        let mut entries = Vec::with_capacity(members.len());
+        for (key, v) in members {
+            if key == SPEC_KEY {
+                match v {
+                    MemberValue::Id(id) => spec = Some(id.to_hex()),
+                    MemberValue::Value(Value::String(s)) => spec = Some(s),
+                    MemberValue::Value(_) => {
+                        return Err(Error::BadEntry {
+                            origin: origin.to_string(),
+                            key,
+                            reason: "#spec must be a string".into(),
+                        })
+                    }
+                }
+                continue;
+            }
+            if let Err(reason) = validate_path(&key) {
+                return Err(bad(origin, &key, reason));
+            }
+            let entry = match v {
+                // 64 lowercase hex is an object id under every key, `.json` ones included.
+                MemberValue::Id(id) => Entry::Object(id),
+                MemberValue::Value(v) => {
+                    entry_from_value(&key, v).map_err(|reason| Error::BadEntry {
+                        origin: origin.to_string(),
+                        key: key.clone(),
+                        reason,
+                    })?
+                }
+            };
+            entries.push((key, entry));
+        }
+        Self::from_sorted(spec, entries, origin)
+    }
+
+    /// The final step of both loaders: `entries` are strictly sorted and individually valid.
+    fn from_sorted(
+        spec: Option<String>,
+        entries: Vec<(String, Entry)>,
+        origin: &str,
+    ) -> Result<Self> {
+        let state = State {
+            spec,
+            entries: entries.into_iter().collect(),
+        };
+        state.check_no_file_dir_conflicts(origin)?;
+        Ok(state)
     }
 
     /// Build and validate a state from its JSON value.
@@ -133,12 +206,7 @@ impl State {
             entries.push((key, entry));
         }
         // The map iterates in sorted order, so this is a bulk build, not n inserts.
-        let state = State {
-            spec,
-            entries: entries.into_iter().collect(),
-        };
-        state.check_no_file_dir_conflicts(origin)?;
-        Ok(state)
+        Self::from_sorted(spec, entries, origin)
     }
 
     /// Insert or replace one file, keeping the invariants (the path is validated and may not be a
@@ -466,6 +534,61 @@ mod tests {
         assert!(err.contains("'d/a'"), "{err}");
         assert!(parse("[]").is_err());
         assert!(parse(r##"{"#spec":1}"##).is_err());
+    }
+
+    /// The member-by-member loader must agree with `json::parse` + `from_value` on everything:
+    /// results, errors and their wording.
+    #[test]
+    fn fast_loader_matches_the_value_path() {
+        let up = ID.to_uppercase();
+        let deep = format!(r#"{{"a.json":{}1{}}}"#, "[".repeat(511), "]".repeat(511));
+        let too_deep = format!(r#"{{"a.json":{}1{}}}"#, "[".repeat(512), "]".repeat(512));
+        let cases = [
+            format!(r##"{{"#spec":"s","b.txt":"{ID}","a.txt":"{ID}"}}"##), // unsorted
+            format!(r#"{{"a.txt":"nothex","a.txt":"{ID}"}}"#),             // duplicate: last wins
+            format!(r#"{{"a.txt":"{ID}","a.txt":"nothex"}}"#),
+            format!(r##"{{"#spec":"{ID}","x.json":"{ID}"}}"##), // hex spec, `add --raw` entry
+            r##"{"#spec":1,"#spec":"s"}"##.to_string(),
+            r##"{"#spec":"s","#spec":["s"]}"##.to_string(),
+            format!(r#"{{"a.txt":"{up}"}}"#),
+            format!(r#"{{"a.json":"{up}"}}"#),
+            format!(r#"{{"a.txt":"e{}"}}"#, &ID[1..]), // escaped: same id
+            format!(r#"{{"a.txt":"{ID}0"}}"#),
+            format!(r#"{{"a.txt":"{}"}}"#, &ID[1..]),
+            format!(r#"{{"a.txt":"{ID}"   }} trailing"#),
+            format!(r#"{{"z/a":"{ID}","z":"{ID}","b":"{ID}"}}"#),
+            format!(r#"{{"a.txt":"{ID}","../x":"{ID}","/y":"{ID}"}}"#),
+            format!(r#"{{"a.txt":"{ID}","b.txt":"{ID}"#), // unexpected EOF
+            format!(r#"{{"a.txt":"{ID}" "b.txt":1}}"#),
+            format!(r#"{{"../x":"{ID}","b.txt":tru}}"#), // syntax error wins over a bad key
+            format!(r#"{{"a.txt":"{ID}""#),
+            format!(r#"{{"a.txt":"{}"#, &ID[..10]),
+            r#"{"a.json":{"k":[1,2.50,null,{}]},"b.json":2.5e0}"#.to_string(),
+            r#"{"a.txt":null}"#.to_string(),
+            deep,
+            too_deep,
+            "{}".to_string(),
+            " { } ".to_string(),
+            "{".to_string(),
+            "{,}".to_string(),
+            r#"{"a":}"#.to_string(),
+            "[]".to_string(),
+            "\"s\"".to_string(),
+            String::new(),
+            "x".to_string(),
+        ];
+        for text in cases {
+            let fast = State::from_json_bytes(text.as_bytes(), "o").map_err(|e| e.to_string());
+            // What `from_json_bytes` did before it had its own loader.
+            let slow = json::parse(text.as_bytes())
+                .map_err(|e| Error::CorruptState {
+                    origin: "o".into(),
+                    detail: format!("not valid JSON: {e}"),
+                })
+                .and_then(|v| State::from_value(v, "o"))
+                .map_err(|e| e.to_string());
+            assert_eq!(fast, slow, "input: {text}");
+        }
     }
 
     #[test]
