@@ -52,6 +52,11 @@ pub struct Header {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// End of the last whole record (the file's length and write position): kept here so an
+    /// append costs one `write(2)`, not a seek and a stat besides.
+    end: u64,
+    /// Size of the snapshot this journal continues (0 when unknown: after a replay).
+    snapshot_len: u64,
     /// Appended since the last `sync`.
     dirty: bool,
 }
@@ -124,7 +129,9 @@ pub fn write_snapshot(dir: &Path, snap: &Snapshot) -> Result<Journal> {
     head.extend_from_slice(&snap.generation.to_le_bytes());
     let path = journal_path(dir);
     fsutil::atomic_write(&path, &head, 0o600)?;
-    Journal::open_append(&path, HEADER_LEN)
+    let mut journal = Journal::open_append(&path, HEADER_LEN)?;
+    journal.snapshot_len = bytes.len() as u64;
+    Ok(journal)
 }
 
 /// The journal's records that belong to `generation` (empty for an older or missing journal),
@@ -169,6 +176,8 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             file,
+            end,
+            snapshot_len: 0,
             dirty: false,
         })
     }
@@ -176,13 +185,15 @@ impl Journal {
     /// Append one record (see the module docs for when it becomes durable).
     pub fn append(&mut self, rec: &Record) -> Result<()> {
         let bytes = frame(rec);
-        let start = self.file.stream_position().ctx("seek", &self.path)?;
+        let start = self.end;
         // A crash leaves a prefix of the frame at worst, which replay drops.
         let result = self.file.write_all(&bytes).ctx("append to", &self.path);
         if result.is_err() {
             // Never leave a partial frame in front of later appends (ENOSPC, EIO).
             let _ = self.file.set_len(start);
             let _ = self.file.seek(SeekFrom::Start(start));
+        } else {
+            self.end = start + bytes.len() as u64;
         }
         self.dirty = true;
         fsutil::crash_point("overlay:journal-appended");
@@ -198,7 +209,10 @@ impl Journal {
         Ok(())
     }
 
-    pub fn len(&self) -> Result<u64> {
-        Ok(self.file.metadata().ctx("stat", &self.path)?.len())
+    /// Time to compact: the journal passed `min` bytes and twice the snapshot's size. Tying the
+    /// threshold to the snapshot keeps compaction's cost (rewriting the whole snapshot)
+    /// proportional to the records appended since, so a large untar stays linear.
+    pub fn wants_compaction(&self, min: u64) -> bool {
+        self.end > min.max(2 * self.snapshot_len)
     }
 }

@@ -72,8 +72,11 @@ pub const ROOT: u64 = 1;
 const DIR_MODE: u32 = 0o755;
 const FILE_MODE: u32 = 0o644;
 const NAME_MAX: usize = 255;
-/// Compact the journal into a new snapshot once it grows past this many bytes.
+/// Compact the journal into a new snapshot once it grows past this many bytes (and twice the
+/// snapshot: `Journal::wants_compaction`).
 const COMPACT_AT: u64 = 4 << 20;
+/// Up to this many new upper files, `sync` fsyncs them one by one; beyond, one `syncfs`.
+const FSYNC_EACH_MAX: usize = 64;
 
 /// An overlay operation's error: an errno for the caller plus what failed, or a repository error.
 #[derive(Debug, thiserror::Error)]
@@ -703,9 +706,9 @@ impl Overlay {
             .as_mut()
             .expect("an open overlay has a journal");
         journal.append(&rec)?;
-        let len = journal.len()?;
+        let compact = journal.wants_compaction(COMPACT_AT);
         self.apply(&rec)?;
-        if len > COMPACT_AT {
+        if compact {
             self.compact()?;
         }
         Ok(())
@@ -1395,7 +1398,12 @@ impl Overlay {
     /// Make every acknowledged operation durable (fsyncdir, syncfs, unmount): new and copied-up
     /// upper files and their names first, then the journal that names them.
     pub fn sync(&mut self) -> RepoResult<()> {
-        if !self.unsynced_uppers.is_empty() {
+        if self.unsynced_uppers.len() > FSYNC_EACH_MAX {
+            // After a create-heavy burst (an untar): one file-system flush, not one journal
+            // commit per file (as `Store::sync` does for many objects).
+            self.unsynced_uppers.clear();
+            fsutil::sync_filesystem(&self.dir.join("upper"))?;
+        } else if !self.unsynced_uppers.is_empty() {
             for u in std::mem::take(&mut self.unsynced_uppers) {
                 let path = self.upper_path(u);
                 // Gone since (unlinked and compacted away): nothing to make durable.
@@ -1470,8 +1478,26 @@ impl Overlay {
             if let Body::File(Content::Upper(u)) = self.node(ino)?.body {
                 if let Some(m) = set.mtime {
                     let up = self.upper_path(u);
-                    let f = OpenOptions::new().write(true).open(&up).ctx("open", &up)?;
-                    f.set_modified(m).ctx("set times of", &up)?;
+                    let Time(sec, nsec) = m.into();
+                    // By path: one syscall, not open + futimens + close.
+                    let times = rustix::fs::Timestamps {
+                        last_access: rustix::fs::Timespec {
+                            tv_sec: 0,
+                            tv_nsec: rustix::fs::UTIME_OMIT,
+                        },
+                        last_modification: rustix::fs::Timespec {
+                            tv_sec: sec,
+                            tv_nsec: nsec.into(),
+                        },
+                    };
+                    rustix::fs::utimensat(
+                        rustix::fs::CWD,
+                        &up,
+                        &times,
+                        rustix::fs::AtFlags::empty(),
+                    )
+                    .map_err(std::io::Error::from)
+                    .ctx("set times of", &up)?;
                     times_in_record.1 = None;
                 }
             }

@@ -782,3 +782,58 @@ fn a_json_file_changed_only_in_layout_is_not_a_change() {
         "{\n\t\"conf.json\": {\n\t\t\"k\": [\n\t\t\t1,\n\t\t\t2,\n\t\t\t3\n\t\t]\n\t}\n}\n"
     );
 }
+
+// ----- cost of create-heavy work -----------------------------------------------------------------
+
+#[test]
+fn the_compaction_threshold_follows_the_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let big = Snapshot {
+        generation: 99,
+        header: Header {
+            base_rev: 1,
+            base_state: String::new(),
+            next_id: 1,
+        },
+        records: (0..2000)
+            .map(|i| Record::Remove {
+                path: format!("some/longish/path/{i}"),
+            })
+            .collect(),
+    };
+    let mut j = journal::write_snapshot(dir, &big).unwrap();
+    let snap_len = fs::metadata(journal::snapshot_path(dir)).unwrap().len();
+    // Past the minimum but not past twice the snapshot: a compaction now would rewrite the
+    // whole snapshot for a few records (quadratic over a large untar).
+    let rec = Record::Remove { path: "x".into() };
+    let frame_len = journal::frame(&rec).len() as u64;
+    let mut appended = 16;
+    while appended + frame_len <= 2 * snap_len {
+        j.append(&rec).unwrap();
+        appended += frame_len;
+        assert!(!j.wants_compaction(64), "at {appended} of {snap_len}");
+    }
+    j.append(&rec).unwrap();
+    assert!(j.wants_compaction(64));
+    // The position kept in memory is the file's length: appends never leave gaps or overlap.
+    assert_eq!(
+        fs::metadata(journal::journal_path(dir)).unwrap().len(),
+        appended + frame_len
+    );
+}
+
+#[test]
+fn sync_after_many_creates_uses_one_flush_and_keeps_everything() {
+    let (_d, repo, mut ov) = sample();
+    for i in 0..(FSYNC_EACH_MAX + 10) {
+        write_file(&mut ov, &format!("n{i}"), format!("data {i}").as_bytes());
+    }
+    assert!(ov.unsynced_uppers.len() > FSYNC_EACH_MAX);
+    ov.sync().unwrap();
+    assert!(ov.unsynced_uppers.is_empty());
+    let expect = dump(&mut ov);
+    let mut ov = reload(&repo, ov);
+    assert_eq!(dump(&mut ov), expect);
+    assert_eq!(read_all(&mut ov, "n70"), b"data 70");
+}
