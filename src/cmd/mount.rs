@@ -94,20 +94,22 @@ fn foreground(args: &MountArgs, repo_dir: &Path, mnt: &Path) -> anyhow::Result<(
         );
         Ok(session)
     })();
-    match result {
-        Ok(session) => {
-            if let Some(mut r) = ready.take() {
-                let _ = r.write_all(b"ok\n");
-            }
-            mount::serve(session)?;
-            Ok(())
-        }
-        Err(e) => {
-            if let Some(mut r) = ready.take() {
-                let _ = write!(r, "error {}\n{}", e.exit_code(), e);
-            }
-            Err(e.into())
-        }
+    report_readiness(&mut ready, result.as_ref().map(|_| ()));
+    mount::serve(result?)?;
+    Ok(())
+}
+
+/// Tell the parent waiting in `spawn_daemon` that the daemon serves (`ok`), or why it does not
+/// (`error CODE\nMESSAGE`, so the parent exits with the daemon's code). Said once, at most.
+pub(crate) fn report_readiness(
+    ready: &mut Option<File>,
+    outcome: std::result::Result<(), &crate::Error>,
+) {
+    if let Some(mut r) = ready.take() {
+        let _ = match outcome {
+            Ok(()) => r.write_all(b"ok\n"),
+            Err(e) => write!(r, "error {}\n{}", e.exit_code(), e),
+        };
     }
 }
 

@@ -15,7 +15,6 @@ use crate::control::{self, Request};
 use crate::error::Error;
 use crate::mount;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The mount a command addresses: `--mount MNT` or the pvrfs mount containing the cwd.
@@ -105,35 +104,30 @@ pub fn foreground_rw(
         );
         Ok((session, listener, prepared))
     })();
-    match result {
-        Ok((session, listener, prepared)) => {
-            let notifier = session.notifier();
-            let fs = prepared.fs.clone();
-            std::thread::Builder::new()
-                .name("pvrfs-control".into())
-                .spawn(move || {
-                    control::serve(listener, fs, move |inval| {
-                        for (parent, name) in &inval.entries {
-                            let _ = notifier
-                                .inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name));
-                        }
-                        for ino in &inval.inodes {
-                            let _ = notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
-                        }
-                    })
-                })
-                .map_err(|e| Error::io("start control thread for", mnt, e))?;
-            if let Some(mut r) = ready.take() {
-                let _ = r.write_all(b"ok\n");
-            }
-            mount::serve(session)?;
-            Ok(())
-        }
+    let (session, listener, prepared) = match result {
+        Ok(v) => v,
         Err(e) => {
-            if let Some(mut r) = ready.take() {
-                let _ = write!(r, "error {}\n{}", e.exit_code(), e);
-            }
-            Err(e.into())
+            super::mount::report_readiness(&mut ready, Err(&e));
+            return Err(e.into());
         }
-    }
+    };
+    let notifier = session.notifier();
+    let fs = prepared.fs.clone();
+    std::thread::Builder::new()
+        .name("pvrfs-control".into())
+        .spawn(move || {
+            control::serve(listener, fs, move |inval| {
+                for (parent, name) in &inval.entries {
+                    let _ =
+                        notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name));
+                }
+                for ino in &inval.inodes {
+                    let _ = notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
+                }
+            })
+        })
+        .map_err(|e| Error::io("start control thread for", mnt, e))?;
+    super::mount::report_readiness(&mut ready, Ok(()));
+    mount::serve(session)?;
+    Ok(())
 }
