@@ -17,7 +17,7 @@
 //! an object named by its state id (sha256 of the canonical bytes); `diff` names an object
 //! holding the RFC 6902 patch from the parent's state.
 //!
-//! Commit protocol (crash safety): objects → state/diff objects → `syncfs` → `commitmsg` →
+//! Commit protocol (crash safety): objects → state/diff objects → `Store::sync` → `commitmsg` →
 //! `.pvr/json` (the commit point) → revision record. Each file write is atomic. When
 //! `.pvr/json` does not match the newest record — a crash after the commit point, or pvr itself
 //! committed — the head is a *pending* revision numbered newest+1 with the state of `.pvr/json`;
