@@ -18,7 +18,7 @@ use crate::oid::ObjectId;
 use crate::patch;
 use crate::repo::Revision;
 use crate::state::{is_inline_path, Entry, State};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 
 /// What a commit made and what it could not store.
@@ -36,9 +36,16 @@ pub struct StatusLine {
     pub path: String,
 }
 
-/// The new state, plus what the format could not hold.
+/// The change from the base to the view, as state entries, plus what the format could not hold.
+///
+/// Only the affected roots are described (O(change)): the new state is the base with every key
+/// of `old` removed and every key of `new` inserted (`apply_built`), so a commit never copies
+/// the base.
 pub(super) struct Built {
-    pub state: State,
+    /// The base's entries under the affected roots (what the view replaces).
+    old: BTreeMap<String, Entry>,
+    /// The view's entries under the affected roots.
+    new: BTreeMap<String, Entry>,
     /// Every state key under an affected root, before or after.
     keys: BTreeSet<String>,
     warnings: Vec<String>,
@@ -58,16 +65,17 @@ impl Overlay {
     /// only hashing it (status, diff).
     pub(super) fn build(&self, store: bool) -> Result<Built> {
         let mut built = Built {
-            state: self.base.clone(),
+            old: BTreeMap::new(),
+            new: BTreeMap::new(),
             keys: BTreeSet::new(),
             warnings: Vec::new(),
             retain: Vec::new(),
         };
         let roots = self.roots();
         for r in &roots {
-            for k in keys_under(&self.base, r) {
-                built.state.remove(&k);
-                built.keys.insert(k);
+            for (k, e) in entries_under(&self.base, r) {
+                built.keys.insert(k.clone());
+                built.old.insert(k.clone(), e.clone());
             }
         }
         let root = &self.nodes[&ROOT];
@@ -164,7 +172,8 @@ impl Overlay {
 
     fn insert(&self, w: &mut Walk<'_>, path: &str, entry: Entry) -> Result<()> {
         w.built.keys.insert(path.to_string());
-        w.built.state.insert(path, entry)
+        w.built.new.insert(path.to_string(), entry);
+        Ok(())
     }
 
     /// The entry of the file `ino` stored at `path` (which decides the inline rule).
@@ -275,7 +284,7 @@ impl Overlay {
 
     /// The changed paths, as `pvrfs status` prints them (A, then D, then C; sorted in each).
     pub fn status(&self) -> Result<Vec<StatusLine>> {
-        Ok(status_of(&self.base, &self.build(false)?))
+        Ok(status_of(&self.build(false)?))
     }
 
     /// `status` as text, one `X path` line each.
@@ -290,16 +299,10 @@ impl Overlay {
     /// The RFC 7396 merge patch from the base state to the view (`{}` when clean).
     pub fn diff(&self) -> Result<Value> {
         let built = self.build(false)?;
-        let pick = |s: &State| {
-            let mut m = serde_json::Map::new();
-            for k in &built.keys {
-                if let Some(e) = s.get(k) {
-                    m.insert(k.clone(), e.to_value());
-                }
-            }
-            Value::Object(m)
+        let pick = |m: &BTreeMap<String, Entry>| {
+            Value::Object(m.iter().map(|(k, e)| (k.clone(), e.to_value())).collect())
         };
-        Ok(patch::merge_diff(&pick(&self.base), &pick(&built.state)))
+        Ok(patch::merge_diff(&pick(&built.old), &pick(&built.new)))
     }
 
     /// `diff` as `pvr diff` prints it (tab-indented, `{}` when clean).
@@ -317,7 +320,7 @@ impl Overlay {
     pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
         let (revision, built) = self.commit_only(message)?;
         crate::fsutil::crash_point("overlay:committed");
-        let status = status_of(&self.base, &built);
+        let status = status_of(&built);
         let warnings = built.warnings.clone();
         self.rebase(revision.clone(), built)?;
         Ok(CommitReport {
@@ -327,33 +330,66 @@ impl Overlay {
         })
     }
 
+    /// Commit base + overlay as the next revision. On success the in-memory base already is the
+    /// new state (the caller must `rebase`); on error nothing changed.
     pub(super) fn commit_only(&mut self, message: &str) -> Result<(Revision, Built)> {
         let lock = self.repo.lock()?;
         let built = self.build(true)?;
-        let diff = json_patch_of(&self.base, &built);
-        let revision = self
-            .repo
-            .commit_state_with_diff(
-                &lock,
-                &built.state,
-                message,
-                Some(self.base_rev),
-                Some(diff),
-            )
-            .map_err(|e| match e {
-                // The head moved since the base (another commit, or pvr): nothing was written.
-                Error::Conflict(msg) => Error::Conflict(format!(
-                    "{msg} (the overlay is kept; `pvrfs reset --mount` discards it)"
-                )),
-                e => e,
-            })?;
-        Ok((revision, built))
+        let diff = json_patch_of(&built);
+        // The base is edited in place into the new state (O(change)) and put back on error.
+        self.apply_built(&built)?;
+        let committed = self.repo.commit_state_with_diff(
+            &lock,
+            &self.base,
+            message,
+            Some(self.base_rev),
+            Some(diff),
+        );
+        match committed {
+            Ok(revision) => Ok((revision, built)),
+            Err(e) => {
+                self.revert_built(&built);
+                Err(match e {
+                    // The head moved since the base (another commit, or pvr): nothing was written.
+                    Error::Conflict(msg) => Error::Conflict(format!(
+                        "{msg} (the overlay is kept; `pvrfs reset --mount` discards it)"
+                    )),
+                    e => e,
+                })
+            }
+        }
     }
 
-    /// Make `revision` (whose state is `built.state`) the base; keep in the overlay only what
-    /// that state cannot reproduce, plus files open for writing.
+    /// Turn the base into the built state: remove `old`, insert `new` (validated).
+    fn apply_built(&mut self, built: &Built) -> Result<()> {
+        for k in built.old.keys() {
+            self.base.remove(k);
+        }
+        for (k, e) in &built.new {
+            if let Err(err) = self.base.insert(k, e.clone()) {
+                self.revert_built(built);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undo `apply_built` (also after a partial one).
+    fn revert_built(&mut self, built: &Built) {
+        for k in built.new.keys() {
+            self.base.remove(k);
+        }
+        for (k, e) in &built.old {
+            // Those entries were valid together with the rest of the base.
+            self.base
+                .insert(k, e.clone())
+                .expect("a base entry is valid in its base");
+        }
+    }
+
+    /// Make `revision` the base: the in-memory base already is its state (`apply_built`); keep in
+    /// the overlay only what that state cannot reproduce, plus files open for writing.
     pub(super) fn rebase(&mut self, revision: Revision, built: Built) -> Result<()> {
-        self.base = built.state;
         self.base_rev = revision.rev;
         self.base_state_id = revision.state.0;
         let mut retain: BTreeSet<String> = built.retain.into_iter().collect();
@@ -414,8 +450,11 @@ impl Overlay {
             return Ok(());
         }
         let built = self.build(false)?;
-        if built.state.state_id() == latest.state.0 {
+        self.apply_built(&built)?;
+        if self.base.state_id() == latest.state.0 {
             self.rebase(latest, built)?;
+        } else {
+            self.revert_built(&built);
         }
         Ok(())
     }
@@ -429,24 +468,21 @@ fn push_target(todo: &mut Vec<String>, target: &str) -> Option<()> {
     Some(())
 }
 
-fn keys_under(state: &State, root: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    if state.contains(root) {
-        out.push(root.to_string());
-    }
+/// The entries at `root` or under `root/`.
+fn entries_under<'s>(state: &'s State, root: &str) -> Vec<(&'s String, &'s Entry)> {
+    let map = state.entries_map();
+    let mut out: Vec<_> = map.get_key_value(root).into_iter().collect();
     let prefix = format!("{root}/");
-    for (k, _) in state.entries_map().range(prefix.clone()..) {
-        if !k.starts_with(&prefix) {
-            break;
-        }
-        out.push(k.clone());
-    }
+    out.extend(
+        map.range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix)),
+    );
     out
 }
 
 /// The RFC 6902 patch from `base` to the built state, from the changed keys only (O(change);
 /// whole values are replaced where `json_patch::diff` would descend into them, equally valid).
-fn json_patch_of(base: &State, built: &Built) -> Value {
+fn json_patch_of(built: &Built) -> Value {
     let mut ops = Vec::new();
     for k in &built.keys {
         let path = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
@@ -459,7 +495,7 @@ fn json_patch_of(base: &State, built: &Built) -> Value {
             }
             Value::Object(m)
         };
-        match (base.get(k), built.state.get(k)) {
+        match (built.old.get(k), built.new.get(k)) {
             (Some(_), None) => ops.push(op("remove", None)),
             (None, Some(e)) => ops.push(op("add", Some(e))),
             (Some(a), Some(b)) if a != b => ops.push(op("replace", Some(b))),
@@ -469,10 +505,10 @@ fn json_patch_of(base: &State, built: &Built) -> Value {
     Value::Array(ops)
 }
 
-fn status_of(base: &State, built: &Built) -> Vec<StatusLine> {
+fn status_of(built: &Built) -> Vec<StatusLine> {
     let mut groups: [Vec<String>; 3] = Default::default();
     for k in &built.keys {
-        match (base.get(k), built.state.get(k)) {
+        match (built.old.get(k), built.new.get(k)) {
             (None, Some(_)) => groups[0].push(k.clone()),
             (Some(_), None) => groups[1].push(k.clone()),
             (Some(a), Some(b)) if a != b => groups[2].push(k.clone()),

@@ -633,6 +633,7 @@ fn commit_refuses_invalid_json_and_keeps_everything() {
 fn commit_refuses_when_the_head_moved() {
     let (_d, repo, mut ov) = sample();
     write_file(&mut ov, "f", b"f");
+    write_file(&mut ov, "d/b.txt", b"changed");
     let lock = repo.lock().unwrap();
     let mut other = repo.head_state().unwrap();
     other.remove("a.txt");
@@ -644,7 +645,9 @@ fn commit_refuses_when_the_head_moved() {
         "{e}"
     );
     assert_eq!(repo.latest().unwrap().rev, 2);
-    assert_eq!(ov.status_text().unwrap(), "A f\n");
+    // The in-memory base was put back: the changes are still changes against revision 1.
+    assert_eq!(ov.status_text().unwrap(), "A f\nC d/b.txt\n");
+    assert_eq!(ov.base_rev(), 1);
 }
 
 #[test]
