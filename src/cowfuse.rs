@@ -3,9 +3,11 @@
 //! Kernel-side choices (docs/SEMANTICS.md, "Copy-on-write mounts"):
 //! - `default_permissions`: the kernel checks modes and owners as on a local file system, from
 //!   the attributes given here (so `--allow-other` is safe);
-//! - entries and attributes are cached for one second only: unlike a read-only mount, the view
-//!   changes (every change goes through this mount, so the kernel's own updates keep its caches
-//!   right; `reset` invalidates explicitly through the notifier);
+//! - entries (negative ones too) and attributes are cached for an hour: the view changes only
+//!   through this mount, whose operations the kernel applies to its own caches, or through
+//!   `reset`, which invalidates explicitly through the notifier (a commit leaves the view as it
+//!   is). Long negative entries keep `make`/compiler probes of missing files in the kernel;
+//! - names longer than 255 bytes are refused with `ENAMETOOLONG`, as a local file system does;
 //! - no direct I/O and no KEEP_CACHE: files use the page cache, so shared writable `mmap`
 //!   works; the cache is dropped at each open, which is always correct;
 //! - kernel passthrough (where granted) for upper files opened for writing: reads, writes and
@@ -35,7 +37,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust entries and attributes: every change goes through this mount
+/// (the kernel updates or invalidates its own caches), and `reset` invalidates explicitly.
+const TTL: Duration = Duration::from_secs(3600);
 
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
@@ -69,10 +73,17 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// A name the overlay can hold (state keys are UTF-8).
+/// A name the overlay can hold: UTF-8 (state keys are) and at most `NAME_MAX` bytes, as on a
+/// local file system (the kernel leaves that check to FUSE servers).
 fn utf8(name: &OsStr) -> Result<&str, Errno> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
     name.to_str().ok_or(Errno::EINVAL)
 }
+
+/// The longest name, in bytes, as `statfs` reports it.
+const NAME_MAX: usize = 255;
 
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
@@ -231,7 +242,27 @@ impl Filesystem for CowFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.entry(reply, self.fs.lookup(parent.0, name))
+        match self.fs.lookup(parent.0, name) {
+            // A negative entry (node id 0) the kernel may cache like a positive one: a name can
+            // only appear through this mount (which updates the kernel's dentries) or a reset
+            // (which invalidates them), so `make`-style probes of missing files stay in the kernel.
+            Err(e) if e.errno() == libc::ENOENT => {
+                let none = Attr {
+                    ino: 0,
+                    kind: Kind::File,
+                    size: 0,
+                    mode: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    atime: SystemTime::UNIX_EPOCH,
+                    mtime: SystemTime::UNIX_EPOCH,
+                    ctime: SystemTime::UNIX_EPOCH,
+                };
+                reply.entry(&TTL, &file_attr(&none), Generation(0))
+            }
+            r => self.entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {

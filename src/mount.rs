@@ -157,7 +157,7 @@ pub fn mount(
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    config.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    config.n_threads = Some(fuse_threads());
     config.clone_fd = true;
     let fuse = FuseFs::new(prepared.fs.clone(), opts.passthrough);
     let session = fuser::Session::new(fuse, mnt, &config);
@@ -250,7 +250,7 @@ pub fn mount_rw(
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    config.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    config.n_threads = Some(fuse_threads());
     config.clone_fd = true;
     let fuse = crate::cowfuse::CowFuse::new(prepared.fs.clone(), opts.passthrough);
     fuser::Session::new(fuse, mnt, &config).map_err(|e| match e.raw_os_error() {
@@ -470,4 +470,13 @@ mod tests {
         let line = "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw";
         assert_eq!(parse_mountinfo_line(line).unwrap().fstype, "ext4");
     }
+}
+
+/// Worker threads serving FUSE requests (`PVRFS_FUSE_THREADS` overrides, for measurement).
+fn fuse_threads() -> usize {
+    std::env::var("PVRFS_FUSE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }

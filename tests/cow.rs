@@ -316,6 +316,10 @@ fn commit_status_diff_and_reset_from_the_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("moved"));
     assert_eq!(ok(cli(m.path(), &["status"])), "A later.txt\n");
+    // A deleted file whose absence the kernel has cached (negative entries live long) ...
+    fs::remove_file(m.join("app/bin/tool")).unwrap();
+    fs::remove_file(m.join("config.json")).unwrap();
+    assert!(!m.join("app/bin/tool").exists() && !m.join("config.json").exists());
     // reset --mount discards; reset without --mount inside a mount refuses
     assert!(!cli(m.path(), &["reset"]).status.success());
     ok(cli(
@@ -324,6 +328,16 @@ fn commit_status_diff_and_reset_from_the_cli() {
     ));
     assert!(!m.join("later.txt").exists());
     assert_eq!(fs::read(m.join("app/new.txt")).unwrap(), b"fresh");
+    // ... is back after the reset, at the top and deeper down.
+    assert_eq!(
+        fs::read(m.join("app/bin/tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    // (as revision 2, the overlay's base, has it)
+    assert_eq!(
+        fs::read_to_string(m.join("config.json")).unwrap(),
+        "{\n    \"a\": 2\n}"
+    );
 }
 
 fn ok_with_err(out: Output) -> (String, String) {
