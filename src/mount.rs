@@ -456,6 +456,15 @@ pub fn unmount(mnt: &Path) -> Result<()> {
     }
 }
 
+/// Worker threads serving FUSE requests (`PVRFS_FUSE_THREADS` overrides, for measurement).
+fn fuse_threads() -> usize {
+    std::env::var("PVRFS_FUSE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,13 +479,4 @@ mod tests {
         let line = "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw";
         assert_eq!(parse_mountinfo_line(line).unwrap().fstype, "ext4");
     }
-}
-
-/// Worker threads serving FUSE requests (`PVRFS_FUSE_THREADS` overrides, for measurement).
-fn fuse_threads() -> usize {
-    std::env::var("PVRFS_FUSE_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
