@@ -10,7 +10,9 @@
 //! commit or reset.
 //!
 //! Protocol: one JSON request line, one JSON answer line, then the connection closes.
-//! Request `{"op": "commit"|"status"|"diff"|"reset", "message"?: str}`;
+//! Request `{"op": "commit"|"status"|"diff"|"reset"|"state"|"info", "message"?: str}`;
+//! `state` answers the view's canonical state JSON in `text`, `info` the repository's work
+//! directory in `text` and the base revision in `rev`;
 //! answer `{"ok": true, "text": str, "warnings": [str], "rev": u64?}` or
 //! `{"ok": false, "code": u8, "error": str}` (the daemon's error and exit code).
 
@@ -175,6 +177,14 @@ fn handle(fs: &CowFs, req: Request, invalidate: &impl Fn(Invalidate)) -> Answer 
         }
         "status" => fs.status_text().map(ok).unwrap_or_else(failed),
         "diff" => fs.diff_text().map(ok).unwrap_or_else(failed),
+        "state" => fs
+            .view_state()
+            .map(|st| ok(String::from_utf8_lossy(&st.to_canonical_bytes()).into_owned()))
+            .unwrap_or_else(failed),
+        "info" => Answer {
+            rev: Some(fs.base_rev()),
+            ..ok(fs.repo().workdir().display().to_string())
+        },
         "reset" => match fs.reset() {
             Ok(inval) => {
                 invalidate(inval);

@@ -322,6 +322,11 @@ impl CowFs {
         self.inspect(|o| o.diff_text())
     }
 
+    /// The state a commit would make now (see `Overlay::view_state`).
+    pub fn view_state(&self) -> RepoResult<crate::state::State> {
+        self.inspect(|o| o.view_state())
+    }
+
     /// What a commit now could not store (empty directories, modes, symlinks...).
     pub fn warnings(&self) -> RepoResult<Vec<String>> {
         self.inspect(|o| o.warnings())

@@ -37,7 +37,10 @@ pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Mounts => mount::mounts(ctx),
         Command::Init(a) => repo::init(a, ctx),
         Command::Add(a) => repo::add(a, ctx),
-        Command::Json(a) => repo::json(a, ctx),
+        Command::Json(a) => match (&a.rev, mountops::mount_target(ctx, None)?) {
+            (None, Some(mnt)) => mountops::json(&mnt, a, ctx),
+            _ => repo::json(a, ctx),
+        },
         Command::Log(a) => repo::log(a, ctx),
         Command::Show(a) => repo::show(a, ctx),
         Command::Checkout(a) => repo::checkout(a, ctx),

@@ -4,16 +4,21 @@
 //! (`control.rs`) and serves both. The CLI commands find the mount (`--mount MNT`, or the cwd
 //! inside one) and ask its daemon, which owns the overlay; they print what pvr prints for a
 //! work tree: `commit` the new revision (and the warnings for what pvr's format cannot hold),
-//! `status` `A/D/C path` lines, `diff` the RFC 7396 merge patch.
+//! `status` `A/D/C path` lines, `diff` the RFC 7396 merge patch (or, with revisions or
+//! `--format rfc6902`, the view against revisions), `json` the state a commit would make.
+//! Read-only commands (`log`, `show`, `fsck`, `json REV`) inside any pvrfs mount use the
+//! repository the mount serves (`mount_repo`).
 //!
 //! `dispatch` calls these when a mount applies (see `mount_target`); the work-tree versions in
 //! `cmd::repo` take over when no mount applies.
 
-use crate::cli::{CommitArgs, DiffArgs, DiffFormat, MountArgs, ResetArgs};
+use crate::cli::{CommitArgs, DiffArgs, DiffFormat, JsonArgs, MountArgs, ResetArgs};
 use crate::cmd::Ctx;
 use crate::control::{self, Request};
 use crate::error::Error;
 use crate::mount;
+use crate::repo::Repo;
+use crate::state::State;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -49,20 +54,102 @@ pub fn status(mnt: &Path, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `diff` of the mount `mnt`: its changes as pvr's merge patch.
+/// `diff` of the mount `mnt`. Without revisions, as a merge patch: the overlay's changes, asked
+/// from the daemon (O(change)). Otherwise the view (or two revisions) against the revisions
+/// named, in either format, as outside a mount.
 pub fn diff(mnt: &Path, args: DiffArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    if !args.revs.is_empty() || args.format != DiffFormat::Merge {
-        return Err(Error::Usage(
-            "in a --rw mount, 'pvrfs diff' shows the mount's changes as a merge patch only (no revisions, no --format); run it outside the mount for revisions".into(),
-        )
-        .into());
+    if args.revs.is_empty() && args.format == DiffFormat::Merge {
+        let a = control::request(mnt, &req("diff", None))?;
+        ctx.out.write_all(a.text.as_bytes())?;
+        if !a.text.ends_with('\n') {
+            writeln!(ctx.out)?;
+        }
+        return Ok(());
     }
-    let a = control::request(mnt, &req("diff", None))?;
-    ctx.out.write_all(a.text.as_bytes())?;
-    if !a.text.ends_with('\n') {
-        writeln!(ctx.out)?;
+    let repo = mount_repo(mnt)?;
+    let (old, new) = match args.revs.as_slice() {
+        [] => {
+            let base = control::request(mnt, &req("info", None))?.rev.unwrap_or(0);
+            (
+                repo.load_state(&repo.resolve(&base.to_string())?)?,
+                view_state(mnt)?,
+            )
+        }
+        [a] => (repo.load_state(&repo.resolve(a)?)?, view_state(mnt)?),
+        [a, b] => (
+            repo.load_state(&repo.resolve(a)?)?,
+            repo.load_state(&repo.resolve(b)?)?,
+        ),
+        _ => unreachable!("clap allows at most two revisions"),
+    };
+    ctx.out
+        .write_all(super::repo::render_patch(&old, &new, args.format).as_bytes())?;
+    Ok(())
+}
+
+/// `json` (no revision) inside a mount: the state a commit would make now (`--rw`), or the
+/// mounted revision's state (read-only mount).
+pub fn json(mnt: &Path, args: JsonArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let state = match view_state(mnt) {
+        Ok(state) => state,
+        Err(_) if !is_rw(mnt) => {
+            let repo = mount_repo(mnt)?;
+            let rev = mounted_rev(mnt).unwrap_or_else(|| "latest".into());
+            repo.load_state(&repo.resolve(&rev)?)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let value = state.to_value();
+    if args.canonical {
+        ctx.out.write_all(&crate::json::to_canonical(&value))?;
+        ctx.out.write_all(b"\n")?;
+    } else {
+        ctx.out
+            .write_all(crate::json::to_pvr_json_pretty(&value).as_bytes())?;
     }
     Ok(())
+}
+
+/// The view of a `--rw` mount as a state (asked from its daemon).
+fn view_state(mnt: &Path) -> crate::Result<State> {
+    let a = control::request(mnt, &req("state", None))?;
+    State::from_json_bytes(a.text.as_bytes(), &format!("the view of {}", mnt.display()))
+}
+
+fn mount_info(mnt: &Path) -> Option<mount::MountInfo> {
+    mount::list_mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.mountpoint == mnt)
+}
+
+fn is_rw(mnt: &Path) -> bool {
+    mount_info(mnt).is_some_and(|m| m.source.contains("@rw:"))
+}
+
+/// The revision a read-only mount shows (from its mount source).
+fn mounted_rev(mnt: &Path) -> Option<String> {
+    let info = mount_info(mnt)?;
+    info.repo_and_rev().map(|(_, rev)| rev.to_string())
+}
+
+/// The repository a pvrfs mount serves: asked from a `--rw` mount's daemon, else read from the
+/// mount's source (`pvrfs:REPO@REV`).
+pub fn mount_repo(mnt: &Path) -> crate::Result<Repo> {
+    if let Ok(a) = control::request(mnt, &req("info", None)) {
+        return Repo::open(Path::new(&a.text));
+    }
+    let info = mount_info(mnt)
+        .ok_or_else(|| Error::Usage(format!("'{}' is not a pvrfs mount", mnt.display())))?;
+    let (repo, _) = info.repo_and_rev().ok_or_else(|| {
+        Error::Other(format!(
+            "cannot tell which repository '{}' serves (mount source '{}')",
+            mnt.display(),
+            info.source
+        ))
+    })?;
+    let repo = repo.split_once("@rw:").map_or(repo, |(r, _)| r);
+    Repo::open(Path::new(repo))
 }
 
 /// `reset` of a mount: only with an explicit `--mount MNT` (inside a mount, refuse rather than

@@ -24,6 +24,18 @@ fn open(ctx: &Ctx<'_>) -> crate::Result<Repo> {
     Repo::discover(&ctx.cwd)
 }
 
+/// The repository for commands that only read it (`log`, `show`, `fsck`, `json REV`): the one
+/// around the cwd, or, with the cwd inside a pvrfs mount, the repository that mount serves.
+fn open_for_reading(ctx: &Ctx<'_>) -> crate::Result<Repo> {
+    match Repo::discover(&ctx.cwd) {
+        Err(e @ crate::Error::NotARepo { .. }) => match super::mountops::mount_target(ctx, None) {
+            Ok(Some(mnt)) => super::mountops::mount_repo(&mnt),
+            _ => Err(e),
+        },
+        r => r,
+    }
+}
+
 pub fn init(args: InitArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let spec = args.spec.or(args.spec_flag);
     std::fs::create_dir_all(&ctx.cwd).ctx("create", &ctx.cwd)?;
@@ -61,7 +73,7 @@ pub fn status(_args: StatusArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-fn render_patch(old: &State, new: &State, format: DiffFormat) -> String {
+pub(crate) fn render_patch(old: &State, new: &State, format: DiffFormat) -> String {
     match format {
         DiffFormat::Merge => json::render_diff(&patch::state_merge_diff(old, new)),
         DiffFormat::Rfc6902 => json::to_pvr_json_pretty(&patch::state_json_patch(old, new)),
@@ -92,7 +104,10 @@ pub fn diff(args: DiffArgs, ctx: &mut Ctx<'_>) -> Result<()> {
 }
 
 pub fn json(args: JsonArgs, ctx: &mut Ctx<'_>) -> Result<()> {
-    let repo = open(ctx)?;
+    let repo = match &args.rev {
+        Some(_) => open_for_reading(ctx)?,
+        None => open(ctx)?,
+    };
     let state = match &args.rev {
         Some(r) => repo.load_state(&repo.resolve(r)?)?,
         None => WorkTree::open(&repo).scan()?.state()?,
@@ -142,7 +157,7 @@ fn first_line(msg: &str) -> &str {
 }
 
 pub fn log(args: LogArgs, ctx: &mut Ctx<'_>) -> Result<()> {
-    let repo = open(ctx)?;
+    let repo = open_for_reading(ctx)?;
     let revs = repo.revisions()?;
     for r in revs.iter().rev().take(args.max_count.unwrap_or(usize::MAX)) {
         writeln!(
@@ -163,7 +178,7 @@ pub fn log(args: LogArgs, ctx: &mut Ctx<'_>) -> Result<()> {
 }
 
 pub fn show(args: ShowArgs, ctx: &mut Ctx<'_>) -> Result<()> {
-    let repo = open(ctx)?;
+    let repo = open_for_reading(ctx)?;
     let rev = repo.resolve(args.rev.as_deref().unwrap_or("latest"))?;
     let state = repo.load_state(&rev)?;
     let parent_state = match rev.parent {
@@ -297,7 +312,7 @@ fn check_revision(repo: &Repo, rev: &Revision, problems: &mut Vec<String>) -> Op
 }
 
 pub fn fsck(_args: FsckArgs, ctx: &mut Ctx<'_>) -> Result<()> {
-    let repo = open(ctx)?;
+    let repo = open_for_reading(ctx)?;
     let mut problems = Vec::new();
     let revs = repo.revisions()?;
     // object id -> first path/revision needing it

@@ -310,6 +310,21 @@ impl Overlay {
         Ok(json::render_diff(&self.diff()?))
     }
 
+    /// The state a commit would make now (base + overlay), without storing anything: what
+    /// `pvrfs json`, `diff --format rfc6902` and `diff REV` inside a mount compare. O(tree): it
+    /// copies the base.
+    pub fn view_state(&self) -> Result<State> {
+        let built = self.build(false)?;
+        let mut state = self.base.clone();
+        for k in built.old.keys() {
+            state.remove(k);
+        }
+        for (k, e) in built.new {
+            state.insert(&k, e)?;
+        }
+        Ok(state)
+    }
+
     /// Warnings a commit would give now.
     pub fn warnings(&self) -> Result<Vec<String>> {
         Ok(self.build(false)?.warnings)

@@ -1,0 +1,125 @@
+//! The CLI inside mounts: with the cwd in a `--rw` mount, `diff --format rfc6902`, `diff REV`,
+//! `diff A B` and `json` compare the mount's view (what a commit would make) with revisions;
+//! read-only commands (`log`, `show`, `fsck`, `json REV`) inside any pvrfs mount use the
+//! repository the mount serves. Real mounts, through the `Mount` guard.
+
+mod common;
+
+use common::{fuse_available, pvrfs_command, Content, Mount, TestRepo};
+use pvrfs::json;
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    pvrfs_command()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run pvrfs")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = cli(dir, args);
+    assert!(
+        out.status.success(),
+        "pvrfs {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Two revisions: 1 = {c.json {"a":1}, f.txt "one"}, 2 = f.txt "two".
+fn two_revisions() -> TestRepo {
+    let mut t = TestRepo::new();
+    t.set("c.json", Content::Json(r#"{"a":1}"#))
+        .set("f.txt", Content::Blob(b"one"));
+    t.commit("one");
+    t.set("f.txt", Content::Blob(b"two"));
+    t.commit("two");
+    t
+}
+
+fn oid(bytes: &[u8]) -> String {
+    pvrfs::oid::ObjectId::hash_bytes(bytes).to_hex()
+}
+
+#[test]
+fn diff_formats_and_revisions_inside_a_rw_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let t = two_revisions();
+    let m = Mount::new(t.path(), "latest", &["--rw"]);
+    fs::write(m.join("c.json"), br#"{"a":2}"#).unwrap();
+    fs::write(m.join("n.txt"), b"new").unwrap();
+    let inside = m.join(".");
+    let n = oid(b"new");
+
+    // The overlay's changes as RFC 6902 (as `diff --format rfc6902` prints outside a mount).
+    let patch = json::parse(ok(&inside, &["diff", "--format", "rfc6902"]).as_bytes()).unwrap();
+    let expected = json::parse(
+        format!(
+            r#"[{{"op":"replace","path":"/c.json/a","value":2}},
+                {{"op":"add","path":"/n.txt","value":"{n}"}}]"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(patch, expected);
+
+    // The view against revision 1: includes what revision 2 changed.
+    let merge = json::parse(ok(&inside, &["diff", "1"]).as_bytes()).unwrap();
+    let two = oid(b"two");
+    let expected =
+        json::parse(format!(r#"{{"c.json":{{"a":2}},"f.txt":"{two}","n.txt":"{n}"}}"#).as_bytes())
+            .unwrap();
+    assert_eq!(merge, expected);
+
+    // Two revisions: the mount plays no part.
+    let between = ok(&inside, &["diff", "1", "2", "--format", "rfc6902"]);
+    assert!(
+        between.contains("\"/f.txt\"") && !between.contains("n.txt"),
+        "{between}"
+    );
+
+    // `json`: the state a commit would make now; `json 1`: revision 1 from the mount's repo.
+    let view = json::parse(ok(&inside, &["json"]).as_bytes()).unwrap();
+    assert_eq!(view["n.txt"], json::Value::String(n.clone()));
+    assert_eq!(view["c.json"]["a"], json::Value::from(2));
+    let one = json::parse(ok(&inside, &["json", "1"]).as_bytes()).unwrap();
+    assert_eq!(one["f.txt"], json::Value::String(oid(b"one")));
+
+    // The merge patch (daemon, O(change)) still works and nothing was committed meanwhile.
+    assert!(ok(&inside, &["diff"]).contains("\"n.txt\""));
+    assert_eq!(t.repo.latest().unwrap().rev, 2);
+}
+
+#[test]
+fn read_only_commands_inside_mounts_use_the_mounted_repository() {
+    if !fuse_available() {
+        return;
+    }
+    let t = two_revisions();
+    for extra in [&[][..], &["--rw"][..]] {
+        let m = Mount::new(t.path(), "1", extra);
+        let inside = m.join(".");
+        let log = ok(&inside, &["log"]);
+        assert!(
+            log.contains("two") && log.contains("one"),
+            "{extra:?}: {log}"
+        );
+        assert!(ok(&inside, &["show", "2"]).contains("two"));
+        let fsck = cli(&inside, &["fsck"]);
+        assert!(fsck.status.success(), "{extra:?}: fsck inside the mount");
+        // `json` without a revision: the mounted revision 1 (nothing changed in the view).
+        let view = json::parse(ok(&inside, &["json"]).as_bytes()).unwrap();
+        assert_eq!(view["f.txt"], json::Value::String(oid(b"one")), "{extra:?}");
+    }
+    // Outside any repository and mount, the same commands still say so.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = cli(elsewhere.path(), &["log"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a pvr repository"));
+}
