@@ -31,10 +31,12 @@ use crate::oid::ObjectId;
 use crate::patch;
 use crate::state::{State, DEFAULT_SPEC};
 use crate::store::Store;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const PVR_DIR: &str = ".pvr";
@@ -118,6 +120,36 @@ pub struct Repo {
     pvr_dir: PathBuf,
     pub config: Config,
     store: Store,
+    /// `.pvr/json` as this process last wrote or verified it: while the file's identity
+    /// (`JsonStamp`) is unchanged its state id is known without reading and hashing it, which
+    /// keeps each commit of a long-lived daemon from re-hashing a big state.
+    known_json: Arc<Mutex<Option<(JsonStamp, ObjectId)>>>,
+}
+
+/// Identity of one version of `.pvr/json`: a rename gives a new inode and ctime, an in-place
+/// write a new ctime (and mtime). pvrfs and pvr both replace `.pvr/json` by renaming a new file
+/// over it (pvr's `json.new`), so another writer's commit is always a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct JsonStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl JsonStamp {
+    fn of(path: &Path) -> Option<JsonStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).ok()?;
+        Some(JsonStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        })
+    }
 }
 
 /// Held while writing; dropping it releases the lock.
@@ -218,6 +250,7 @@ impl Repo {
             workdir,
             config,
             store: Store::new(objects),
+            known_json: Arc::default(),
         })
     }
 
@@ -281,6 +314,10 @@ impl Repo {
     }
 
     /// The committed head state (`.pvr/json`).
+    fn remember_json(&self, stamp: Option<JsonStamp>, id: ObjectId) {
+        *self.known_json.lock() = stamp.map(|st| (st, id));
+    }
+
     pub fn head_state(&self) -> Result<State> {
         let path = self.json_path();
         let bytes = fs::read(&path).ctx("read", &path)?;
@@ -349,11 +386,19 @@ impl Repo {
         // Fast path: `.pvr/json` as pvrfs writes it is canonical, so the hash of its bytes is
         // the state id; when it is the newest record's, nothing needs parsing.
         let path = self.json_path();
+        let stamp = JsonStamp::of(&path);
+        let newest = recorded.last().map(|r| r.state.0);
+        if let (Some(stamp), Some(newest)) = (stamp, newest) {
+            if *self.known_json.lock() == Some((stamp, newest)) {
+                return Ok(None);
+            }
+        }
         let bytes = fs::read(&path).ctx("read", &path)?;
-        if recorded
-            .last()
-            .is_some_and(|r| r.state.0 == ObjectId::hash_bytes(&bytes))
-        {
+        let bytes_id = ObjectId::hash_bytes(&bytes);
+        if newest == Some(bytes_id) {
+            // Stamped before the read: a change in between gives a new stamp, so the next
+            // look reads again rather than trusting a stale pairing.
+            self.remember_json(stamp, bytes_id);
             return Ok(None);
         }
         let head_id = State::from_json_bytes(&bytes, &path.display().to_string())?.state_id();
@@ -510,6 +555,7 @@ impl Repo {
         fsutil::crash_point("commit:objects-synced");
         fsutil::atomic_write(&self.commitmsg_path(), message.as_bytes(), 0o644)?;
         fsutil::atomic_write(&self.json_path(), &canonical, 0o644)?;
+        self.remember_json(JsonStamp::of(&self.json_path()), state_id);
         fsutil::crash_point("commit:json-written");
         let rev = Revision {
             rev: parent.as_ref().map_or(1, |p| p.rev + 1),
@@ -722,6 +768,30 @@ mod tests {
         let r3 = commit_file(&repo, "c", b"3", "three");
         assert_eq!((r3.rev, r3.parent), (3, Some(2)));
         assert!(repo.recorded_revisions().unwrap()[2].recorded);
+    }
+
+    #[test]
+    fn a_pvr_commit_right_after_ours_is_seen_despite_the_remembered_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path(), None, None).unwrap();
+        commit_file(&repo, "a", b"1", "one");
+        assert_eq!(repo.latest().unwrap().rev, 1); // the stamp of our own write is trusted
+                                                   // pvr commits as it does (json.new + rename), at once and with a state of the same
+                                                   // length: only the file's identity tells.
+        let mut s = repo.head_state().unwrap();
+        s.insert("a", Entry::Object(repo.store().put_bytes(b"2").unwrap()))
+            .unwrap();
+        let bytes = s.to_canonical_bytes();
+        assert_eq!(
+            bytes.len() as u64,
+            fs::metadata(repo.json_path()).unwrap().len()
+        );
+        let new = repo.pvr_dir().join("json.new");
+        fs::write(&new, &bytes).unwrap();
+        fs::rename(&new, repo.json_path()).unwrap();
+        let latest = repo.latest().unwrap();
+        assert_eq!((latest.rev, latest.recorded), (2, false));
+        assert_eq!(latest.state.0, ObjectId::hash_bytes(&bytes));
     }
 
     #[test]
