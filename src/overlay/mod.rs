@@ -38,6 +38,19 @@
 //! - Hard links: one node, several `(parent, name)` links; `nlink` is their count. A node whose
 //!   last link goes away stays in memory (readable through open handles) until [`Overlay::forget`].
 //!
+//! # Node kinds
+//!
+//! Directories, regular files (base content or an upper file), symlinks, and *special* nodes:
+//! FIFOs, sockets, character and block devices ([`Overlay::mknod`], journaled as `mknod`
+//! records with their device number). Special nodes have no content in the overlay — the
+//! kernel runs pipes and sockets in its own inode and FUSE mounts are `nodev` — and the pvr
+//! format cannot hold them, so a commit reports each and keeps it in the overlay. Every kind
+//! can be renamed, hard-linked (but directories), unlinked and have its attributes set.
+//!
+//! Times: every name change (`attach`/`detach`: create, link, unlink, rename) sets the node's
+//! ctime and its directory's mtime and ctime to now, as a local file system does; `setattr`
+//! sets ctime. Only explicitly set atime/mtime are journaled; ctimes restart at load.
+//!
 //! # Change tracking (what makes commit O(change))
 //!
 //! `affected` holds every path an operation touched (both ends of a rename, the new name of a
