@@ -756,6 +756,11 @@ fn xattrs_and_dot_pvr_are_refused() {
         Some(libc::EOPNOTSUPP)
     );
     assert_eq!(errno_of(fs::create_dir(m.join(".pvr"))), libc::EPERM);
+    assert_eq!(unsafe { libc::mkfifo(c(".pvr").as_ptr(), 0o644) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
     // read-only-only options are refused with --rw, not ignored
     let out = cli(
         t.path(),
