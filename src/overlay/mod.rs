@@ -49,7 +49,8 @@
 //!
 //! Times: every name change (`attach`/`detach`: create, link, unlink, rename) sets the node's
 //! ctime and its directory's mtime and ctime to now, as a local file system does; `setattr`
-//! sets ctime. Only explicitly set atime/mtime are journaled; ctimes restart at load.
+//! sets ctime. Only explicitly set atime/mtime are journaled; at load, a node a record touched
+//! gets the load time as its ctime.
 //!
 //! # Change tracking (what makes commit O(change))
 //!
