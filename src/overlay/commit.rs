@@ -10,8 +10,8 @@
 //! symlinks (a symlink to a file inside the tree is *also* stored as a copy of the file's
 //! content, as pvr does; a dangling symlink or one to a directory is not stored), hard links
 //! (each name is stored with the same content), FIFOs, sockets and device nodes (not stored at
-//! all; a symlink to one is not stored either). None of them shows in `status` or `diff`
-//! unless it replaced a stored file (which then shows as deleted).
+//! all; a symlink to one is not stored either). Special files never show in `status` or
+//! `diff`; one that took the place of a stored file shows as that file's deletion.
 
 use super::{Body, Content, Overlay, DIR_MODE, FILE_MODE, ROOT};
 use crate::error::{Error, IoContext, Result};
