@@ -206,6 +206,21 @@ impl CowFs {
         self.write(|o| o.symlink(parent, name, target, uid, gid))
     }
 
+    /// A FIFO, socket or device node (`Overlay::mknod`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: Kind,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        self.write(|o| o.mknod(parent, name, kind, mode, rdev, uid, gid))
+    }
+
     pub fn link(&self, ino: u64, parent: u64, name: &str) -> Result<Attr> {
         self.write(|o| o.link(ino, parent, name))
     }

@@ -19,7 +19,10 @@
 //!   FLUSH round trip on every close);
 //! - POSIX record locks and `flock` are left to the kernel (`getlk`/`setlk` unimplemented, no
 //!   `FUSE_POSIX_LOCKS`/`FUSE_FLOCK_LOCKS` requested): they work among all users of this mount;
-//! - `mknod` makes regular files only (pvr states hold no devices, fifos or sockets): `EPERM`.
+//! - `mknod` makes regular files (as `create`) and FIFOs, sockets and device nodes (overlay
+//!   nodes with a type and `rdev`, no content). The kernel serves those itself: a FIFO's pipe
+//!   and a bound socket live in the kernel's inode, so OPEN is never sent for them; device
+//!   nodes cannot be opened at all because FUSE mounts are `nodev`.
 
 use crate::cli::PassthroughMode;
 use crate::cowfs::CowFs;
@@ -50,6 +53,10 @@ fn kind(k: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -67,7 +74,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: crate::fs::BLOCK_SIZE,
         flags: 0,
     }
@@ -258,6 +265,7 @@ impl Filesystem for CowFuse {
                     atime: SystemTime::UNIX_EPOCH,
                     mtime: SystemTime::UNIX_EPOCH,
                     ctime: SystemTime::UNIX_EPOCH,
+                    rdev: 0,
                 };
                 reply.entry(&TTL, &file_attr(&none), Generation(0))
             }
@@ -322,20 +330,25 @@ impl Filesystem for CowFuse {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(Errno::EPERM);
-        }
-        let r = self
-            .fs
-            .create(parent.0, name, mode & !umask, req.uid(), req.gid())
-            .map(|(a, fh)| {
-                self.fs.release(fh);
-                a
-            });
+        let perm = mode & !umask & 0o7777;
+        let r = if mode & libc::S_IFMT == libc::S_IFREG {
+            self.fs
+                .create(parent.0, name, perm, req.uid(), req.gid())
+                .map(|(a, fh)| {
+                    self.fs.release(fh);
+                    a
+                })
+        } else if let Some(kind) = Kind::special_from_mode(mode) {
+            // The kernel checked CAP_MKNOD for devices already.
+            self.fs
+                .mknod(parent.0, name, kind, perm, rdev, req.uid(), req.gid())
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
         self.entry(reply, r)
     }
 

@@ -559,26 +559,188 @@ fn concurrent_readers_and_writers_see_each_others_data() {
     assert_eq!(ok(cli(m.path(), &["status"])), "C log\n");
 }
 
-/// What a pvr state cannot hold is refused with the errno a local fs without it would give.
+/// FIFOs, sockets and device nodes are overlay nodes: made by mknod/mkfifo/bind, typed in
+/// `stat` and `readdir`, linkable, renamable, chmod/chown/utimens-able, working in the kernel
+/// (a FIFO carries data, a socket accepts connections; devices cannot be opened: `nodev`),
+/// reported and kept by a commit, and surviving umount and a SIGKILLed daemon.
 #[test]
-fn special_files_xattrs_and_dot_pvr_are_refused() {
+fn fifos_sockets_and_devices_live_in_the_overlay() {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    if !fuse_available() {
+        return;
+    }
+    let root = unsafe { libc::geteuid() } == 0;
+    let t = fixture();
+    let m = rw(&t);
+    let c = |m: &Mount, p: &str| CString::new(m.join(p).as_os_str().as_bytes()).unwrap();
+    // mknod of a regular file makes an ordinary (empty) file
+    assert_eq!(
+        unsafe { libc::mknod(c(&m, "plain").as_ptr(), libc::S_IFREG | 0o644, 0) },
+        0
+    );
+    assert!(m.join("plain").is_file());
+    // a FIFO: data goes through it in the kernel
+    assert_eq!(
+        unsafe { libc::mkfifo(c(&m, "app/pipe").as_ptr(), 0o644) },
+        0
+    );
+    let writer = {
+        let p = m.join("app/pipe");
+        std::thread::spawn(move || fs::write(p, b"through the pipe").unwrap())
+    };
+    assert_eq!(fs::read(m.join("app/pipe")).unwrap(), b"through the pipe");
+    writer.join().unwrap();
+    // a socket: bind makes the node, connections go through the kernel
+    let listener = UnixListener::bind(m.join("sock")).unwrap();
+    let mut client = UnixStream::connect(m.join("sock")).unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    listener.accept().unwrap().0.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    drop((client, listener));
+    // a character device keeps its number, but a FUSE mount is nodev: it cannot be opened
+    let null = libc::makedev(1, 3);
+    let r = unsafe { libc::mknod(c(&m, "null").as_ptr(), libc::S_IFCHR | 0o666, null) };
+    if root {
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let md = fs::symlink_metadata(m.join("null")).unwrap();
+        assert!(md.file_type().is_char_device());
+        assert_eq!(md.rdev(), null);
+        assert_eq!(errno_of(fs::File::open(m.join("null"))), libc::EACCES);
+    } else {
+        // only CAP_MKNOD may make devices (the kernel checks it before asking the daemon)
+        assert_eq!(r, -1);
+    }
+    let kinds = |m: &Mount| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(m.path())
+            .unwrap()
+            .chain(fs::read_dir(m.join("app")).unwrap())
+            .map(|e| {
+                let e = e.unwrap();
+                // `DirEntry::file_type` is readdir's d_type
+                let ft = e.file_type().unwrap();
+                let k = if ft.is_fifo() {
+                    "fifo"
+                } else if ft.is_socket() {
+                    "socket"
+                } else if ft.is_char_device() {
+                    "char"
+                } else {
+                    return String::new();
+                };
+                format!("{} {k}", e.file_name().to_string_lossy())
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut want = vec!["pipe fifo", "sock socket"];
+    if root {
+        want.insert(0, "null char");
+    }
+    assert_eq!(kinds(&m), want);
+    // link, rename, chmod, chown, utimens, unlink, as for any file
+    fs::hard_link(m.join("app/pipe"), m.join("pipe2")).unwrap();
+    fs::rename(m.join("pipe2"), m.join("app/pipe3")).unwrap();
+    fs::set_permissions(m.join("app/pipe"), fs::Permissions::from_mode(0o600)).unwrap();
+    if root {
+        std::os::unix::fs::lchown(m.join("app/pipe"), Some(12), Some(34)).unwrap();
+    }
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 5,
+        },
+        libc::timespec {
+            tv_sec: 2_000_000,
+            tv_nsec: 7,
+        },
+    ];
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c(&m, "sock").as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    fs::remove_file(m.join("plain")).unwrap();
+    want.push("pipe3 fifo");
+    want.sort();
+    assert_eq!(kinds(&m), want);
+    let check = |m: &Mount| {
+        let p = fs::symlink_metadata(m.join("app/pipe")).unwrap();
+        assert!(p.file_type().is_fifo());
+        assert_eq!((p.mode() & 0o7777, p.nlink()), (0o600, 2));
+        if root {
+            assert_eq!((p.uid(), p.gid()), (12, 34));
+            assert_eq!(fs::symlink_metadata(m.join("null")).unwrap().rdev(), null);
+        }
+        assert_eq!(
+            p.ino(),
+            fs::symlink_metadata(m.join("app/pipe3")).unwrap().ino()
+        );
+        let s = fs::symlink_metadata(m.join("sock")).unwrap();
+        assert!(s.file_type().is_socket());
+        assert_eq!((s.mtime(), s.mtime_nsec()), (2_000_000, 7));
+    };
+    check(&m);
+    // commit: each one is reported, none is stored, all stay; status and diff do not list them
+    fs::write(m.join("README"), b"changed\n").unwrap();
+    let (out, err) = ok_with_err(cli(m.path(), &["commit", "-m", "specials"]));
+    assert!(out.contains("Committed revision 2"), "{out}");
+    for w in [
+        "fifo 'app/pipe' is not stored (the pvr format has no special files)",
+        "fifo 'app/pipe3' is not stored",
+        "socket 'sock' is not stored",
+    ] {
+        assert!(err.contains(w), "missing {w:?} in:\n{err}");
+    }
+    if root {
+        assert!(
+            err.contains("character device 'null' is not stored"),
+            "{err}"
+        );
+    }
+    let head = t.repo.head_state().unwrap();
+    let keys: Vec<&String> = head.iter().map(|(k, _)| k).collect();
+    assert!(!keys
+        .iter()
+        .any(|k| k.contains("pipe") || *k == "sock" || *k == "null"));
+    assert_eq!(ok(cli(m.path(), &["status"])), "");
+    assert_eq!(ok(cli(m.path(), &["diff"])), "{}\n");
+    check(&m);
+    // umount and remount
+    drop(m);
+    let m = rw(&t);
+    check(&m);
+    assert_eq!(kinds(&m), want);
+    // made, then the daemon is SIGKILLed: still there after remount
+    assert_eq!(unsafe { libc::mkfifo(c(&m, "late").as_ptr(), 0o640) }, 0);
+    kill_daemon(m.path());
+    ok(pvrfs_command()
+        .arg("umount")
+        .arg(m.path())
+        .output()
+        .unwrap());
+    let m2 = rw(&t);
+    check(&m2);
+    let late = fs::symlink_metadata(m2.join("late")).unwrap();
+    assert!(late.file_type().is_fifo());
+    assert_eq!(late.mode() & 0o7777, 0o640);
+    for p in ["app/pipe", "app/pipe3", "sock", "late"] {
+        fs::remove_file(m2.join(p)).unwrap();
+    }
+    drop(m);
+}
+
+/// What a pvr state cannot hold at all is refused with the errno a local fs without it would
+/// give.
+#[test]
+fn xattrs_and_dot_pvr_are_refused() {
     if !fuse_available() {
         return;
     }
     let t = fixture();
     let m = rw(&t);
     let c = |p: &str| CString::new(m.join(p).as_os_str().as_bytes()).unwrap();
-    // mknod of a regular file works, a FIFO does not
-    assert_eq!(
-        unsafe { libc::mknod(c("plain").as_ptr(), libc::S_IFREG | 0o644, 0) },
-        0
-    );
-    assert!(m.join("plain").is_file());
-    assert_eq!(unsafe { libc::mkfifo(c("fifo").as_ptr(), 0o644) }, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EPERM)
-    );
+    fs::write(m.join("plain"), b"").unwrap();
     let r = unsafe {
         libc::setxattr(
             c("plain").as_ptr(),
@@ -594,6 +756,11 @@ fn special_files_xattrs_and_dot_pvr_are_refused() {
         Some(libc::EOPNOTSUPP)
     );
     assert_eq!(errno_of(fs::create_dir(m.join(".pvr"))), libc::EPERM);
+    assert_eq!(unsafe { libc::mkfifo(c(".pvr").as_ptr(), 0o644) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
     // read-only-only options are refused with --rw, not ignored
     let out = cli(
         t.path(),

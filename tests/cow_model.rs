@@ -1,9 +1,10 @@
 //! Reference-model tests of a real `--rw` mount: the same seeded random file operations run
 //! through std/libc on the mount and on a plain directory holding the same revision; every
 //! call must give the same result (errno included) and the trees must stay identical (names,
-//! kinds, modes, link counts, contents, symlink targets). Midway the mount is committed,
-//! unmounted and remounted. Plus one file under random reads/writes/truncates against memory,
-//! and SIGKILL of the daemon during writes and during commits.
+//! kinds, modes, link counts, contents, symlink targets, FIFOs, sockets and device numbers).
+//! Midway the mount is committed, unmounted and remounted. Plus one file under random
+//! reads/writes/truncates against memory, and SIGKILL of the daemon during writes and during
+//! commits.
 //!
 //! Knobs: `COW_MODEL_SEEDS=N` (default 2), `COW_MODEL_STEPS=N` (default 1000).
 
@@ -128,7 +129,34 @@ impl Model {
     fn step(&mut self, plain: &Path) -> (String, Op) {
         let (dirs, files, all) = Self::paths(plain);
         let pick = |rng: &mut ChaCha8Rng, v: &[String]| v.choose(rng).cloned();
-        match self.rng.gen_range(0..100) {
+        match self.rng.gen_range(0..104) {
+            100..=103 => {
+                // FIFOs, sockets and (as root, who may make them) device nodes.
+                let p = self.new_path(&dirs);
+                let root = unsafe { libc::geteuid() } == 0;
+                let kinds: &[u32] = if root {
+                    &[libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR]
+                } else {
+                    &[libc::S_IFIFO, libc::S_IFSOCK]
+                };
+                let ifmt = *kinds.choose(&mut self.rng).unwrap();
+                let mode = *MODES.choose(&mut self.rng).unwrap();
+                let rdev = if ifmt == libc::S_IFCHR { 0x103 } else { 0 };
+                (
+                    format!("mknod {p} {ifmt:o} {mode:o}"),
+                    Box::new(move |r: &Path| {
+                        let c = CString::new(r.join(&p).as_os_str().as_bytes()).unwrap();
+                        // SAFETY: a valid NUL-terminated path.
+                        if unsafe { libc::mknod(c.as_ptr(), ifmt | mode, rdev) } != 0 {
+                            return res::<()>(Err(io::Error::last_os_error()));
+                        }
+                        res(fs::set_permissions(
+                            r.join(&p),
+                            fs::Permissions::from_mode(mode),
+                        ))
+                    }),
+                )
+            }
             0..=14 => {
                 let p = self.new_path(&dirs);
                 let mode = *MODES.choose(&mut self.rng).unwrap();
@@ -329,6 +357,8 @@ fn run(seed: u64, steps: usize) {
                 .2
                 .into_iter()
                 .filter(|p| p.ends_with(".json"))
+                // (never read a FIFO named `.json`: it would block)
+                .filter(|p| fs::metadata(plain.join(p)).is_ok_and(|m| m.is_file()))
                 .filter(|p| fs::read(plain.join(p)).is_ok_and(|b| json::parse(&b).is_err()))
                 .collect();
             let head = t.repo.latest().unwrap().rev;

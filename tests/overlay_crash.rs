@@ -6,7 +6,7 @@
 mod common;
 
 use common::{dump_overlay, repo_with};
-use pvrfs::overlay::{Options, Overlay, RenameFlags, SetAttr, ROOT};
+use pvrfs::overlay::{Kind, Options, Overlay, RenameFlags, SetAttr, ROOT};
 use pvrfs::repo::Repo;
 use std::io::Write;
 use std::path::Path;
@@ -14,7 +14,7 @@ use std::process::Command;
 
 const BASE: &[(&str, &[u8])] = &[("a.txt", b"alpha"), ("sub/b.txt", b"beta")];
 /// Each step is one overlay operation (writes have no crash point of their own).
-const ORDER: [usize; 14] = [1, 2, 13, 3, 4, 5, 6, 7, 8, 9, 10, 14, 11, 12];
+const ORDER: [usize; 15] = [1, 2, 13, 3, 4, 5, 6, 15, 7, 8, 9, 10, 14, 11, 12];
 const STEPS: usize = ORDER.len();
 
 /// The workload; `ack(i)` is called once step `i` (1-based) has returned.
@@ -51,6 +51,11 @@ fn workload(repo: &Repo, mut ack: impl FnMut(usize, &mut Overlay)) {
             }
             6 => {
                 ov.symlink(ROOT, "s", "g", uid, uid).unwrap();
+            }
+            15 => {
+                // Special files: journaled, kept by the commits (not storable), then compacted.
+                let e = ov.resolve("e").unwrap();
+                ov.mknod(e, "p", Kind::Fifo, 0o640, 0, uid, uid).unwrap();
             }
             7 => {
                 let set = SetAttr {

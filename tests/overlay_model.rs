@@ -1,6 +1,7 @@
 //! Reference-model tests of the overlay: the same seeded random operations are applied to the
 //! overlay view and to a plain directory through std::fs, and the two trees must stay identical
-//! (names, kinds, modes, link counts, contents, symlink targets, and errno of failed calls),
+//! (names, kinds, modes, link counts, contents, symlink targets, device numbers of FIFOs,
+//! sockets and devices, and errno of failed calls),
 //! across reloads from the journal, compactions and commits.
 //!
 //! Knobs for a wider search: `MODEL_SEEDS=N` (seeds, default 6), `MODEL_FIRST=S` (first seed),
@@ -11,13 +12,15 @@ mod common;
 use common::{dump_dir, dump_overlay, fast_tempdir, repo_with};
 use pvrfs::json;
 use pvrfs::oid::ObjectId;
-use pvrfs::overlay::{Handle, Options, Overlay, RenameFlags, SetAttr};
+use pvrfs::overlay::{Handle, Kind, Options, Overlay, RenameFlags, SetAttr};
 use pvrfs::repo::Repo;
 use pvrfs::state::{Entry, State};
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
+use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -149,7 +152,7 @@ impl Model {
     fn step(&mut self) -> String {
         let (dirs, files, all) = self.paths();
         let uid = self.uid;
-        let op = self.rng.gen_range(0..110);
+        let op = self.rng.gen_range(0..114);
         let (desc, plain, over) = match op {
             0..=14 => {
                 let path = self.new_path(&dirs);
@@ -360,6 +363,39 @@ impl Model {
                 let (_, h) = self.held.pop().unwrap();
                 self.ov().release(h);
                 return "close held".into();
+            }
+            110..=113 => {
+                // FIFOs, sockets and (as root, who may make them) device nodes.
+                let path = self.new_path(&dirs);
+                let kinds: &[(Kind, u32)] = if uid == 0 {
+                    &[
+                        (Kind::Fifo, libc::S_IFIFO),
+                        (Kind::Socket, libc::S_IFSOCK),
+                        (Kind::CharDevice, libc::S_IFCHR),
+                    ]
+                } else {
+                    &[(Kind::Fifo, libc::S_IFIFO), (Kind::Socket, libc::S_IFSOCK)]
+                };
+                let (kind, ifmt) = *kinds.choose(&mut self.rng).unwrap();
+                let mode = *MODES.choose(&mut self.rng).unwrap();
+                let rdev = if kind == Kind::CharDevice { 0x103 } else { 0 };
+                let c = CString::new(self.p(&path).into_os_string().into_vec()).unwrap();
+                // SAFETY: a valid NUL-terminated path.
+                let plain = if unsafe { libc::mknod(c.as_ptr(), ifmt | mode, rdev) } == 0 {
+                    errno_of(fs::set_permissions(
+                        self.p(&path),
+                        fs::Permissions::from_mode(mode),
+                    ))
+                } else {
+                    errno_of::<()>(Err(io::Error::last_os_error()))
+                };
+                let (parent, name) = self.parent_ino(&path);
+                let over =
+                    ov_errno(
+                        self.ov()
+                            .mknod(parent, &name, kind, mode, rdev as u32, uid, uid),
+                    );
+                (format!("mknod {path} {kind:?} {mode:o}"), plain, over)
             }
             _ => return "skip".into(),
         };

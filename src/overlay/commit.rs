@@ -9,7 +9,9 @@
 //! view never changes under the user: empty directories, modes other than 0644/0755, owners,
 //! symlinks (a symlink to a file inside the tree is *also* stored as a copy of the file's
 //! content, as pvr does; a dangling symlink or one to a directory is not stored), hard links
-//! (each name is stored with the same content).
+//! (each name is stored with the same content), FIFOs, sockets and device nodes (not stored at
+//! all; a symlink to one is not stored either). Special files never show in `status` or
+//! `diff`; one that took the place of a stored file shows as that file's deletion.
 
 use super::{Body, Content, Overlay, DIR_MODE, FILE_MODE, ROOT};
 use crate::error::{Error, IoContext, Result};
@@ -161,6 +163,14 @@ impl Overlay {
                 }
                 None => self.unstorable(w, path, format!("symlink '{path}' -> '{target}' is not stored (it does not point to a file in the tree)")),
             },
+            Body::Special(kind, _) => self.unstorable(
+                w,
+                path,
+                format!(
+                    "{} '{path}' is not stored (the pvr format has no special files)",
+                    kind.describe()
+                ),
+            ),
         }
         Ok(())
     }
@@ -261,6 +271,7 @@ impl Overlay {
                     match &self.nodes[&child].body {
                         Body::Dir(_) => stack.push(child),
                         Body::File(_) => return todo.is_empty().then_some(child),
+                        Body::Special(..) => return None,
                         Body::Symlink(t) => {
                             hops += 1;
                             if hops > 40 {

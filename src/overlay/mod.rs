@@ -38,6 +38,20 @@
 //! - Hard links: one node, several `(parent, name)` links; `nlink` is their count. A node whose
 //!   last link goes away stays in memory (readable through open handles) until [`Overlay::forget`].
 //!
+//! # Node kinds
+//!
+//! Directories, regular files (base content or an upper file), symlinks, and *special* nodes:
+//! FIFOs, sockets, character and block devices ([`Overlay::mknod`], journaled as `mknod`
+//! records with their device number). Special nodes have no content in the overlay — the
+//! kernel runs pipes and sockets in its own inode and FUSE mounts are `nodev` — and the pvr
+//! format cannot hold them, so a commit reports each and keeps it in the overlay. Every kind
+//! can be renamed, hard-linked (but directories), unlinked and have its attributes set.
+//!
+//! Times: every name change (`attach`/`detach`: create, link, unlink, rename) sets the node's
+//! ctime and its directory's mtime and ctime to now, as a local file system does; `setattr`
+//! sets ctime. Only explicitly set atime/mtime are journaled; at load, a node a record touched
+//! gets the load time as its ctime.
+//!
 //! # Change tracking (what makes commit O(change))
 //!
 //! `affected` holds every path an operation touched (both ends of a rename, the new name of a
@@ -112,11 +126,58 @@ fn errno(op: &'static str, path: impl Into<String>, errno: i32) -> FsError {
 }
 
 /// What a node is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Dir,
     File,
     Symlink,
+    /// A named pipe (`mkfifo`): the kernel runs it, the overlay only names it.
+    Fifo,
+    /// A unix socket's name (`bind` on a path).
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    /// The special kind of a `mknod` mode's type bits (`S_IFIFO`, `S_IFSOCK`, `S_IFCHR`,
+    /// `S_IFBLK`); `None` for any other type.
+    pub fn special_from_mode(mode: u32) -> Option<Kind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            libc::S_IFCHR => Some(Kind::CharDevice),
+            libc::S_IFBLK => Some(Kind::BlockDevice),
+            _ => None,
+        }
+    }
+
+    /// FIFOs, sockets and devices: nodes with no content of their own (see `Overlay::mknod`).
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice
+        )
+    }
+
+    /// Whether `rdev` means something for this kind (device nodes only).
+    fn has_rdev(self) -> bool {
+        matches!(self, Kind::CharDevice | Kind::BlockDevice)
+    }
+
+    /// How messages name this kind ("fifo 'p' is not stored").
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Dir => "directory",
+            Kind::File => "file",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::CharDevice => "character device",
+            Kind::BlockDevice => "block device",
+        }
+    }
 }
 
 /// Attributes of a node, as `getattr` reports them.
@@ -133,6 +194,8 @@ pub struct Attr {
     pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// Device number of a character or block device (as the kernel encodes it), else 0.
+    pub rdev: u32,
 }
 
 /// Changes requested by `setattr`; `None` leaves a field alone.
@@ -187,6 +250,19 @@ enum Body {
     Dir(BTreeMap<String, u64>),
     File(Content),
     Symlink(String),
+    /// A FIFO, socket or device node (`Kind::is_special`) and its device number.
+    Special(Kind, u32),
+}
+
+impl Body {
+    fn kind(&self) -> Kind {
+        match self {
+            Body::Dir(_) => Kind::Dir,
+            Body::File(_) => Kind::File,
+            Body::Symlink(_) => Kind::Symlink,
+            Body::Special(kind, _) => *kind,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +325,16 @@ pub enum Record {
         path: String,
         ino: u64,
         target: String,
+        uid: u32,
+        gid: u32,
+    },
+    /// A FIFO, socket or device node (`kind` is one of those; `rdev` 0 but for devices).
+    Mknod {
+        path: String,
+        ino: u64,
+        kind: Kind,
+        rdev: u32,
+        mode: u32,
         uid: u32,
         gid: u32,
     },
@@ -629,6 +715,11 @@ impl Overlay {
             Body::File(Content::Base(e)) => {
                 (Kind::File, self.base_size(ino, e)?, node.mtime, node.ctime)
             }
+            Body::Special(kind, _) => (*kind, 0, node.mtime, node.ctime),
+        };
+        let rdev = match node.body {
+            Body::Special(_, rdev) => rdev,
+            _ => 0,
         };
         let nlink = match &node.body {
             Body::Dir(_) => 2 + self.subdirs.get(&ino).copied().unwrap_or(0),
@@ -645,6 +736,7 @@ impl Overlay {
             atime: node.atime,
             mtime,
             ctime,
+            rdev,
         })
     }
 
@@ -678,14 +770,7 @@ impl Overlay {
         Ok(self
             .children("readdir", ino)?
             .iter()
-            .map(|(name, &child)| {
-                let kind = match self.nodes[&child].body {
-                    Body::Dir(_) => Kind::Dir,
-                    Body::File(_) => Kind::File,
-                    Body::Symlink(_) => Kind::Symlink,
-                };
-                (name.clone(), child, kind)
-            })
+            .map(|(name, &child)| (name.clone(), child, self.nodes[&child].body.kind()))
             .collect())
     }
 
@@ -775,10 +860,13 @@ impl Overlay {
         }
     }
 
+    /// Give `ino` the name `name` in `parent`. Like `detach`, this changes the node's ctime
+    /// (`link` and `rename` do on a local file system) and the parent's mtime and ctime.
     fn attach(&mut self, parent: u64, name: &str, ino: u64) {
         dir_children(&mut self.nodes, parent).insert(name.to_string(), ino);
         let node = self.nodes.get_mut(&ino).expect("attached node exists");
         node.links.push((parent, name.to_string()));
+        node.ctime = SystemTime::now();
         if matches!(node.body, Body::Dir(_)) {
             *self.subdirs.entry(parent).or_default() += 1;
         }
@@ -874,6 +962,23 @@ impl Overlay {
             } => {
                 let (parent, name) = self.parent_of("symlink", path)?;
                 let ino = self.new_node(*ino, Body::Symlink(target.clone()), 0o777, *uid, *gid);
+                self.attach(parent, &name, ino);
+                self.mark(path);
+            }
+            Record::Mknod {
+                path,
+                ino,
+                kind,
+                rdev,
+                mode,
+                uid,
+                gid,
+            } => {
+                if !kind.is_special() {
+                    return Err(errno("mknod", path.as_str(), libc::EINVAL));
+                }
+                let (parent, name) = self.parent_of("mknod", path)?;
+                let ino = self.new_node(*ino, Body::Special(*kind, *rdev), *mode, *uid, *gid);
                 self.attach(parent, &name, ino);
                 self.mark(path);
             }
@@ -1107,6 +1212,38 @@ impl Overlay {
         self.getattr(ino)
     }
 
+    /// Create a FIFO, socket or device node (`kind.is_special()`, else `EINVAL`: regular files
+    /// are `create`d). The overlay only names it and keeps its attributes: a FIFO or a bound
+    /// socket works in the kernel, a device is opened by the kernel's driver (which `nodev`
+    /// mounts refuse). `rdev` is kept for devices only (0 otherwise, as ext4 does).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &mut self,
+        parent: u64,
+        name: &str,
+        kind: Kind,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        let path = self.new_entry_path("mknod", parent, name)?;
+        if !kind.is_special() {
+            return Err(errno("mknod", path, libc::EINVAL));
+        }
+        let ino = self.alloc();
+        self.commit_record(Record::Mknod {
+            path,
+            ino,
+            kind,
+            rdev: if kind.has_rdev() { rdev } else { 0 },
+            mode: mode & 0o7777,
+            uid,
+            gid,
+        })?;
+        self.getattr(ino)
+    }
+
     /// Hard link: a new name for an existing non-directory.
     pub fn link(&mut self, ino: u64, parent: u64, name: &str) -> Result<Attr> {
         // As Linux: an existing target name is reported before a directory source.
@@ -1237,6 +1374,9 @@ impl Overlay {
             Body::File(c) => c.clone(),
             Body::Dir(_) => return Err(errno("open", self.display_path(ino), libc::EISDIR)),
             Body::Symlink(_) => return Err(errno("open", self.display_path(ino), libc::ELOOP)),
+            // The kernel opens these itself (pipes, sockets, drivers) and never asks a FUSE
+            // server; for anyone else they have no content here.
+            Body::Special(..) => return Err(errno("open", self.display_path(ino), libc::ENXIO)),
         };
         let upper = match content {
             Content::Upper(u) => u,
@@ -1453,7 +1593,7 @@ impl Overlay {
                 Body::Dir(_) => {
                     return Err(errno("truncate", self.display_path(ino), libc::EISDIR))
                 }
-                Body::Symlink(_) => {
+                Body::Symlink(_) | Body::Special(..) => {
                     return Err(errno("truncate", self.display_path(ino), libc::EINVAL))
                 }
                 Body::File(_) => {}
@@ -1646,6 +1786,15 @@ impl Overlay {
                 path: path.to_string(),
                 ino,
                 target: target.clone(),
+                uid,
+                gid,
+            }),
+            Body::Special(kind, rdev) => out.push(Record::Mknod {
+                path: path.to_string(),
+                ino,
+                kind: *kind,
+                rdev: *rdev,
+                mode,
                 uid,
                 gid,
             }),

@@ -78,7 +78,8 @@ fn dump(ov: &mut Overlay) -> Vec<String> {
                     "dir".to_string()
                 }
                 Kind::Symlink => format!("-> {}", ov.readlink(child).unwrap()),
-                Kind::File => {
+                k if k.is_special() => format!("{} rdev={}", k.describe(), a.rdev),
+                _ => {
                     let bytes = read_all(ov, &p);
                     assert_eq!(bytes.len() as u64, a.size, "size of {p}");
                     format!("{:?}", String::from_utf8_lossy(&bytes))
@@ -361,6 +362,127 @@ fn hard_links_share_data_and_survive_reload() {
 }
 
 #[test]
+fn special_files_are_typed_nodes_that_survive_replay_and_snapshots() {
+    let (_d, repo, mut ov) = sample();
+    let d = ino(&ov, "d");
+    let fifo = ov
+        .mknod(ROOT, "fifo", Kind::Fifo, 0o640, 77, uid(), uid())
+        .unwrap();
+    // rdev means something for devices only (as on ext4); sizes are 0.
+    assert_eq!(
+        (fifo.kind, fifo.mode, fifo.rdev, fifo.size, fifo.nlink),
+        (Kind::Fifo, 0o640, 0, 0, 1)
+    );
+    let sock = ov
+        .mknod(d, "sock", Kind::Socket, 0o755, 0, uid(), uid())
+        .unwrap();
+    let chr = ov
+        .mknod(d, "null", Kind::CharDevice, 0o666, 0x103, 7, 8)
+        .unwrap();
+    let blk = ov
+        .mknod(ROOT, "disk", Kind::BlockDevice, 0o660, 0x801, uid(), uid())
+        .unwrap();
+    assert_eq!(
+        (chr.kind, chr.rdev, chr.uid, chr.gid),
+        (Kind::CharDevice, 0x103, 7, 8)
+    );
+    assert_eq!((blk.kind, blk.rdev), (Kind::BlockDevice, 0x801));
+    assert_eq!(ov.lookup(d, "sock").unwrap().kind, Kind::Socket);
+    let listed: Vec<_> = ov.readdir(d).unwrap();
+    assert!(listed.contains(&("sock".into(), sock.ino, Kind::Socket)));
+    assert!(listed.contains(&("null".into(), chr.ino, Kind::CharDevice)));
+    // Names are checked as for any node; regular files are `create`d, not mknod'ed.
+    assert_eq!(
+        err(ov.mknod(ROOT, "fifo", Kind::Fifo, 0o644, 0, uid(), uid())),
+        libc::EEXIST
+    );
+    assert_eq!(
+        err(ov.mknod(ROOT, "f", Kind::File, 0o644, 0, uid(), uid())),
+        libc::EINVAL
+    );
+    assert_eq!(
+        err(ov.mknod(ROOT, ".pvr", Kind::Fifo, 0o644, 0, uid(), uid())),
+        libc::EPERM
+    );
+    // No content: the kernel opens them itself.
+    assert_eq!(err(ov.open(fifo.ino, false, false)), libc::ENXIO);
+    let trunc = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(err(ov.setattr(fifo.ino, &trunc)), libc::EINVAL);
+    // Link, rename, chmod, chown, utimens, unlink as any other node.
+    let t = UNIX_EPOCH + Duration::from_secs(1_234_567);
+    ov.link(fifo.ino, d, "fifo2").unwrap();
+    ov.rename(ROOT, "disk", d, "disk", RenameFlags::default())
+        .unwrap();
+    let set = SetAttr {
+        mode: Some(0o600),
+        uid: Some(9),
+        gid: Some(10),
+        atime: Some(t),
+        mtime: Some(t),
+        ..Default::default()
+    };
+    ov.setattr(fifo.ino, &set).unwrap();
+    ov.unlink(d, "sock").unwrap();
+    let expect = |ov: &Overlay| {
+        let f = ov.lookup(ROOT, "fifo").unwrap();
+        assert_eq!(
+            (f.kind, f.mode, f.uid, f.gid, f.mtime, f.nlink),
+            (Kind::Fifo, 0o600, 9, 10, t, 2)
+        );
+        assert_eq!(ov.resolve("d/fifo2"), Some(f.ino), "one node, two names");
+        let b = ov.lookup(ino(ov, "d"), "disk").unwrap();
+        assert_eq!((b.kind, b.rdev, b.mode), (Kind::BlockDevice, 0x801, 0o660));
+        assert!(ov.resolve("disk").is_none() && ov.resolve("d/sock").is_none());
+        let c = ov.lookup(ino(ov, "d"), "null").unwrap();
+        assert_eq!((c.kind, c.rdev, c.uid), (Kind::CharDevice, 0x103, 7));
+    };
+    expect(&ov);
+    let view = dump(&mut ov);
+    // Replayed from the journal...
+    let mut ov = reload(&repo, ov);
+    expect(&ov);
+    assert_eq!(dump(&mut ov), view);
+    // ...and from a snapshot (every load compacts; this reload replays that snapshot only).
+    assert_eq!(
+        fs::metadata(journal::journal_path(ov.dir())).unwrap().len(),
+        16
+    );
+    let mut ov = reload(&repo, ov);
+    expect(&ov);
+    assert_eq!(dump(&mut ov), view);
+}
+
+/// `link` changes the file's ctime and its new directory's mtime and ctime (POSIX; pjdfstest
+/// checks it), as `unlink` and `rename` do.
+#[test]
+fn link_unlink_and_rename_update_ctime_and_the_directories_times() {
+    let (_d, _repo, mut ov) = sample();
+    let a = ino(&ov, "a.txt");
+    let d = ino(&ov, "d");
+    let before = (ov.getattr(a).unwrap(), ov.getattr(d).unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    ov.link(a, d, "a2").unwrap();
+    let after = (ov.getattr(a).unwrap(), ov.getattr(d).unwrap());
+    assert!(after.0.ctime > before.0.ctime, "link: file ctime");
+    assert_eq!(after.0.mtime, before.0.mtime, "link: file mtime unchanged");
+    assert!(after.1.mtime > before.1.mtime && after.1.ctime > before.1.ctime);
+    for op in ["unlink", "rename"] {
+        let before = ov.getattr(a).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        match op {
+            "unlink" => ov.unlink(d, "a2").unwrap(),
+            _ => ov
+                .rename(ROOT, "a.txt", ROOT, "moved", RenameFlags::default())
+                .unwrap(),
+        }
+        assert!(ov.getattr(a).unwrap().ctime > before.ctime, "{op}: ctime");
+    }
+}
+
+#[test]
 fn setattr_chmod_chown_utimens_truncate() {
     let (_d, repo, mut ov) = sample();
     let a = ino(&ov, "a.txt");
@@ -502,6 +624,22 @@ fn torn_journal_tails_replay_to_before_or_after() {
             ..Default::default()
         };
         ov.setattr(2, &set).unwrap();
+    });
+    torn_tail_check("mkfifo", |ov| {
+        ov.mknod(ROOT, "p", Kind::Fifo, 0o640, 0, uid(), uid())
+            .unwrap();
+    });
+    torn_tail_check("mknod-char", |ov| {
+        ov.mknod(
+            ino(ov, "d"),
+            "null",
+            Kind::CharDevice,
+            0o666,
+            0x103,
+            uid(),
+            uid(),
+        )
+        .unwrap();
     });
     torn_tail_check("copy-up", |ov| {
         let h = ov.open(ino(ov, "d/b.txt"), true, false).unwrap();
@@ -666,6 +804,25 @@ fn commit_reports_what_the_format_cannot_hold() {
         ..Default::default()
     };
     ov.setattr(ino(&ov, "a.txt"), &set).unwrap();
+    ov.mknod(ROOT, "pipe", Kind::Fifo, 0o644, 0, uid(), uid())
+        .unwrap();
+    ov.mknod(
+        ino(&ov, "d"),
+        "null",
+        Kind::CharDevice,
+        0o666,
+        0x103,
+        uid(),
+        uid(),
+    )
+    .unwrap();
+    ov.mknod(ino(&ov, "d"), "sock", Kind::Socket, 0o755, 0, uid(), uid())
+        .unwrap();
+    ov.mknod(ROOT, "disk", Kind::BlockDevice, 0o660, 0x801, uid(), uid())
+        .unwrap();
+    ov.symlink(ROOT, "to-pipe", "pipe", uid(), uid()).unwrap();
+    // status and diff do not show what cannot be stored
+    assert_eq!(ov.status_text().unwrap(), "A d/up\nA to-b\n");
     let report = ov.commit("odd").unwrap();
     let w = report.warnings.join("\n");
     for needle in [
@@ -675,6 +832,11 @@ fn commit_reports_what_the_format_cannot_hold() {
         "symlink 'dangling' -> 'nowhere' is not stored",
         "symlink 'abs' -> '/etc/passwd' is not stored",
         "mode 0755 of 'a.txt'",
+        "fifo 'pipe' is not stored (the pvr format has no special files)",
+        "character device 'd/null' is not stored (the pvr format has no special files)",
+        "socket 'd/sock' is not stored (the pvr format has no special files)",
+        "block device 'disk' is not stored (the pvr format has no special files)",
+        "symlink 'to-pipe' -> 'pipe' is not stored",
     ] {
         assert!(w.contains(needle), "missing {needle:?} in:\n{w}");
     }
@@ -682,8 +844,29 @@ fn commit_reports_what_the_format_cannot_hold() {
     assert_eq!(head.get("to-b"), head.get("d/b.txt"));
     assert_eq!(head.get("d/up"), head.get("a.txt"));
     assert!(head.get("dangling").is_none() && head.get("empty").is_none());
+    for p in ["pipe", "d/null", "d/sock", "disk", "to-pipe"] {
+        assert!(head.get(p).is_none(), "{p} stored");
+    }
     // They stay in the view and the overlay, across a reload too.
+    let mut ov = reload(&repo, ov);
+    assert_eq!(ov.lookup(ROOT, "pipe").unwrap().kind, Kind::Fifo);
+    let null = ov.lookup(ino(&ov, "d"), "null").unwrap();
+    assert_eq!((null.kind, null.rdev), (Kind::CharDevice, 0x103));
+    assert_eq!(ov.lookup(ino(&ov, "d"), "sock").unwrap().kind, Kind::Socket);
+    assert_eq!(ov.lookup(ROOT, "disk").unwrap().kind, Kind::BlockDevice);
+    // One that takes the place of a stored file: the file is deleted from the state.
+    ov.unlink(ROOT, "conf.json").unwrap();
+    ov.rename(ROOT, "pipe", ROOT, "conf.json", RenameFlags::default())
+        .unwrap();
+    assert_eq!(ov.status_text().unwrap(), "D conf.json\n");
+    let report = ov.commit("fifo over a file").unwrap();
+    assert!(report
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("fifo 'conf.json'")));
+    assert!(repo.head_state().unwrap().get("conf.json").is_none());
     let ov = reload(&repo, ov);
+    assert_eq!(ov.lookup(ROOT, "conf.json").unwrap().kind, Kind::Fifo);
     assert_eq!(ov.lookup(ROOT, "to-b").unwrap().kind, Kind::Symlink);
     assert_eq!(ov.lookup(ROOT, "empty").unwrap().kind, Kind::Dir);
     assert_eq!(ov.lookup(ROOT, "a.txt").unwrap().mode, 0o755);

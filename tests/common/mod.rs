@@ -8,7 +8,7 @@ use pvrfs::repo::{Repo, Revision};
 use pvrfs::state::{Entry, State, DEFAULT_SPEC};
 use std::fs;
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -243,7 +243,8 @@ pub fn dump_overlay(ov: &mut Overlay) -> Vec<String> {
                     "dir".to_string()
                 }
                 Kind::Symlink => format!("-> {}", ov.readlink(ino).unwrap()),
-                Kind::File => {
+                special if special.is_special() => special_line(special, a.rdev as u64),
+                _ => {
                     let h = ov.open(ino, false, false).unwrap();
                     let bytes = ov.read(&h, 0, a.size as usize + 1).unwrap();
                     ov.release(h);
@@ -256,6 +257,11 @@ pub fn dump_overlay(ov: &mut Overlay) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// How the dumps show a FIFO, socket or device node (they have no content to compare).
+fn special_line(kind: Kind, rdev: u64) -> String {
+    format!("{} rdev={rdev}", kind.describe())
 }
 
 /// `dump_overlay` of a plain directory tree.
@@ -272,9 +278,24 @@ pub fn dump_dir(root: &Path) -> Vec<String> {
                 format!("{path}/{name}")
             };
             let md = fs::symlink_metadata(entry.path()).unwrap();
+            let ft = md.file_type();
+            let special = if ft.is_fifo() {
+                Some(Kind::Fifo)
+            } else if ft.is_socket() {
+                Some(Kind::Socket)
+            } else if ft.is_char_device() {
+                Some(Kind::CharDevice)
+            } else if ft.is_block_device() {
+                Some(Kind::BlockDevice)
+            } else {
+                None
+            };
             let what = if md.is_dir() {
                 todo.push((entry.path(), p.clone()));
                 "dir".to_string()
+            } else if let Some(kind) = special {
+                // Never read: opening a FIFO would block.
+                special_line(kind, md.rdev())
             } else if md.file_type().is_symlink() {
                 format!("-> {}", fs::read_link(entry.path()).unwrap().display())
             } else {
