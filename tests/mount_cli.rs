@@ -117,6 +117,22 @@ fn read_only_commands_inside_mounts_use_the_mounted_repository() {
         let view = json::parse(ok(&inside, &["json"]).as_bytes()).unwrap();
         assert_eq!(view["f.txt"], json::Value::String(oid(b"one")), "{extra:?}");
     }
+    // A read-only mount's view is its revision: no status, an empty diff, diffs against it
+    // from revisions, and a clear refusal to commit or reset.
+    let ro = Mount::new(t.path(), "1", &[]);
+    let inside = ro.join(".");
+    assert_eq!(ok(&inside, &["status"]), "");
+    assert_eq!(ok(&inside, &["diff"]), "{}\n");
+    let d = json::parse(ok(&inside, &["diff", "2"]).as_bytes()).unwrap();
+    assert_eq!(d["f.txt"], json::Value::String(oid(b"one")));
+    for args in [&["commit", "-m", "x"][..], &["reset", "--mount", "."][..]] {
+        let out = cli(&inside, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("read-only mount (revision 1)"),
+            "{args:?}: {err}"
+        );
+    }
     // Outside any repository and mount, the same commands still say so.
     let elsewhere = tempfile::tempdir().unwrap();
     let out = cli(elsewhere.path(), &["log"]);

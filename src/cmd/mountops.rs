@@ -36,6 +36,7 @@ fn req(op: &str, message: Option<String>) -> Request {
 
 /// `commit` of the mount `mnt`: the daemon commits its overlay as the next revision.
 pub fn commit(mnt: &Path, args: CommitArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    refuse_read_only(mnt, "commit")?;
     let a = control::request(mnt, &req("commit", args.message))?;
     for w in &a.warnings {
         writeln!(ctx.err, "warning: {w}")?;
@@ -47,8 +48,11 @@ pub fn commit(mnt: &Path, args: CommitArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
     Ok(())
 }
 
-/// `status` of the mount `mnt`, in pvr's format.
+/// `status` of the mount `mnt`, in pvr's format (a read-only mount never has changes).
 pub fn status(mnt: &Path, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    if !is_rw(mnt) {
+        return Ok(());
+    }
     let a = control::request(mnt, &req("status", None))?;
     ctx.out.write_all(a.text.as_bytes())?;
     Ok(())
@@ -56,9 +60,9 @@ pub fn status(mnt: &Path, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 /// `diff` of the mount `mnt`. Without revisions, as a merge patch: the overlay's changes, asked
 /// from the daemon (O(change)). Otherwise the view (or two revisions) against the revisions
-/// named, in either format, as outside a mount.
+/// named, in either format, as outside a mount. A read-only mount's view is its revision.
 pub fn diff(mnt: &Path, args: DiffArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    if args.revs.is_empty() && args.format == DiffFormat::Merge {
+    if args.revs.is_empty() && args.format == DiffFormat::Merge && is_rw(mnt) {
         let a = control::request(mnt, &req("diff", None))?;
         ctx.out.write_all(a.text.as_bytes())?;
         if !a.text.ends_with('\n') {
@@ -68,14 +72,11 @@ pub fn diff(mnt: &Path, args: DiffArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
     }
     let repo = mount_repo(mnt)?;
     let (old, new) = match args.revs.as_slice() {
-        [] => {
-            let base = control::request(mnt, &req("info", None))?.rev.unwrap_or(0);
-            (
-                repo.load_state(&repo.resolve(&base.to_string())?)?,
-                view_state(mnt)?,
-            )
-        }
-        [a] => (repo.load_state(&repo.resolve(a)?)?, view_state(mnt)?),
+        [] => (
+            repo.load_state(&repo.resolve(&base_rev(mnt)?)?)?,
+            view_state(mnt, &repo)?,
+        ),
+        [a] => (repo.load_state(&repo.resolve(a)?)?, view_state(mnt, &repo)?),
         [a, b] => (
             repo.load_state(&repo.resolve(a)?)?,
             repo.load_state(&repo.resolve(b)?)?,
@@ -90,15 +91,7 @@ pub fn diff(mnt: &Path, args: DiffArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
 /// `json` (no revision) inside a mount: the state a commit would make now (`--rw`), or the
 /// mounted revision's state (read-only mount).
 pub fn json(mnt: &Path, args: JsonArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let state = match view_state(mnt) {
-        Ok(state) => state,
-        Err(_) if !is_rw(mnt) => {
-            let repo = mount_repo(mnt)?;
-            let rev = mounted_rev(mnt).unwrap_or_else(|| "latest".into());
-            repo.load_state(&repo.resolve(&rev)?)?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let state = view_state(mnt, &mount_repo(mnt)?)?;
     let value = state.to_value();
     if args.canonical {
         ctx.out.write_all(&crate::json::to_canonical(&value))?;
@@ -110,10 +103,43 @@ pub fn json(mnt: &Path, args: JsonArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The view of a `--rw` mount as a state (asked from its daemon).
-fn view_state(mnt: &Path) -> crate::Result<State> {
+/// What the mount shows, as a state: a `--rw` mount's view (asked from its daemon), or a
+/// read-only mount's revision.
+fn view_state(mnt: &Path, repo: &Repo) -> crate::Result<State> {
+    if !is_rw(mnt) {
+        return repo.load_state(&repo.resolve(&base_rev(mnt)?)?);
+    }
     let a = control::request(mnt, &req("state", None))?;
     State::from_json_bytes(a.text.as_bytes(), &format!("the view of {}", mnt.display()))
+}
+
+/// The revision a mount is based on: a `--rw` mount's daemon says; a read-only mount's source
+/// (`pvrfs:REPO@REV`) names it.
+fn base_rev(mnt: &Path) -> crate::Result<String> {
+    if is_rw(mnt) {
+        let a = control::request(mnt, &req("info", None))?;
+        return Ok(a.rev.unwrap_or(0).to_string());
+    }
+    mount_info(mnt)
+        .and_then(|info| info.repo_and_rev().map(|(_, rev)| rev.to_string()))
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "cannot tell which revision '{}' shows",
+                mnt.display()
+            ))
+        })
+}
+
+/// `commit`/`reset` of a read-only mount: there is nothing to commit or discard.
+fn refuse_read_only(mnt: &Path, what: &str) -> crate::Result<()> {
+    if is_rw(mnt) {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "'{}' is a read-only mount (revision {}): nothing to {what}; mount with --rw to change files",
+        mnt.display(),
+        base_rev(mnt).unwrap_or_else(|_| "?".into())
+    )))
 }
 
 fn mount_info(mnt: &Path) -> Option<mount::MountInfo> {
@@ -125,12 +151,6 @@ fn mount_info(mnt: &Path) -> Option<mount::MountInfo> {
 
 fn is_rw(mnt: &Path) -> bool {
     mount_info(mnt).is_some_and(|m| m.source.contains("@rw:"))
-}
-
-/// The revision a read-only mount shows (from its mount source).
-fn mounted_rev(mnt: &Path) -> Option<String> {
-    let info = mount_info(mnt)?;
-    info.repo_and_rev().map(|(_, rev)| rev.to_string())
 }
 
 /// The repository a pvrfs mount serves: asked from a `--rw` mount's daemon, else read from the
@@ -161,6 +181,7 @@ pub fn reset(mnt: &Path, args: ResetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<(
         )
         .into());
     }
+    refuse_read_only(mnt, "reset")?;
     control::request(mnt, &req("reset", None))?;
     if !ctx.quiet {
         writeln!(ctx.err, "discarded the changes of {}", mnt.display())?;
