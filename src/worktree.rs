@@ -345,23 +345,41 @@ impl<'r> WorkTree<'r> {
             )
             .collect();
         // With a walk, tracked files get their stat key from it (fstatat, cheap); the others
-        // (ignored by .pvrignore, or gone) are looked up one by one below.
+        // (ignored by .pvrignore, or gone) are looked up one by one below. Directories that did
+        // not change since the last walk are not read again (`walk`'s directory cache).
         let mut untracked = Vec::new();
         let mut keys: Vec<Option<StatKey>> = vec![None; paths.len()];
-        {
-            let index: HashMap<&str, usize> = paths
-                .iter()
-                .enumerate()
-                .map(|(i, (p, _))| (p.as_str(), i))
-                .collect();
-            let root = self.repo.workdir();
-            for w in walk::walk(root, root, &|p| index.get(p).copied())? {
-                match w {
-                    walk::Walked::Known(i, k) => keys[i] = Some(k),
-                    walk::Walked::Other(p) => untracked.push(p),
-                    walk::Walked::NotUtf8(p) => untracked.push(p.to_string_lossy().into_owned()),
-                }
+        let root = self.repo.workdir();
+        let tracked = walk::Tracked::new(paths.iter().map(|(p, _)| p.as_str()));
+        let use_dirs = walk::dircache_supported(root);
+        let dircache = walk::DirCache {
+            old: self.cache.dirs(),
+            stable_before_ns: walk::DirCache::cutoff_now(),
+        };
+        let walked = walk::walk(root, root, &tracked, use_dirs.then_some(&dircache))?;
+        for w in walked.found {
+            match w {
+                walk::Walked::Known(i, k) => keys[i] = Some(k),
+                walk::Walked::Other(p) => untracked.push(p),
+                walk::Walked::NotUtf8(p) => untracked.push(p.to_string_lossy().into_owned()),
             }
+        }
+        let dirs_changed = walked.dirs.len() != self.cache.dirs().len()
+            || walked
+                .dirs
+                .iter()
+                .any(|(_, o)| matches!(o, walk::DirOutcome::Read(_)));
+        if dirs_changed {
+            let old = self.cache.dirs();
+            let dirs: HashMap<String, walk::DirRecord> = walked
+                .dirs
+                .into_iter()
+                .filter_map(|(path, o)| match o {
+                    walk::DirOutcome::Read(r) => Some((path, r)),
+                    walk::DirOutcome::Reused => old.get(&path).cloned().map(|r| (path, r)),
+                })
+                .collect();
+            self.cache.set_dirs(dirs);
         }
         let cache = &self.cache;
         let probes: Vec<(&String, Option<&Entry>, bool, Option<Probe>)> = paths
@@ -411,6 +429,7 @@ impl<'r> WorkTree<'r> {
             updates.insert((*path).clone(), entry);
         }
         // Rewrite the cache only when it learned something (or lost entries).
+        let mut save = dirs_changed;
         if cache_dirty || present != self.cache.len() {
             let new_cache: HashMap<String, CacheEntry> = probes
                 .iter()
@@ -420,7 +439,10 @@ impl<'r> WorkTree<'r> {
                         .map(|c| ((*path).clone(), c))
                 })
                 .collect();
-            self.cache.replace_and_save(new_cache);
+            save |= self.cache.replace(new_cache);
+        }
+        if save {
+            self.cache.save_now();
         }
 
         Ok(Scan {

@@ -1,20 +1,28 @@
 //! The stat cache (`.pvr/pvrfs/statcache`): what pvrfs last learned about each tracked file, so
-//! that `status`, `diff` and `commit` re-read only files whose `lstat` changed (git's index idea).
+//! that `status`, `diff` and `commit` re-read only files whose `lstat` changed (git's index idea),
+//! and about each directory, so that `status` reads only directories that changed (git's
+//! untracked cache; the rules are in `walk`).
 //!
 //! Per path it keeps the `lstat` key (size, mtime ns, ctime ns, inode, device), the sha256 of the
 //! file's bytes and, for a `.json` file that parsed, the sha256 of its value's canonical bytes.
+//! Per directory it keeps a `walk::DirRecord`.
 //!
-//! Format (little-endian, written to a temp file and renamed, so never torn):
-//! `b"PVRFSSC1"`, then per entry: `size u64, mtime i64, ctime i64, ino u64, dev u64, sha [32],
-//! has_value u8, value_sha [32] (only when has_value = 1), path_len u32, path bytes`. Anything that
-//! does not decode makes the whole cache empty: it is only a cache.
+//! Format (little-endian), written to a temp file and renamed:
+//! `b"PVRFSSC2"`, `checksum u64` (of everything after it), `files u32`, then per file:
+//! `size u64, mtime i64, ctime i64, ino u64, dev u64, sha [32], has_value u8, value_sha [32]
+//! (only when has_value = 1), path_len u32, path bytes`; then `dirs u32` and per directory:
+//! `size u64, mtime i64, ctime i64, ino u64, dev u64, flags u8 (1 = stable, 2 = has an ignore
+//! entry), the ignore entry's five u64 (only with flag 2), path_len u32, path, listing_len u32,
+//! listing`. A file that does not decode, fails its checksum, or has trailing bytes makes the
+//! whole cache empty (status then reads everything): it is only a cache.
 //!
 //! Racy entries (git's "racily clean" problem): a file written in the same timestamp tick as the
-//! cache could change again without its mtime moving. An entry is trusted only when the file's
-//! mtime is strictly older than the cache file's own mtime, which comes from the same (coarse)
-//! kernel clock as the files' mtimes; anything else is re-hashed and the cache rewritten, so it
-//! converges on the next run.
+//! cache could change again without its mtime moving. A file entry is trusted only when the
+//! file's mtime is strictly older than the cache file's own mtime, which comes from the same
+//! (coarse) kernel clock as the files' mtimes; anything else is re-hashed and the cache
+//! rewritten, so it converges on the next run.
 
+use super::walk::DirRecord;
 use crate::fsutil;
 use crate::oid::ObjectId;
 use std::fs;
@@ -22,7 +30,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"PVRFSSC1";
+const MAGIC: &[u8; 8] = b"PVRFSSC2";
 
 /// FxHash (rustc's hasher): paths are not attacker-chosen keys here, and SipHash was a visible
 /// share of `status` on 100k files.
@@ -98,6 +106,8 @@ pub struct CacheEntry {
 pub struct StatCache {
     path: PathBuf,
     entries: HashMap<String, CacheEntry>,
+    /// Directory records of the last status walk (see `walk`).
+    dirs: HashMap<String, DirRecord>,
     /// mtime of the cache file when loaded (ns); entries with a newer or equal mtime are racy.
     written_ns: i64,
 }
@@ -115,8 +125,9 @@ impl StatCache {
         let Ok(bytes) = fs::read(path) else {
             return cache;
         };
-        if let Some(entries) = decode(&bytes) {
+        if let Some((entries, dirs)) = decode(&bytes) {
             cache.entries = entries;
+            cache.dirs = dirs;
             cache.written_ns = StatKey::of(&meta).mtime_ns;
         }
         cache
@@ -141,6 +152,16 @@ impl StatCache {
         self.entries.is_empty()
     }
 
+    /// The directory records (see `walk::DirCache`).
+    pub fn dirs(&self) -> &HashMap<String, DirRecord> {
+        &self.dirs
+    }
+
+    /// Replace the directory records (saved with the next save).
+    pub fn set_dirs(&mut self, dirs: HashMap<String, DirRecord>) {
+        self.dirs = dirs;
+    }
+
     /// Would the cache hold `entries` after a `replace` (no need to rewrite it)?
     fn same_as(&self, entries: &HashMap<String, CacheEntry>) -> bool {
         self.entries.len() == entries.len()
@@ -149,13 +170,26 @@ impl StatCache {
                 .all(|(k, e)| self.entries.get(k) == Some(e) && e.key.mtime_ns < self.written_ns)
     }
 
-    /// Replace the whole content and write it out when it changed or holds racy entries.
-    /// Failure to write (a read-only repository) is ignored: the cache is an optimisation.
-    pub fn replace_and_save(&mut self, entries: HashMap<String, CacheEntry>) {
+    /// Replace the file entries; true when that changed them or they hold racy entries (the
+    /// cache should be saved).
+    pub fn replace(&mut self, entries: HashMap<String, CacheEntry>) -> bool {
         if self.same_as(&entries) {
-            return;
+            return false;
         }
         self.entries = entries;
+        true
+    }
+
+    /// Replace the file entries and write the cache out when that changed anything.
+    pub fn replace_and_save(&mut self, entries: HashMap<String, CacheEntry>) {
+        if self.replace(entries) {
+            self.save();
+        }
+    }
+
+    /// Write the cache out as it is (after `replace` or `set_dirs`). Failure to write (a
+    /// read-only repository) is ignored: the cache is an optimisation.
+    pub fn save_now(&mut self) {
         self.save();
     }
 
@@ -166,7 +200,7 @@ impl StatCache {
     }
 
     fn save(&mut self) {
-        let bytes = encode(&self.entries);
+        let bytes = encode(&self.entries, &self.dirs);
         if let Some(dir) = self.path.parent() {
             let _ = fs::create_dir_all(dir);
         }
@@ -191,15 +225,35 @@ fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn encode(entries: &HashMap<String, CacheEntry>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + entries.len() * 120);
+fn put_key(out: &mut Vec<u8>, k: &StatKey) {
+    out.extend_from_slice(&k.size.to_le_bytes());
+    out.extend_from_slice(&k.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&k.ctime_ns.to_le_bytes());
+    out.extend_from_slice(&k.ino.to_le_bytes());
+    out.extend_from_slice(&k.dev.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// A fast 64-bit checksum (FxHash over 8-byte words, then the length): enough to catch a torn
+/// or damaged file, which is all it is for.
+fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(bytes);
+    h.write(&(bytes.len() as u64).to_le_bytes());
+    h.finish()
+}
+
+fn encode(entries: &HashMap<String, CacheEntry>, dirs: &HashMap<String, DirRecord>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + entries.len() * 120 + dirs.len() * 120);
     out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&0u64.to_le_bytes()); // the checksum, filled in below
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for (path, e) in entries {
-        out.extend_from_slice(&e.key.size.to_le_bytes());
-        out.extend_from_slice(&e.key.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&e.key.ctime_ns.to_le_bytes());
-        out.extend_from_slice(&e.key.ino.to_le_bytes());
-        out.extend_from_slice(&e.key.dev.to_le_bytes());
+        put_key(&mut out, &e.key);
         out.extend_from_slice(e.sha.as_bytes());
         match &e.value_sha {
             Some(v) => {
@@ -208,9 +262,20 @@ fn encode(entries: &HashMap<String, CacheEntry>) -> Vec<u8> {
             }
             None => out.push(0),
         }
-        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
-        out.extend_from_slice(path.as_bytes());
+        put_bytes(&mut out, path.as_bytes());
     }
+    out.extend_from_slice(&(dirs.len() as u32).to_le_bytes());
+    for (path, d) in dirs {
+        put_key(&mut out, &d.key);
+        out.push(u8::from(d.stable) | if d.ignore.is_some() { 2 } else { 0 });
+        if let Some(k) = &d.ignore {
+            put_key(&mut out, k);
+        }
+        put_bytes(&mut out, path.as_bytes());
+        put_bytes(&mut out, &d.listing);
+    }
+    let sum = checksum(&out[16..]);
+    out[8..16].copy_from_slice(&sum.to_le_bytes());
     out
 }
 
@@ -230,33 +295,52 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
     fn id(&mut self) -> Option<ObjectId> {
         Some(ObjectId::from_bytes(self.take(32)?.try_into().ok()?))
     }
+    fn key(&mut self) -> Option<StatKey> {
+        Some(StatKey {
+            size: self.u64()?,
+            mtime_ns: self.u64()? as i64,
+            ctime_ns: self.u64()? as i64,
+            ino: self.u64()?,
+            dev: self.u64()?,
+        })
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    fn str(&mut self) -> Option<String> {
+        Some(std::str::from_utf8(self.bytes()?).ok()?.to_string())
+    }
 }
 
-fn decode(bytes: &[u8]) -> Option<HashMap<String, CacheEntry>> {
-    let mut r = Reader {
-        buf: bytes.strip_prefix(MAGIC.as_slice())?,
-    };
-    // Sized up front (entries are ~110 bytes) so 100k inserts do not rehash as the map grows.
-    let mut entries = HashMap::with_capacity_and_hasher(bytes.len() / 100, FxBuild::default());
-    while !r.buf.is_empty() {
-        let key = StatKey {
-            size: r.u64()?,
-            mtime_ns: r.u64()? as i64,
-            ctime_ns: r.u64()? as i64,
-            ino: r.u64()?,
-            dev: r.u64()?,
-        };
+type Decoded = (HashMap<String, CacheEntry>, HashMap<String, DirRecord>);
+
+fn decode(bytes: &[u8]) -> Option<Decoded> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+    let (sum, body) = rest.split_at_checked(8)?;
+    if u64::from_le_bytes(sum.try_into().ok()?) != checksum(body) {
+        return None;
+    }
+    let mut r = Reader { buf: body };
+    let files = r.u32()? as usize;
+    // Sized up front, bounded by what the bytes can hold (an entry takes > 100 bytes).
+    let mut entries =
+        HashMap::with_capacity_and_hasher(files.min(body.len() / 100), FxBuild::default());
+    for _ in 0..files {
+        let key = r.key()?;
         let sha = r.id()?;
         let value_sha = match r.take(1)?[0] {
             0 => None,
             1 => Some(r.id()?),
             _ => return None,
         };
-        let len = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
-        let path = std::str::from_utf8(r.take(len)?).ok()?.to_string();
+        let path = r.str()?;
         entries.insert(
             path,
             CacheEntry {
@@ -266,7 +350,32 @@ fn decode(bytes: &[u8]) -> Option<HashMap<String, CacheEntry>> {
             },
         );
     }
-    Some(entries)
+    let ndirs = r.u32()? as usize;
+    let mut dirs =
+        HashMap::with_capacity_and_hasher(ndirs.min(body.len() / 40), FxBuild::default());
+    for _ in 0..ndirs {
+        let key = r.key()?;
+        let flags = r.take(1)?[0];
+        if flags > 3 {
+            return None;
+        }
+        let ignore = if flags & 2 != 0 { Some(r.key()?) } else { None };
+        let path = r.str()?;
+        let listing = r.bytes()?.to_vec();
+        if listing.last().is_some_and(|&b| b != 0) {
+            return None;
+        }
+        dirs.insert(
+            path,
+            DirRecord {
+                key,
+                ignore,
+                stable: flags & 1 != 0,
+                listing,
+            },
+        );
+    }
+    r.buf.is_empty().then_some((entries, dirs))
 }
 
 #[cfg(test)]
@@ -310,6 +419,44 @@ mod tests {
         let mut racy_cache = StatCache::load(&path);
         racy_cache.entries.get_mut("d/f 3.json").unwrap().key = racy;
         assert!(racy_cache.lookup("d/f 3.json", &racy).is_none());
+    }
+
+    #[test]
+    fn directory_records_round_trip_and_damage_empties_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("statcache");
+        let mut cache = StatCache::load(&path);
+        let record = |n: u64, ignore| DirRecord {
+            key: entry(n).key,
+            ignore,
+            stable: n % 2 == 0,
+            listing: b"fa\0dsub\0".to_vec(),
+        };
+        let dirs: HashMap<String, DirRecord> = [
+            (String::new(), record(1, None)),
+            ("d/e".to_string(), record(2, Some(entry(3).key))),
+        ]
+        .into_iter()
+        .collect();
+        cache.set_dirs(dirs.clone());
+        cache.replace_and_save((0..3).map(|n| (format!("f{n}"), entry(n))).collect());
+        let loaded = StatCache::load(&path);
+        assert_eq!((loaded.dirs(), loaded.len()), (&dirs, 3));
+        // any damaged byte, a truncation or trailing bytes: nothing is believed
+        let good = fs::read(&path).unwrap();
+        for i in [0, 9, 20, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            fs::write(&path, &bad).unwrap();
+            let c = StatCache::load(&path);
+            assert!(c.is_empty() && c.dirs().is_empty(), "byte {i}");
+        }
+        fs::write(&path, &good[..good.len() - 3]).unwrap();
+        assert!(StatCache::load(&path).dirs().is_empty());
+        let mut longer = good.clone();
+        longer.push(0);
+        fs::write(&path, &longer).unwrap();
+        assert!(StatCache::load(&path).dirs().is_empty());
     }
 
     #[test]
