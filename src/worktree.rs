@@ -24,7 +24,9 @@
 //! One parallel walk (`walk`) lists untracked files and `fstatat`s the tracked ones; files are
 //! then probed in parallel (rayon). The stat cache (`statcache`) remembers each tracked file's
 //! `lstat` key and hashes, so an unchanged file costs one `fstatat` and no read; an unchanged
-//! inline `.json` is not even parsed (its cached value hash matches the head's value). The
+//! inline `.json` is not even parsed (its cached value hash matches the head's value). It also
+//! keeps the walk's directory records, so a directory whose stat key and ignore rules did not
+//! change is not read again (git's untracked cache; rules and racy cases in `walk`). The
 //! working state is only built when a command needs it (`Scan::state`).
 //!
 //! # Writes
@@ -155,12 +157,13 @@ impl Probe {
 
 /// Look at one file: `None` when it is absent or not a regular file. `inline` asks for the parsed
 /// value; `head_value` (the committed value of the path) lets a cache hit skip reading it.
-/// `pre` is the file's stat key when the caller already has it (from `walk`).
+/// `pre` is the file's stat key when the caller already has it (from `walk`); `cached` answers
+/// with the trusted stat-cache entry for the file's key, if any.
 fn probe(
     root: &Path,
     rel: &str,
     inline: bool,
-    cache: &StatCache,
+    cached: &dyn Fn(&StatKey) -> Option<CacheEntry>,
     head_value: Option<&Value>,
     pre: Option<StatKey>,
 ) -> Result<Option<Probe>> {
@@ -182,7 +185,7 @@ fn probe(
             Err(e) => return Err(Error::io("stat", root.join(rel), e)),
         },
     };
-    if let Some(hit) = cache.lookup(rel, &key) {
+    if let Some(hit) = cached(&key) {
         if !inline {
             return Ok(Some(Probe {
                 key: Some(key),
@@ -299,16 +302,25 @@ impl Scan {
     }
 }
 
-/// A repository's work tree with its stat cache.
+/// A repository's work tree with its stat cache (loaded on first use: `scan` loads it while
+/// parsing the head).
 pub struct WorkTree<'r> {
     pub repo: &'r Repo,
-    cache: StatCache,
+    cache: Option<StatCache>,
 }
 
 impl<'r> WorkTree<'r> {
     pub fn open(repo: &'r Repo) -> WorkTree<'r> {
-        let cache = StatCache::load(&repo.ext_dir().join("statcache"));
-        WorkTree { repo, cache }
+        WorkTree { repo, cache: None }
+    }
+
+    fn cache_path(&self) -> PathBuf {
+        self.repo.ext_dir().join("statcache")
+    }
+
+    fn load_cache(&mut self) -> &mut StatCache {
+        let path = self.cache_path();
+        self.cache.get_or_insert_with(|| StatCache::load(&path))
     }
 
     fn abs(&self, rel: &str) -> PathBuf {
@@ -331,8 +343,20 @@ impl<'r> WorkTree<'r> {
     }
 
     fn scan_inner(&mut self) -> Result<Scan> {
-        let head = self.repo.head_state()?;
-        let staged = load_staged(self.repo)?;
+        let repo = self.repo;
+        let (head, staged) = if self.cache.is_some() {
+            (repo.head_state()?, load_staged(repo)?)
+        } else {
+            // Parsing the head and reading the stat cache are independent; both are big.
+            let path = self.cache_path();
+            let ((head, staged), cache) = rayon::join(
+                || (repo.head_state(), load_staged(repo)),
+                || StatCache::load(&path),
+            );
+            self.cache = Some(cache);
+            (head?, staged?)
+        };
+        let cache = self.cache.as_mut().expect("loaded above");
         // Head entries (sorted) then staged-only paths (sorted): the lists below come out sorted.
         let paths: Vec<(&String, Option<&Entry>)> = head
             .iter()
@@ -353,7 +377,7 @@ impl<'r> WorkTree<'r> {
         let tracked = walk::Tracked::new(paths.iter().map(|(p, _)| p.as_str()));
         let use_dirs = walk::dircache_supported(root);
         let dircache = walk::DirCache {
-            old: self.cache.dirs(),
+            old: cache.dirs(),
             stable_before_ns: walk::DirCache::cutoff_now(),
         };
         let walked = walk::walk(root, root, &tracked, use_dirs.then_some(&dircache))?;
@@ -364,13 +388,13 @@ impl<'r> WorkTree<'r> {
                 walk::Walked::NotUtf8(p) => untracked.push(p.to_string_lossy().into_owned()),
             }
         }
-        let dirs_changed = walked.dirs.len() != self.cache.dirs().len()
+        let dirs_changed = walked.dirs.len() != cache.dirs().len()
             || walked
                 .dirs
                 .iter()
                 .any(|(_, o)| matches!(o, walk::DirOutcome::Read(_)));
         if dirs_changed {
-            let old = self.cache.dirs();
+            let old = cache.dirs();
             let dirs: HashMap<String, walk::DirRecord> = walked
                 .dirs
                 .into_iter()
@@ -379,13 +403,15 @@ impl<'r> WorkTree<'r> {
                     walk::DirOutcome::Reused => old.get(&path).cloned().map(|r| (path, r)),
                 })
                 .collect();
-            self.cache.set_dirs(dirs);
+            cache.set_dirs(dirs);
         }
-        let cache = &self.cache;
+        let positions = cache.positions(paths.iter().map(|(p, _)| p.as_str()));
+        let cache_ref: &StatCache = cache;
         let probes: Vec<(&String, Option<&Entry>, bool, Option<Probe>)> = paths
             .into_par_iter()
             .zip(keys)
-            .map(|((path, h), pre)| {
+            .zip(positions)
+            .map(|(((path, h), pre), pos)| {
                 let s = if staged.is_empty() {
                     None
                 } else {
@@ -396,14 +422,8 @@ impl<'r> WorkTree<'r> {
                     Some(Entry::Inline(v)) => Some(v),
                     _ => None,
                 };
-                let p = probe(
-                    self.repo.workdir(),
-                    path,
-                    !as_object,
-                    cache,
-                    head_value,
-                    pre,
-                )?;
+                let cached = |k: &StatKey| pos.and_then(|i| cache_ref.trusted(i, k));
+                let p = probe(repo.workdir(), path, !as_object, &cached, head_value, pre)?;
                 Ok((path, h, as_object, p))
             })
             .collect::<Result<_>>()?;
@@ -430,19 +450,16 @@ impl<'r> WorkTree<'r> {
         }
         // Rewrite the cache only when it learned something (or lost entries).
         let mut save = dirs_changed;
-        if cache_dirty || present != self.cache.len() {
-            let new_cache: HashMap<String, CacheEntry> = probes
-                .iter()
-                .filter_map(|(path, _, _, p)| {
-                    p.as_ref()
-                        .and_then(Probe::cache_entry)
-                        .map(|c| ((*path).clone(), c))
-                })
-                .collect();
-            save |= self.cache.replace(new_cache);
+        if cache_dirty || present != cache.len() {
+            cache.replace(probes.iter().filter_map(|(path, _, _, p)| {
+                p.as_ref()
+                    .and_then(Probe::cache_entry)
+                    .map(|c| (path.as_str(), c))
+            }));
+            save = true;
         }
         if save {
-            self.cache.save_now();
+            cache.save_now();
         }
 
         Ok(Scan {
@@ -529,7 +546,8 @@ impl<'r> WorkTree<'r> {
         }
         let mut staged = load_staged(self.repo)?;
         let store = self.repo.store();
-        let cache = &self.cache;
+        self.load_cache();
+        let cache = self.cache.as_ref().expect("loaded");
         let results: Vec<(String, Probe)> = picked
             .into_par_iter()
             .map(|path| {
@@ -537,7 +555,8 @@ impl<'r> WorkTree<'r> {
                 let vanished = || Error::Other(format!("'{path}' vanished while adding it"));
                 if !raw && is_inline_path(&path) {
                     // inline: only its hash is staged; the value is read at commit
-                    let p = probe(&root, &path, false, cache, None, None)?.ok_or_else(vanished)?;
+                    let p = probe(&root, &path, false, &|k| cache.lookup(&path, k), None, None)?
+                        .ok_or_else(vanished)?;
                     return Ok((path, p));
                 }
                 let meta = fs::symlink_metadata(&abs).map_err(|_| vanished())?;
@@ -584,7 +603,7 @@ impl<'r> WorkTree<'r> {
             added.push(path);
         }
         save_staged(self.repo, &staged)?;
-        self.cache.update_and_save(cache_updates);
+        self.load_cache().update_and_save(cache_updates);
         Ok(added)
     }
 
@@ -654,7 +673,8 @@ impl<'r> WorkTree<'r> {
         ] {
             paths = merge_sorted(&paths, &keys);
         }
-        let cache = &self.cache;
+        self.load_cache();
+        let cache = self.cache.as_ref().expect("loaded");
         // What is on disk now, and whether it holds work that neither the head nor the last
         // checked-out state has (only such work is protected).
         let current: Vec<(&String, Option<Probe>, bool)> = paths
@@ -666,7 +686,14 @@ impl<'r> WorkTree<'r> {
                     Some(Entry::Inline(v)) => Some(v),
                     _ => None,
                 };
-                let p = probe(self.repo.workdir(), path, !as_object, cache, hv, None)?;
+                let p = probe(
+                    self.repo.workdir(),
+                    path,
+                    !as_object,
+                    &|k| cache.lookup(path, k),
+                    hv,
+                    None,
+                )?;
                 let unsaved = match &p {
                     None => false,
                     Some(p) => entry_of(path, as_object, p).map_or(true, |e| {
@@ -759,7 +786,7 @@ impl<'r> WorkTree<'r> {
             removed: removes.len(),
             unchanged: skipped.len(),
         };
-        self.cache
+        self.load_cache()
             .update_and_save(written.into_iter().chain(skipped));
         Ok(report)
     }
@@ -1045,7 +1072,11 @@ mod tests {
         WorkTree::open(&repo).scan().unwrap();
         let wt = WorkTree::open(&repo);
         let meta = fs::symlink_metadata(repo.workdir().join("f.bin")).unwrap();
-        assert!(wt.cache.lookup("f.bin", &StatKey::of(&meta)).is_some());
+        let mut wt = wt;
+        assert!(wt
+            .load_cache()
+            .lookup("f.bin", &StatKey::of(&meta))
+            .is_some());
         // same size, new content: mtime/ctime move, so it is re-hashed
         write(&repo, "f.bin", "bbbb");
         let scan = WorkTree::open(&repo).scan().unwrap();
@@ -1079,7 +1110,7 @@ mod tests {
                 )
             })
             .collect();
-        wt.cache.update_and_save(lies);
+        wt.load_cache().update_and_save(lies);
         std::thread::sleep(std::time::Duration::from_millis(20));
         let scan = WorkTree::open(&repo).scan().unwrap();
         // f.bin: believed; c.json: the value hash does not match the head, so it is parsed

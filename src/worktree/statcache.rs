@@ -8,7 +8,8 @@
 //! Per directory it keeps a `walk::DirRecord`.
 //!
 //! Format (little-endian), written to a temp file and renamed:
-//! `b"PVRFSSC2"`, `checksum u64` (of everything after it), `files u32`, then per file:
+//! `b"PVRFSSC2"`, `checksum u64` (of everything after it), `files u32`, then per file, in
+//! strictly ascending path order (so lookups binary-search and scans merge, no hash map):
 //! `size u64, mtime i64, ctime i64, ino u64, dev u64, sha [32], has_value u8, value_sha [32]
 //! (only when has_value = 1), path_len u32, path bytes`; then `dirs u32` and per directory:
 //! `size u64, mtime i64, ctime i64, ino u64, dev u64, flags u8 (1 = stable, 2 = has an ignore
@@ -93,7 +94,7 @@ impl StatKey {
 }
 
 /// What the cache knows about one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheEntry {
     pub key: StatKey,
     /// sha256 of the file's bytes (= its object id).
@@ -102,10 +103,23 @@ pub struct CacheEntry {
     pub value_sha: Option<ObjectId>,
 }
 
+/// Where one file record and its path sit in `StatCache::buf`.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    rec: u32,
+    path: u32,
+    len: u32,
+}
+
+/// The cache in memory: the file records stay in the bytes they were read as (sorted by path,
+/// found by offset: loading 100k entries allocates nothing per entry); directory records are
+/// decoded.
 #[derive(Debug, Default)]
 pub struct StatCache {
     path: PathBuf,
-    entries: HashMap<String, CacheEntry>,
+    /// `MAGIC`, checksum, `files u32` and the file records (what follows is not kept here).
+    buf: Vec<u8>,
+    slots: Vec<Slot>,
     /// Directory records of the last status walk (see `walk`).
     dirs: HashMap<String, DirRecord>,
     /// mtime of the cache file when loaded (ns); entries with a newer or equal mtime are racy.
@@ -113,7 +127,7 @@ pub struct StatCache {
 }
 
 impl StatCache {
-    /// Load the cache at `path`; a missing or unreadable cache is an empty one.
+    /// Load the cache at `path`; a missing, unreadable or damaged cache is an empty one.
     pub fn load(path: &Path) -> StatCache {
         let mut cache = StatCache {
             path: path.to_path_buf(),
@@ -122,34 +136,92 @@ impl StatCache {
         let Ok(meta) = fs::metadata(path) else {
             return cache;
         };
-        let Ok(bytes) = fs::read(path) else {
+        let Ok(mut bytes) = fs::read(path) else {
             return cache;
         };
-        if let Some((entries, dirs)) = decode(&bytes) {
-            cache.entries = entries;
+        if let Some((slots, files_end, dirs)) = decode(&bytes) {
+            bytes.truncate(files_end);
+            cache.buf = bytes;
+            cache.slots = slots;
             cache.dirs = dirs;
             cache.written_ns = StatKey::of(&meta).mtime_ns;
         }
         cache
     }
 
-    /// The cached entry for `path` if the file's current `key` matches it and is not racy.
-    pub fn lookup(&self, path: &str, key: &StatKey) -> Option<&CacheEntry> {
-        self.entries
-            .get(path)
-            .filter(|e| e.key == *key && key.mtime_ns < self.written_ns)
+    fn path_at(&self, i: usize) -> &[u8] {
+        let s = self.slots[i];
+        &self.buf[s.path as usize..(s.path + s.len) as usize]
     }
 
-    pub fn get(&self, path: &str) -> Option<&CacheEntry> {
-        self.entries.get(path)
+    fn entry_at(&self, i: usize) -> CacheEntry {
+        let mut r = Reader {
+            buf: &self.buf[self.slots[i].rec as usize..],
+        };
+        read_entry(&mut r).expect("validated when loaded")
+    }
+
+    fn find(&self, path: &str) -> Option<usize> {
+        self.slots
+            .binary_search_by(|s| {
+                self.buf[s.path as usize..(s.path + s.len) as usize].cmp(path.as_bytes())
+            })
+            .ok()
+    }
+
+    /// The cached entry for `path` if the file's current `key` matches it and is not racy.
+    pub fn lookup(&self, path: &str, key: &StatKey) -> Option<CacheEntry> {
+        self.trusted(self.find(path)?, key)
+    }
+
+    /// Entry `i` (from `positions`) if the file's current `key` matches it and is not racy.
+    pub fn trusted(&self, i: usize, key: &StatKey) -> Option<CacheEntry> {
+        let e = self.entry_at(i);
+        (e.key == *key && key.mtime_ns < self.written_ns).then_some(e)
+    }
+
+    /// The position of each of `paths` in the cache: a merge when `paths` come in sorted runs
+    /// (a state's keys, then staged ones), a binary search where a run restarts.
+    pub fn positions<'p>(&self, paths: impl IntoIterator<Item = &'p str>) -> Vec<Option<usize>> {
+        let mut at = 0;
+        let mut last: &[u8] = &[];
+        paths
+            .into_iter()
+            .map(|p| {
+                let p = p.as_bytes();
+                if p < last {
+                    at = self.slots.partition_point(|s| {
+                        &self.buf[s.path as usize..(s.path + s.len) as usize] < p
+                    });
+                } else {
+                    while at < self.slots.len() && self.path_at(at) < p {
+                        at += 1;
+                    }
+                }
+                last = p;
+                (at < self.slots.len() && self.path_at(at) == p).then_some(at)
+            })
+            .collect()
+    }
+
+    pub fn get(&self, path: &str) -> Option<CacheEntry> {
+        Some(self.entry_at(self.find(path)?))
+    }
+
+    /// Every file entry, in path order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, CacheEntry)> + '_ {
+        (0..self.slots.len()).map(|i| {
+            let p = std::str::from_utf8(self.path_at(i)).expect("validated when loaded");
+            (p, self.entry_at(i))
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slots.is_empty()
     }
 
     /// The directory records (see `walk::DirCache`).
@@ -162,29 +234,54 @@ impl StatCache {
         self.dirs = dirs;
     }
 
-    /// Would the cache hold `entries` after a `replace` (no need to rewrite it)?
-    fn same_as(&self, entries: &HashMap<String, CacheEntry>) -> bool {
-        self.entries.len() == entries.len()
-            && entries
-                .iter()
-                .all(|(k, e)| self.entries.get(k) == Some(e) && e.key.mtime_ns < self.written_ns)
+    /// Replace the file entries (saved with the next save); a path given twice keeps its last
+    /// entry.
+    pub fn replace<S: AsRef<str>>(&mut self, entries: impl IntoIterator<Item = (S, CacheEntry)>) {
+        let mut entries: Vec<(S, CacheEntry)> = entries.into_iter().collect();
+        // Stable: of equal paths the last one given comes last, and is the one kept.
+        entries.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        let mut buf = Vec::with_capacity(20 + entries.len() * 120);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&0u64.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        let mut slots: Vec<Slot> = Vec::with_capacity(entries.len());
+        for (n, (path, e)) in entries.iter().enumerate() {
+            let path = path.as_ref();
+            if entries
+                .get(n + 1)
+                .is_some_and(|next| next.0.as_ref() == path)
+            {
+                continue;
+            }
+            let rec = buf.len() as u32;
+            put_key(&mut buf, &e.key);
+            buf.extend_from_slice(e.sha.as_bytes());
+            match &e.value_sha {
+                Some(v) => {
+                    buf.push(1);
+                    buf.extend_from_slice(v.as_bytes());
+                }
+                None => buf.push(0),
+            }
+            put_bytes(&mut buf, path.as_bytes());
+            slots.push(Slot {
+                rec,
+                path: (buf.len() - path.len()) as u32,
+                len: path.len() as u32,
+            });
+        }
+        buf[16..20].copy_from_slice(&(slots.len() as u32).to_le_bytes());
+        self.buf = buf;
+        self.slots = slots;
     }
 
-    /// Replace the file entries; true when that changed them or they hold racy entries (the
-    /// cache should be saved).
-    pub fn replace(&mut self, entries: HashMap<String, CacheEntry>) -> bool {
-        if self.same_as(&entries) {
-            return false;
-        }
-        self.entries = entries;
-        true
-    }
-
-    /// Replace the file entries and write the cache out when that changed anything.
-    pub fn replace_and_save(&mut self, entries: HashMap<String, CacheEntry>) {
-        if self.replace(entries) {
-            self.save();
-        }
+    /// Replace the file entries and write the cache out.
+    pub fn replace_and_save<S: AsRef<str>>(
+        &mut self,
+        entries: impl IntoIterator<Item = (S, CacheEntry)>,
+    ) {
+        self.replace(entries);
+        self.save();
     }
 
     /// Write the cache out as it is (after `replace` or `set_dirs`). Failure to write (a
@@ -194,13 +291,16 @@ impl StatCache {
     }
 
     /// Insert or update entries, then save.
-    pub fn update_and_save(&mut self, entries: impl IntoIterator<Item = (String, CacheEntry)>) {
-        self.entries.extend(entries);
+    pub fn update_and_save(&mut self, updates: impl IntoIterator<Item = (String, CacheEntry)>) {
+        let mut all: Vec<(String, CacheEntry)> =
+            self.entries().map(|(p, e)| (p.to_string(), e)).collect();
+        all.extend(updates);
+        self.replace(all);
         self.save();
     }
 
     fn save(&mut self) {
-        let bytes = encode(&self.entries, &self.dirs);
+        let bytes = encode(&self.buf, &self.dirs);
         if let Some(dir) = self.path.parent() {
             let _ = fs::create_dir_all(dir);
         }
@@ -247,22 +347,15 @@ fn checksum(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-fn encode(entries: &HashMap<String, CacheEntry>, dirs: &HashMap<String, DirRecord>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20 + entries.len() * 120 + dirs.len() * 120);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&0u64.to_le_bytes()); // the checksum, filled in below
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (path, e) in entries {
-        put_key(&mut out, &e.key);
-        out.extend_from_slice(e.sha.as_bytes());
-        match &e.value_sha {
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(v.as_bytes());
-            }
-            None => out.push(0),
-        }
-        put_bytes(&mut out, path.as_bytes());
+/// The whole file: `files` (header and file records, as `StatCache::buf`) + the directories,
+/// with the checksum filled in.
+fn encode(files: &[u8], dirs: &HashMap<String, DirRecord>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + files.len() + dirs.len() * 120);
+    if files.len() < 20 {
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0; 12]);
+    } else {
+        out.extend_from_slice(files);
     }
     out.extend_from_slice(&(dirs.len() as u32).to_le_bytes());
     for (path, d) in dirs {
@@ -277,6 +370,21 @@ fn encode(entries: &HashMap<String, CacheEntry>, dirs: &HashMap<String, DirRecor
     let sum = checksum(&out[16..]);
     out[8..16].copy_from_slice(&sum.to_le_bytes());
     out
+}
+
+fn read_entry(r: &mut Reader<'_>) -> Option<CacheEntry> {
+    let key = r.key()?;
+    let sha = r.id()?;
+    let value_sha = match r.take(1)?[0] {
+        0 => None,
+        1 => Some(r.id()?),
+        _ => return None,
+    };
+    Some(CacheEntry {
+        key,
+        sha,
+        value_sha,
+    })
 }
 
 struct Reader<'a> {
@@ -319,37 +427,38 @@ impl<'a> Reader<'a> {
     }
 }
 
-type Decoded = (HashMap<String, CacheEntry>, HashMap<String, DirRecord>);
+/// File slots (offsets into `bytes`), where the file records end, and the directories.
+type Decoded = (Vec<Slot>, usize, HashMap<String, DirRecord>);
 
 fn decode(bytes: &[u8]) -> Option<Decoded> {
     let rest = bytes.strip_prefix(MAGIC.as_slice())?;
     let (sum, body) = rest.split_at_checked(8)?;
-    if u64::from_le_bytes(sum.try_into().ok()?) != checksum(body) {
+    if u64::from_le_bytes(sum.try_into().ok()?) != checksum(body) || bytes.len() > u32::MAX as usize
+    {
         return None;
     }
     let mut r = Reader { buf: body };
     let files = r.u32()? as usize;
-    // Sized up front, bounded by what the bytes can hold (an entry takes > 100 bytes).
-    let mut entries =
-        HashMap::with_capacity_and_hasher(files.min(body.len() / 100), FxBuild::default());
+    let mut slots: Vec<Slot> = Vec::with_capacity(files.min(body.len() / 80));
+    let offset = |r: &Reader<'_>| (bytes.len() - r.buf.len()) as u32;
+    let mut last: Option<&[u8]> = None;
     for _ in 0..files {
-        let key = r.key()?;
-        let sha = r.id()?;
-        let value_sha = match r.take(1)?[0] {
-            0 => None,
-            1 => Some(r.id()?),
-            _ => return None,
-        };
-        let path = r.str()?;
-        entries.insert(
-            path,
-            CacheEntry {
-                key,
-                sha,
-                value_sha,
-            },
-        );
+        let rec = offset(&r);
+        read_entry(&mut r)?;
+        let path = r.bytes()?;
+        std::str::from_utf8(path).ok()?;
+        // strictly sorted, so that lookups can search and merge
+        if last.is_some_and(|l| l >= path) {
+            return None;
+        }
+        last = Some(path);
+        slots.push(Slot {
+            rec,
+            path: offset(&r) - path.len() as u32,
+            len: path.len() as u32,
+        });
     }
+    let files_end = bytes.len() - r.buf.len();
     let ndirs = r.u32()? as usize;
     let mut dirs =
         HashMap::with_capacity_and_hasher(ndirs.min(body.len() / 40), FxBuild::default());
@@ -375,7 +484,7 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
             },
         );
     }
-    r.buf.is_empty().then_some((entries, dirs))
+    r.buf.is_empty().then_some((slots, files_end, dirs))
 }
 
 #[cfg(test)]
@@ -402,23 +511,66 @@ mod tests {
         let path = dir.path().join("statcache");
         let mut cache = StatCache::load(&path);
         assert!(cache.is_empty());
-        let entries: HashMap<String, CacheEntry> = (0..5)
+        // given in any order, with a path twice (the last one wins)
+        let mut entries: Vec<(String, CacheEntry)> = (0..5)
+            .rev()
             .map(|n| (format!("d/f {n}.json"), entry(n)))
             .collect();
-        cache.replace_and_save(entries.clone());
+        entries.push(("d/f 2.json".into(), entry(9)));
+        cache.replace_and_save(entries);
         let loaded = StatCache::load(&path);
-        assert_eq!(loaded.entries, entries);
+        let got: Vec<(String, CacheEntry)> =
+            loaded.entries().map(|(p, e)| (p.to_string(), e)).collect();
+        let mut want: Vec<(String, CacheEntry)> = (0..5)
+            .map(|n| (format!("d/f {n}.json"), entry(n)))
+            .collect();
+        want[2].1 = entry(9);
+        assert_eq!(got, want);
         let e = entry(3);
-        assert_eq!(loaded.lookup("d/f 3.json", &e.key), Some(&e));
+        assert_eq!(loaded.lookup("d/f 3.json", &e.key), Some(e));
+        assert_eq!(loaded.get("d/f 4.json"), Some(entry(4)));
+        assert_eq!(loaded.get("d/f 5.json"), None);
+        // positions: sorted runs are merged, a restart is searched
+        assert_eq!(
+            loaded.positions([
+                "d/f 0.json",
+                "d/f 3.json",
+                "x",
+                "d/f 1.json",
+                "a",
+                "d/f 4.json"
+            ]),
+            vec![Some(0), Some(3), None, Some(1), None, Some(4)]
+        );
         // a different stat key, or a file as new as the cache, is not trusted
         let mut other = e.key;
         other.size += 1;
         assert!(loaded.lookup("d/f 3.json", &other).is_none());
-        let mut racy = e.key;
-        racy.mtime_ns = loaded.written_ns;
         let mut racy_cache = StatCache::load(&path);
-        racy_cache.entries.get_mut("d/f 3.json").unwrap().key = racy;
-        assert!(racy_cache.lookup("d/f 3.json", &racy).is_none());
+        let mut racy = e;
+        racy.key.mtime_ns = racy_cache.written_ns;
+        racy_cache.update_and_save([("d/f 3.json".to_string(), racy)]);
+        racy_cache.written_ns = racy.key.mtime_ns;
+        assert!(racy_cache.lookup("d/f 3.json", &racy.key).is_none());
+        racy_cache.written_ns = racy.key.mtime_ns + 1;
+        assert_eq!(racy_cache.lookup("d/f 3.json", &racy.key), Some(racy));
+    }
+
+    #[test]
+    fn unsorted_file_records_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("statcache");
+        let mut cache = StatCache::load(&path);
+        cache.replace_and_save([("a".to_string(), entry(1)), ("b".to_string(), entry(2))]);
+        // swap the two one-byte paths and fix the checksum: it decodes, but out of order
+        let mut bytes = fs::read(&path).unwrap();
+        let a = bytes.iter().rposition(|&b| b == b'a').unwrap();
+        let b = bytes.iter().rposition(|&b| b == b'b').unwrap();
+        bytes.swap(a, b);
+        let sum = checksum(&bytes[16..]);
+        bytes[8..16].copy_from_slice(&sum.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        assert!(StatCache::load(&path).is_empty());
     }
 
     #[test]
@@ -439,7 +591,7 @@ mod tests {
         .into_iter()
         .collect();
         cache.set_dirs(dirs.clone());
-        cache.replace_and_save((0..3).map(|n| (format!("f{n}"), entry(n))).collect());
+        cache.replace_and_save((0..3).map(|n| (format!("f{n}"), entry(n))));
         let loaded = StatCache::load(&path);
         assert_eq!((loaded.dirs(), loaded.len()), (&dirs, 3));
         // any damaged byte, a truncation or trailing bytes: nothing is believed
