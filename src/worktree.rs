@@ -26,8 +26,10 @@
 //! `lstat` key and hashes, so an unchanged file costs one `fstatat` and no read; an unchanged
 //! inline `.json` is not even parsed (its cached value hash matches the head's value). It also
 //! keeps the walk's directory records, so a directory whose stat key and ignore rules did not
-//! change is not read again (git's untracked cache; rules and racy cases in `walk`). The
-//! working state is only built when a command needs it (`Scan::state`).
+//! change is not read again (git's untracked cache; rules and racy cases in `walk`). The walk
+//! runs while the head parses, from the stat cache's paths, and is reconciled with the real
+//! tracked set afterwards (`reconcile`: redone in the rare case they disagree in a way that
+//! matters). The working state is only built when a command needs it (`Scan::state`).
 //!
 //! # Writes
 //!
@@ -302,6 +304,42 @@ impl Scan {
     }
 }
 
+/// Turn a walk made with the stat cache's paths as the tracked set into one made with the real
+/// set, `paths` (`positions[i]` = the cache index of `paths[i]`; the cache holds `cached`
+/// paths): indices are mapped, and files the walk saw as untracked but that are tracked are
+/// dropped from the untracked list (they are stat'ed apart, as files the walk did not report).
+/// `None` when a file the cache knew is present but no longer tracked: it must appear among
+/// the untracked files in walk order, which only a new walk gives.
+fn reconcile(
+    mut w: walk::Walk,
+    paths: &[(&String, Option<&Entry>)],
+    positions: &[Option<usize>],
+    cached: usize,
+) -> Option<walk::Walk> {
+    let mut index = vec![None; cached];
+    for (i, pos) in positions.iter().enumerate() {
+        if let Some(c) = pos {
+            index[*c] = Some(i);
+        }
+    }
+    for f in &mut w.found {
+        if let walk::Walked::Known(c, _) = f {
+            *c = index[*c]?;
+        }
+    }
+    let unknown: statcache::HashSet<&str> = paths
+        .iter()
+        .zip(positions)
+        .filter(|(_, pos)| pos.is_none())
+        .map(|((p, _), _)| p.as_str())
+        .collect();
+    if !unknown.is_empty() {
+        w.found
+            .retain(|f| !matches!(f, walk::Walked::Other(p) if unknown.contains(p.as_str())));
+    }
+    Some(w)
+}
+
 /// A repository's work tree with its stat cache (loaded on first use: `scan` loads it while
 /// parsing the head).
 pub struct WorkTree<'r> {
@@ -344,19 +382,28 @@ impl<'r> WorkTree<'r> {
 
     fn scan_inner(&mut self) -> Result<Scan> {
         let repo = self.repo;
-        let (head, staged) = if self.cache.is_some() {
-            (repo.head_state()?, load_staged(repo)?)
-        } else {
-            // Parsing the head and reading the stat cache are independent; both are big.
-            let path = self.cache_path();
-            let ((head, staged), cache) = rayon::join(
-                || (repo.head_state(), load_staged(repo)),
-                || StatCache::load(&path),
-            );
-            self.cache = Some(cache);
-            (head?, staged?)
+        let root = repo.workdir();
+        let cache: &StatCache = self.load_cache();
+        let use_dirs = walk::dircache_supported(root);
+        let dircache = walk::DirCache {
+            old: cache.dirs(),
+            stable_before_ns: walk::DirCache::cutoff_now(),
         };
-        let cache = self.cache.as_mut().expect("loaded above");
+        let dircache = use_dirs.then_some(&dircache);
+        // The walk needs the tracked paths, and parsing the head that holds them is the longest
+        // step before it. The stat cache's paths are almost always the same set (a scan leaves
+        // exactly the tracked and staged files in it), so the walk starts from them while the
+        // head parses, and is checked against the real set afterwards (see `reconcile`).
+        let (head, staged, early) = if cache.is_empty() {
+            (repo.head_state()?, load_staged(repo)?, None)
+        } else {
+            let predicted = walk::Tracked::new(cache.paths());
+            let ((head, staged), walked) = rayon::join(
+                || (repo.head_state(), load_staged(repo)),
+                || walk::walk(root, root, &predicted, dircache),
+            );
+            (head?, staged?, Some(walked?))
+        };
         // Head entries (sorted) then staged-only paths (sorted): the lists below come out sorted.
         let paths: Vec<(&String, Option<&Entry>)> = head
             .iter()
@@ -368,19 +415,19 @@ impl<'r> WorkTree<'r> {
                     .map(|k| (k, None)),
             )
             .collect();
+        let positions = cache.positions(paths.iter().map(|(p, _)| p.as_str()));
         // With a walk, tracked files get their stat key from it (fstatat, cheap); the others
         // (ignored by .pvrignore, or gone) are looked up one by one below. Directories that did
         // not change since the last walk are not read again (`walk`'s directory cache).
+        let walked = match early.and_then(|w| reconcile(w, &paths, &positions, cache.len())) {
+            Some(w) => w,
+            None => {
+                let tracked = walk::Tracked::new(paths.iter().map(|(p, _)| p.as_str()));
+                walk::walk(root, root, &tracked, dircache)?
+            }
+        };
         let mut untracked = Vec::new();
         let mut keys: Vec<Option<StatKey>> = vec![None; paths.len()];
-        let root = self.repo.workdir();
-        let tracked = walk::Tracked::new(paths.iter().map(|(p, _)| p.as_str()));
-        let use_dirs = walk::dircache_supported(root);
-        let dircache = walk::DirCache {
-            old: cache.dirs(),
-            stable_before_ns: walk::DirCache::cutoff_now(),
-        };
-        let walked = walk::walk(root, root, &tracked, use_dirs.then_some(&dircache))?;
         for w in walked.found {
             match w {
                 walk::Walked::Known(i, k) => keys[i] = Some(k),
@@ -388,6 +435,7 @@ impl<'r> WorkTree<'r> {
                 walk::Walked::NotUtf8(p) => untracked.push(p.to_string_lossy().into_owned()),
             }
         }
+        let cache = self.cache.as_mut().expect("loaded above");
         let dirs_changed = walked.dirs.len() != cache.dirs().len()
             || walked
                 .dirs
@@ -405,7 +453,6 @@ impl<'r> WorkTree<'r> {
                 .collect();
             cache.set_dirs(dirs);
         }
-        let positions = cache.positions(paths.iter().map(|(p, _)| p.as_str()));
         let cache_ref: &StatCache = cache;
         let probes: Vec<(&String, Option<&Entry>, bool, Option<Probe>)> = paths
             .into_par_iter()
@@ -1059,6 +1106,43 @@ mod tests {
         write(&repo, "d/x.json", "{\"k\": 2}");
         let scan = WorkTree::open(&repo).scan().unwrap();
         assert_eq!(scan.changed, vec!["d/x.json"]);
+    }
+
+    #[test]
+    fn status_is_right_when_the_tracked_set_moved_away_from_the_stat_cache() {
+        // The walk starts from the stat cache's paths while the head parses (`reconcile`).
+        let (_d, repo) = setup();
+        for f in ["a.txt", "d/b.txt", "d/c.txt"] {
+            write(&repo, f, f);
+        }
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert!(scan.is_clean() && scan.untracked.is_empty(), "{scan:?}");
+        // The head drops d/b.txt behind the work tree's back (as `apply` or pvr could): it is
+        // still on disk and in the cache, and now untracked, in walk order.
+        let lock = repo.lock().unwrap();
+        let mut state = repo.head_state().unwrap();
+        state.remove("d/b.txt");
+        repo.commit_state(&lock, &state, "drop b", None).unwrap();
+        drop(lock);
+        write(&repo, "d/a-new.txt", "n");
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert_eq!(scan.untracked, vec!["d/a-new.txt", "d/b.txt"]);
+        assert!(scan.is_clean());
+        // A staged path the cache never saw: reported as added, not as untracked.
+        let mut staged = load_staged(&repo).unwrap();
+        staged.insert(
+            "d/a-new.txt".into(),
+            Staged {
+                force_object: false,
+                sha: ObjectId::hash_bytes(b"n"),
+            },
+        );
+        save_staged(&repo, &staged).unwrap();
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert_eq!(scan.added, vec!["d/a-new.txt"]);
+        assert_eq!(scan.untracked, vec!["d/b.txt"]);
     }
 
     #[test]

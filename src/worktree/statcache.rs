@@ -111,14 +111,41 @@ struct Slot {
     len: u32,
 }
 
+/// The bytes of the file records: the cache file mapped as it was read, or built in memory.
+#[derive(Debug)]
+enum Bytes {
+    /// Safe to map: the cache is only ever replaced by rename, never rewritten in place, so
+    /// the mapped file does not change under us.
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes::Owned(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// The cache in memory: the file records stay in the bytes they were read as (sorted by path,
 /// found by offset: loading 100k entries allocates nothing per entry); directory records are
 /// decoded.
 #[derive(Debug, Default)]
 pub struct StatCache {
     path: PathBuf,
-    /// `MAGIC`, checksum, `files u32` and the file records (what follows is not kept here).
-    buf: Vec<u8>,
+    /// `MAGIC`, checksum, `files u32` and the file records, up to `files_end` (the directory
+    /// records that follow in a loaded file are decoded into `dirs`).
+    buf: Bytes,
+    files_end: usize,
     slots: Vec<Slot>,
     /// Directory records of the last status walk (see `walk`).
     dirs: HashMap<String, DirRecord>,
@@ -133,15 +160,20 @@ impl StatCache {
             path: path.to_path_buf(),
             ..Default::default()
         };
-        let Ok(meta) = fs::metadata(path) else {
+        let Ok(file) = fs::File::open(path) else {
             return cache;
         };
-        let Ok(mut bytes) = fs::read(path) else {
+        let Ok(meta) = file.metadata() else {
             return cache;
         };
-        if let Some((slots, files_end, dirs)) = decode(&bytes) {
-            bytes.truncate(files_end);
-            cache.buf = bytes;
+        // Mapped and pre-faulted in one call: no copy, and no fresh pages to zero.
+        // SAFETY: see `Bytes::Mapped`; a file truncated by someone else would fault, not lie.
+        let Ok(map) = (unsafe { memmap2::MmapOptions::new().populate().map(&file) }) else {
+            return cache;
+        };
+        if let Some((slots, files_end, dirs)) = decode(&map) {
+            cache.buf = Bytes::Mapped(map);
+            cache.files_end = files_end;
             cache.slots = slots;
             cache.dirs = dirs;
             cache.written_ns = StatKey::of(&meta).mtime_ns;
@@ -208,6 +240,12 @@ impl StatCache {
         Some(self.entry_at(self.find(path)?))
     }
 
+    /// Every file's path, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.slots.len())
+            .map(|i| std::str::from_utf8(self.path_at(i)).expect("validated when loaded"))
+    }
+
     /// Every file entry, in path order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, CacheEntry)> + '_ {
         (0..self.slots.len()).map(|i| {
@@ -271,7 +309,8 @@ impl StatCache {
             });
         }
         buf[16..20].copy_from_slice(&(slots.len() as u32).to_le_bytes());
-        self.buf = buf;
+        self.files_end = buf.len();
+        self.buf = Bytes::Owned(buf);
         self.slots = slots;
     }
 
@@ -300,7 +339,7 @@ impl StatCache {
     }
 
     fn save(&mut self) {
-        let bytes = encode(&self.buf, &self.dirs);
+        let bytes = encode(&self.buf[..self.files_end], &self.dirs);
         if let Some(dir) = self.path.parent() {
             let _ = fs::create_dir_all(dir);
         }
