@@ -59,8 +59,9 @@ pub fn status(_args: StatusArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         }
     }
     // Freeing a 100k-entry head costs milliseconds that the answer does not wait for: hand it
-    // to a thread (which a CLI process does not wait for when it exits).
-    std::thread::spawn(move || drop(scan));
+    // to a thread (which a CLI process does not wait for when it exits). If no thread can be
+    // had, it is freed here.
+    let _ = std::thread::Builder::new().spawn(move || drop(scan));
     Ok(())
 }
 
