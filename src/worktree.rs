@@ -24,8 +24,12 @@
 //! One parallel walk (`walk`) lists untracked files and `fstatat`s the tracked ones; files are
 //! then probed in parallel (rayon). The stat cache (`statcache`) remembers each tracked file's
 //! `lstat` key and hashes, so an unchanged file costs one `fstatat` and no read; an unchanged
-//! inline `.json` is not even parsed (its cached value hash matches the head's value). The
-//! working state is only built when a command needs it (`Scan::state`).
+//! inline `.json` is not even parsed (its cached value hash matches the head's value). It also
+//! keeps the walk's directory records, so a directory whose stat key and ignore rules did not
+//! change is not read again (git's untracked cache; rules and racy cases in `walk`). The walk
+//! runs while the head parses, from the stat cache's paths, and is reconciled with the real
+//! tracked set afterwards (`reconcile`: redone in the rare case they disagree in a way that
+//! matters). The working state is only built when a command needs it (`Scan::state`).
 //!
 //! # Writes
 //!
@@ -155,12 +159,13 @@ impl Probe {
 
 /// Look at one file: `None` when it is absent or not a regular file. `inline` asks for the parsed
 /// value; `head_value` (the committed value of the path) lets a cache hit skip reading it.
-/// `pre` is the file's stat key when the caller already has it (from `walk`).
+/// `pre` is the file's stat key when the caller already has it (from `walk`); `cached` answers
+/// with the trusted stat-cache entry for the file's key, if any.
 fn probe(
     root: &Path,
     rel: &str,
     inline: bool,
-    cache: &StatCache,
+    cached: &dyn Fn(&StatKey) -> Option<CacheEntry>,
     head_value: Option<&Value>,
     pre: Option<StatKey>,
 ) -> Result<Option<Probe>> {
@@ -182,7 +187,7 @@ fn probe(
             Err(e) => return Err(Error::io("stat", root.join(rel), e)),
         },
     };
-    if let Some(hit) = cache.lookup(rel, &key) {
+    if let Some(hit) = cached(&key) {
         if !inline {
             return Ok(Some(Probe {
                 key: Some(key),
@@ -299,16 +304,61 @@ impl Scan {
     }
 }
 
-/// A repository's work tree with its stat cache.
+/// Turn a walk made with the stat cache's paths as the tracked set into one made with the real
+/// set, `paths` (`positions[i]` = the cache index of `paths[i]`; the cache holds `cached`
+/// paths): indices are mapped, and files the walk saw as untracked but that are tracked are
+/// dropped from the untracked list (they are stat'ed apart, as files the walk did not report).
+/// `None` when a file the cache knew is present but no longer tracked: it must appear among
+/// the untracked files in walk order, which only a new walk gives.
+fn reconcile(
+    mut w: walk::Walk,
+    paths: &[(&String, Option<&Entry>)],
+    positions: &[Option<usize>],
+    cached: usize,
+) -> Option<walk::Walk> {
+    let mut index = vec![None; cached];
+    for (i, pos) in positions.iter().enumerate() {
+        if let Some(c) = pos {
+            index[*c] = Some(i);
+        }
+    }
+    for f in &mut w.found {
+        if let walk::Walked::Known(c, _) = f {
+            *c = index[*c]?;
+        }
+    }
+    let unknown: statcache::HashSet<&str> = paths
+        .iter()
+        .zip(positions)
+        .filter(|(_, pos)| pos.is_none())
+        .map(|((p, _), _)| p.as_str())
+        .collect();
+    if !unknown.is_empty() {
+        w.found
+            .retain(|f| !matches!(f, walk::Walked::Other(p) if unknown.contains(p.as_str())));
+    }
+    Some(w)
+}
+
+/// A repository's work tree with its stat cache (loaded on first use: `scan` loads it while
+/// parsing the head).
 pub struct WorkTree<'r> {
     pub repo: &'r Repo,
-    cache: StatCache,
+    cache: Option<StatCache>,
 }
 
 impl<'r> WorkTree<'r> {
     pub fn open(repo: &'r Repo) -> WorkTree<'r> {
-        let cache = StatCache::load(&repo.ext_dir().join("statcache"));
-        WorkTree { repo, cache }
+        WorkTree { repo, cache: None }
+    }
+
+    fn cache_path(&self) -> PathBuf {
+        self.repo.ext_dir().join("statcache")
+    }
+
+    fn load_cache(&mut self) -> &mut StatCache {
+        let path = self.cache_path();
+        self.cache.get_or_insert_with(|| StatCache::load(&path))
     }
 
     fn abs(&self, rel: &str) -> PathBuf {
@@ -331,8 +381,29 @@ impl<'r> WorkTree<'r> {
     }
 
     fn scan_inner(&mut self) -> Result<Scan> {
-        let head = self.repo.head_state()?;
-        let staged = load_staged(self.repo)?;
+        let repo = self.repo;
+        let root = repo.workdir();
+        let cache: &StatCache = self.load_cache();
+        let use_dirs = walk::dircache_supported(root);
+        let dircache = walk::DirCache {
+            old: cache.dirs(),
+            stable_before_ns: walk::DirCache::cutoff_now(),
+        };
+        let dircache = use_dirs.then_some(&dircache);
+        // The walk needs the tracked paths, and parsing the head that holds them is the longest
+        // step before it. The stat cache's paths are almost always the same set (a scan leaves
+        // exactly the tracked and staged files in it), so the walk starts from them while the
+        // head parses, and is checked against the real set afterwards (see `reconcile`).
+        let (head, staged, early) = if cache.is_empty() {
+            (repo.head_state()?, load_staged(repo)?, None)
+        } else {
+            let predicted = walk::Tracked::new(cache.paths());
+            let ((head, staged), walked) = rayon::join(
+                || (repo.head_state(), load_staged(repo)),
+                || walk::walk(root, root, &predicted, dircache),
+            );
+            (head?, staged?, Some(walked?))
+        };
         // Head entries (sorted) then staged-only paths (sorted): the lists below come out sorted.
         let paths: Vec<(&String, Option<&Entry>)> = head
             .iter()
@@ -344,30 +415,50 @@ impl<'r> WorkTree<'r> {
                     .map(|k| (k, None)),
             )
             .collect();
+        let positions = cache.positions(paths.iter().map(|(p, _)| p.as_str()));
         // With a walk, tracked files get their stat key from it (fstatat, cheap); the others
-        // (ignored by .pvrignore, or gone) are looked up one by one below.
+        // (ignored by .pvrignore, or gone) are looked up one by one below. Directories that did
+        // not change since the last walk are not read again (`walk`'s directory cache).
+        let walked = match early.and_then(|w| reconcile(w, &paths, &positions, cache.len())) {
+            Some(w) => w,
+            None => {
+                let tracked = walk::Tracked::new(paths.iter().map(|(p, _)| p.as_str()));
+                walk::walk(root, root, &tracked, dircache)?
+            }
+        };
         let mut untracked = Vec::new();
         let mut keys: Vec<Option<StatKey>> = vec![None; paths.len()];
-        {
-            let index: HashMap<&str, usize> = paths
-                .iter()
-                .enumerate()
-                .map(|(i, (p, _))| (p.as_str(), i))
-                .collect();
-            let root = self.repo.workdir();
-            for w in walk::walk(root, root, &|p| index.get(p).copied())? {
-                match w {
-                    walk::Walked::Known(i, k) => keys[i] = Some(k),
-                    walk::Walked::Other(p) => untracked.push(p),
-                    walk::Walked::NotUtf8(p) => untracked.push(p.to_string_lossy().into_owned()),
-                }
+        for w in walked.found {
+            match w {
+                walk::Walked::Known(i, k) => keys[i] = Some(k),
+                walk::Walked::Other(p) => untracked.push(p),
+                walk::Walked::NotUtf8(p) => untracked.push(p.to_string_lossy().into_owned()),
             }
         }
-        let cache = &self.cache;
+        let cache = self.cache.as_mut().expect("loaded above");
+        let dirs_changed = walked.dirs.len() != cache.dirs().len()
+            || walked
+                .dirs
+                .iter()
+                .any(|(_, o)| matches!(o, walk::DirOutcome::Read(_)));
+        if dirs_changed {
+            let old = cache.dirs();
+            let dirs: HashMap<String, walk::DirRecord> = walked
+                .dirs
+                .into_iter()
+                .filter_map(|(path, o)| match o {
+                    walk::DirOutcome::Read(r) => Some((path, r)),
+                    walk::DirOutcome::Reused => old.get(&path).cloned().map(|r| (path, r)),
+                })
+                .collect();
+            cache.set_dirs(dirs);
+        }
+        let cache_ref: &StatCache = cache;
         let probes: Vec<(&String, Option<&Entry>, bool, Option<Probe>)> = paths
             .into_par_iter()
             .zip(keys)
-            .map(|((path, h), pre)| {
+            .zip(positions)
+            .map(|(((path, h), pre), pos)| {
                 let s = if staged.is_empty() {
                     None
                 } else {
@@ -378,14 +469,8 @@ impl<'r> WorkTree<'r> {
                     Some(Entry::Inline(v)) => Some(v),
                     _ => None,
                 };
-                let p = probe(
-                    self.repo.workdir(),
-                    path,
-                    !as_object,
-                    cache,
-                    head_value,
-                    pre,
-                )?;
+                let cached = |k: &StatKey| pos.and_then(|i| cache_ref.trusted(i, k));
+                let p = probe(repo.workdir(), path, !as_object, &cached, head_value, pre)?;
                 Ok((path, h, as_object, p))
             })
             .collect::<Result<_>>()?;
@@ -411,16 +496,17 @@ impl<'r> WorkTree<'r> {
             updates.insert((*path).clone(), entry);
         }
         // Rewrite the cache only when it learned something (or lost entries).
-        if cache_dirty || present != self.cache.len() {
-            let new_cache: HashMap<String, CacheEntry> = probes
-                .iter()
-                .filter_map(|(path, _, _, p)| {
-                    p.as_ref()
-                        .and_then(Probe::cache_entry)
-                        .map(|c| ((*path).clone(), c))
-                })
-                .collect();
-            self.cache.replace_and_save(new_cache);
+        let mut save = dirs_changed;
+        if cache_dirty || present != cache.len() {
+            cache.replace(probes.iter().filter_map(|(path, _, _, p)| {
+                p.as_ref()
+                    .and_then(Probe::cache_entry)
+                    .map(|c| (path.as_str(), c))
+            }));
+            save = true;
+        }
+        if save {
+            cache.save_now();
         }
 
         Ok(Scan {
@@ -507,7 +593,8 @@ impl<'r> WorkTree<'r> {
         }
         let mut staged = load_staged(self.repo)?;
         let store = self.repo.store();
-        let cache = &self.cache;
+        self.load_cache();
+        let cache = self.cache.as_ref().expect("loaded");
         let results: Vec<(String, Probe)> = picked
             .into_par_iter()
             .map(|path| {
@@ -515,7 +602,8 @@ impl<'r> WorkTree<'r> {
                 let vanished = || Error::Other(format!("'{path}' vanished while adding it"));
                 if !raw && is_inline_path(&path) {
                     // inline: only its hash is staged; the value is read at commit
-                    let p = probe(&root, &path, false, cache, None, None)?.ok_or_else(vanished)?;
+                    let p = probe(&root, &path, false, &|k| cache.lookup(&path, k), None, None)?
+                        .ok_or_else(vanished)?;
                     return Ok((path, p));
                 }
                 let meta = fs::symlink_metadata(&abs).map_err(|_| vanished())?;
@@ -562,7 +650,7 @@ impl<'r> WorkTree<'r> {
             added.push(path);
         }
         save_staged(self.repo, &staged)?;
-        self.cache.update_and_save(cache_updates);
+        self.load_cache().update_and_save(cache_updates);
         Ok(added)
     }
 
@@ -632,7 +720,8 @@ impl<'r> WorkTree<'r> {
         ] {
             paths = merge_sorted(&paths, &keys);
         }
-        let cache = &self.cache;
+        self.load_cache();
+        let cache = self.cache.as_ref().expect("loaded");
         // What is on disk now, and whether it holds work that neither the head nor the last
         // checked-out state has (only such work is protected).
         let current: Vec<(&String, Option<Probe>, bool)> = paths
@@ -644,7 +733,14 @@ impl<'r> WorkTree<'r> {
                     Some(Entry::Inline(v)) => Some(v),
                     _ => None,
                 };
-                let p = probe(self.repo.workdir(), path, !as_object, cache, hv, None)?;
+                let p = probe(
+                    self.repo.workdir(),
+                    path,
+                    !as_object,
+                    &|k| cache.lookup(path, k),
+                    hv,
+                    None,
+                )?;
                 let unsaved = match &p {
                     None => false,
                     Some(p) => entry_of(path, as_object, p).map_or(true, |e| {
@@ -737,7 +833,7 @@ impl<'r> WorkTree<'r> {
             removed: removes.len(),
             unchanged: skipped.len(),
         };
-        self.cache
+        self.load_cache()
             .update_and_save(written.into_iter().chain(skipped));
         Ok(report)
     }
@@ -1013,6 +1109,43 @@ mod tests {
     }
 
     #[test]
+    fn status_is_right_when_the_tracked_set_moved_away_from_the_stat_cache() {
+        // The walk starts from the stat cache's paths while the head parses (`reconcile`).
+        let (_d, repo) = setup();
+        for f in ["a.txt", "d/b.txt", "d/c.txt"] {
+            write(&repo, f, f);
+        }
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert!(scan.is_clean() && scan.untracked.is_empty(), "{scan:?}");
+        // The head drops d/b.txt behind the work tree's back (as `apply` or pvr could): it is
+        // still on disk and in the cache, and now untracked, in walk order.
+        let lock = repo.lock().unwrap();
+        let mut state = repo.head_state().unwrap();
+        state.remove("d/b.txt");
+        repo.commit_state(&lock, &state, "drop b", None).unwrap();
+        drop(lock);
+        write(&repo, "d/a-new.txt", "n");
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert_eq!(scan.untracked, vec!["d/a-new.txt", "d/b.txt"]);
+        assert!(scan.is_clean());
+        // A staged path the cache never saw: reported as added, not as untracked.
+        let mut staged = load_staged(&repo).unwrap();
+        staged.insert(
+            "d/a-new.txt".into(),
+            Staged {
+                force_object: false,
+                sha: ObjectId::hash_bytes(b"n"),
+            },
+        );
+        save_staged(&repo, &staged).unwrap();
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert_eq!(scan.added, vec!["d/a-new.txt"]);
+        assert_eq!(scan.untracked, vec!["d/b.txt"]);
+    }
+
+    #[test]
     fn stat_cache_avoids_rereading_and_notices_same_size_edits() {
         let (_d, repo) = setup();
         write(&repo, "f.bin", "aaaa");
@@ -1023,7 +1156,11 @@ mod tests {
         WorkTree::open(&repo).scan().unwrap();
         let wt = WorkTree::open(&repo);
         let meta = fs::symlink_metadata(repo.workdir().join("f.bin")).unwrap();
-        assert!(wt.cache.lookup("f.bin", &StatKey::of(&meta)).is_some());
+        let mut wt = wt;
+        assert!(wt
+            .load_cache()
+            .lookup("f.bin", &StatKey::of(&meta))
+            .is_some());
         // same size, new content: mtime/ctime move, so it is re-hashed
         write(&repo, "f.bin", "bbbb");
         let scan = WorkTree::open(&repo).scan().unwrap();
@@ -1057,7 +1194,7 @@ mod tests {
                 )
             })
             .collect();
-        wt.cache.update_and_save(lies);
+        wt.load_cache().update_and_save(lies);
         std::thread::sleep(std::time::Duration::from_millis(20));
         let scan = WorkTree::open(&repo).scan().unwrap();
         // f.bin: believed; c.json: the value hash does not match the head, so it is parsed

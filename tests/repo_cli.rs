@@ -425,3 +425,57 @@ fn a_pvr_made_repository_opens_commits_and_keeps_its_pool() {
     assert_eq!(d.read_string("new.txt"), "new\n");
     assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
 }
+
+/// `status` reuses the listing of a directory that has not changed for a second or more (the
+/// directory cache); every later change must still show, including a `.pvrignore` edited in
+/// place (which does not touch its directory's mtime).
+#[test]
+fn status_sees_changes_in_directories_it_has_cached() {
+    let d = Dir::new();
+    d.pvrfs(&["init"]).ok();
+    for f in ["a/x.txt", "a/sub/y.txt", "b/z.txt", "top.txt"] {
+        d.write(f, "1\n");
+    }
+    d.pvrfs(&["add"]).ok();
+    d.pvrfs(&["commit", "-m", "one"]).ok();
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(2100));
+    settle();
+    // the first status records the directories, the second reuses them
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    d.write("a/sub/new.txt", "n");
+    d.write("a/sub/old.log", "n");
+    fs::remove_file(d.path("b/z.txt")).unwrap();
+    d.write("a/x.txt", "2\n");
+    fs::rename(d.path("a/sub"), d.path("a/moved")).unwrap();
+    assert_eq!(
+        d.pvrfs(&["status"]).ok().stdout(),
+        "D a/sub/y.txt\nD b/z.txt\nC a/x.txt\n? a/moved/new.txt\n? a/moved/old.log\n? a/moved/y.txt\n"
+    );
+    fs::rename(d.path("a/moved"), d.path("a/sub")).unwrap();
+    d.write("a/.pvrignore", "*.txt\n");
+    settle();
+    assert_eq!(
+        d.pvrfs(&["status"]).ok().stdout(),
+        "D b/z.txt\nC a/x.txt\n? a/.pvrignore\n? a/sub/old.log\n"
+    );
+    assert_eq!(
+        d.pvrfs(&["status"]).ok().stdout(),
+        "D b/z.txt\nC a/x.txt\n? a/.pvrignore\n? a/sub/old.log\n"
+    );
+    // edited in place: a/ keeps its mtime, the new rules apply below it at once
+    let mtime = fs::metadata(d.path("a")).unwrap().mtime_nsec();
+    d.write("a/.pvrignore", "*.log\n");
+    assert_eq!(fs::metadata(d.path("a")).unwrap().mtime_nsec(), mtime);
+    assert_eq!(
+        d.pvrfs(&["status"]).ok().stdout(),
+        "D b/z.txt\nC a/x.txt\n? a/.pvrignore\n? a/sub/new.txt\n"
+    );
+    // a directory replaced by a file
+    fs::remove_dir_all(d.path("b")).unwrap();
+    d.write("b", "file\n");
+    assert_eq!(
+        d.pvrfs(&["status"]).ok().stdout(),
+        "D b/z.txt\nC a/x.txt\n? a/.pvrignore\n? a/sub/new.txt\n? b\n"
+    );
+}

@@ -1,20 +1,29 @@
 //! The stat cache (`.pvr/pvrfs/statcache`): what pvrfs last learned about each tracked file, so
-//! that `status`, `diff` and `commit` re-read only files whose `lstat` changed (git's index idea).
+//! that `status`, `diff` and `commit` re-read only files whose `lstat` changed (git's index idea),
+//! and about each directory, so that `status` reads only directories that changed (git's
+//! untracked cache; the rules are in `walk`).
 //!
 //! Per path it keeps the `lstat` key (size, mtime ns, ctime ns, inode, device), the sha256 of the
 //! file's bytes and, for a `.json` file that parsed, the sha256 of its value's canonical bytes.
+//! Per directory it keeps a `walk::DirRecord`.
 //!
-//! Format (little-endian, written to a temp file and renamed, so never torn):
-//! `b"PVRFSSC1"`, then per entry: `size u64, mtime i64, ctime i64, ino u64, dev u64, sha [32],
-//! has_value u8, value_sha [32] (only when has_value = 1), path_len u32, path bytes`. Anything that
-//! does not decode makes the whole cache empty: it is only a cache.
+//! Format (little-endian), written to a temp file and renamed:
+//! `b"PVRFSSC2"`, `checksum u64` (of everything after it), `files u32`, then per file, in
+//! strictly ascending path order (so lookups binary-search and scans merge, no hash map):
+//! `size u64, mtime i64, ctime i64, ino u64, dev u64, sha [32], has_value u8, value_sha [32]
+//! (only when has_value = 1), path_len u32, path bytes`; then `dirs u32` and per directory:
+//! `size u64, mtime i64, ctime i64, ino u64, dev u64, flags u8 (1 = stable, 2 = has an ignore
+//! entry), the ignore entry's five u64 (only with flag 2), path_len u32, path, listing_len u32,
+//! listing`. A file that does not decode, fails its checksum, or has trailing bytes makes the
+//! whole cache empty (status then reads everything): it is only a cache.
 //!
 //! Racy entries (git's "racily clean" problem): a file written in the same timestamp tick as the
-//! cache could change again without its mtime moving. An entry is trusted only when the file's
-//! mtime is strictly older than the cache file's own mtime, which comes from the same (coarse)
-//! kernel clock as the files' mtimes; anything else is re-hashed and the cache rewritten, so it
-//! converges on the next run.
+//! cache could change again without its mtime moving. A file entry is trusted only when the
+//! file's mtime is strictly older than the cache file's own mtime, which comes from the same
+//! (coarse) kernel clock as the files' mtimes; anything else is re-hashed and the cache
+//! rewritten, so it converges on the next run.
 
+use super::walk::DirRecord;
 use crate::fsutil;
 use crate::oid::ObjectId;
 use std::fs;
@@ -22,7 +31,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"PVRFSSC1";
+const MAGIC: &[u8; 8] = b"PVRFSSC2";
 
 /// FxHash (rustc's hasher): paths are not attacker-chosen keys here, and SipHash was a visible
 /// share of `status` on 100k files.
@@ -85,7 +94,7 @@ impl StatKey {
 }
 
 /// What the cache knows about one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheEntry {
     pub key: StatKey,
     /// sha256 of the file's bytes (= its object id).
@@ -94,79 +103,243 @@ pub struct CacheEntry {
     pub value_sha: Option<ObjectId>,
 }
 
+/// Where one file record and its path sit in `StatCache::buf`.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    rec: u32,
+    path: u32,
+    len: u32,
+}
+
+/// The bytes of the file records: the cache file mapped as it was read, or built in memory.
+#[derive(Debug)]
+enum Bytes {
+    /// Safe to map: the cache is only ever replaced by rename, never rewritten in place, so
+    /// the mapped file does not change under us.
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes::Owned(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// The cache in memory: the file records stay in the bytes they were read as (sorted by path,
+/// found by offset: loading 100k entries allocates nothing per entry); directory records are
+/// decoded.
 #[derive(Debug, Default)]
 pub struct StatCache {
     path: PathBuf,
-    entries: HashMap<String, CacheEntry>,
+    /// `MAGIC`, checksum, `files u32` and the file records, up to `files_end` (the directory
+    /// records that follow in a loaded file are decoded into `dirs`).
+    buf: Bytes,
+    files_end: usize,
+    slots: Vec<Slot>,
+    /// Directory records of the last status walk (see `walk`).
+    dirs: HashMap<String, DirRecord>,
     /// mtime of the cache file when loaded (ns); entries with a newer or equal mtime are racy.
     written_ns: i64,
 }
 
 impl StatCache {
-    /// Load the cache at `path`; a missing or unreadable cache is an empty one.
+    /// Load the cache at `path`; a missing, unreadable or damaged cache is an empty one.
     pub fn load(path: &Path) -> StatCache {
         let mut cache = StatCache {
             path: path.to_path_buf(),
             ..Default::default()
         };
-        let Ok(meta) = fs::metadata(path) else {
+        let Ok(file) = fs::File::open(path) else {
             return cache;
         };
-        let Ok(bytes) = fs::read(path) else {
+        let Ok(meta) = file.metadata() else {
             return cache;
         };
-        if let Some(entries) = decode(&bytes) {
-            cache.entries = entries;
+        // Mapped and pre-faulted in one call: no copy, and no fresh pages to zero.
+        // SAFETY: see `Bytes::Mapped`; a file truncated by someone else would fault, not lie.
+        let Ok(map) = (unsafe { memmap2::MmapOptions::new().populate().map(&file) }) else {
+            return cache;
+        };
+        if let Some((slots, files_end, dirs)) = decode(&map) {
+            cache.buf = Bytes::Mapped(map);
+            cache.files_end = files_end;
+            cache.slots = slots;
+            cache.dirs = dirs;
             cache.written_ns = StatKey::of(&meta).mtime_ns;
         }
         cache
     }
 
-    /// The cached entry for `path` if the file's current `key` matches it and is not racy.
-    pub fn lookup(&self, path: &str, key: &StatKey) -> Option<&CacheEntry> {
-        self.entries
-            .get(path)
-            .filter(|e| e.key == *key && key.mtime_ns < self.written_ns)
+    fn path_at(&self, i: usize) -> &[u8] {
+        let s = self.slots[i];
+        &self.buf[s.path as usize..(s.path + s.len) as usize]
     }
 
-    pub fn get(&self, path: &str) -> Option<&CacheEntry> {
-        self.entries.get(path)
+    fn entry_at(&self, i: usize) -> CacheEntry {
+        let mut r = Reader {
+            buf: &self.buf[self.slots[i].rec as usize..],
+        };
+        read_entry(&mut r).expect("validated when loaded")
+    }
+
+    fn find(&self, path: &str) -> Option<usize> {
+        self.slots
+            .binary_search_by(|s| {
+                self.buf[s.path as usize..(s.path + s.len) as usize].cmp(path.as_bytes())
+            })
+            .ok()
+    }
+
+    /// The cached entry for `path` if the file's current `key` matches it and is not racy.
+    pub fn lookup(&self, path: &str, key: &StatKey) -> Option<CacheEntry> {
+        self.trusted(self.find(path)?, key)
+    }
+
+    /// Entry `i` (from `positions`) if the file's current `key` matches it and is not racy.
+    pub fn trusted(&self, i: usize, key: &StatKey) -> Option<CacheEntry> {
+        let e = self.entry_at(i);
+        (e.key == *key && key.mtime_ns < self.written_ns).then_some(e)
+    }
+
+    /// The position of each of `paths` in the cache: a merge when `paths` come in sorted runs
+    /// (a state's keys, then staged ones), a binary search where a run restarts.
+    pub fn positions<'p>(&self, paths: impl IntoIterator<Item = &'p str>) -> Vec<Option<usize>> {
+        let mut at = 0;
+        let mut last: &[u8] = &[];
+        paths
+            .into_iter()
+            .map(|p| {
+                let p = p.as_bytes();
+                if p < last {
+                    at = self.slots.partition_point(|s| {
+                        &self.buf[s.path as usize..(s.path + s.len) as usize] < p
+                    });
+                } else {
+                    while at < self.slots.len() && self.path_at(at) < p {
+                        at += 1;
+                    }
+                }
+                last = p;
+                (at < self.slots.len() && self.path_at(at) == p).then_some(at)
+            })
+            .collect()
+    }
+
+    pub fn get(&self, path: &str) -> Option<CacheEntry> {
+        Some(self.entry_at(self.find(path)?))
+    }
+
+    /// Every file's path, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.slots.len())
+            .map(|i| std::str::from_utf8(self.path_at(i)).expect("validated when loaded"))
+    }
+
+    /// Every file entry, in path order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, CacheEntry)> + '_ {
+        (0..self.slots.len()).map(|i| {
+            let p = std::str::from_utf8(self.path_at(i)).expect("validated when loaded");
+            (p, self.entry_at(i))
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slots.is_empty()
     }
 
-    /// Would the cache hold `entries` after a `replace` (no need to rewrite it)?
-    fn same_as(&self, entries: &HashMap<String, CacheEntry>) -> bool {
-        self.entries.len() == entries.len()
-            && entries
-                .iter()
-                .all(|(k, e)| self.entries.get(k) == Some(e) && e.key.mtime_ns < self.written_ns)
+    /// The directory records (see `walk::DirCache`).
+    pub fn dirs(&self) -> &HashMap<String, DirRecord> {
+        &self.dirs
     }
 
-    /// Replace the whole content and write it out when it changed or holds racy entries.
-    /// Failure to write (a read-only repository) is ignored: the cache is an optimisation.
-    pub fn replace_and_save(&mut self, entries: HashMap<String, CacheEntry>) {
-        if self.same_as(&entries) {
-            return;
+    /// Replace the directory records (saved with the next save).
+    pub fn set_dirs(&mut self, dirs: HashMap<String, DirRecord>) {
+        self.dirs = dirs;
+    }
+
+    /// Replace the file entries (saved with the next save); a path given twice keeps its last
+    /// entry.
+    pub fn replace<S: AsRef<str>>(&mut self, entries: impl IntoIterator<Item = (S, CacheEntry)>) {
+        let mut entries: Vec<(S, CacheEntry)> = entries.into_iter().collect();
+        // Stable: of equal paths the last one given comes last, and is the one kept.
+        entries.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        let mut buf = Vec::with_capacity(20 + entries.len() * 120);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&0u64.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        let mut slots: Vec<Slot> = Vec::with_capacity(entries.len());
+        for (n, (path, e)) in entries.iter().enumerate() {
+            let path = path.as_ref();
+            if entries
+                .get(n + 1)
+                .is_some_and(|next| next.0.as_ref() == path)
+            {
+                continue;
+            }
+            let rec = buf.len() as u32;
+            put_key(&mut buf, &e.key);
+            buf.extend_from_slice(e.sha.as_bytes());
+            match &e.value_sha {
+                Some(v) => {
+                    buf.push(1);
+                    buf.extend_from_slice(v.as_bytes());
+                }
+                None => buf.push(0),
+            }
+            put_bytes(&mut buf, path.as_bytes());
+            slots.push(Slot {
+                rec,
+                path: (buf.len() - path.len()) as u32,
+                len: path.len() as u32,
+            });
         }
-        self.entries = entries;
+        buf[16..20].copy_from_slice(&(slots.len() as u32).to_le_bytes());
+        self.files_end = buf.len();
+        self.buf = Bytes::Owned(buf);
+        self.slots = slots;
+    }
+
+    /// Replace the file entries and write the cache out.
+    pub fn replace_and_save<S: AsRef<str>>(
+        &mut self,
+        entries: impl IntoIterator<Item = (S, CacheEntry)>,
+    ) {
+        self.replace(entries);
+        self.save();
+    }
+
+    /// Write the cache out as it is (after `replace` or `set_dirs`). Failure to write (a
+    /// read-only repository) is ignored: the cache is an optimisation.
+    pub fn save_now(&mut self) {
         self.save();
     }
 
     /// Insert or update entries, then save.
-    pub fn update_and_save(&mut self, entries: impl IntoIterator<Item = (String, CacheEntry)>) {
-        self.entries.extend(entries);
+    pub fn update_and_save(&mut self, updates: impl IntoIterator<Item = (String, CacheEntry)>) {
+        let mut all: Vec<(String, CacheEntry)> =
+            self.entries().map(|(p, e)| (p.to_string(), e)).collect();
+        all.extend(updates);
+        self.replace(all);
         self.save();
     }
 
     fn save(&mut self) {
-        let bytes = encode(&self.entries);
+        let bytes = encode(&self.buf[..self.files_end], &self.dirs);
         if let Some(dir) = self.path.parent() {
             let _ = fs::create_dir_all(dir);
         }
@@ -191,27 +364,66 @@ fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn encode(entries: &HashMap<String, CacheEntry>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + entries.len() * 120);
-    out.extend_from_slice(MAGIC);
-    for (path, e) in entries {
-        out.extend_from_slice(&e.key.size.to_le_bytes());
-        out.extend_from_slice(&e.key.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&e.key.ctime_ns.to_le_bytes());
-        out.extend_from_slice(&e.key.ino.to_le_bytes());
-        out.extend_from_slice(&e.key.dev.to_le_bytes());
-        out.extend_from_slice(e.sha.as_bytes());
-        match &e.value_sha {
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(v.as_bytes());
-            }
-            None => out.push(0),
-        }
-        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
-        out.extend_from_slice(path.as_bytes());
+fn put_key(out: &mut Vec<u8>, k: &StatKey) {
+    out.extend_from_slice(&k.size.to_le_bytes());
+    out.extend_from_slice(&k.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&k.ctime_ns.to_le_bytes());
+    out.extend_from_slice(&k.ino.to_le_bytes());
+    out.extend_from_slice(&k.dev.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// A fast 64-bit checksum (FxHash over 8-byte words, then the length): enough to catch a torn
+/// or damaged file, which is all it is for.
+fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(bytes);
+    h.write(&(bytes.len() as u64).to_le_bytes());
+    h.finish()
+}
+
+/// The whole file: `files` (header and file records, as `StatCache::buf`) + the directories,
+/// with the checksum filled in.
+fn encode(files: &[u8], dirs: &HashMap<String, DirRecord>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + files.len() + dirs.len() * 120);
+    if files.len() < 20 {
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0; 12]);
+    } else {
+        out.extend_from_slice(files);
     }
+    out.extend_from_slice(&(dirs.len() as u32).to_le_bytes());
+    for (path, d) in dirs {
+        put_key(&mut out, &d.key);
+        out.push(u8::from(d.stable) | if d.ignore.is_some() { 2 } else { 0 });
+        if let Some(k) = &d.ignore {
+            put_key(&mut out, k);
+        }
+        put_bytes(&mut out, path.as_bytes());
+        put_bytes(&mut out, &d.listing);
+    }
+    let sum = checksum(&out[16..]);
+    out[8..16].copy_from_slice(&sum.to_le_bytes());
     out
+}
+
+fn read_entry(r: &mut Reader<'_>) -> Option<CacheEntry> {
+    let key = r.key()?;
+    let sha = r.id()?;
+    let value_sha = match r.take(1)?[0] {
+        0 => None,
+        1 => Some(r.id()?),
+        _ => return None,
+    };
+    Some(CacheEntry {
+        key,
+        sha,
+        value_sha,
+    })
 }
 
 struct Reader<'a> {
@@ -230,43 +442,88 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
     fn id(&mut self) -> Option<ObjectId> {
         Some(ObjectId::from_bytes(self.take(32)?.try_into().ok()?))
     }
+    fn key(&mut self) -> Option<StatKey> {
+        Some(StatKey {
+            size: self.u64()?,
+            mtime_ns: self.u64()? as i64,
+            ctime_ns: self.u64()? as i64,
+            ino: self.u64()?,
+            dev: self.u64()?,
+        })
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+    fn str(&mut self) -> Option<String> {
+        Some(std::str::from_utf8(self.bytes()?).ok()?.to_string())
+    }
 }
 
-fn decode(bytes: &[u8]) -> Option<HashMap<String, CacheEntry>> {
-    let mut r = Reader {
-        buf: bytes.strip_prefix(MAGIC.as_slice())?,
-    };
-    // Sized up front (entries are ~110 bytes) so 100k inserts do not rehash as the map grows.
-    let mut entries = HashMap::with_capacity_and_hasher(bytes.len() / 100, FxBuild::default());
-    while !r.buf.is_empty() {
-        let key = StatKey {
-            size: r.u64()?,
-            mtime_ns: r.u64()? as i64,
-            ctime_ns: r.u64()? as i64,
-            ino: r.u64()?,
-            dev: r.u64()?,
-        };
-        let sha = r.id()?;
-        let value_sha = match r.take(1)?[0] {
-            0 => None,
-            1 => Some(r.id()?),
-            _ => return None,
-        };
-        let len = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
-        let path = std::str::from_utf8(r.take(len)?).ok()?.to_string();
-        entries.insert(
+/// File slots (offsets into `bytes`), where the file records end, and the directories.
+type Decoded = (Vec<Slot>, usize, HashMap<String, DirRecord>);
+
+fn decode(bytes: &[u8]) -> Option<Decoded> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+    let (sum, body) = rest.split_at_checked(8)?;
+    if u64::from_le_bytes(sum.try_into().ok()?) != checksum(body) || bytes.len() > u32::MAX as usize
+    {
+        return None;
+    }
+    let mut r = Reader { buf: body };
+    let files = r.u32()? as usize;
+    let mut slots: Vec<Slot> = Vec::with_capacity(files.min(body.len() / 80));
+    let offset = |r: &Reader<'_>| (bytes.len() - r.buf.len()) as u32;
+    let mut last: Option<&[u8]> = None;
+    for _ in 0..files {
+        let rec = offset(&r);
+        read_entry(&mut r)?;
+        let path = r.bytes()?;
+        std::str::from_utf8(path).ok()?;
+        // strictly sorted, so that lookups can search and merge
+        if last.is_some_and(|l| l >= path) {
+            return None;
+        }
+        last = Some(path);
+        slots.push(Slot {
+            rec,
+            path: offset(&r) - path.len() as u32,
+            len: path.len() as u32,
+        });
+    }
+    let files_end = bytes.len() - r.buf.len();
+    let ndirs = r.u32()? as usize;
+    let mut dirs =
+        HashMap::with_capacity_and_hasher(ndirs.min(body.len() / 40), FxBuild::default());
+    for _ in 0..ndirs {
+        let key = r.key()?;
+        let flags = r.take(1)?[0];
+        if flags > 3 {
+            return None;
+        }
+        let ignore = if flags & 2 != 0 { Some(r.key()?) } else { None };
+        let path = r.str()?;
+        let listing = r.bytes()?.to_vec();
+        if listing.last().is_some_and(|&b| b != 0) {
+            return None;
+        }
+        dirs.insert(
             path,
-            CacheEntry {
+            DirRecord {
                 key,
-                sha,
-                value_sha,
+                ignore,
+                stable: flags & 1 != 0,
+                listing,
             },
         );
     }
-    Some(entries)
+    r.buf.is_empty().then_some((slots, files_end, dirs))
 }
 
 #[cfg(test)]
@@ -293,23 +550,104 @@ mod tests {
         let path = dir.path().join("statcache");
         let mut cache = StatCache::load(&path);
         assert!(cache.is_empty());
-        let entries: HashMap<String, CacheEntry> = (0..5)
+        // given in any order, with a path twice (the last one wins)
+        let mut entries: Vec<(String, CacheEntry)> = (0..5)
+            .rev()
             .map(|n| (format!("d/f {n}.json"), entry(n)))
             .collect();
-        cache.replace_and_save(entries.clone());
+        entries.push(("d/f 2.json".into(), entry(9)));
+        cache.replace_and_save(entries);
         let loaded = StatCache::load(&path);
-        assert_eq!(loaded.entries, entries);
+        let got: Vec<(String, CacheEntry)> =
+            loaded.entries().map(|(p, e)| (p.to_string(), e)).collect();
+        let mut want: Vec<(String, CacheEntry)> = (0..5)
+            .map(|n| (format!("d/f {n}.json"), entry(n)))
+            .collect();
+        want[2].1 = entry(9);
+        assert_eq!(got, want);
         let e = entry(3);
-        assert_eq!(loaded.lookup("d/f 3.json", &e.key), Some(&e));
+        assert_eq!(loaded.lookup("d/f 3.json", &e.key), Some(e));
+        assert_eq!(loaded.get("d/f 4.json"), Some(entry(4)));
+        assert_eq!(loaded.get("d/f 5.json"), None);
+        // positions: sorted runs are merged, a restart is searched
+        assert_eq!(
+            loaded.positions([
+                "d/f 0.json",
+                "d/f 3.json",
+                "x",
+                "d/f 1.json",
+                "a",
+                "d/f 4.json"
+            ]),
+            vec![Some(0), Some(3), None, Some(1), None, Some(4)]
+        );
         // a different stat key, or a file as new as the cache, is not trusted
         let mut other = e.key;
         other.size += 1;
         assert!(loaded.lookup("d/f 3.json", &other).is_none());
-        let mut racy = e.key;
-        racy.mtime_ns = loaded.written_ns;
         let mut racy_cache = StatCache::load(&path);
-        racy_cache.entries.get_mut("d/f 3.json").unwrap().key = racy;
-        assert!(racy_cache.lookup("d/f 3.json", &racy).is_none());
+        let mut racy = e;
+        racy.key.mtime_ns = racy_cache.written_ns;
+        racy_cache.update_and_save([("d/f 3.json".to_string(), racy)]);
+        racy_cache.written_ns = racy.key.mtime_ns;
+        assert!(racy_cache.lookup("d/f 3.json", &racy.key).is_none());
+        racy_cache.written_ns = racy.key.mtime_ns + 1;
+        assert_eq!(racy_cache.lookup("d/f 3.json", &racy.key), Some(racy));
+    }
+
+    #[test]
+    fn unsorted_file_records_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("statcache");
+        let mut cache = StatCache::load(&path);
+        cache.replace_and_save([("a".to_string(), entry(1)), ("b".to_string(), entry(2))]);
+        // swap the two one-byte paths and fix the checksum: it decodes, but out of order
+        let mut bytes = fs::read(&path).unwrap();
+        let a = bytes.iter().rposition(|&b| b == b'a').unwrap();
+        let b = bytes.iter().rposition(|&b| b == b'b').unwrap();
+        bytes.swap(a, b);
+        let sum = checksum(&bytes[16..]);
+        bytes[8..16].copy_from_slice(&sum.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        assert!(StatCache::load(&path).is_empty());
+    }
+
+    #[test]
+    fn directory_records_round_trip_and_damage_empties_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("statcache");
+        let mut cache = StatCache::load(&path);
+        let record = |n: u64, ignore| DirRecord {
+            key: entry(n).key,
+            ignore,
+            stable: n % 2 == 0,
+            listing: b"fa\0dsub\0".to_vec(),
+        };
+        let dirs: HashMap<String, DirRecord> = [
+            (String::new(), record(1, None)),
+            ("d/e".to_string(), record(2, Some(entry(3).key))),
+        ]
+        .into_iter()
+        .collect();
+        cache.set_dirs(dirs.clone());
+        cache.replace_and_save((0..3).map(|n| (format!("f{n}"), entry(n))));
+        let loaded = StatCache::load(&path);
+        assert_eq!((loaded.dirs(), loaded.len()), (&dirs, 3));
+        // any damaged byte, a truncation or trailing bytes: nothing is believed
+        let good = fs::read(&path).unwrap();
+        for i in [0, 9, 20, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            fs::write(&path, &bad).unwrap();
+            let c = StatCache::load(&path);
+            assert!(c.is_empty() && c.dirs().is_empty(), "byte {i}");
+        }
+        fs::write(&path, &good[..good.len() - 3]).unwrap();
+        assert!(StatCache::load(&path).dirs().is_empty());
+        let mut longer = good.clone();
+        longer.push(0);
+        fs::write(&path, &longer).unwrap();
+        assert!(StatCache::load(&path).dirs().is_empty());
     }
 
     #[test]

@@ -1,51 +1,204 @@
-//! A parallel walk of the work tree that stats only the files the caller asks for.
+//! A parallel walk of the work tree that stats only the files the caller tracks, and can skip
+//! reading directories that did not change since the last walk (git's "untracked cache").
 //!
 //! `status` must look at every directory (to list untracked files) and `lstat` every tracked
-//! file. Doing both in one pass, with `fstatat` relative to an open directory (one path component
-//! to resolve instead of the whole path), is what keeps it near git's speed on 100k files.
+//! file. Both happen in one pass, with `fstatat` relative to an open directory (one path component
+//! to resolve instead of the whole path).
 //!
 //! Rules: only regular files are reported (symlinks and special files are skipped, directories
 //! are entered without following symlinks); `W/.pvr` is never entered; `.pvrignore` files
 //! (gitignore syntax) apply to the directory holding them and everything below, inner files
-//! first, `!pattern` re-includes. Results come in walk order (names sorted within each
-//! directory, bytewise), the order of pvr's `?` lines. Non-UTF-8 names are reported apart,
-//! since a state key is a JSON string and cannot hold them.
+//! first, `!pattern` re-includes. Tracked files are reported with their stat key even when
+//! ignored. Untracked files come in walk order (names sorted within each directory, bytewise),
+//! the order of pvr's `?` lines. Non-UTF-8 names are reported apart, since a state key is a JSON
+//! string and cannot hold them.
+//!
+//! # The directory cache
+//!
+//! With a `DirCache`, every directory read produces a `DirRecord`: the directory's stat key, the
+//! stat key of its `.pvrignore` (if it has an entry of that name), and its *listing* — the names
+//! of its non-ignored regular files, subdirectories and non-UTF-8 entries (tracked or not). The
+//! next walk reuses a record instead of reading the directory when all of these hold:
+//! - the directory's stat key (mtime, ctime, inode, device, size) is unchanged: adding, removing
+//!   or renaming an entry changes the directory's mtime;
+//! - its `.pvrignore` is unchanged (an edit in place does not touch the directory, so the file
+//!   is stat'ed), and no `.pvrignore` above it changed (a changed rule file makes the whole
+//!   subtree below it be read again, as git does);
+//! - both were *old* when the record was made: mtimes earlier than `DirCache::stable_before_ns`
+//!   (one to two seconds before the walk started, on the kernel clock the file system stamps
+//!   with). A directory changed after the walk read it, within the same timestamp tick, keeps its
+//!   mtime; such a racy record is kept only to compare ignore files and is never reused.
+//!
+//! A reused directory still has every tracked file in it stat'ed (a file's content changes do not
+//! touch its directory). The cache is only used on file systems known to update directory
+//! mtimes (the caller decides, see `dircache_supported`), and only for directories on the
+//! device of the work tree's root.
 
-use super::statcache::StatKey;
+use super::statcache::{HashMap, StatKey};
 use crate::error::{Error, Result};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use rayon::prelude::*;
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::ffi::OsStr;
+use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub const IGNORE_FILE: &str = ".pvrignore";
 
 /// One regular file found by the walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Walked {
-    /// A file the caller does not know: its repo-relative, `/`-separated path.
+    /// A file the caller does not track: its repo-relative, `/`-separated path.
     Other(String),
-    /// A file the caller asked for (by its index) and its `lstat` key. Such files are reported
+    /// A tracked file (by the caller's index) and its `lstat` key. Such files are reported
     /// even when `.pvrignore` matches them: tracked files stay tracked.
     Known(usize, StatKey),
     /// A file or directory whose name is not UTF-8 (a state key is a JSON string, so it cannot
     /// be tracked); directories of that kind are not entered.
-    NotUtf8(std::path::PathBuf),
+    NotUtf8(PathBuf),
 }
 
-/// Walk `start` (a directory inside the work dir `root`, or `root` itself). `known` maps the
-/// repo-relative paths the caller wants `lstat`ed to an index of its choosing; the others are
-/// returned as paths. (No string is kept for known files: on a 100k-file tree the allocations
-/// showed.)
+/// The tracked files, grouped by directory (repo-relative, `""` for the root): names sorted
+/// bytewise with the caller's index. Grouping once per walk replaces a hash lookup of every
+/// path the walk meets with one per directory.
+#[derive(Debug, Default)]
+pub struct Tracked<'a> {
+    by_dir: HashMap<&'a str, Vec<(&'a str, usize)>>,
+}
+
+impl<'a> Tracked<'a> {
+    /// `paths[i]` gets index `i`.
+    pub fn new(paths: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut by_dir: HashMap<&'a str, Vec<(&'a str, usize)>> = HashMap::default();
+        // Sorted input keeps a directory's files mostly together: skip the lookup then.
+        let mut last: Option<(&'a str, Vec<(&'a str, usize)>)> = None;
+        for (i, p) in paths.into_iter().enumerate() {
+            let (dir, name) = p.rsplit_once('/').unwrap_or(("", p));
+            match &mut last {
+                Some((d, v)) if *d == dir => v.push((name, i)),
+                _ => {
+                    if let Some((d, v)) = last.take() {
+                        by_dir.entry(d).or_default().extend(v);
+                    }
+                    last = Some((dir, vec![(name, i)]));
+                }
+            }
+        }
+        if let Some((d, v)) = last {
+            by_dir.entry(d).or_default().extend(v);
+        }
+        for v in by_dir.values_mut() {
+            v.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        }
+        Tracked { by_dir }
+    }
+
+    fn in_dir(&self, rel: &str) -> &[(&'a str, usize)] {
+        self.by_dir.get(rel).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What the last walk learned about one directory (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirRecord {
+    pub key: StatKey,
+    /// The stat key of the directory's `.pvrignore` entry (following a symlink; `NO_FILE` when
+    /// it is not a regular file), `None` when there is no entry of that name.
+    pub ignore: Option<StatKey>,
+    /// Directory and ignore file were both older than the walk: the record may be reused.
+    pub stable: bool,
+    /// The listing: per entry, a kind byte (`KIND_*`), the name bytes, a NUL; sorted by name.
+    pub listing: Vec<u8>,
+}
+
+pub const KIND_FILE: u8 = b'f';
+pub const KIND_DIR: u8 = b'd';
+pub const KIND_NOT_UTF8: u8 = b'n';
+
+/// The stat key recorded for a `.pvrignore` entry that is not a regular file.
+pub const NO_FILE: StatKey = StatKey {
+    size: u64::MAX,
+    mtime_ns: 0,
+    ctime_ns: 0,
+    ino: 0,
+    dev: 0,
+};
+
+impl DirRecord {
+    fn entries(&self) -> impl Iterator<Item = (u8, &[u8])> {
+        self.listing
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| (e[0], &e[1..]))
+    }
+}
+
+/// Directory records to reuse, and the time before which a stat key counts as stable.
+pub struct DirCache<'a> {
+    pub old: &'a HashMap<String, DirRecord>,
+    /// Nanoseconds since the epoch; see the module docs.
+    pub stable_before_ns: i64,
+}
+
+impl DirCache<'_> {
+    /// The cutoff for a walk starting now: the start of the previous second, so that any change
+    /// from now on carries an mtime at or after it, even on a file system that stamps whole
+    /// seconds or with a clock tick that lags the wall clock.
+    pub fn cutoff_now() -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        (now - 1) * 1_000_000_000
+    }
+}
+
+/// How the walk treated one directory.
+#[derive(Debug)]
+pub enum DirOutcome {
+    /// Its old record was valid and used.
+    Reused,
+    /// It was read; this is its new record.
+    Read(DirRecord),
+}
+
+/// The result of a walk.
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub found: Vec<Walked>,
+    /// One outcome per directory visited (only with a `DirCache`).
+    pub dirs: Vec<(String, DirOutcome)>,
+}
+
+/// Is the directory cache safe on the file system holding `dir`? Only local file systems known
+/// to update a directory's mtime whenever an entry is added, removed or renamed qualify; FUSE,
+/// network and overlay file systems do not (their directory times may lag or come from
+/// elsewhere), so the walk reads every directory there.
+#[allow(clippy::unnecessary_cast)] // f_type's width varies by architecture
+pub fn dircache_supported(dir: &Path) -> bool {
+    const KNOWN: [i64; 6] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+    ];
+    rustix::fs::statfs(dir).is_ok_and(|s| KNOWN.contains(&(s.f_type as i64)))
+}
+
+/// Walk `start` (a directory inside the work dir `root`, or `root` itself). `tracked` names the
+/// files to `lstat` (by repo-relative path); the others are returned as paths. With `cache`
+/// (only used when `start` is `root`), unchanged directories are not read (see the module docs).
 pub fn walk(
     root: &Path,
     start: &Path,
-    known: &(dyn Fn(&str) -> Option<usize> + Sync),
-) -> Result<Vec<Walked>> {
+    tracked: &Tracked<'_>,
+    cache: Option<&DirCache<'_>>,
+) -> Result<Walk> {
     let rel = start
         .strip_prefix(root)
         .ok()
@@ -58,161 +211,386 @@ pub fn walk(
             ))
         })?
         .to_string();
-    // .pvrignore files of the directories between root and start apply too.
-    let mut ignores = Vec::new();
-    let mut dir = root.to_path_buf();
-    push_ignore_file(&mut ignores, &dir)?;
+    let cache = cache.filter(|_| rel.is_empty());
+    // .pvrignore files of the directories above start apply too.
+    let mut ignores = None;
     if !rel.is_empty() {
-        for seg in rel.split('/') {
+        let mut dir = root.to_path_buf();
+        let segs: Vec<&str> = rel.split('/').collect();
+        for seg in std::iter::once("").chain(segs[..segs.len() - 1].iter().copied()) {
             dir.push(seg);
-            push_ignore_file(&mut ignores, &dir)?;
+            if dir.join(IGNORE_FILE).is_file() {
+                ignores = Some(IgnNode::new(ignores, dir.clone()));
+            }
         }
     }
     let fd = open_dir(rustix::fs::CWD, start)?;
-    let w = Walker { root, known };
-    w.visit(fd, rel, Arc::new(ignores))
+    let root_dev = rustix::fs::fstat(&fd)
+        .map_err(|e| Error::io("stat", start, e.into()))?
+        .st_dev as u64;
+    let w = Walker {
+        root,
+        tracked,
+        cache,
+        root_dev,
+        dirs: Mutex::new(Vec::new()),
+        stale: AtomicBool::new(false),
+    };
+    let found = w.visit(fd, rel.clone(), ignores.clone(), false)?;
+    if w.stale.load(Ordering::Relaxed) {
+        // A reused record named a directory that is not there: the cache lied (a file system
+        // that does not update directory times after all?). Start over without it.
+        let fd = open_dir(rustix::fs::CWD, start)?;
+        let w = Walker { cache: None, ..w };
+        let found = w.visit(fd, rel, ignores, false)?;
+        return Ok(Walk {
+            found,
+            dirs: Vec::new(),
+        });
+    }
+    Ok(Walk {
+        found,
+        dirs: w.dirs.into_inner().unwrap_or_else(|e| e.into_inner()),
+    })
 }
 
 struct Walker<'a> {
     root: &'a Path,
-    known: &'a (dyn Fn(&str) -> Option<usize> + Sync),
+    tracked: &'a Tracked<'a>,
+    cache: Option<&'a DirCache<'a>>,
+    root_dev: u64,
+    dirs: Mutex<Vec<(String, DirOutcome)>>,
+    /// Set when a reused record proved wrong; the walk is then redone without the cache.
+    stale: AtomicBool,
 }
 
 fn open_dir<Fd: AsFd>(at: Fd, path: &Path) -> Result<OwnedFd> {
-    rustix::fs::openat(
-        at,
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Error::io("open directory", path, e.into()))
+    rustix::fs::openat(at, path, DIR_FLAGS, Mode::empty())
+        .map_err(|e| Error::io("open directory", path, e.into()))
 }
 
-fn push_ignore_file(stack: &mut Vec<Gitignore>, dir: &Path) -> Result<()> {
-    let file = dir.join(IGNORE_FILE);
-    if !file.is_file() {
-        return Ok(());
-    }
-    let mut b = GitignoreBuilder::new(dir);
-    if let Some(e) = b.add(&file) {
-        return Err(Error::Other(format!(
-            "bad ignore file {}: {e}",
-            file.display()
-        )));
-    }
-    let gi = b
-        .build()
-        .map_err(|e| Error::Other(format!("bad ignore file {}: {e}", file.display())))?;
-    stack.push(gi);
-    Ok(())
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// A directory's `.pvrignore`, parsed on first use: a walk that reuses every directory never
+/// parses one. Linked to the nearest enclosing directory with one.
+struct IgnNode {
+    parent: Option<Arc<IgnNode>>,
+    dir: PathBuf,
+    rules: OnceLock<std::result::Result<Gitignore, String>>,
 }
 
-fn is_ignored(stack: &[Gitignore], abs: &Path, is_dir: bool) -> bool {
-    for gi in stack.iter().rev() {
-        let m = gi.matched(abs, is_dir);
+impl IgnNode {
+    fn new(parent: Option<Arc<IgnNode>>, dir: PathBuf) -> Arc<IgnNode> {
+        Arc::new(IgnNode {
+            parent,
+            dir,
+            rules: OnceLock::new(),
+        })
+    }
+
+    fn rules(&self) -> Result<&Gitignore> {
+        self.rules
+            .get_or_init(|| {
+                let file = self.dir.join(IGNORE_FILE);
+                let mut b = GitignoreBuilder::new(&self.dir);
+                if let Some(e) = b.add(&file) {
+                    return Err(format!("bad ignore file {}: {e}", file.display()));
+                }
+                b.build()
+                    .map_err(|e| format!("bad ignore file {}: {e}", file.display()))
+            })
+            .as_ref()
+            .map_err(|e| Error::Other(e.clone()))
+    }
+}
+
+fn is_ignored(chain: &Option<Arc<IgnNode>>, abs: &Path, is_dir: bool) -> Result<bool> {
+    let mut node = chain.as_deref();
+    while let Some(n) = node {
+        let m = n.rules()?.matched(abs, is_dir);
         if m.is_ignore() {
-            return true;
+            return Ok(true);
         }
         if m.is_whitelist() {
-            return false;
+            return Ok(false);
         }
+        node = n.parent.as_deref();
     }
-    false
+    Ok(false)
 }
 
+fn stat_name(
+    fd: BorrowedFd<'_>,
+    name: &[u8],
+    follow: bool,
+) -> rustix::io::Result<rustix::fs::Stat> {
+    let flags = if follow {
+        AtFlags::empty()
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    rustix::fs::statat(fd, OsStr::from_bytes(name), flags)
+}
+
+/// The key recorded for a directory's `.pvrignore` entry (see `DirRecord::ignore`).
+fn ignore_key(fd: BorrowedFd<'_>) -> Option<StatKey> {
+    let name = IGNORE_FILE.as_bytes();
+    let st = match stat_name(fd, name, false) {
+        Err(rustix::io::Errno::NOENT) => return None,
+        Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::Symlink => {
+            stat_name(fd, name, true) // its target decides
+        }
+        st => st,
+    };
+    match st {
+        Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::RegularFile => {
+            Some(StatKey::from_stat(&st))
+        }
+        _ => Some(NO_FILE), // a directory, a dangling symlink, ...
+    }
+}
+
+fn join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_string()
+    } else {
+        let mut s = String::with_capacity(rel.len() + 1 + name.len());
+        s.push_str(rel);
+        s.push('/');
+        s.push_str(name);
+        s
+    }
+}
+
+/// A directory entry to report or enter, in walk order.
 enum Item {
     File(Walked),
     Dir(String, Vec<u8>),
 }
 
+/// What the cache check found for one directory.
+struct Check<'r> {
+    key: StatKey,
+    ignore: Option<StatKey>,
+    /// The directory's old record, when it may be reused as is.
+    reuse: Option<&'r DirRecord>,
+    /// The ignore rules at and above this directory are the ones its old record was made with.
+    same_rules: bool,
+}
+
 impl Walker<'_> {
-    fn visit(&self, fd: OwnedFd, rel: String, ignores: Arc<Vec<Gitignore>>) -> Result<Vec<Walked>> {
-        let abs_dir = self.root.join(&rel);
+    fn check(
+        &self,
+        fd: BorrowedFd<'_>,
+        rel: &str,
+        rules_changed: bool,
+    ) -> Result<Option<Check<'_>>> {
+        let Some(cache) = self.cache else {
+            return Ok(None);
+        };
+        let st =
+            rustix::fs::fstat(fd).map_err(|e| Error::io("stat", self.root.join(rel), e.into()))?;
+        let key = StatKey::from_stat(&st);
+        if key.dev != self.root_dev {
+            return Ok(None);
+        }
+        let old = cache.old.get(rel);
+        // An unchanged directory that had no `.pvrignore` entry still has none.
+        let ignore = match old {
+            Some(r) if r.key == key && r.ignore.is_none() => None,
+            _ => ignore_key(fd),
+        };
+        let same_rules = !rules_changed && old.is_some_and(|r| r.stable && r.ignore == ignore);
+        let reuse = old.filter(|r| same_rules && r.key == key);
+        Ok(Some(Check {
+            key,
+            ignore,
+            reuse,
+            same_rules,
+        }))
+    }
+
+    fn record(&self, rel: &str, outcome: DirOutcome) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((rel.to_string(), outcome));
+    }
+
+    fn visit(
+        &self,
+        fd: OwnedFd,
+        rel: String,
+        ignores: Option<Arc<IgnNode>>,
+        rules_changed: bool,
+    ) -> Result<Vec<Walked>> {
+        let tracked = self.tracked.in_dir(&rel);
+        let mut out = Vec::new();
+        // Tracked files are stat'ed by name, whether the directory is read or not.
+        for &(name, i) in tracked {
+            match stat_name(fd.as_fd(), name.as_bytes(), false) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::RegularFile => {
+                    out.push(Walked::Known(i, StatKey::from_stat(&st)))
+                }
+                Ok(_) | Err(rustix::io::Errno::NOENT) => {} // not a file (any more)
+                Err(e) => return Err(Error::io("stat", self.root.join(&rel).join(name), e.into())),
+            }
+        }
+        let check = self.check(fd.as_fd(), &rel, rules_changed)?;
+        if let Some(record) = check.as_ref().and_then(|c| c.reuse) {
+            self.record(&rel, DirOutcome::Reused);
+            let ignores = match record.ignore {
+                Some(k) if k != NO_FILE => Some(IgnNode::new(ignores, self.root.join(&rel))),
+                _ => ignores,
+            };
+            let items = listed_items(&rel, tracked, record);
+            return self.enter(fd, items, ignores, false, true, out);
+        }
+        let (items, ignores, listing) = self.read(fd.as_fd(), &rel, tracked, ignores)?;
+        let children_rules_changed = rules_changed || check.as_ref().is_some_and(|c| !c.same_rules);
+        if let (Some(c), Some(cache)) = (check, self.cache) {
+            let old = |k: &StatKey| {
+                k.mtime_ns < cache.stable_before_ns && k.ctime_ns < cache.stable_before_ns
+            };
+            let stable = old(&c.key) && c.ignore.is_none_or(|k| k == NO_FILE || old(&k));
+            let record = DirRecord {
+                key: c.key,
+                ignore: c.ignore,
+                stable,
+                listing,
+            };
+            self.record(&rel, DirOutcome::Read(record));
+        }
+        self.enter(fd, items, ignores, children_rules_changed, false, out)
+    }
+
+    /// Read the directory: its items in name order (tracked files left out), the ignore chain
+    /// for below it, and its listing for a `DirRecord` (empty without a cache).
+    #[allow(clippy::type_complexity)]
+    fn read(
+        &self,
+        fd: BorrowedFd<'_>,
+        rel: &str,
+        tracked: &[(&str, usize)],
+        ignores: Option<Arc<IgnNode>>,
+    ) -> Result<(Vec<Item>, Option<Arc<IgnNode>>, Vec<u8>)> {
+        let abs_dir = self.root.join(rel);
         let mut names: Vec<(Vec<u8>, FileType)> = Vec::new();
-        let mut dir = rustix::fs::Dir::read_from(&fd)
-            .map_err(|e| Error::io("read directory", &abs_dir, e.into()))?;
-        while let Some(entry) = dir.read() {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 16384];
+        // getdents on the directory's own fd (its offset is ours: the fd is not shared).
+        let mut dir = rustix::fs::RawDir::new(fd, &mut buf);
+        while let Some(entry) = dir.next() {
             let entry = entry.map_err(|e| Error::io("read directory", &abs_dir, e.into()))?;
             let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
+            if name == b"."
+                || name == b".."
+                || (rel.is_empty() && name == crate::repo::PVR_DIR.as_bytes())
+            {
                 continue;
             }
             names.push((name.to_vec(), entry.file_type()));
         }
         names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let ignores = if names
-            .iter()
-            .any(|(n, t)| n == IGNORE_FILE.as_bytes() && *t != FileType::Directory)
-        {
-            let mut stack = (*ignores).clone();
-            push_ignore_file(&mut stack, &abs_dir)?;
-            Arc::new(stack)
+        let has_rules = names.iter().any(|(n, _)| n == IGNORE_FILE.as_bytes())
+            && ignore_key(fd).is_some_and(|k| k != NO_FILE);
+        let ignores = if has_rules {
+            let node = IgnNode::new(ignores, abs_dir.clone());
+            node.rules()?; // a broken rule file is an error even when nothing needs it yet
+            Some(node)
         } else {
             ignores
         };
+        let keep_listing = self.cache.is_some();
+        let mut t = 0;
         let mut items = Vec::with_capacity(names.len());
+        let mut listing = Vec::new();
         for (name, mut ftype) in names {
-            let Ok(name_str) = std::str::from_utf8(&name) else {
-                // It cannot be tracked; reported so that status can show it and add refuse it.
-                let rel_path = Path::new(&rel).join(OsStr::from_bytes(&name));
-                let ignored = !ignores.is_empty()
-                    && is_ignored(
-                        &ignores,
-                        &abs_dir.join(OsStr::from_bytes(&name)),
-                        ftype == FileType::Directory,
-                    );
-                if !ignored {
-                    items.push(Item::File(Walked::NotUtf8(rel_path)));
-                }
-                continue;
-            };
-            let path = if rel.is_empty() {
-                name_str.to_string()
-            } else {
-                format!("{rel}/{name_str}")
-            };
-            if path == crate::repo::PVR_DIR {
-                continue;
+            while t < tracked.len() && tracked[t].0.as_bytes() < name.as_slice() {
+                t += 1;
             }
-            let index = match ftype {
-                FileType::RegularFile | FileType::Unknown => (self.known)(&path),
-                _ => None,
-            };
-            if ftype == FileType::Unknown || index.is_some() {
-                let st = match rustix::fs::statat(&fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => st,
+            let is_tracked = t < tracked.len() && tracked[t].0.as_bytes() == name.as_slice();
+            if ftype == FileType::Unknown {
+                ftype = match stat_name(fd, &name, false) {
+                    Ok(st) => FileType::from_raw_mode(st.st_mode as _),
                     Err(rustix::io::Errno::NOENT) => continue, // vanished meanwhile
-                    Err(e) => return Err(Error::io("stat", abs_dir.join(name_str), e.into())),
+                    Err(e) => {
+                        return Err(Error::io(
+                            "stat",
+                            abs_dir.join(OsStr::from_bytes(&name)),
+                            e.into(),
+                        ))
+                    }
                 };
-                ftype = FileType::from_raw_mode(st.st_mode as _);
-                if let (FileType::RegularFile, Some(i)) = (ftype, index) {
-                    items.push(Item::File(Walked::Known(i, StatKey::from_stat(&st))));
-                    continue;
-                }
             }
-            let ignored = |is_dir| {
-                !ignores.is_empty() && is_ignored(&ignores, &abs_dir.join(name_str), is_dir)
+            let is_dir = ftype == FileType::Directory;
+            if !is_dir && ftype != FileType::RegularFile || (is_tracked && !is_dir && !keep_listing)
+            {
+                continue;
+            }
+            if ignores.is_some()
+                && is_ignored(&ignores, &abs_dir.join(OsStr::from_bytes(&name)), is_dir)?
+            {
+                continue;
+            }
+            let kind = match std::str::from_utf8(&name) {
+                Err(_) => KIND_NOT_UTF8,
+                Ok(_) if is_dir => KIND_DIR,
+                Ok(_) => KIND_FILE,
             };
-            match ftype {
-                FileType::Directory if !ignored(true) => items.push(Item::Dir(path, name)),
-                FileType::RegularFile if !ignored(false) => {
-                    items.push(Item::File(Walked::Other(path)))
-                }
-                _ => {}
+            if keep_listing {
+                listing.push(kind);
+                listing.extend_from_slice(&name);
+                listing.push(0);
+            }
+            if let Some(item) = item(rel, kind, name, is_tracked) {
+                items.push(item);
             }
         }
+        Ok((items, ignores, listing))
+    }
+
+    /// Walk the subdirectories (in parallel) and emit everything in walk order.
+    fn enter(
+        &self,
+        fd: OwnedFd,
+        items: Vec<Item>,
+        ignores: Option<Arc<IgnNode>>,
+        rules_changed: bool,
+        from_record: bool,
+        mut out: Vec<Walked>,
+    ) -> Result<Vec<Walked>> {
         let subdirs: Vec<Result<Vec<Walked>>> = items
             .par_iter()
             .filter_map(|item| match item {
-                Item::Dir(path, name) => Some(
-                    open_dir(&fd, Path::new(OsStr::from_bytes(name)))
-                        .and_then(|sub| self.visit(sub, path.clone(), ignores.clone())),
-                ),
+                Item::Dir(path, name) => {
+                    let name = OsStr::from_bytes(name);
+                    Some(
+                        match rustix::fs::openat(&fd, name, DIR_FLAGS, Mode::empty()) {
+                            Ok(sub) => {
+                                self.visit(sub, path.clone(), ignores.clone(), rules_changed)
+                            }
+                            Err(
+                                rustix::io::Errno::NOENT
+                                | rustix::io::Errno::NOTDIR
+                                | rustix::io::Errno::LOOP,
+                            ) if from_record => {
+                                self.stale.store(true, Ordering::Relaxed);
+                                Ok(Vec::new())
+                            }
+                            Err(e) => {
+                                Err(Error::io("open directory", self.root.join(path), e.into()))
+                            }
+                        },
+                    )
+                }
                 Item::File(_) => None,
             })
             .collect();
         let mut subdirs = subdirs.into_iter();
-        let mut out = Vec::new();
+        out.reserve(items.len());
         for item in items {
             match item {
                 Item::File(w) => out.push(w),
@@ -223,10 +601,43 @@ impl Walker<'_> {
     }
 }
 
+/// The item an entry of kind `kind` becomes (`None` for a tracked file: reported apart).
+fn item(rel: &str, kind: u8, name: Vec<u8>, is_tracked: bool) -> Option<Item> {
+    match kind {
+        KIND_NOT_UTF8 => Some(Item::File(Walked::NotUtf8(
+            Path::new(rel).join(OsStr::from_bytes(&name)),
+        ))),
+        KIND_DIR => {
+            let path = join(rel, std::str::from_utf8(&name).ok()?);
+            Some(Item::Dir(path, name))
+        }
+        _ if is_tracked => None,
+        _ => Some(Item::File(Walked::Other(join(
+            rel,
+            std::str::from_utf8(&name).ok()?,
+        )))),
+    }
+}
+
+/// The items of a reused directory record (tracked files left out).
+fn listed_items(rel: &str, tracked: &[(&str, usize)], record: &DirRecord) -> Vec<Item> {
+    let mut t = 0;
+    let mut items = Vec::new();
+    for (kind, name) in record.entries() {
+        while t < tracked.len() && tracked[t].0.as_bytes() < name {
+            t += 1;
+        }
+        let is_tracked = t < tracked.len() && tracked[t].0.as_bytes() == name;
+        items.extend(item(rel, kind, name.to_vec(), is_tracked));
+    }
+    items
+}
+
 /// Every regular file under `start`, in walk order (no stats). A name that is not UTF-8 is an
 /// error naming it.
 pub fn files(root: &Path, start: &Path) -> Result<Vec<String>> {
-    walk(root, start, &|_| None)?
+    walk(root, start, &Tracked::default(), None)?
+        .found
         .into_iter()
         .filter_map(|w| match w {
             Walked::Other(p) => Some(Ok(p)),
@@ -268,20 +679,27 @@ mod tests {
         fs::write(root.join(".pvrignore"), "*.log\n").unwrap();
         fs::write(root.join("sub/.pvrignore"), "*.o\n!keep.o\n").unwrap();
         std::os::unix::fs::symlink("a.txt", root.join("link")).unwrap();
-        // "ab" and the ignored "top.log" are known: reported with their stat key
-        let known = |p: &str| match p {
-            "ab" => Some(7),
-            "top.log" => Some(8),
-            _ => None,
-        };
-        let all = walk(&root, &root, &known).unwrap();
+        // "ab" and the ignored "top.log" are tracked: reported with their stat key
+        let tracked = Tracked::new(["ab", "top.log", "gone"]);
+        let all = walk(&root, &root, &tracked, None).unwrap().found;
+        let mut known: Vec<usize> = all
+            .iter()
+            .filter_map(|w| match w {
+                Walked::Known(i, k) => {
+                    assert_eq!(k.size, 1);
+                    Some(*i)
+                }
+                _ => None,
+            })
+            .collect();
+        known.sort();
+        assert_eq!(known, vec![0, 1]);
         let paths: Vec<&str> = all
             .iter()
-            .map(|w| match w {
-                Walked::Other(p) => p.as_str(),
-                Walked::Known(7, _) => "ab",
-                Walked::Known(8, _) => "top.log",
-                Walked::Known(..) | Walked::NotUtf8(_) => unreachable!(),
+            .filter_map(|w| match w {
+                Walked::Other(p) => Some(p.as_str()),
+                Walked::Known(..) => None,
+                Walked::NotUtf8(_) => unreachable!(),
             })
             .collect();
         assert_eq!(
@@ -291,16 +709,198 @@ mod tests {
                 "a/b",
                 "a b/c",
                 "a.txt",
-                "ab",
                 "sub/.pvrignore",
                 "sub/keep.o",
                 "sub/y.c",
-                "top.log"
             ]
         );
         assert_eq!(
             files(&root, &root.join("sub")).unwrap(),
             vec!["sub/.pvrignore", "sub/keep.o", "sub/y.c"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod dircache_tests {
+    use super::*;
+    use std::fs;
+
+    type Records = HashMap<String, DirRecord>;
+
+    /// (tracked indices with sizes, untracked paths in walk order, directories reused)
+    fn run(
+        root: &Path,
+        tracked: &Tracked<'_>,
+        cache: Option<(&mut Records, i64)>,
+    ) -> (Vec<(usize, u64)>, Vec<String>, usize) {
+        let (w, reused) = match cache {
+            Some((records, stable_before_ns)) => {
+                let dc = DirCache {
+                    old: records,
+                    stable_before_ns,
+                };
+                let w = walk(root, root, tracked, Some(&dc)).unwrap();
+                let mut reused = 0;
+                let new: Records = w
+                    .dirs
+                    .iter()
+                    .filter_map(|(p, o)| match o {
+                        DirOutcome::Reused => {
+                            reused += 1;
+                            records.get(p).cloned().map(|r| (p.clone(), r))
+                        }
+                        DirOutcome::Read(r) => Some((p.clone(), r.clone())),
+                    })
+                    .collect();
+                *records = new;
+                (w, reused)
+            }
+            None => (walk(root, root, tracked, None).unwrap(), 0),
+        };
+        let mut known = Vec::new();
+        let mut other = Vec::new();
+        for f in w.found {
+            match f {
+                Walked::Known(i, k) => known.push((i, k.size)),
+                Walked::Other(p) => other.push(p),
+                Walked::NotUtf8(p) => other.push(p.to_string_lossy().into_owned()),
+            }
+        }
+        known.sort();
+        (known, other, reused)
+    }
+
+    fn put(root: &Path, rel: &str, data: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+
+    /// Walk with the records and without, check both agree, return how many dirs were reused.
+    fn same(root: &Path, tracked: &Tracked<'_>, records: &mut Records) -> usize {
+        let (k1, o1, reused) = run(root, tracked, Some((records, i64::MAX)));
+        let (k2, o2, _) = run(root, tracked, None);
+        assert_eq!(
+            (&k1, &o1),
+            (&k2, &o2),
+            "cached walk differs from a full one"
+        );
+        reused
+    }
+
+    #[test]
+    fn unchanged_directories_are_reused_and_every_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        for f in ["a/x", "a/y", "a/sub/z", "a/sub/deep/q", "b/w", "keep.txt"] {
+            put(&root, f, "1");
+        }
+        let tracked = Tracked::new(["a/x", "b/w"]);
+        let mut records = Records::default();
+        assert_eq!(same(&root, &tracked, &mut records), 0);
+        assert_eq!(records.len(), 5); // "", a, a/sub, a/sub/deep, b
+        assert_eq!(same(&root, &tracked, &mut records), 5);
+
+        // A record that is reused is believed: a name planted in it shows up.
+        let mut lie = records.clone();
+        lie.get_mut("a")
+            .unwrap()
+            .listing
+            .extend_from_slice(b"fphantom\0");
+        let (_, other, _) = run(&root, &tracked, Some((&mut lie, i64::MAX)));
+        assert!(other.contains(&"a/phantom".to_string()), "{other:?}");
+
+        // new file in a directory; a file removed; a tracked file deleted
+        put(&root, "a/sub/new", "1");
+        fs::remove_file(root.join("a/y")).unwrap();
+        fs::remove_file(root.join("b/w")).unwrap();
+        assert_eq!(same(&root, &tracked, &mut records), 2); // "" and a/sub/deep
+                                                            // a tracked file's content changes: its directory is reused, its new size reported
+        put(&root, "a/x", "longer");
+        assert_eq!(same(&root, &tracked, &mut records), 5);
+        // a directory renamed, at the top and below
+        fs::rename(root.join("a/sub"), root.join("a/sub2")).unwrap();
+        fs::rename(root.join("b"), root.join("c")).unwrap();
+        same(&root, &tracked, &mut records);
+        // .pvrignore created, then edited in place (the directory's mtime does not move): the
+        // directory and everything below it follow the new rules
+        put(&root, "a/.pvrignore", "nothing\n");
+        same(&root, &tracked, &mut records);
+        let before = fs::metadata(root.join("a")).unwrap().modified().unwrap();
+        put(&root, "a/.pvrignore", "q\nnew\n");
+        assert_eq!(
+            fs::metadata(root.join("a")).unwrap().modified().unwrap(),
+            before
+        );
+        same(&root, &tracked, &mut records);
+        let (_, other, _) = run(&root, &tracked, Some((&mut records, i64::MAX)));
+        assert_eq!(other, vec!["a/.pvrignore", "a/sub2/z", "keep.txt"]);
+        // ... and removed again
+        fs::remove_file(root.join("a/.pvrignore")).unwrap();
+        same(&root, &tracked, &mut records);
+        // a directory replaced by a file, a file by a directory
+        fs::remove_dir_all(root.join("a/sub2")).unwrap();
+        put(&root, "a/sub2", "now a file");
+        fs::remove_file(root.join("keep.txt")).unwrap();
+        put(&root, "keep.txt/inside", "1");
+        same(&root, &tracked, &mut records);
+        // the tracked set changes (a commit dropped a/x): it is untracked now, from the record
+        let untracked_now = Tracked::new(["c/w"]);
+        assert_eq!(same(&root, &untracked_now, &mut records), records.len());
+        let (_, other, _) = run(&root, &untracked_now, Some((&mut records, i64::MAX)));
+        assert!(other.contains(&"a/x".to_string()), "{other:?}");
+    }
+
+    #[test]
+    fn racy_records_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        put(&root, "a/x", "1");
+        let tracked = Tracked::default();
+        // Everything was modified after the cutoff: records are kept but marked unstable...
+        let mut records = Records::default();
+        run(&root, &tracked, Some((&mut records, 0)));
+        assert!(records.values().all(|r| !r.stable));
+        // ... and never believed, even with a matching stat key.
+        records
+            .get_mut("a")
+            .unwrap()
+            .listing
+            .extend_from_slice(b"fphantom\0");
+        let (_, other, reused) = run(&root, &tracked, Some((&mut records, i64::MAX)));
+        assert_eq!((other, reused), (vec!["a/x".to_string()], 0));
+        // The real cutoff: a directory written just now is not stable yet.
+        let mut records = Records::default();
+        run(
+            &root,
+            &tracked,
+            Some((&mut records, DirCache::cutoff_now())),
+        );
+        put(&root, "a/y", "1");
+        run(
+            &root,
+            &tracked,
+            Some((&mut records, DirCache::cutoff_now())),
+        );
+        assert!(!records["a"].stable);
+    }
+
+    #[test]
+    fn a_record_naming_a_missing_directory_falls_back_to_a_full_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        put(&root, "a/x", "1");
+        let tracked = Tracked::default();
+        let mut records = Records::default();
+        run(&root, &tracked, Some((&mut records, i64::MAX)));
+        // plant a subdirectory that does not exist in a record that will be reused
+        records.get_mut("a").unwrap().listing = b"dghost\0fx\0".to_vec();
+        let (_, other, _) = run(&root, &tracked, Some((&mut records, i64::MAX)));
+        assert_eq!(other, vec!["a/x"]);
+        assert!(
+            records.is_empty(),
+            "the records are dropped after a fallback"
         );
     }
 }
