@@ -18,6 +18,7 @@ pub mod mount;
 pub mod oid;
 pub mod overlay;
 pub mod patch;
+pub mod progress;
 pub mod repo;
 pub mod state;
 pub mod store;

@@ -45,6 +45,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::json::{self, SyntaxError, Value};
 use crate::oid::ObjectId;
+use crate::progress::Progress;
 use crate::repo::{Repo, RepoLock};
 use crate::state::{is_inline_path, Entry, State};
 use rayon::prelude::*;
@@ -345,11 +346,24 @@ fn reconcile(
 pub struct WorkTree<'r> {
     pub repo: &'r Repo,
     cache: Option<StatCache>,
+    /// Show a progress bar on stderr for long operations (`crate::progress`).
+    progress: bool,
 }
 
 impl<'r> WorkTree<'r> {
     pub fn open(repo: &'r Repo) -> WorkTree<'r> {
-        WorkTree { repo, cache: None }
+        WorkTree {
+            repo,
+            cache: None,
+            progress: false,
+        }
+    }
+
+    /// Show progress of long operations (hashing, storing, checkout) on stderr; the caller
+    /// decides (a terminal, not `--quiet`).
+    pub fn with_progress(mut self, on: bool) -> WorkTree<'r> {
+        self.progress = on;
+        self
     }
 
     fn cache_path(&self) -> PathBuf {
@@ -454,6 +468,7 @@ impl<'r> WorkTree<'r> {
             cache.set_dirs(dirs);
         }
         let cache_ref: &StatCache = cache;
+        let bar = Progress::new(self.progress, paths.len(), "checking");
         let probes: Vec<(&String, Option<&Entry>, bool, Option<Probe>)> = paths
             .into_par_iter()
             .zip(keys)
@@ -471,9 +486,11 @@ impl<'r> WorkTree<'r> {
                 };
                 let cached = |k: &StatKey| pos.and_then(|i| cache_ref.trusted(i, k));
                 let p = probe(repo.workdir(), path, !as_object, &cached, head_value, pre)?;
+                bar.inc();
                 Ok((path, h, as_object, p))
             })
             .collect::<Result<_>>()?;
+        bar.finish();
         let mut updates = BTreeMap::new();
         let (mut added, mut deleted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
         let mut cache_dirty = false;
@@ -595,8 +612,10 @@ impl<'r> WorkTree<'r> {
         let store = self.repo.store();
         self.load_cache();
         let cache = self.cache.as_ref().expect("loaded");
+        let bar = Progress::new(self.progress, picked.len(), "adding");
         let results: Vec<(String, Probe)> = picked
             .into_par_iter()
+            .inspect(|_| bar.inc())
             .map(|path| {
                 let abs = root.join(&path);
                 let vanished = || Error::Other(format!("'{path}' vanished while adding it"));
@@ -633,6 +652,7 @@ impl<'r> WorkTree<'r> {
                 Ok((path, p))
             })
             .collect::<Result<_>>()?;
+        bar.finish();
         store.sync()?;
         let mut added = Vec::with_capacity(results.len());
         let mut cache_updates = Vec::new();
@@ -669,9 +689,12 @@ impl<'r> WorkTree<'r> {
             .iter()
             .filter_map(|(p, e)| e.object_id().map(|id| (p, id)))
             .collect();
-        to_store
-            .par_iter()
-            .try_for_each(|(p, id)| store.put_file_expecting(&self.abs(p), id).map(|_| ()))?;
+        let bar = Progress::new(self.progress, to_store.len(), "storing");
+        to_store.par_iter().try_for_each(|(p, id)| {
+            bar.inc();
+            store.put_file_expecting(&self.abs(p), id).map(|_| ())
+        })?;
+        bar.finish();
         let state = scan.state()?;
         let rev = self
             .repo
@@ -815,15 +838,18 @@ impl<'r> WorkTree<'r> {
         for d in &dirs {
             fs::create_dir_all(d).ctx("create directory", d)?;
         }
+        let bar = Progress::new(self.progress, writes.len(), "checkout");
         let written: Vec<(String, CacheEntry)> = writes
             .par_iter()
             .map(|(path, plan)| {
                 let dest = self.abs(path);
                 let key = write_file(repo, &tmp_dir, &dest, path, plan, opts.hardlink)?;
                 fsutil::crash_point("checkout:file-written");
+                bar.inc();
                 Ok((path.clone(), plan.cache_entry(key)))
             })
             .collect::<Result<_>>()?;
+        bar.finish();
         // Work-tree files are not fsynced (git does not either): after a power cut a file may
         // come back empty, which the next checkout sees as an unsaved change and refuses to
         // overwrite without --force, so nothing is lost silently.

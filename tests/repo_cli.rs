@@ -479,3 +479,48 @@ fn status_sees_changes_in_directories_it_has_cached() {
         "D b/z.txt\nC a/x.txt\n? a/.pvrignore\n? a/sub/new.txt\n? b\n"
     );
 }
+
+/// Long work-tree operations show a progress bar on a terminal (here a pseudo-terminal made by
+/// `script`, with the bar's start delay set to 0) and never when stderr is not a terminal.
+#[test]
+fn add_commit_and_checkout_show_progress_on_a_terminal_only() {
+    let d = Dir::new();
+    d.pvrfs(&["init"]).ok();
+    for i in 0..200 {
+        d.write(&format!("f{i}.txt"), format!("{i}\n"));
+    }
+    let bin = env!("CARGO_BIN_EXE_pvrfs");
+    let on_tty = |args: &str| -> String {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{bin} {args}"), "/dev/null"])
+            .current_dir(d.path("."))
+            .env("PVRFS_PROGRESS_DELAY_MS", "0")
+            .output()
+            .expect("run script(1) from util-linux");
+        assert!(out.status.success(), "{args}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        on_tty("add .").contains("adding ["),
+        "no progress bar on a terminal"
+    );
+    for i in 0..200 {
+        d.write(&format!("f{i}.txt"), format!("changed {i}\n"));
+    }
+    assert!(on_tty("commit -m two").contains("storing ["));
+    fs::remove_file(d.path("f7.txt")).unwrap();
+    assert!(on_tty("checkout --force").contains("checkout ["));
+    assert_eq!(fs::read_to_string(d.path("f7.txt")).unwrap(), "changed 7\n");
+    // Piped (not a terminal): nothing but the usual lines.
+    for i in 0..200 {
+        d.write(&format!("f{i}.txt"), format!("third {i}\n"));
+    }
+    let out = std::process::Command::new(bin)
+        .args(["commit", "-m", "three"])
+        .current_dir(d.path("."))
+        .env("PVRFS_PROGRESS_DELAY_MS", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('['));
+}

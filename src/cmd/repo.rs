@@ -53,7 +53,9 @@ pub fn init(args: InitArgs, ctx: &mut Ctx<'_>) -> Result<()> {
 pub fn add(args: AddArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let repo = open(ctx)?;
     let lock = repo.lock()?;
-    WorkTree::open(&repo).add(&lock, &ctx.cwd, &args.paths, args.raw)?;
+    WorkTree::open(&repo)
+        .with_progress(ctx.interactive && !ctx.quiet)
+        .add(&lock, &ctx.cwd, &args.paths, args.raw)?;
     Ok(())
 }
 
@@ -132,7 +134,10 @@ pub fn commit(args: CommitArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let lock = repo.lock()?;
     let message = args.message.as_deref().unwrap_or(DEFAULT_COMMIT_MSG);
     let mut log = Vec::new();
-    let rev = match WorkTree::open(&repo).commit(&lock, message, &mut log) {
+    let rev = match WorkTree::open(&repo)
+        .with_progress(ctx.interactive && !ctx.quiet)
+        .commit(&lock, message, &mut log)
+    {
         Ok(rev) => rev,
         // pvr's commit exits 1 on a bad `.json` (status/diff/json exit 3).
         Err(e @ Error::InvalidJson { .. }) => anyhow::bail!("{e}; nothing was committed"),
@@ -216,7 +221,9 @@ pub fn checkout(args: CheckoutArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         hardlink: args.hardlink,
         force: args.force,
     };
-    let report = WorkTree::open(&repo).checkout(&lock, &target, &opts)?;
+    let report = WorkTree::open(&repo)
+        .with_progress(ctx.interactive && !ctx.quiet)
+        .checkout(&lock, &target, &opts)?;
     if !ctx.quiet {
         writeln!(
             ctx.err,
@@ -236,7 +243,9 @@ pub fn reset(args: ResetArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         hardlink: false,
         force: true,
     };
-    let report = WorkTree::open(&repo).checkout(&lock, &head, &opts)?;
+    let report = WorkTree::open(&repo)
+        .with_progress(ctx.interactive && !ctx.quiet)
+        .checkout(&lock, &head, &opts)?;
     worktree::save_staged(&repo, &Default::default())?;
     if !ctx.quiet {
         writeln!(
