@@ -89,6 +89,9 @@ const NAME_MAX: usize = 255;
 /// Compact the journal into a new snapshot once it grows past this many bytes (and twice the
 /// snapshot: `Journal::wants_compaction`).
 const COMPACT_AT: u64 = 4 << 20;
+/// A removed upper file at least this big is deleted as soon as nothing uses it
+/// (`free_big_upper`); smaller ones at the next compaction.
+const FREE_EARLY_MIN: u64 = 1 << 20;
 /// Up to this many new upper files, `sync` fsyncs them one by one; beyond, one `syncfs`.
 const FSYNC_EACH_MAX: usize = 64;
 
@@ -403,6 +406,8 @@ pub struct Overlay {
     /// Upper files created since the last `sync`: their data and names must be durable before
     /// the journal records naming them are.
     unsynced_uppers: Vec<u64>,
+    /// Upper files of nodes dropped by the record being applied (see `free_big_upper`).
+    dropped_uppers: Vec<u64>,
     generation: u64,
     /// `None` only while an overlay is being opened (before its first snapshot or replay).
     journal: Option<Journal>,
@@ -621,6 +626,7 @@ impl Overlay {
             writers: HashMap::new(),
             handles: HashMap::new(),
             unsynced_uppers: Vec::new(),
+            dropped_uppers: Vec::new(),
             generation: 0,
             journal: None,
             _lock: lock,
@@ -792,7 +798,11 @@ impl Overlay {
             .expect("an open overlay has a journal");
         journal.append(&rec)?;
         let compact = journal.wants_compaction(COMPACT_AT);
+        self.dropped_uppers.clear(); // left over from replay: compaction handles those
         self.apply(&rec)?;
+        for u in std::mem::take(&mut self.dropped_uppers) {
+            self.free_big_upper(u);
+        }
         if compact {
             self.compact()?;
         }
@@ -910,8 +920,14 @@ impl Overlay {
                 self.nodes.remove(&ino);
             }
             // While open, the node and its upper file stay (see `handles`). Otherwise the upper
-            // file goes at the next compaction: records before this one may still name it.
+            // file goes at the next compaction (records before this one may still name it), or
+            // at once if big (`free_big_upper`, on the live path only).
             Body::File(Content::Upper(_)) if self.handles.contains_key(&ino) => {}
+            Body::File(Content::Upper(u)) => {
+                self.dropped_uppers.push(u);
+                self.uppers.remove(&ino);
+                self.nodes.remove(&ino);
+            }
             _ => {
                 self.uppers.remove(&ino);
                 self.nodes.remove(&ino);
@@ -1580,8 +1596,27 @@ impl Overlay {
             .get(&ino)
             .is_some_and(|n| n.links.is_empty() && ino != ROOT);
         if unlinked && !self.handles.contains_key(&ino) {
-            self.nodes.remove(&ino);
+            let node = self.nodes.remove(&ino);
             self.uppers.remove(&ino);
+            if let Some(Body::File(Content::Upper(u))) = node.map(|n| n.body) {
+                self.free_big_upper(u);
+            }
+        }
+    }
+
+    /// Give a removed file's data back to the file system now rather than at the next
+    /// compaction, when it is big (deleting a large file in the mount must free its space).
+    /// The journal is synced first, so the record removing the file's last name is durable
+    /// before its data goes: a crash cannot bring back a name without its data. Small files
+    /// wait for compaction (one journal sync each would slow `rm -r` down).
+    fn free_big_upper(&mut self, upper: u64) {
+        let path = self.upper_path(upper);
+        if fs::metadata(&path).map_or(true, |m| m.len() < FREE_EARLY_MIN) {
+            return;
+        }
+        let synced = self.journal.as_mut().map_or(Ok(()), |j| j.sync());
+        if synced.is_ok() {
+            let _ = fs::remove_file(&path);
         }
     }
 
