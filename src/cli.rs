@@ -56,8 +56,10 @@ pub enum Command {
     ///
     /// Without revisions: committed state → work tree, as pvr's RFC 7396 merge patch (`{}` when
     /// clean). `diff A` compares revision A with the work tree, `diff A B` two revisions.
+    /// Inside a mount (or with --mount) the mount's view takes the work tree's place.
     Diff(DiffArgs),
-    /// Print a state (the work tree's staged view by default, or a revision).
+    /// Print a state (the work tree's staged view by default, or a revision; inside a mount,
+    /// the mount's view).
     Json(JsonArgs),
     /// Record the work tree's tracked changes as a new revision.
     #[command(visible_alias = "ci")]
