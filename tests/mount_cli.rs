@@ -5,30 +5,9 @@
 
 mod common;
 
-use common::{fuse_available, pvrfs_command, Content, Mount, TestRepo};
+use common::{fuse_available, pvrfs as cli, pvrfs_ok as ok, Content, Mount, TestRepo};
 use pvrfs::json;
 use std::fs;
-use std::path::Path;
-use std::process::Output;
-
-fn cli(dir: &Path, args: &[&str]) -> Output {
-    pvrfs_command()
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run pvrfs")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = cli(dir, args);
-    assert!(
-        out.status.success(),
-        "pvrfs {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Two revisions: 1 = {c.json {"a":1}, f.txt "one"}, 2 = f.txt "two".
 fn two_revisions() -> TestRepo {

@@ -50,7 +50,7 @@ pub fn commit(mnt: &Path, args: CommitArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
 
 /// `status` of the mount `mnt`, in pvr's format (a read-only mount never has changes).
 pub fn status(mnt: &Path, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    if !is_rw(mnt) {
+    if !is_rw(&mount_info(mnt)?) {
         return Ok(());
     }
     let a = control::request(mnt, &req("status", None))?;
@@ -62,7 +62,8 @@ pub fn status(mnt: &Path, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 /// from the daemon (O(change)). Otherwise the view (or two revisions) against the revisions
 /// named, in either format, as outside a mount. A read-only mount's view is its revision.
 pub fn diff(mnt: &Path, args: DiffArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    if args.revs.is_empty() && args.format == DiffFormat::Merge && is_rw(mnt) {
+    let m = describe(mnt)?;
+    if args.revs.is_empty() && args.format == DiffFormat::Merge && m.rw {
         let a = control::request(mnt, &req("diff", None))?;
         ctx.out.write_all(a.text.as_bytes())?;
         if !a.text.ends_with('\n') {
@@ -70,17 +71,11 @@ pub fn diff(mnt: &Path, args: DiffArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
         }
         return Ok(());
     }
-    let repo = mount_repo(mnt)?;
+    let load = |spec: &str| m.repo.load_state(&m.repo.resolve(spec)?);
     let (old, new) = match args.revs.as_slice() {
-        [] => (
-            repo.load_state(&repo.resolve(&base_rev(mnt)?)?)?,
-            view_state(mnt, &repo)?,
-        ),
-        [a] => (repo.load_state(&repo.resolve(a)?)?, view_state(mnt, &repo)?),
-        [a, b] => (
-            repo.load_state(&repo.resolve(a)?)?,
-            repo.load_state(&repo.resolve(b)?)?,
-        ),
+        [] => (load(&m.rev)?, m.view(mnt)?),
+        [a] => (load(a)?, m.view(mnt)?),
+        [a, b] => (load(a)?, load(b)?),
         _ => unreachable!("clap allows at most two revisions"),
     };
     ctx.out
@@ -91,85 +86,83 @@ pub fn diff(mnt: &Path, args: DiffArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
 /// `json` (no revision) inside a mount: the state a commit would make now (`--rw`), or the
 /// mounted revision's state (read-only mount).
 pub fn json(mnt: &Path, args: JsonArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let state = view_state(mnt, &mount_repo(mnt)?)?;
-    let value = state.to_value();
-    if args.canonical {
-        ctx.out.write_all(&crate::json::to_canonical(&value))?;
-        ctx.out.write_all(b"\n")?;
-    } else {
-        ctx.out
-            .write_all(crate::json::to_pvr_json_pretty(&value).as_bytes())?;
-    }
-    Ok(())
+    let state = describe(mnt)?.view(mnt)?;
+    super::repo::print_state(&state, args.canonical, ctx)
 }
 
-/// What the mount shows, as a state: a `--rw` mount's view (asked from its daemon), or a
-/// read-only mount's revision.
-fn view_state(mnt: &Path, repo: &Repo) -> crate::Result<State> {
-    if !is_rw(mnt) {
-        return repo.load_state(&repo.resolve(&base_rev(mnt)?)?);
-    }
-    let a = control::request(mnt, &req("state", None))?;
-    State::from_json_bytes(a.text.as_bytes(), &format!("the view of {}", mnt.display()))
+/// What the CLI needs to know of a pvrfs mount, read once per command: whether it is writable,
+/// the repository it serves and the revision it shows (or is based on, for `--rw`).
+struct Mounted {
+    rw: bool,
+    repo: Repo,
+    rev: String,
 }
 
-/// The revision a mount is based on: a `--rw` mount's daemon says; a read-only mount's source
-/// (`pvrfs:REPO@REV`) names it.
-fn base_rev(mnt: &Path) -> crate::Result<String> {
-    if is_rw(mnt) {
+impl Mounted {
+    /// What the mount shows, as a state: a `--rw` mount's view (asked from its daemon), or a
+    /// read-only mount's revision.
+    fn view(&self, mnt: &Path) -> crate::Result<State> {
+        if !self.rw {
+            return self.repo.load_state(&self.repo.resolve(&self.rev)?);
+        }
+        let a = control::request(mnt, &req("state", None))?;
+        State::from_json_bytes(a.text.as_bytes(), &format!("the view of {}", mnt.display()))
+    }
+}
+
+/// A `--rw` mount's daemon names its repository and base revision; a read-only mount's source
+/// (`pvrfs:REPO@REV`) does.
+fn describe(mnt: &Path) -> crate::Result<Mounted> {
+    let info = mount_info(mnt)?;
+    if is_rw(&info) {
         let a = control::request(mnt, &req("info", None))?;
-        return Ok(a.rev.unwrap_or(0).to_string());
+        return Ok(Mounted {
+            rw: true,
+            repo: Repo::open(Path::new(&a.text))?,
+            rev: a.rev.unwrap_or(0).to_string(),
+        });
     }
-    mount_info(mnt)
-        .and_then(|info| info.repo_and_rev().map(|(_, rev)| rev.to_string()))
-        .ok_or_else(|| {
-            Error::Other(format!(
-                "cannot tell which revision '{}' shows",
-                mnt.display()
-            ))
-        })
-}
-
-/// `commit`/`reset` of a read-only mount: there is nothing to commit or discard.
-fn refuse_read_only(mnt: &Path, what: &str) -> crate::Result<()> {
-    if is_rw(mnt) {
-        return Ok(());
-    }
-    Err(Error::Usage(format!(
-        "'{}' is a read-only mount (revision {}): nothing to {what}; mount with --rw to change files",
-        mnt.display(),
-        base_rev(mnt).unwrap_or_else(|_| "?".into())
-    )))
-}
-
-fn mount_info(mnt: &Path) -> Option<mount::MountInfo> {
-    mount::list_mounts()
-        .ok()?
-        .into_iter()
-        .find(|m| m.mountpoint == mnt)
-}
-
-fn is_rw(mnt: &Path) -> bool {
-    mount_info(mnt).is_some_and(|m| m.source.contains("@rw:"))
-}
-
-/// The repository a pvrfs mount serves: asked from a `--rw` mount's daemon, else read from the
-/// mount's source (`pvrfs:REPO@REV`).
-pub fn mount_repo(mnt: &Path) -> crate::Result<Repo> {
-    if let Ok(a) = control::request(mnt, &req("info", None)) {
-        return Repo::open(Path::new(&a.text));
-    }
-    let info = mount_info(mnt)
-        .ok_or_else(|| Error::Usage(format!("'{}' is not a pvrfs mount", mnt.display())))?;
-    let (repo, _) = info.repo_and_rev().ok_or_else(|| {
+    let (repo, rev) = info.repo_and_rev().ok_or_else(|| {
         Error::Other(format!(
             "cannot tell which repository '{}' serves (mount source '{}')",
             mnt.display(),
             info.source
         ))
     })?;
-    let repo = repo.split_once("@rw:").map_or(repo, |(r, _)| r);
-    Repo::open(Path::new(repo))
+    Ok(Mounted {
+        rw: false,
+        repo: Repo::open(Path::new(repo))?,
+        rev: rev.to_string(),
+    })
+}
+
+/// `commit`/`reset` of a read-only mount: there is nothing to commit or discard.
+fn refuse_read_only(mnt: &Path, what: &str) -> crate::Result<()> {
+    let info = mount_info(mnt)?;
+    if is_rw(&info) {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "'{}' is a read-only mount (revision {}): nothing to {what}; mount with --rw to change files",
+        mnt.display(),
+        info.repo_and_rev().map_or("?", |(_, rev)| rev)
+    )))
+}
+
+fn mount_info(mnt: &Path) -> crate::Result<mount::MountInfo> {
+    mount::list_mounts()?
+        .into_iter()
+        .find(|m| m.mountpoint == mnt)
+        .ok_or_else(|| Error::Usage(format!("'{}' is not a pvrfs mount", mnt.display())))
+}
+
+fn is_rw(info: &mount::MountInfo) -> bool {
+    info.source.contains("@rw:")
+}
+
+/// The repository a pvrfs mount serves (for read-only commands typed inside it).
+pub fn mount_repo(mnt: &Path) -> crate::Result<Repo> {
+    Ok(describe(mnt)?.repo)
 }
 
 /// `reset` of a mount: only with an explicit `--mount MNT` (inside a mount, refuse rather than

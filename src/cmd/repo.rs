@@ -118,8 +118,13 @@ pub fn json(args: JsonArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         Some(r) => repo.load_state(&repo.resolve(r)?)?,
         None => WorkTree::open(&repo).scan()?.state()?,
     };
+    print_state(&state, args.canonical, ctx)
+}
+
+/// A state as `pvr json` prints it (tab-indented), or canonical on one line.
+pub(crate) fn print_state(state: &State, canonical: bool, ctx: &mut Ctx<'_>) -> Result<()> {
     let value = state.to_value();
-    if args.canonical {
+    if canonical {
         ctx.out.write_all(&json::to_canonical(&value))?;
         ctx.out.write_all(b"\n")?;
     } else {

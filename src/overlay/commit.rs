@@ -55,6 +55,20 @@ pub(super) struct Built {
     retain: Vec<String>,
 }
 
+impl Built {
+    /// Turn `state` (the base) into the built state: remove `old`, insert `new` (validated;
+    /// on error `state` is left part-way, see `Overlay::revert_built`).
+    fn apply_to(&self, state: &mut State) -> Result<()> {
+        for k in self.old.keys() {
+            state.remove(k);
+        }
+        for (k, e) in &self.new {
+            state.insert(k, e.clone())?;
+        }
+        Ok(())
+    }
+}
+
 struct Walk<'a> {
     store: bool,
     built: &'a mut Built,
@@ -327,12 +341,7 @@ impl Overlay {
     pub fn view_state(&self) -> Result<State> {
         let built = self.build(false)?;
         let mut state = self.base.clone();
-        for k in built.old.keys() {
-            state.remove(k);
-        }
-        for (k, e) in built.new {
-            state.insert(&k, e)?;
-        }
+        built.apply_to(&mut state)?;
         Ok(state)
     }
 
@@ -388,16 +397,9 @@ impl Overlay {
 
     /// Turn the base into the built state: remove `old`, insert `new` (validated).
     fn apply_built(&mut self, built: &Built) -> Result<()> {
-        for k in built.old.keys() {
-            self.base.remove(k);
-        }
-        for (k, e) in &built.new {
-            if let Err(err) = self.base.insert(k, e.clone()) {
-                self.revert_built(built);
-                return Err(err);
-            }
-        }
-        Ok(())
+        built
+            .apply_to(&mut self.base)
+            .inspect_err(|_| self.revert_built(built))
     }
 
     /// Undo `apply_built` (also after a partial one).
