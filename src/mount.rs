@@ -193,6 +193,7 @@ pub fn prepare_rw(
     let rev = repo.resolve(spec)?;
     let ov_opts = Options {
         canonical_json: opts.canonical,
+        upper_pool: true,
     };
     let ov = Overlay::load_or_create(&repo, name, &rev.rev.to_string(), ov_opts.clone())
         .map_err(|e| match e {

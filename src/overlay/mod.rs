@@ -63,6 +63,7 @@
 
 mod commit;
 mod journal;
+mod pool;
 
 pub use commit::{CommitReport, StatusLine};
 
@@ -224,6 +225,9 @@ pub struct RenameFlags {
 pub struct Options {
     /// Render inline JSON as `checkout --canonical` does instead of pvr's default checkout.
     pub canonical_json: bool,
+    /// Make empty upper files ahead of need in a background thread (see `pool`): a mount's
+    /// daemon wants it, a short-lived command does not.
+    pub upper_pool: bool,
 }
 
 /// An open file. Holding the descriptor (not a path) keeps an unlinked file readable.
@@ -411,6 +415,9 @@ pub struct Overlay {
     generation: u64,
     /// `None` only while an overlay is being opened (before its first snapshot or replay).
     journal: Option<Journal>,
+    /// Started at the first `create` when `Options::upper_pool` is set.
+    pool: Option<pool::UpperPool>,
+    /// Declared last: dropped after the pool has removed its untaken files.
     _lock: File,
 }
 
@@ -629,6 +636,7 @@ impl Overlay {
             dropped_uppers: Vec::new(),
             generation: 0,
             journal: None,
+            pool: None,
             _lock: lock,
         })
     }
@@ -1150,15 +1158,22 @@ impl Overlay {
     ) -> Result<(Attr, Handle)> {
         let path = self.new_entry_path("create", parent, name)?;
         let ino = self.alloc();
-        let upper = self.alloc();
+        let (upper, file) = match self.take_pooled_upper() {
+            Some(ready) => ready,
+            None => {
+                let upper = self.alloc();
+                let up = self.upper_path(upper);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&up)
+                    .ctx("create upper file", &up)?;
+                (upper, file)
+            }
+        };
         let up = self.upper_path(upper);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&up)
-            .ctx("create upper file", &up)?;
         let rec = Record::Create {
             path,
             ino,
@@ -1180,6 +1195,29 @@ impl Overlay {
             write: true,
         };
         Ok((self.getattr(ino)?, handle))
+    }
+
+    /// An empty upper file from the pool (starting the pool on first use), and a refill order
+    /// when it runs low. `None`: make one now.
+    fn take_pooled_upper(&mut self) -> Option<(u64, File)> {
+        if !self.opts.upper_pool {
+            return None;
+        }
+        if self.pool.is_none() {
+            match pool::UpperPool::start(self.dir.join("upper")) {
+                Ok(p) => self.pool = Some(p),
+                Err(e) => {
+                    log::warn!("overlay {}: no upper file pool: {e}", self.dir.display());
+                    self.opts.upper_pool = false;
+                    return None;
+                }
+            }
+        }
+        let mut pool = self.pool.take()?;
+        let taken = pool.take();
+        pool.refill(|| self.alloc());
+        self.pool = Some(pool);
+        taken
     }
 
     pub fn mkdir(
@@ -1856,12 +1894,16 @@ impl Overlay {
                 _ => None,
             })
             .collect();
+        let pooled = |name: &str| {
+            let id = name.strip_prefix('u').and_then(|n| n.parse::<u64>().ok());
+            matches!((&self.pool, id), (Some(p), Some(id)) if p.is_reserved(id))
+        };
         let Ok(rd) = fs::read_dir(self.dir.join("upper")) else {
             return;
         };
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(&name) {
+            if !live.contains(&name) && !pooled(&name) {
                 let _ = fs::remove_file(entry.path());
             }
         }

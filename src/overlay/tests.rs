@@ -1049,3 +1049,71 @@ fn a_removed_big_file_frees_its_space_at_once_and_stays_removed() {
     assert!(ov.resolve("big.bin").is_none() && ov.resolve("small.txt").is_none());
     assert_eq!(read_all(&mut ov, "a.txt"), b"alpha");
 }
+
+/// Upper files from the background pool behave like ones made on demand: compaction keeps
+/// pool files nobody took yet, the files taken hold their data across commit and reload, and
+/// pool files left by a crash (never journaled) are swept at the next load.
+#[test]
+fn pooled_upper_files_survive_compaction_commit_and_crash() {
+    let (_dir, repo) = repo_with(&[("a.txt", b"alpha")]);
+    let opts = Options {
+        upper_pool: true,
+        ..Options::default()
+    };
+    let mut ov = Overlay::load_or_create(&repo, "m", "latest", opts.clone()).unwrap();
+    for i in 0..200 {
+        write_file(&mut ov, &format!("f{i}"), format!("data {i}").as_bytes());
+    }
+    // Let the filler finish its batch; compaction must not take its files for orphans.
+    let filled = |ov: &Overlay| {
+        let p = ov.pool.as_ref().unwrap();
+        p.ready.lock().len() == p.reserved.len()
+    };
+    for _ in 0..5000 {
+        if filled(&ov) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(filled(&ov), "the pool filler made its files");
+    ov.compact().unwrap();
+    let pool = ov.pool.as_ref().unwrap();
+    for (id, _) in pool.ready.lock().iter() {
+        assert!(
+            ov.upper_path(*id).exists(),
+            "compaction removed pool file u{id}"
+        );
+    }
+    for i in 200..400 {
+        write_file(&mut ov, &format!("f{i}"), format!("data {i}").as_bytes());
+    }
+    let uppers = |ov: &Overlay| fs::read_dir(ov.dir().join("upper")).unwrap().count();
+    assert!(uppers(&ov) >= 400, "pool files exist beside the taken ones");
+    drop(ov);
+    let mut ov = Overlay::load(&repo, "m", opts.clone()).unwrap();
+    assert_eq!(uppers(&ov), 400, "untaken pool files are gone after drop");
+    for i in (0..400).step_by(37) {
+        assert_eq!(
+            read_all(&mut ov, &format!("f{i}")),
+            format!("data {i}").as_bytes()
+        );
+    }
+    // A crash leaves pool files behind, some with ids above every journaled one.
+    let next = ov.next_id;
+    drop(ov);
+    for id in next..next + 300 {
+        File::create(journal_free_upper(&repo, id)).unwrap();
+    }
+    let mut ov = Overlay::load(&repo, "m", opts).unwrap();
+    assert_eq!(uppers(&ov), 400, "crash leftovers are swept at load");
+    write_file(&mut ov, "after-crash", b"fresh");
+    let report = ov.commit("pool").unwrap();
+    assert_eq!(report.revision.rev, 2);
+    assert_eq!(report.status.len(), 401, "400 files and after-crash added");
+    assert_eq!(read_all(&mut ov, "f399"), b"data 399");
+    assert_eq!(read_all(&mut ov, "after-crash"), b"fresh");
+}
+
+fn journal_free_upper(repo: &Repo, id: u64) -> std::path::PathBuf {
+    overlay_dir(repo, "m").join("upper").join(format!("u{id}"))
+}
