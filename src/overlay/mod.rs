@@ -1217,7 +1217,24 @@ impl Overlay {
         let taken = pool.take();
         pool.refill(|| self.alloc());
         self.pool = Some(pool);
-        taken
+        let (upper, file) = taken?;
+        // A pool file may have waited for minutes: its times must be the create's.
+        let now = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: now,
+            last_modification: now,
+        };
+        match rustix::fs::futimens(&file, &times) {
+            Ok(()) => Some((upper, file)),
+            Err(e) => {
+                // Not fatal: the caller makes a fresh file; this one is an orphan for the sweep.
+                log::warn!("overlay {}: pooled upper u{upper}: {e}", self.dir.display());
+                None
+            }
+        }
     }
 
     pub fn mkdir(

@@ -1076,6 +1076,17 @@ fn pooled_upper_files_survive_compaction_commit_and_crash() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     assert!(filled(&ov), "the pool filler made its files");
+    // A file taken from the pool gets the create's time, not the time the pool made it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let before = SystemTime::now() - std::time::Duration::from_millis(50);
+    let (attr, h) = ov.create(ROOT, "fresh", 0o644, uid(), uid()).unwrap();
+    ov.release(h);
+    assert!(
+        attr.mtime >= before,
+        "pooled file has a stale mtime {:?}",
+        attr.mtime
+    );
+    assert!(ov.getattr(attr.ino).unwrap().ctime >= before);
     ov.compact().unwrap();
     let pool = ov.pool.as_ref().unwrap();
     for (id, _) in pool.ready.lock().iter() {
@@ -1091,7 +1102,7 @@ fn pooled_upper_files_survive_compaction_commit_and_crash() {
     assert!(uppers(&ov) >= 400, "pool files exist beside the taken ones");
     drop(ov);
     let mut ov = Overlay::load(&repo, "m", opts.clone()).unwrap();
-    assert_eq!(uppers(&ov), 400, "untaken pool files are gone after drop");
+    assert_eq!(uppers(&ov), 401, "untaken pool files are gone after drop");
     for i in (0..400).step_by(37) {
         assert_eq!(
             read_all(&mut ov, &format!("f{i}")),
@@ -1105,11 +1116,15 @@ fn pooled_upper_files_survive_compaction_commit_and_crash() {
         File::create(journal_free_upper(&repo, id)).unwrap();
     }
     let mut ov = Overlay::load(&repo, "m", opts).unwrap();
-    assert_eq!(uppers(&ov), 400, "crash leftovers are swept at load");
+    assert_eq!(uppers(&ov), 401, "crash leftovers are swept at load");
     write_file(&mut ov, "after-crash", b"fresh");
     let report = ov.commit("pool").unwrap();
     assert_eq!(report.revision.rev, 2);
-    assert_eq!(report.status.len(), 401, "400 files and after-crash added");
+    assert_eq!(
+        report.status.len(),
+        402,
+        "400 files, fresh and after-crash added"
+    );
     assert_eq!(read_all(&mut ov, "f399"), b"data 399");
     assert_eq!(read_all(&mut ov, "after-crash"), b"fresh");
 }
