@@ -417,6 +417,9 @@ pub struct Overlay {
     journal: Option<Journal>,
     /// Started at the first `create` when `Options::upper_pool` is set.
     pool: Option<pool::UpperPool>,
+    /// `upper/`, for the `*at` calls of hot paths (a stat per `getattr`): one path component
+    /// to resolve instead of the overlay's whole path.
+    upper_fd: std::os::fd::OwnedFd,
     /// Declared last: dropped after the pool has removed its untaken files.
     _lock: File,
 }
@@ -605,6 +608,15 @@ impl Overlay {
             );
             dir_children(&mut nodes, parent).insert(name, ino);
         }
+        let upper_dir = dir.join("upper");
+        fs::create_dir_all(&upper_dir).ctx("create", &upper_dir)?;
+        let upper_fd = rustix::fs::open(
+            &upper_dir,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .ctx("open", &upper_dir)?;
         let uid = unsafe { libc::geteuid() };
         let gid = unsafe { libc::getegid() };
         let mut subdirs: HashMap<u64, u32> = HashMap::new();
@@ -637,6 +649,7 @@ impl Overlay {
             generation: 0,
             journal: None,
             pool: None,
+            upper_fd,
             _lock: lock,
         })
     }
@@ -656,6 +669,18 @@ impl Overlay {
 
     fn upper_path(&self, upper: u64) -> PathBuf {
         self.dir.join("upper").join(format!("u{upper}"))
+    }
+
+    /// `stat` of an upper file, relative to `upper_fd`.
+    fn upper_stat(&self, upper: u64) -> Result<rustix::fs::Stat> {
+        rustix::fs::statat(
+            &self.upper_fd,
+            format!("u{upper}"),
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .ctx("stat upper file", self.upper_path(upper))
+        .map_err(Into::into)
     }
 
     fn node(&self, ino: u64) -> Result<&Node> {
@@ -721,10 +746,14 @@ impl Overlay {
             Body::Dir(c) => (Kind::Dir, c.len() as u64, node.mtime, node.ctime),
             Body::Symlink(t) => (Kind::Symlink, t.len() as u64, node.mtime, node.ctime),
             Body::File(Content::Upper(u)) => {
-                let path = self.upper_path(*u);
-                let md = fs::metadata(&path).ctx("stat upper file", &path)?;
-                let mtime = md.modified().unwrap_or(node.mtime);
-                (Kind::File, md.len(), mtime, node.ctime.max(mtime))
+                let st = self.upper_stat(*u)?;
+                let nsec = Duration::from_nanos(st.st_mtime_nsec);
+                let mtime = if st.st_mtime >= 0 {
+                    UNIX_EPOCH + Duration::from_secs(st.st_mtime as u64) + nsec
+                } else {
+                    UNIX_EPOCH - Duration::from_secs(st.st_mtime.unsigned_abs()) + nsec
+                };
+                (Kind::File, st.st_size as u64, mtime, node.ctime.max(mtime))
             }
             Body::File(Content::Base(e)) => {
                 (Kind::File, self.base_size(ino, e)?, node.mtime, node.ctime)
@@ -1707,9 +1736,8 @@ impl Overlay {
             // An upper file carries its own mtime; set it there (durable with the file).
             if let Body::File(Content::Upper(u)) = self.node(ino)?.body {
                 if let Some(m) = set.mtime {
-                    let up = self.upper_path(u);
                     let Time(sec, nsec) = m.into();
-                    // By path: one syscall, not open + futimens + close.
+                    // By name in `upper/`: one syscall, not open + futimens + close.
                     let times = rustix::fs::Timestamps {
                         last_access: rustix::fs::Timespec {
                             tv_sec: 0,
@@ -1721,13 +1749,13 @@ impl Overlay {
                         },
                     };
                     rustix::fs::utimensat(
-                        rustix::fs::CWD,
-                        &up,
+                        &self.upper_fd,
+                        format!("u{u}"),
                         &times,
                         rustix::fs::AtFlags::empty(),
                     )
                     .map_err(std::io::Error::from)
-                    .ctx("set times of", &up)?;
+                    .ctx("set times of", self.upper_path(u))?;
                     times_in_record.1 = None;
                 }
             }
