@@ -88,6 +88,8 @@ pub struct FuseFs {
     backing: Mutex<Backing>,
     /// Stacking depth to ask for (1, or 2 when the store itself is on a stacked fs).
     stack_depth: u32,
+    /// Asks for FUSE over io_uring at INIT (`fuse_uring`), when the rings could be made.
+    uring: Option<crate::fuse_uring::Offer>,
 }
 
 impl FuseFs {
@@ -105,7 +107,14 @@ impl FuseFs {
             no_open: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             stack_depth,
+            uring: None,
         }
+    }
+
+    /// Ask the kernel for FUSE over io_uring at INIT (the rings of `offer` serve it).
+    pub fn with_uring(mut self, offer: Option<crate::fuse_uring::Offer>) -> FuseFs {
+        self.uring = offer;
+        self
     }
 
     fn backing_for(
@@ -209,6 +218,12 @@ impl Filesystem for FuseFs {
         }
         // Large reads: fewer round trips when passthrough is not in use.
         let _ = config.set_max_readahead(1 << 20);
+        if let Some(offer) = &self.uring {
+            // A read-only mount gets no WRITE; a small max_write keeps the ring's payload
+            // buffers (which must hold max_write) at 1 MiB. max_pages stays 256 (readahead).
+            let _ = config.set_max_write(1 << 20);
+            offer.request(config, 1 << 20);
+        }
         Ok(())
     }
 

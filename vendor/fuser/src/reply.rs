@@ -38,6 +38,8 @@ use crate::passthrough::BackingId;
 #[derive(Debug)]
 pub(crate) enum ReplySender {
     Channel(ChannelSender),
+    /// PVRFS PATCH: keeps the reply bytes for a transport other than `/dev/fuse` writes.
+    Capture(CaptureSender),
     #[cfg(test)]
     Assert(AssertSender),
     #[cfg(test)]
@@ -49,6 +51,7 @@ impl ReplySender {
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> std::io::Result<()> {
         match self {
             ReplySender::Channel(sender) => sender.send(data),
+            ReplySender::Capture(sender) => sender.send(data),
             #[cfg(test)]
             ReplySender::Assert(sender) => sender.send(data),
             #[cfg(test)]
@@ -63,6 +66,7 @@ impl ReplySender {
     pub(crate) fn open_backing(&self, fd: BorrowedFd<'_>) -> std::io::Result<BackingId> {
         match self {
             ReplySender::Channel(sender) => sender.open_backing(fd),
+            ReplySender::Capture(sender) => sender.ch.open_backing(fd),
             #[cfg(test)]
             ReplySender::Assert(_) => unreachable!(),
             #[cfg(test)]
@@ -74,11 +78,36 @@ impl ReplySender {
     pub(crate) unsafe fn wrap_backing(&self, id: u32) -> BackingId {
         match self {
             ReplySender::Channel(sender) => unsafe { sender.wrap_backing(id) },
+            ReplySender::Capture(sender) => unsafe { sender.ch.wrap_backing(id) },
             #[cfg(test)]
             ReplySender::Assert(_) => unreachable!(),
             #[cfg(test)]
             ReplySender::Sync(_) => unreachable!(),
         }
+    }
+}
+
+/// PVRFS PATCH: the reply of one request, kept instead of written to `/dev/fuse`: the bytes a
+/// `/dev/fuse` write would carry (`fuse_out_header` and the body). Backing ids (passthrough) are
+/// still opened on the session's `/dev/fuse` fd.
+#[derive(Debug, Clone)]
+pub(crate) struct CaptureSender {
+    pub(crate) slot: std::sync::Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
+    pub(crate) ch: ChannelSender,
+}
+
+impl CaptureSender {
+    fn send(&self, data: &[IoSlice<'_>]) -> std::io::Result<()> {
+        let mut slot = self.slot.lock();
+        if slot.is_some() {
+            return Err(std::io::Error::other("a second reply to one request"));
+        }
+        let mut v = Vec::with_capacity(data.iter().map(|x| x.len()).sum());
+        for x in data {
+            v.extend_from_slice(x);
+        }
+        *slot = Some(v);
+        Ok(())
     }
 }
 

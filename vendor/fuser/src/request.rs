@@ -34,6 +34,8 @@ use crate::session::SessionEventLoop;
 pub(crate) struct RequestWithSender<'a> {
     /// Channel sender for sending the reply
     ch: ChannelSender,
+    /// PVRFS PATCH: where replies go when the request did not come from `/dev/fuse`
+    capture: Option<std::sync::Arc<parking_lot::Mutex<Option<Vec<u8>>>>>,
     /// Parsed request
     pub(crate) request: ll::AnyRequest<'a>,
 }
@@ -49,7 +51,33 @@ impl<'a> RequestWithSender<'a> {
             }
         };
 
-        Some(Self { ch, request })
+        Some(Self {
+            ch,
+            request,
+            capture: None,
+        })
+    }
+
+    /// PVRFS PATCH: a request whose reply is kept in `slot` instead of written to `/dev/fuse`.
+    pub(crate) fn new_captured(
+        ch: ChannelSender,
+        data: &'a [u8],
+        slot: std::sync::Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
+    ) -> Option<RequestWithSender<'a>> {
+        let mut req = Self::new(ch, data)?;
+        req.capture = Some(slot);
+        Some(req)
+    }
+
+    /// PVRFS PATCH: the sender a reply to this request uses.
+    fn sender(&self) -> ReplySender {
+        match &self.capture {
+            None => ReplySender::Channel(self.ch.clone()),
+            Some(slot) => ReplySender::Capture(crate::reply::CaptureSender {
+                slot: slot.clone(),
+                ch: self.ch.clone(),
+            }),
+        }
     }
 
     /// Dispatch request to the given filesystem.
@@ -304,7 +332,7 @@ impl<'a> RequestWithSender<'a> {
                     x.offset(),
                     ReplyDirectory::new(
                         self.request.unique(),
-                        ReplySender::Channel(self.ch.clone()),
+                        self.sender(),
                         x.size() as usize,
                     ),
                 );
@@ -479,7 +507,7 @@ impl<'a> RequestWithSender<'a> {
                     x.offset(),
                     ReplyDirectoryPlus::new(
                         self.request.unique(),
-                        ReplySender::Channel(self.ch.clone()),
+                        self.sender(),
                         x.size() as usize,
                     ),
                 );
@@ -552,7 +580,7 @@ impl<'a> RequestWithSender<'a> {
     /// Create a reply object for this request that can be passed to the filesystem
     /// implementation and makes sure that a request is replied exactly once
     pub(crate) fn reply<T: Reply>(&self) -> T {
-        Reply::new(self.request.unique(), ReplySender::Channel(self.ch.clone()))
+        Reply::new(self.request.unique(), self.sender())
     }
 
     /// Returns a Request reference for this request

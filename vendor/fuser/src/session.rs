@@ -244,6 +244,17 @@ impl<FS: Filesystem> Session<FS> {
     /// # Errors
     /// Returns any final error when the session comes to an end.
     pub fn run(self) -> io::Result<()> {
+        self.run_with(|_| Ok(NoTransport))
+    }
+
+    /// PVRFS PATCH: run the session loop (as `run`) plus another transport of requests.
+    /// `start` is called once the `/dev/fuse` workers run, with a dispatcher for requests that
+    /// arrive by that transport; after the workers end (the file system was unmounted), the
+    /// transport is stopped and joined, and only then is the file system destroyed.
+    pub fn run_with<T: Transport>(
+        self,
+        start: impl FnOnce(RawDispatcher<FS>) -> io::Result<T>,
+    ) -> io::Result<()> {
         let Session {
             filesystem,
             ch,
@@ -270,6 +281,8 @@ impl<FS: Filesystem> Session<FS> {
         let mut filesystem = Arc::new(filesystem);
 
         let mut channels = Vec::with_capacity(n_threads);
+        // PVRFS PATCH: the other transport opens backing ids on the session's fd.
+        let transport_ch = ch.clone();
 
         for _ in 0..n_threads_minus_one {
             if config.clone_fd {
@@ -306,6 +319,17 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        // PVRFS PATCH: the other transport, served by the file system the workers share.
+        let transport = start(RawDispatcher {
+            se: Arc::new(SessionEventLoop {
+                thread_name: "transport".to_string(),
+                filesystem: filesystem.clone(),
+                ch: transport_ch,
+                allowed,
+                session_owner,
+            }),
+        });
+
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
             let res = match thread.join() {
@@ -319,6 +343,18 @@ impl<FS: Filesystem> Session<FS> {
                     reply = Err(e);
                 }
             }
+        }
+        // PVRFS PATCH: the workers are gone (the connection ended): end the other transport.
+        match transport {
+            Ok(t) => {
+                t.stop();
+                if let Err(e) = t.join() {
+                    if reply.is_ok() {
+                        reply = Err(e);
+                    }
+                }
+            }
+            Err(e) => warn!("other transport not started: {e}"),
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
@@ -508,6 +544,92 @@ impl SessionUnmounter {
             mount.umount()?;
         }
         Ok(())
+    }
+}
+
+/// PVRFS PATCH: a transport of requests other than reading `/dev/fuse` (FUSE over io_uring),
+/// run beside the `/dev/fuse` workers by `Session::run_with`.
+pub trait Transport {
+    /// Make the transport's threads return (the connection has ended).
+    fn stop(&self);
+    /// Wait for the transport's threads.
+    fn join(self) -> io::Result<()>;
+}
+
+/// PVRFS PATCH: the transport of `Session::run`: none.
+#[derive(Debug)]
+pub struct NoTransport;
+
+impl Transport for NoTransport {
+    fn stop(&self) {}
+    fn join(self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// PVRFS PATCH: dispatches requests that arrived by another transport to the session's file
+/// system, with the same checks as a `/dev/fuse` worker, and hands back the reply bytes.
+pub struct RawDispatcher<FS: Filesystem> {
+    se: Arc<SessionEventLoop<FS>>,
+}
+
+impl<FS: Filesystem> Clone for RawDispatcher<FS> {
+    fn clone(&self) -> Self {
+        RawDispatcher {
+            se: self.se.clone(),
+        }
+    }
+}
+
+impl<FS: Filesystem> std::fmt::Debug for RawDispatcher<FS> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawDispatcher")
+    }
+}
+
+impl<FS: Filesystem> RawDispatcher<FS> {
+    /// Dispatch one request given in `/dev/fuse` layout (`fuse_in_header` and its arguments).
+    /// Returns the reply in `/dev/fuse` layout (`fuse_out_header` and the body), `Ok(None)` for
+    /// a request that takes no reply (FORGET), or an error for a request that cannot be parsed.
+    /// A file system must reply before its method returns: a reply sent later is lost (it is
+    /// logged) and the request is answered with EIO.
+    pub fn dispatch(&self, data: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let slot = Arc::new(Mutex::new(None));
+        let Some(req) = RequestWithSender::new_captured(self.se.ch.sender(), data, slot.clone())
+        else {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "invalid request"));
+        };
+        let unique = req.request.unique();
+        let no_reply = matches!(
+            req.request.operation(),
+            Ok(Operation::Forget(_) | Operation::BatchForget(_))
+        );
+        if let Ok(Operation::Destroy(_)) = req.request.operation() {
+            req.reply::<ReplyEmpty>().ok();
+        } else {
+            req.dispatch(&*self.se);
+        }
+        drop(req);
+        let reply = slot.lock().take();
+        match reply {
+            Some(bytes) => Ok(Some(bytes)),
+            None if no_reply => Ok(None),
+            None => {
+                error!("no reply to request {} before its handler returned", unique.0);
+                // Close the slot: a late reply finds it taken and is refused.
+                *slot.lock() = Some(Vec::new());
+                let mut out = Vec::new();
+                use crate::ll::reply::Response;
+                ll::ResponseErrno(ll::Errno::EIO)
+                    .with_iovec(unique, |iov| {
+                        for x in iov {
+                            out.extend_from_slice(x);
+                        }
+                        Ok::<(), io::Error>(())
+                    })?;
+                Ok(Some(out))
+            }
+        }
     }
 }
 
