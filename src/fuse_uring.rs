@@ -269,6 +269,7 @@ impl Rings {
                 fuse_fd,
                 stop: stop.clone(),
                 payload,
+                fail_register: std::env::var("PVRFS_FUSE_URING_FAIL").is_ok_and(|v| v == "1"),
             };
             let d = dispatcher.clone();
             threads.push(
@@ -357,6 +358,7 @@ struct Queue {
     fuse_fd: RawFd,
     stop: Arc<OwnedFd>,
     payload: usize,
+    fail_register: bool,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -384,10 +386,13 @@ impl Queue {
             .user_data(i as u64);
         // sqe->len = 2 (two iovecs); the builder has no setter. Entry128 is repr(C): the
         // 64-byte io_uring_sqe (len at byte 24) followed by the rest of the command area.
+        // `PVRFS_FUSE_URING_FAIL=1` (tests) sends no iovecs: the kernel refuses the entry, as it
+        // would refuse a real one, and falls back to /dev/fuse.
+        let iovecs: u32 = if self.fail_register { 0 } else { 2 };
         // SAFETY: offset 24..28 lies inside the 128-byte entry; u32 written unaligned.
         unsafe {
             let p = (&mut sqe as *mut squeue::Entry128).cast::<u8>();
-            p.add(24).cast::<u32>().write_unaligned(2);
+            p.add(24).cast::<u32>().write_unaligned(iovecs);
         }
         sqe
     }

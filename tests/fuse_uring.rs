@@ -265,3 +265,28 @@ fn env_zero_keeps_the_mount_on_dev_fuse() {
     drop(m);
     wait_gone(pid);
 }
+
+#[test]
+fn refused_registration_falls_back_to_dev_fuse() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let t = fixture();
+    // Every ring entry is registered without buffers: the kernel refuses them and must
+    // release the requests it held for the ring to /dev/fuse.
+    let m = Mount::with_env(
+        t.path(),
+        "latest",
+        &["--rw"],
+        &[("PVRFS_FUSE_URING_FAIL", "1")],
+    );
+    exercise(m.path(), "fallback");
+    let text = transport(m.path());
+    assert!(
+        text.starts_with("/dev/fuse (io_uring registration refused"),
+        "{text}"
+    );
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    drop(m);
+    wait_gone(pid);
+}
