@@ -262,6 +262,7 @@ impl Rings {
             });
         }
         let payload = self.payload.load(Ordering::Relaxed);
+        let idle_commit = idle_commit_allowed();
         for (qid, ring) in self.queues.into_iter().enumerate() {
             let queue = Queue {
                 qid: qid as u16,
@@ -270,6 +271,8 @@ impl Rings {
                 stop: stop.clone(),
                 payload,
                 fail_register: std::env::var("PVRFS_FUSE_URING_FAIL").is_ok_and(|v| v == "1"),
+                placement: if idle_commit { Placement::new() } else { None },
+                idle: false,
             };
             let d = dispatcher.clone();
             threads.push(
@@ -359,6 +362,60 @@ struct Queue {
     stop: Arc<OwnedFd>,
     payload: usize,
     fail_register: bool,
+    /// The placement hint of `commit`, when allowed (`idle_commit_allowed`).
+    placement: Option<Placement>,
+    /// The thread is in SCHED_IDLE now.
+    idle: bool,
+}
+
+/// Whether other tasks are runnable, from `/proc/loadavg`'s `running/total` field (the running
+/// count includes the reading thread).
+struct Placement {
+    loadavg: std::fs::File,
+}
+
+impl Placement {
+    fn new() -> Option<Placement> {
+        std::fs::File::open("/proc/loadavg")
+            .ok()
+            .map(|loadavg| Placement { loadavg })
+    }
+
+    /// Nothing but this thread is runnable.
+    fn quiet(&mut self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let Ok(n) = self.loadavg.read_at(&mut buf, 0) else {
+            return false;
+        };
+        running_tasks(&buf[..n]).is_some_and(|r| r <= 1)
+    }
+}
+
+/// The running count of a `/proc/loadavg` line (`0.52 0.58 0.59 2/412 12345`).
+fn running_tasks(line: &[u8]) -> Option<u32> {
+    let field = line.split(|&b| b == b' ').nth(3)?;
+    let running = field.split(|&b| b == b'/').next()?;
+    std::str::from_utf8(running).ok()?.parse().ok()
+}
+
+/// Set the calling thread's scheduling policy (priority 0); false if refused.
+fn set_policy(policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
+/// Whether queue threads may use `commit_idle`: not with `PVRFS_FUSE_URING_IDLE_COMMIT=0`,
+/// and only if a thread may leave SCHED_IDLE again (root, or an RLIMIT_NICE that allows
+/// nice 0) — tried on a throwaway thread, so a refusal strands nobody in SCHED_IDLE.
+fn idle_commit_allowed() -> bool {
+    if std::env::var("PVRFS_FUSE_URING_IDLE_COMMIT").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    std::thread::spawn(|| set_policy(libc::SCHED_IDLE) && set_policy(libc::SCHED_OTHER))
+        .join()
+        .unwrap_or(false)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -404,6 +461,40 @@ impl Queue {
             .user_data(i as u64)
     }
 
+    /// Submit the pending commits, as a SCHED_IDLE thread when nothing else is runnable: the
+    /// commit wakes the caller, and the scheduler then keeps the caller on this CPU (a CPU
+    /// running only idle-policy threads counts as idle) instead of moving it to the other,
+    /// halted CPU — so its next request comes to this queue again, and neither request nor
+    /// reply crosses CPUs. The caller preempts this thread at once; when it blocks on its next
+    /// request, this thread resumes and finds that request already in the ring (`run` looks
+    /// before it waits). The policy changes only when the answer of `Placement::quiet` does.
+    fn commit(&mut self) {
+        let idle = self.placement.as_mut().is_some_and(|p| p.quiet());
+        if idle != self.idle {
+            self.set_idle(idle);
+        }
+        if let Err(e) = self.ring.submit() {
+            if e.raw_os_error() != Some(libc::EINTR) {
+                log::debug!("io_uring queue {}: submit: {e}", self.qid);
+            }
+        }
+    }
+
+    /// Enter or leave SCHED_IDLE. A queue thread never sleeps in SCHED_IDLE (`run` leaves it
+    /// before waiting): an idle-policy thread woken on a busy CPU could wait for a long time.
+    fn set_idle(&mut self, idle: bool) {
+        let ok = set_policy(if idle {
+            libc::SCHED_IDLE
+        } else {
+            libc::SCHED_OTHER
+        });
+        if ok {
+            self.idle = idle;
+        } else if !idle {
+            log::error!("io_uring queue {}: cannot leave SCHED_IDLE", self.qid);
+        }
+    }
+
     fn push(&mut self, sqe: &squeue::Entry128) -> bool {
         // SAFETY: every buffer an SQE names lives in `entries`, which outlives the ring use.
         unsafe { self.ring.submission().push(sqe).is_ok() }
@@ -445,7 +536,17 @@ impl Queue {
         let mut request = Aligned::new(IN_HEADER + 128 + self.payload);
         let mut done: Vec<(u64, i32)> = Vec::with_capacity(DEPTH + 1);
         while live > 0 {
-            match self.ring.submit_and_wait(1) {
+            // A request may already be in (see `commit`): only wait when there is none, and
+            // never in SCHED_IDLE.
+            let ready = !self.ring.completion().is_empty();
+            if !ready && self.idle {
+                self.set_idle(false);
+            }
+            match if ready {
+                Ok(0)
+            } else {
+                self.ring.submit_and_wait(1)
+            } {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => {
@@ -455,6 +556,7 @@ impl Queue {
             }
             done.clear();
             done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            let mut commits = 0;
             for &(ud, res) in &done {
                 if ud == STOP {
                     live = 0;
@@ -465,6 +567,7 @@ impl Queue {
                     let commit_id = self.serve(&dispatcher, &mut entries[i], &mut request);
                     let sqe = self.commit_sqe(i, commit_id);
                     self.push(&sqe);
+                    commits += 1;
                 } else if res == -libc::EAGAIN || res == -libc::EINTR {
                     // Not ready yet (INIT still being processed): register again.
                     std::thread::sleep(std::time::Duration::from_millis(1));
@@ -481,6 +584,9 @@ impl Queue {
                         );
                     }
                 }
+            }
+            if commits > 0 && live > 0 {
+                self.commit();
             }
         }
         // Dropping the ring cancels what is still submitted before the buffers go.
@@ -590,6 +696,13 @@ mod tests {
         assert_eq!(parse_cpu_list("0-3,5,7-8"), Some(7));
         assert_eq!(parse_cpu_list("x"), None);
         assert_eq!(parse_cpu_list("3-1"), None);
+    }
+
+    #[test]
+    fn loadavg_running_count() {
+        assert_eq!(running_tasks(b"0.52 0.58 0.59 2/412 12345\n"), Some(2));
+        assert_eq!(running_tasks(b"0.00 0.00 0.00 1/80 7"), Some(1));
+        assert_eq!(running_tasks(b"garbage"), None);
     }
 
     #[test]
