@@ -369,26 +369,42 @@ struct Queue {
 }
 
 /// Whether other tasks are runnable, from `/proc/loadavg`'s `running/total` field (the running
-/// count includes the reading thread).
+/// count includes the reading thread). Reading it costs about as much as a small request, so
+/// the answer is kept for `PLACEMENT_RECHECK`.
 struct Placement {
     loadavg: std::fs::File,
+    checked: std::time::Instant,
+    quiet: bool,
 }
+
+/// How long an answer of `Placement::quiet` is used.
+const PLACEMENT_RECHECK: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Placement {
     fn new() -> Option<Placement> {
         std::fs::File::open("/proc/loadavg")
             .ok()
-            .map(|loadavg| Placement { loadavg })
+            .map(|loadavg| Placement {
+                loadavg,
+                checked: std::time::Instant::now(),
+                quiet: false,
+            })
     }
 
-    /// Nothing but this thread is runnable.
+    /// Nothing but this thread was runnable (at most `PLACEMENT_RECHECK` ago).
     fn quiet(&mut self) -> bool {
         use std::os::unix::fs::FileExt;
+        let now = std::time::Instant::now();
+        if now.duration_since(self.checked) < PLACEMENT_RECHECK {
+            return self.quiet;
+        }
         let mut buf = [0u8; 128];
-        let Ok(n) = self.loadavg.read_at(&mut buf, 0) else {
-            return false;
-        };
-        running_tasks(&buf[..n]).is_some_and(|r| r <= 1)
+        self.quiet = self
+            .loadavg
+            .read_at(&mut buf, 0)
+            .is_ok_and(|n| running_tasks(&buf[..n]).is_some_and(|r| r <= 1));
+        self.checked = now;
+        self.quiet
     }
 }
 
