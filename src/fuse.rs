@@ -2,7 +2,8 @@
 //!
 //! What lives here is only what needs FUSE types: the session options (read-only, kernel
 //! permission checks, one worker thread per core each with its own `/dev/fuse` fd), the
-//! capabilities asked for at INIT (passthrough, readdirplus, parallel dirops), the reply flags
+//! capabilities asked for at INIT (passthrough, readdirplus, parallel dirops, FUSE over io_uring
+//! when `fuse_uring` made its rings: then requests come by per-CPU rings), the reply flags
 //! (passthrough or KEEP_CACHE, NOFLUSH), and the backing ids of passthrough opens: one per inode,
 //! shared by its concurrent opens and dropped with the last of them.
 //!

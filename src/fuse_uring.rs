@@ -18,6 +18,16 @@
 //! parser and dispatch (`fuser::RawDispatcher`, a pvrfs patch of the vendored fuser), which
 //! returns the reply bytes in `/dev/fuse` layout; they are split back into header and payload.
 //!
+//! Placement: per-CPU queues only keep a request on one CPU if the caller stays where it is.
+//! When a queue thread's commit wakes the caller, the scheduler sees this CPU busy (the queue
+//! thread still runs) and moves the caller to the other CPU if it idles — whose queue then gets
+//! the next request, and every wake-up is an IPI to a halted vCPU again (measured: no faster
+//! than `/dev/fuse`). So, while nothing else is runnable (`/proc/loadavg`, read at most once a
+//! millisecond), a queue thread submits its commits in SCHED_IDLE: a CPU running only
+//! idle-policy threads counts as idle, the caller is woken here and preempts the queue thread,
+//! and when it blocks on its next request, the queue thread resumes and finds that request in
+//! its ring. `PVRFS_FUSE_URING_IDLE_COMMIT=0` turns this off.
+//!
 //! Invariants and failure handling:
 //! - the rings are created (and URING_CMD probed) before the mount, and the capability is asked
 //!   for only then: once INIT granted it, the kernel holds every request until all queues have
@@ -26,6 +36,10 @@
 //!   `fc->io_uring` and wakes waiting requests); the daemon logs it and serves on;
 //! - every request taken from a ring is answered (a handler that panics or does not reply
 //!   gets EIO), else the caller would wait forever;
+//! - a queue thread never waits in SCHED_IDLE (it returns to SCHED_OTHER before it sleeps): an
+//!   idle-policy thread woken on a busy CPU would wait behind every other task there. The
+//!   policy switch is used only if leaving SCHED_IDLE is allowed (root, or RLIMIT_NICE), tried
+//!   first on a throwaway thread;
 //! - teardown: unmount or abort completes every entry with `-ENOTCONN` and the queue threads
 //!   return; `stop` (called once fuser's `/dev/fuse` workers ended) also wakes them through an
 //!   eventfd every ring polls; a killed daemon's rings are cancelled by the kernel.

@@ -3,8 +3,10 @@
 //!
 //! Life of a mount: `check_mountpoint` (exists, is a directory, not already a mount point,
 //! /dev/fuse present) → `prepare` (open repo, resolve the revision, load its state, build the
-//! tree: O(paths)) → `serve` (mount, answer INIT, report readiness, run one worker per core until
-//! unmounted or signalled). `pvrfs mount` without `--foreground` runs the same steps in a child
+//! tree: O(paths)) → `serve` (mount, answer INIT, report readiness, run one `/dev/fuse` worker
+//! per core — plus, when INIT granted FUSE over io_uring, one pinned ring thread per CPU
+//! (`fuse_uring`), which then carries all requests but FORGET/INTERRUPT — until unmounted or
+//! signalled). `pvrfs mount` without `--foreground` runs the same steps in a child
 //! process (re-executed with `--foreground`) and returns once the child reports readiness or
 //! an error through a pipe, so errors print where the user typed the command.
 //!

@@ -132,6 +132,26 @@ fn thread_names(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// (name, scheduling policy) of each thread of `pid` (`/proc/PID/task/TID/stat` field 41).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        // Fields after the name start at field 3 (state); policy is field 41.
+        let policy = stat[close + 2..]
+            .split(' ')
+            .nth(41 - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(u32::MAX);
+        out.push((name, policy));
+    }
+    out
+}
+
 fn wait_gone(pid: u32) {
     let t0 = Instant::now();
     while Path::new(&format!("/proc/{pid}")).exists() {
@@ -173,6 +193,17 @@ fn rw_mount_is_served_by_the_rings_on_every_cpu() {
         .filter(|n| n.starts_with("pvrfs-ring-"))
         .count();
     assert!(rings >= cpus, "{rings} ring threads for {cpus} CPUs");
+    // Replies are committed in SCHED_IDLE (to keep the caller on its CPU), but a queue thread
+    // must never wait for requests in it: an idle-policy thread woken on a busy CPU starves.
+    std::thread::sleep(Duration::from_millis(100));
+    for (name, policy) in thread_policies(pid) {
+        if name.starts_with("pvrfs-ring-") {
+            assert_eq!(
+                policy, 0,
+                "{name} waits in scheduling policy {policy}, not SCHED_OTHER"
+            );
+        }
+    }
     // The change is committed as usual.
     let out = common::pvrfs_command()
         .args(["commit", "-m", "ring", "--mount"])
