@@ -34,6 +34,8 @@
 //!   an entry, so a ring that could not even be created must never be promised;
 //! - a REGISTER the kernel refuses makes the kernel itself fall back to `/dev/fuse` (it clears
 //!   `fc->io_uring` and wakes waiting requests); the daemon logs it and serves on;
+//! - if the queue threads cannot all be started after INIT granted the ring, a REGISTER the
+//!   kernel refuses is sent on purpose (`refuse`), so it falls back instead of holding requests;
 //! - every request taken from a ring is answered (a handler that panics or does not reply
 //!   gets EIO), else the caller would wait forever;
 //! - a queue thread never waits in SCHED_IDLE (it returns to SCHED_OTHER before it sleeps): an
@@ -43,6 +45,13 @@
 //! - teardown: unmount or abort completes every entry with `-ENOTCONN` and the queue threads
 //!   return; `stop` (called once fuser's `/dev/fuse` workers ended) also wakes them through an
 //!   eventfd every ring polls; a killed daemon's rings are cancelled by the kernel.
+//!
+//! Limits: one thread per queue handles its CPU's requests one at a time, so a slow request
+//! holds up the other requests made on that CPU meanwhile, also those that would not wait for
+//! it on `/dev/fuse` (reads through open handles; metadata operations and `fsync` take the
+//! overlay's lock on either transport). A second thread per queue made `tar x` 35% slower (the
+//! caller's consecutive requests then seem to alternate between the two threads). Buffers: two
+//! entries per possible CPU, each with a payload of max_write (1 MiB; touched only as used).
 //!
 //! `PVRFS_FUSE_URING=0` keeps a mount on `/dev/fuse`. One daemon serves one mount, so the
 //! transport's counters are process-wide (`status`).
@@ -261,23 +270,26 @@ impl Rings {
         fuse_fd: RawFd,
         dispatcher: fuser::RawDispatcher<FS>,
     ) -> io::Result<RingTransport> {
+        if !self.granted.load(Ordering::Relaxed) {
+            return Ok(RingTransport::none());
+        }
+        let mut queues = self.queues;
+        // From here on the kernel holds every request until all queues registered: a failure
+        // must make it fall back to /dev/fuse, never return with nothing serving.
         // SAFETY: eventfd has no memory preconditions; the fd is owned below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            refuse(&mut queues[0], fuse_fd, &e);
+            return Ok(RingTransport::none());
         }
         // SAFETY: `efd` is a fresh fd nobody else owns.
         let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
         let mut threads = Vec::new();
-        if !self.granted.load(Ordering::Relaxed) {
-            return Ok(RingTransport {
-                stop: Some(stop),
-                threads,
-            });
-        }
         let payload = self.payload.load(Ordering::Relaxed);
         let idle_commit = idle_commit_allowed();
-        for (qid, ring) in self.queues.into_iter().enumerate() {
+        let mut queues = queues.into_iter().enumerate();
+        while let Some((qid, ring)) = queues.next() {
             let queue = Queue {
                 qid: qid as u16,
                 ring,
@@ -289,11 +301,28 @@ impl Rings {
                 idle: false,
             };
             let d = dispatcher.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("pvrfs-ring-{qid}"))
-                    .spawn(move || queue.run(d))?,
-            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("pvrfs-ring-{qid}"))
+                .spawn(move || queue.run(d));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The queue's ring went with the closure: refuse with the next one, or
+                    // (for the last queue) with a fresh ring.
+                    match queues.next() {
+                        Some((_, mut ring)) => refuse(&mut ring, fuse_fd, &e),
+                        None => match IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+                            .build(2)
+                        {
+                            Ok(mut ring) => refuse(&mut ring, fuse_fd, &e),
+                            Err(e2) => log::error!(
+                                "io_uring queue {qid} not started ({e}) and no ring to refuse it ({e2}): requests may hang"
+                            ),
+                        },
+                    }
+                    break;
+                }
+            }
         }
         log::info!(
             "serving FUSE requests over io_uring: {} queues of {DEPTH} entries, {} KiB payloads",
@@ -304,6 +333,19 @@ impl Rings {
             stop: Some(stop),
             threads,
         })
+    }
+}
+
+/// Make the kernel give up the ring (it clears `fc->io_uring`, wakes the requests it held and
+/// serves on `/dev/fuse`): a REGISTER without buffers, which it refuses.
+fn refuse(ring: &mut IoUring<squeue::Entry128, cqueue::Entry>, fuse_fd: RawFd, why: &io::Error) {
+    FAILED.store(true, Ordering::Relaxed);
+    log::warn!("FUSE over io_uring not started ({why}): serving on /dev/fuse");
+    let sqe = opcode::UringCmd80::new(types::Fd(fuse_fd), FUSE_IO_URING_CMD_REGISTER).build();
+    // SAFETY: the SQE names no buffer (len 0: the kernel reads none).
+    let pushed = unsafe { ring.submission().push(&sqe).is_ok() };
+    if !pushed || ring.submit_and_wait(1).is_err() {
+        log::error!("could not make the kernel give up FUSE over io_uring: requests may hang");
     }
 }
 
