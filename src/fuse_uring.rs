@@ -274,6 +274,7 @@ impl Rings {
             return Ok(RingTransport::none());
         }
         let mut queues = self.queues;
+        let n_queues = queues.len();
         // From here on the kernel holds every request until all queues registered: a failure
         // must make it fall back to /dev/fuse, never return with nothing serving.
         // SAFETY: eventfd has no memory preconditions; the fd is owned below.
@@ -288,15 +289,25 @@ impl Rings {
         let mut threads = Vec::new();
         let payload = self.payload.load(Ordering::Relaxed);
         let idle_commit = idle_commit_allowed();
+        let fail = std::env::var("PVRFS_FUSE_URING_FAIL").unwrap_or_default();
         let mut queues = queues.into_iter().enumerate();
-        while let Some((qid, ring)) = queues.next() {
+        while let Some((qid, mut ring)) = queues.next() {
+            if fail == "start" && qid + 1 == n_queues {
+                // Tests: the last queue thread "cannot be started".
+                refuse(
+                    &mut ring,
+                    fuse_fd,
+                    &io::Error::other("PVRFS_FUSE_URING_FAIL=start"),
+                );
+                break;
+            }
             let queue = Queue {
                 qid: qid as u16,
                 ring,
                 fuse_fd,
                 stop: stop.clone(),
                 payload,
-                fail_register: std::env::var("PVRFS_FUSE_URING_FAIL").is_ok_and(|v| v == "1"),
+                fail_register: fail == "1",
                 placement: if idle_commit { Placement::new() } else { None },
                 idle: false,
             };

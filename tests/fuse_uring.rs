@@ -321,3 +321,28 @@ fn refused_registration_falls_back_to_dev_fuse() {
     drop(m);
     wait_gone(pid);
 }
+
+#[test]
+fn queue_threads_that_cannot_start_leave_the_mount_on_dev_fuse() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let t = fixture();
+    // INIT granted the ring, then the last queue's thread is not started: the kernel holds
+    // every request until all queues registered, so the daemon must make it give up the ring.
+    let m = Mount::with_env(
+        t.path(),
+        "latest",
+        &["--rw"],
+        &[("PVRFS_FUSE_URING_FAIL", "start")],
+    );
+    exercise(m.path(), "unstarted");
+    let text = transport(m.path());
+    assert!(
+        text.starts_with("/dev/fuse (io_uring registration refused"),
+        "{text}"
+    );
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    drop(m);
+    wait_gone(pid);
+}
