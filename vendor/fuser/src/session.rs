@@ -610,14 +610,16 @@ impl<FS: Filesystem> RawDispatcher<FS> {
             req.dispatch(&*self.se);
         }
         drop(req);
-        let reply = slot.lock().take();
-        match reply {
+        let mut taken = slot.lock();
+        match taken.take() {
             Some(bytes) => Ok(Some(bytes)),
             None if no_reply => Ok(None),
             None => {
                 error!("no reply to request {} before its handler returned", unique.0);
-                // Close the slot: a late reply finds it taken and is refused.
-                *slot.lock() = Some(Vec::new());
+                // Close the slot (under the same lock): a late reply finds it taken and is
+                // refused.
+                *taken = Some(Vec::new());
+                drop(taken);
                 let mut out = Vec::new();
                 use crate::ll::reply::Response;
                 ll::ResponseErrno(ll::Errno::EIO)
