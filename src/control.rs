@@ -10,9 +10,10 @@
 //! commit or reset.
 //!
 //! Protocol: one JSON request line, one JSON answer line, then the connection closes.
-//! Request `{"op": "commit"|"status"|"diff"|"reset"|"state"|"info", "message"?: str}`;
+//! Request `{"op": "commit"|"status"|"diff"|"reset"|"state"|"info"|"transport", "message"?: str}`;
 //! `state` answers the view's canonical state JSON in `text`, `info` the repository's work
-//! directory in `text` and the base revision in `rev`;
+//! directory in `text` and the base revision in `rev`, `transport` how FUSE requests reach the
+//! daemon (`io_uring (Q queues, R requests)` or `/dev/fuse …`, `fuse_uring::Status`);
 //! answer `{"ok": true, "text": str, "warnings": [str], "rev": u64?}` or
 //! `{"ok": false, "code": u8, "error": str}` (the daemon's error and exit code).
 
@@ -185,6 +186,7 @@ fn handle(fs: &CowFs, req: Request, invalidate: &impl Fn(Invalidate)) -> Answer 
             rev: Some(fs.base_rev()),
             ..ok(fs.repo().workdir().display().to_string())
         },
+        "transport" => ok(crate::fuse_uring::status().describe()),
         "reset" => match fs.reset() {
             Ok(inval) => {
                 invalidate(inval);

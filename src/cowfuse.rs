@@ -44,6 +44,9 @@ use std::time::{Duration, SystemTime};
 /// (the kernel updates or invalidates its own caches), and `reset` invalidates explicitly.
 const TTL: Duration = Duration::from_secs(3600);
 
+/// Largest WRITE the kernel sends (1 MiB: its limit with the default `max_pages_limit`).
+const MAX_WRITE: u32 = 1 << 20;
+
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -116,6 +119,8 @@ pub struct CowFuse {
     /// Set at INIT when the kernel granted passthrough.
     passthrough: AtomicBool,
     io: Mutex<HashMap<u64, Io>>,
+    /// Asks for FUSE over io_uring at INIT (`fuse_uring`), when the rings could be made.
+    uring: Option<crate::fuse_uring::Offer>,
 }
 
 fn identity(f: &std::fs::File) -> Option<(u64, u64)> {
@@ -130,7 +135,14 @@ impl CowFuse {
             mode,
             passthrough: AtomicBool::new(false),
             io: Mutex::new(HashMap::new()),
+            uring: None,
         }
+    }
+
+    /// Ask the kernel for FUSE over io_uring at INIT (the rings of `offer` serve it).
+    pub fn with_uring(mut self, offer: Option<crate::fuse_uring::Offer>) -> CowFuse {
+        self.uring = offer;
+        self
     }
 
     /// Decide how a new open file `fh` of `ino` does I/O: `Ok(Some(id))` passthrough on `id`,
@@ -242,8 +254,11 @@ impl Filesystem for CowFuse {
             }
         }
         // Larger writes: fewer round trips for sequential writes (the kernel's limit is 1 MiB).
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(1 << 20);
+        if let Some(offer) = &self.uring {
+            offer.request(config, MAX_WRITE);
+        }
         Ok(())
     }
 

@@ -2,7 +2,8 @@
 //!
 //! What lives here is only what needs FUSE types: the session options (read-only, kernel
 //! permission checks, one worker thread per core each with its own `/dev/fuse` fd), the
-//! capabilities asked for at INIT (passthrough, readdirplus, parallel dirops), the reply flags
+//! capabilities asked for at INIT (passthrough, readdirplus, parallel dirops, FUSE over io_uring
+//! when `fuse_uring` made its rings: then requests come by per-CPU rings), the reply flags
 //! (passthrough or KEEP_CACHE, NOFLUSH), and the backing ids of passthrough opens: one per inode,
 //! shared by its concurrent opens and dropped with the last of them.
 //!
@@ -88,6 +89,8 @@ pub struct FuseFs {
     backing: Mutex<Backing>,
     /// Stacking depth to ask for (1, or 2 when the store itself is on a stacked fs).
     stack_depth: u32,
+    /// Asks for FUSE over io_uring at INIT (`fuse_uring`), when the rings could be made.
+    uring: Option<crate::fuse_uring::Offer>,
 }
 
 impl FuseFs {
@@ -105,7 +108,14 @@ impl FuseFs {
             no_open: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             stack_depth,
+            uring: None,
         }
+    }
+
+    /// Ask the kernel for FUSE over io_uring at INIT (the rings of `offer` serve it).
+    pub fn with_uring(mut self, offer: Option<crate::fuse_uring::Offer>) -> FuseFs {
+        self.uring = offer;
+        self
     }
 
     fn backing_for(
@@ -209,6 +219,12 @@ impl Filesystem for FuseFs {
         }
         // Large reads: fewer round trips when passthrough is not in use.
         let _ = config.set_max_readahead(1 << 20);
+        if let Some(offer) = &self.uring {
+            // A read-only mount gets no WRITE; a small max_write keeps the ring's payload
+            // buffers (which must hold max_write) at 1 MiB. max_pages stays 256 (readahead).
+            let _ = config.set_max_write(1 << 20);
+            offer.request(config, 1 << 20);
+        }
         Ok(())
     }
 

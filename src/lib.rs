@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod fs;
 pub mod fsutil;
 pub mod fuse;
+pub mod fuse_uring;
 pub mod json;
 pub mod mount;
 pub mod oid;

@@ -3,8 +3,10 @@
 //!
 //! Life of a mount: `check_mountpoint` (exists, is a directory, not already a mount point,
 //! /dev/fuse present) → `prepare` (open repo, resolve the revision, load its state, build the
-//! tree: O(paths)) → `serve` (mount, answer INIT, report readiness, run one worker per core until
-//! unmounted or signalled). `pvrfs mount` without `--foreground` runs the same steps in a child
+//! tree: O(paths)) → `serve` (mount, answer INIT, report readiness, run one `/dev/fuse` worker
+//! per core — plus, when INIT granted FUSE over io_uring, one pinned ring thread per CPU
+//! (`fuse_uring`), which then carries all requests but FORGET/INTERRUPT — until unmounted or
+//! signalled). `pvrfs mount` without `--foreground` runs the same steps in a child
 //! process (re-executed with `--foreground`) and returns once the child reports readiness or
 //! an error through a pipe, so errors print where the user typed the command.
 //!
@@ -136,12 +138,21 @@ pub fn fsname(repo: &Repo, rev: &Revision) -> String {
     format!("pvrfs:{}@{}", repo.workdir().display(), rev.rev).replace(',', "_")
 }
 
+/// A mounted session and the io_uring queues that will serve it (`None`: `/dev/fuse` only).
+pub struct Mounted<FS: fuser::Filesystem> {
+    session: fuser::Session<FS>,
+    rings: Option<crate::fuse_uring::Rings>,
+}
+
+impl<FS: fuser::Filesystem> Mounted<FS> {
+    /// Sends cache invalidations to the kernel (through `/dev/fuse`, whatever the transport).
+    pub fn notifier(&self) -> fuser::Notifier {
+        self.session.notifier()
+    }
+}
+
 /// Mount `prepared` at `mnt` and answer INIT; the returned session is ready to be served.
-pub fn mount(
-    prepared: &Prepared,
-    mnt: &Path,
-    opts: &MountOptions,
-) -> Result<fuser::Session<FuseFs>> {
+pub fn mount(prepared: &Prepared, mnt: &Path, opts: &MountOptions) -> Result<Mounted<FuseFs>> {
     use fuser::{MountOption, SessionACL};
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -159,18 +170,25 @@ pub fn mount(
     }
     config.n_threads = Some(fuse_threads());
     config.clone_fd = true;
-    let fuse = FuseFs::new(prepared.fs.clone(), opts.passthrough);
+    let rings = crate::fuse_uring::Rings::prepare();
+    let fuse = FuseFs::new(prepared.fs.clone(), opts.passthrough)
+        .with_uring(rings.as_ref().map(|r| r.offer()));
     let session = fuser::Session::new(fuse, mnt, &config);
     // The INIT exchange used a 16 MiB zeroed buffer carved (and so memset) from the free heap
     // the state parse left behind; give those pages back now that it is freed.
     trim_heap();
-    session.map_err(|e| match e.raw_os_error() {
+    let session = session.map_err(|e| mount_error(mnt, e))?;
+    Ok(Mounted { session, rings })
+}
+
+fn mount_error(mnt: &Path, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => Error::Other(format!(
             "no permission to mount on '{}': {e} (FUSE mounts need root or fusermount3)",
             mnt.display()
         )),
         _ => Error::io("mount FUSE filesystem on", mnt, e),
-    })
+    }
 }
 
 /// A writable (`--rw`) mount ready to be served: the overlay is loaded (and locked).
@@ -236,7 +254,7 @@ pub fn mount_rw(
     overlay: &str,
     mnt: &Path,
     opts: &MountOptions,
-) -> Result<fuser::Session<crate::cowfuse::CowFuse>> {
+) -> Result<Mounted<crate::cowfuse::CowFuse>> {
     use fuser::{MountOption, SessionACL};
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -253,14 +271,11 @@ pub fn mount_rw(
     }
     config.n_threads = Some(fuse_threads());
     config.clone_fd = true;
-    let fuse = crate::cowfuse::CowFuse::new(prepared.fs.clone(), opts.passthrough);
-    fuser::Session::new(fuse, mnt, &config).map_err(|e| match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => Error::Other(format!(
-            "no permission to mount on '{}': {e} (FUSE mounts need root or fusermount3)",
-            mnt.display()
-        )),
-        _ => Error::io("mount FUSE filesystem on", mnt, e),
-    })
+    let rings = crate::fuse_uring::Rings::prepare();
+    let fuse = crate::cowfuse::CowFuse::new(prepared.fs.clone(), opts.passthrough)
+        .with_uring(rings.as_ref().map(|r| r.offer()));
+    let session = fuser::Session::new(fuse, mnt, &config).map_err(|e| mount_error(mnt, e))?;
+    Ok(Mounted { session, rings })
 }
 
 /// The signals that unmount a serving daemon.
@@ -287,8 +302,11 @@ pub fn block_stop_signals() {
     }
 }
 
-/// Serve a mounted session until it is unmounted (or SIGINT/SIGTERM/SIGHUP, which unmount it).
-pub fn serve<FS: fuser::Filesystem>(mut session: fuser::Session<FS>) -> Result<()> {
+/// Serve a mounted session until it is unmounted (or SIGINT/SIGTERM/SIGHUP, which unmount it):
+/// fuser's `/dev/fuse` workers, plus one io_uring queue thread per CPU when INIT granted it.
+pub fn serve<FS: fuser::Filesystem>(mounted: Mounted<FS>) -> Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let Mounted { mut session, rings } = mounted;
     let mut unmounter = session.unmount_callable();
     // Only the waiter below receives the stop signals (a no-op if already blocked).
     block_stop_signals();
@@ -306,8 +324,12 @@ pub fn serve<FS: fuser::Filesystem>(mut session: fuser::Session<FS>) -> Result<(
             }
         })
         .map_err(|e| Error::io("start signal thread for", "the mount", e))?;
+    let fuse_fd = session.as_fd().as_raw_fd();
     session
-        .run()
+        .run_with(move |dispatcher| match rings {
+            Some(r) => r.start(fuse_fd, dispatcher),
+            None => Ok(crate::fuse_uring::RingTransport::none()),
+        })
         .map_err(|e| Error::io("serve FUSE requests for", "the mount", e))
 }
 

@@ -1,0 +1,348 @@
+//! The FUSE-over-io_uring transport (`src/fuse_uring.rs`) on real mounts: with the kernel's
+//! `enable_uring` on, a mount's requests must come through the per-CPU rings (the control
+//! socket's `transport` answer counts them), on every CPU, with data intact; teardown by
+//! `pvrfs umount` and by SIGKILL must leave no daemon behind; `PVRFS_FUSE_URING=0` keeps a
+//! mount on `/dev/fuse`. Without `enable_uring` the ring tests skip with a message (CI enables
+//! it: `.ci/run`).
+
+mod common;
+
+use common::{fuse_available, Content, Mount, TestRepo};
+use pvrfs::control::{self, Request};
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const ENABLE: &str = "/sys/module/fuse/parameters/enable_uring";
+
+fn uring_enabled() -> bool {
+    let on = fs::read_to_string(ENABLE).is_ok_and(|v| matches!(v.trim(), "Y" | "1"));
+    if !on {
+        eprintln!("skipped: {ENABLE} is not enabled (echo 1 > {ENABLE} as root to run this test)");
+    }
+    on
+}
+
+fn fixture() -> TestRepo {
+    let mut t = TestRepo::new();
+    t.set("README", Content::Blob(b"hello\n"))
+        .set("conf.json", Content::Json(r#"{"a":1}"#))
+        .set("dir/data.bin", Content::Blob(&[7u8; 300_000]));
+    t.commit("fixture");
+    t
+}
+
+fn transport(mnt: &Path) -> String {
+    let a = control::request(
+        mnt,
+        &Request {
+            op: "transport".into(),
+            message: None,
+        },
+    )
+    .expect("control request");
+    assert!(a.ok, "transport query failed: {:?}", a.error);
+    a.text
+}
+
+/// Requests served by the rings so far, from `io_uring (Q queues, R requests)`.
+fn ring_requests(text: &str) -> u64 {
+    assert!(text.starts_with("io_uring ("), "not on io_uring: {text}");
+    text.split(", ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable transport status '{text}'"))
+}
+
+/// Run `f` on a thread pinned to `cpu` (its requests go to that CPU's queue).
+fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: a zeroed cpu_set_t is valid; cpu < CPU_SETSIZE here.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Ordinary work in the mount: creates, writes (small and larger than one request), reads,
+/// renames, directories, symlinks, unlink.
+fn exercise(root: &Path, tag: &str) {
+    let d = root.join(format!("work-{tag}"));
+    fs::create_dir(&d).unwrap();
+    for i in 0..50 {
+        fs::write(d.join(format!("f{i}")), format!("{tag} {i}\n")).unwrap();
+    }
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(d.join("big"), &big).unwrap();
+    assert_eq!(fs::read(d.join("big")).unwrap(), big);
+    fs::rename(d.join("f0"), d.join("renamed")).unwrap();
+    std::os::unix::fs::symlink("renamed", d.join("link")).unwrap();
+    assert_eq!(
+        fs::read_to_string(d.join("link")).unwrap(),
+        format!("{tag} 0\n")
+    );
+    fs::remove_file(d.join("f1")).unwrap();
+    let mut names: Vec<String> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 50 + 1); // 50 - f0 - f1 + renamed + link + big
+    assert_eq!(
+        fs::read(root.join("dir/data.bin")).unwrap(),
+        vec![7u8; 300_000]
+    );
+    assert_eq!(fs::read_to_string(root.join("README")).unwrap(), "hello\n");
+}
+
+/// The daemon process serving `mnt` (the re-executed `pvrfs mount … --foreground`).
+fn daemon_pid(mnt: &Path) -> Option<u32> {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.contains(&b"--foreground".as_slice()) && args.contains(&want) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+                .map(|s| s.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (name, scheduling policy) of each thread of `pid` (`/proc/PID/task/TID/stat` field 41).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        // Fields after the name start at field 3 (state); policy is field 41.
+        let policy = stat[close + 2..]
+            .split(' ')
+            .nth(41 - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(u32::MAX);
+        out.push((name, policy));
+    }
+    out
+}
+
+fn wait_gone(pid: u32) {
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        // A zombie (reaped by nobody yet) has exited too.
+        if fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "daemon {pid} still running after unmount: threads {:?}",
+            thread_names(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rw_mount_is_served_by_the_rings_on_every_cpu() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let t = fixture();
+    let m = Mount::new(t.path(), "latest", &["--rw"]);
+    let before = ring_requests(&transport(m.path()));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for cpu in 0..cpus {
+        on_cpu(cpu, || exercise(m.path(), &format!("cpu{cpu}")));
+    }
+    let text = transport(m.path());
+    let after = ring_requests(&text);
+    assert!(
+        after > before + 100 * cpus as u64,
+        "too few requests came by the rings ({before} -> {after}): {text}"
+    );
+    // The daemon has one pinned queue thread per CPU beside fuser's /dev/fuse workers.
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    let rings = thread_names(pid)
+        .iter()
+        .filter(|n| n.starts_with("pvrfs-ring-"))
+        .count();
+    assert!(rings >= cpus, "{rings} ring threads for {cpus} CPUs");
+    // Replies are committed in SCHED_IDLE (to keep the caller on its CPU), but a queue thread
+    // must never wait for requests in it: an idle-policy thread woken on a busy CPU starves.
+    std::thread::sleep(Duration::from_millis(100));
+    for (name, policy) in thread_policies(pid) {
+        if name.starts_with("pvrfs-ring-") {
+            assert_eq!(
+                policy, 0,
+                "{name} waits in scheduling policy {policy}, not SCHED_OTHER"
+            );
+        }
+    }
+    // The change is committed as usual.
+    let out = common::pvrfs_command()
+        .args(["commit", "-m", "ring", "--mount"])
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(m);
+    wait_gone(pid);
+}
+
+#[test]
+fn read_only_mount_uses_the_rings_and_exits_on_umount() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let t = fixture();
+    let m = Mount::new(t.path(), "latest", &[]);
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    for cpu in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        on_cpu(cpu, || {
+            assert_eq!(
+                fs::read(m.join("dir/data.bin")).unwrap(),
+                vec![7u8; 300_000]
+            );
+            assert_eq!(fs::read_to_string(m.join("README")).unwrap(), "hello\n");
+        });
+    }
+    assert!(
+        thread_names(pid)
+            .iter()
+            .any(|n| n.starts_with("pvrfs-ring-")),
+        "no io_uring queue threads in the read-only daemon"
+    );
+    drop(m);
+    wait_gone(pid);
+}
+
+#[test]
+fn killed_ring_daemon_leaves_a_dead_mount_that_umount_clears() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let t = fixture();
+    let m = Mount::new(t.path(), "latest", &["--rw"]);
+    fs::write(m.join("x"), b"1").unwrap();
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    // SAFETY: plain kill(2) of the daemon this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_gone(pid);
+    assert!(
+        fs::read(m.join("x")).is_err(),
+        "a killed daemon still serves"
+    );
+    let out = common::pvrfs_command()
+        .arg("umount")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!m.is_mounted());
+    // The overlay is intact: a new mount (on the ring again) serves the file.
+    let m2 = Mount::new(t.path(), "latest", &["--rw"]);
+    assert_eq!(fs::read(m2.join("x")).unwrap(), b"1");
+    ring_requests(&transport(m2.path()));
+}
+
+#[test]
+fn env_zero_keeps_the_mount_on_dev_fuse() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    let m = Mount::with_env(t.path(), "latest", &["--rw"], &[("PVRFS_FUSE_URING", "0")]);
+    exercise(m.path(), "plain");
+    let text = transport(m.path());
+    assert!(text.starts_with("/dev/fuse"), "{text}");
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    assert!(!thread_names(pid)
+        .iter()
+        .any(|n| n.starts_with("pvrfs-ring-")));
+    drop(m);
+    wait_gone(pid);
+}
+
+#[test]
+fn refused_registration_falls_back_to_dev_fuse() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let t = fixture();
+    // Every ring entry is registered without buffers: the kernel refuses them and must
+    // release the requests it held for the ring to /dev/fuse.
+    let m = Mount::with_env(
+        t.path(),
+        "latest",
+        &["--rw"],
+        &[("PVRFS_FUSE_URING_FAIL", "1")],
+    );
+    exercise(m.path(), "fallback");
+    let text = transport(m.path());
+    assert!(
+        text.starts_with("/dev/fuse (io_uring registration refused"),
+        "{text}"
+    );
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    drop(m);
+    wait_gone(pid);
+}
+
+#[test]
+fn queue_threads_that_cannot_start_leave_the_mount_on_dev_fuse() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let t = fixture();
+    // INIT granted the ring, then the last queue's thread is not started: the kernel holds
+    // every request until all queues registered, so the daemon must make it give up the ring.
+    let m = Mount::with_env(
+        t.path(),
+        "latest",
+        &["--rw"],
+        &[("PVRFS_FUSE_URING_FAIL", "start")],
+    );
+    exercise(m.path(), "unstarted");
+    let text = transport(m.path());
+    assert!(
+        text.starts_with("/dev/fuse (io_uring registration refused"),
+        "{text}"
+    );
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    drop(m);
+    wait_gone(pid);
+}
