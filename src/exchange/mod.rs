@@ -749,10 +749,24 @@ mod tests {
     fn parallel_stops_at_the_first_error() {
         let items: Vec<u32> = (0..100).collect();
         let seen = AtomicUsize::new(0);
+        let three_failed = AtomicBool::new(false);
         let err = for_each_parallel(&items, 4, |&i| {
             seen.fetch_add(1, Ordering::Relaxed);
             if i == 3 {
+                three_failed.store(true, Ordering::Relaxed);
                 return Err(Error::Other("three".into()));
+            }
+            // Items after the failing one take a while, as real transfers do: without this
+            // the other workers can finish all 100 trivial items before the failing worker
+            // is scheduled to run item 3 (seen on a loaded 2-core machine).
+            if i > 3 {
+                for _ in 0..1000 {
+                    if three_failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Ok(())
         })
