@@ -406,11 +406,17 @@ fn unescape(s: &str) -> Vec<u8> {
     out
 }
 
-/// A FUSE mount whose daemon is gone answers ENOTCONN (or ECONNABORTED). `statfs` always reaches the daemon
-/// (attributes may be answered from the kernel's cache), so it is the probe.
+/// A FUSE mount whose daemon is gone answers ENOTCONN (or, while the kernel tears the
+/// connection down, ECONNABORTED — or ECANCELED for requests queued on a FUSE-over-io_uring
+/// ring being cancelled). `statfs` always reaches the daemon (attributes may be answered from
+/// the kernel's cache), so it is the probe.
 fn is_dead(path: &Path) -> bool {
-    // ENOTCONN once the kernel noticed the daemon's end; ECONNABORTED while it is aborting.
-    matches!(rustix::fs::statfs(path), Err(e) if e.raw_os_error() == libc::ENOTCONN || e.raw_os_error() == libc::ECONNABORTED)
+    matches!(rustix::fs::statfs(path), Err(e) if is_dead_errno(e.raw_os_error()))
+}
+
+/// The errors a FUSE mount answers once its daemon is gone (see `is_dead`).
+pub fn is_dead_errno(errno: i32) -> bool {
+    matches!(errno, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
 }
 
 /// Unmount the pvrfs mount at `mnt`, also when its daemon is gone (a dead mount).
