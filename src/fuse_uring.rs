@@ -658,7 +658,8 @@ impl Queue {
                     self.push(&sqe);
                 } else {
                     live -= 1;
-                    if res != -libc::ENOTCONN && res != -libc::ECONNABORTED {
+                    // The connection going away (unmount, abort) is not a refusal.
+                    if !crate::mount::is_dead_errno(-res) {
                         FAILED.store(true, Ordering::Relaxed);
                         log::warn!(
                             "io_uring queue {} entry {i}: {}; the kernel serves on /dev/fuse",

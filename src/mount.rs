@@ -414,7 +414,8 @@ fn is_dead(path: &Path) -> bool {
     matches!(rustix::fs::statfs(path), Err(e) if is_dead_errno(e.raw_os_error()))
 }
 
-/// The errors a FUSE mount answers once its daemon is gone (see `is_dead`).
+/// The errors a FUSE mount answers once its daemon is gone (see `is_dead`); also what an
+/// io_uring entry completes with when the connection goes away (`fuse_uring`).
 pub fn is_dead_errno(errno: i32) -> bool {
     matches!(errno, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fuse_available, pvrfs_command, Content, Mount, TestRepo};
+use common::{fuse_available, kill_daemon, pvrfs_command, Content, Mount, TestRepo};
 use pvrfs::state::Entry;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
@@ -410,34 +410,6 @@ fn overlay_survives_umount_and_sigkill_and_is_exclusive() {
     let m3 = rw(&t);
     assert_eq!(fs::read(m3.join("kept.txt")).unwrap(), b"kept");
     drop(m);
-}
-
-/// SIGKILL the daemon serving `mnt` (found by its command line).
-fn kill_daemon(mnt: &Path) {
-    let mnt = fs::canonicalize(mnt).unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if args.iter().any(|a| *a == b"--foreground")
-            && args.iter().any(|a| *a == mnt.as_os_str().as_bytes())
-        {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            // wait for it to go
-            for _ in 0..200 {
-                if !e.path().exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            return;
-        }
-    }
-    panic!("no daemon for {}", mnt.display());
 }
 
 #[test]

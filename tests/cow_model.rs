@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{dump_dir, fuse_available, pvrfs_command, Content, Mount, TestRepo};
+use common::{dump_dir, fuse_available, kill_daemon, pvrfs_command, Content, Mount, TestRepo};
 use pvrfs::json;
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
@@ -652,29 +652,4 @@ fn sigkill_during_commit_is_all_or_nothing() {
         }
         assert_repo_clean(&t.repo);
     }
-}
-
-/// SIGKILL the daemon serving `mnt` (found by its command line).
-fn kill_daemon(mnt: &Path) {
-    let mnt = fs::canonicalize(mnt).unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if args.contains(&&b"--foreground"[..]) && args.contains(&mnt.as_os_str().as_bytes()) {
-            // SAFETY: plain kill(2) of a process we started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            while e.path().join("cmdline").exists()
-                && fs::read(e.path().join("stat")).is_ok_and(|s| !s.contains(&b'Z'))
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            return;
-        }
-    }
-    panic!("no daemon for {}", mnt.display());
 }

@@ -7,11 +7,11 @@
 
 mod common;
 
-use common::{fuse_available, Content, Mount, TestRepo};
+use common::{daemon_pid, fuse_available, kill_daemon, wait_exited, Content, Mount, TestRepo};
 use pvrfs::control::{self, Request};
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ENABLE: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -103,25 +103,7 @@ fn exercise(root: &Path, tag: &str) {
     assert_eq!(fs::read_to_string(root.join("README")).unwrap(), "hello\n");
 }
 
-/// The daemon process serving `mnt` (the re-executed `pvrfs mount … --foreground`).
-fn daemon_pid(mnt: &Path) -> Option<u32> {
-    let want = mnt.as_os_str().as_encoded_bytes();
-    for e in fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if args.contains(&b"--foreground".as_slice()) && args.contains(&want) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-fn thread_names(pid: u32) -> Vec<String> {
+fn thread_names(pid: i32) -> Vec<String> {
     fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
             d.flatten()
@@ -133,7 +115,7 @@ fn thread_names(pid: u32) -> Vec<String> {
 }
 
 /// (name, scheduling policy) of each thread of `pid` (`/proc/PID/task/TID/stat` field 41).
-fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+fn thread_policies(pid: i32) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
@@ -150,22 +132,6 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
         out.push((name, policy));
     }
     out
-}
-
-fn wait_gone(pid: u32) {
-    let t0 = Instant::now();
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        // A zombie (reaped by nobody yet) has exited too.
-        if fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "daemon {pid} still running after unmount: threads {:?}",
-            thread_names(pid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -216,7 +182,7 @@ fn rw_mount_is_served_by_the_rings_on_every_cpu() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(m);
-    wait_gone(pid);
+    wait_exited(pid);
 }
 
 #[test]
@@ -243,7 +209,7 @@ fn read_only_mount_uses_the_rings_and_exits_on_umount() {
         "no io_uring queue threads in the read-only daemon"
     );
     drop(m);
-    wait_gone(pid);
+    wait_exited(pid);
 }
 
 #[test]
@@ -254,10 +220,7 @@ fn killed_ring_daemon_leaves_a_dead_mount_that_umount_clears() {
     let t = fixture();
     let m = Mount::new(t.path(), "latest", &["--rw"]);
     fs::write(m.join("x"), b"1").unwrap();
-    let pid = daemon_pid(m.path()).expect("daemon process");
-    // SAFETY: plain kill(2) of the daemon this test started.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    wait_gone(pid);
+    kill_daemon(m.path());
     assert!(
         fs::read(m.join("x")).is_err(),
         "a killed daemon still serves"
@@ -294,7 +257,28 @@ fn env_zero_keeps_the_mount_on_dev_fuse() {
         .iter()
         .any(|n| n.starts_with("pvrfs-ring-")));
     drop(m);
-    wait_gone(pid);
+    wait_exited(pid);
+}
+
+/// A `--rw` mount made with `PVRFS_FUSE_URING_FAIL=fail` works end to end on `/dev/fuse`,
+/// says why, and its daemon exits on unmount.
+fn falls_back_to_dev_fuse(fail: &str, tag: &str) {
+    let t = fixture();
+    let m = Mount::with_env(
+        t.path(),
+        "latest",
+        &["--rw"],
+        &[("PVRFS_FUSE_URING_FAIL", fail)],
+    );
+    exercise(m.path(), tag);
+    let text = transport(m.path());
+    assert!(
+        text.starts_with("/dev/fuse (io_uring registration refused"),
+        "{text}"
+    );
+    let pid = daemon_pid(m.path()).expect("daemon process");
+    drop(m);
+    wait_exited(pid);
 }
 
 #[test]
@@ -302,24 +286,9 @@ fn refused_registration_falls_back_to_dev_fuse() {
     if !fuse_available() || !uring_enabled() {
         return;
     }
-    let t = fixture();
     // Every ring entry is registered without buffers: the kernel refuses them and must
     // release the requests it held for the ring to /dev/fuse.
-    let m = Mount::with_env(
-        t.path(),
-        "latest",
-        &["--rw"],
-        &[("PVRFS_FUSE_URING_FAIL", "1")],
-    );
-    exercise(m.path(), "fallback");
-    let text = transport(m.path());
-    assert!(
-        text.starts_with("/dev/fuse (io_uring registration refused"),
-        "{text}"
-    );
-    let pid = daemon_pid(m.path()).expect("daemon process");
-    drop(m);
-    wait_gone(pid);
+    falls_back_to_dev_fuse("1", "fallback");
 }
 
 #[test]
@@ -327,22 +296,7 @@ fn queue_threads_that_cannot_start_leave_the_mount_on_dev_fuse() {
     if !fuse_available() || !uring_enabled() {
         return;
     }
-    let t = fixture();
     // INIT granted the ring, then the last queue's thread is not started: the kernel holds
     // every request until all queues registered, so the daemon must make it give up the ring.
-    let m = Mount::with_env(
-        t.path(),
-        "latest",
-        &["--rw"],
-        &[("PVRFS_FUSE_URING_FAIL", "start")],
-    );
-    exercise(m.path(), "unstarted");
-    let text = transport(m.path());
-    assert!(
-        text.starts_with("/dev/fuse (io_uring registration refused"),
-        "{text}"
-    );
-    let pid = daemon_pid(m.path()).expect("daemon process");
-    drop(m);
-    wait_gone(pid);
+    falls_back_to_dev_fuse("start", "unstarted");
 }

@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{fuse_available, is_mount_point, read_tree, run, Content, Mount, TestRepo};
+use common::{
+    daemon_pid, fuse_available, is_mount_point, kill_daemon, read_tree, run, Content, Mount,
+    TestRepo,
+};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -425,24 +428,6 @@ fn errors_are_clear_and_leave_nothing_mounted() {
     assert!(e.contains("not a pvrfs mount"), "{e}");
 }
 
-/// The pid of the daemon serving `mnt` (its command line names the mountpoint).
-fn daemon_pid(mnt: &Path) -> i32 {
-    let needle = mnt.as_os_str().as_bytes();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.contains(&&b"--foreground"[..]) && args.contains(&needle) {
-            return pid;
-        }
-    }
-    panic!("no daemon found for {}", mnt.display());
-}
-
 #[test]
 fn a_killed_daemon_leaves_a_mount_that_umount_clears() {
     if !fuse_available() {
@@ -452,18 +437,8 @@ fn a_killed_daemon_leaves_a_mount_that_umount_clears() {
     let m = Mount::new(t.path(), "latest", &[]);
     let canon = std::fs::canonicalize(m.path()).unwrap();
     assert_eq!(std::fs::read(m.join("README")).unwrap(), b"hello\n");
-    let pid = daemon_pid(&canon);
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    // wait for it to die (generously: the machine may be busy)
-    for _ in 0..1000 {
-        if !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let pid = daemon_pid(&canon).expect("daemon process");
+    kill_daemon(&canon);
     // Cached attributes may still answer; anything reaching the daemon gets ENOTCONN
     // (ECONNABORTED while the kernel is still tearing the connection down, ECANCELED while
     // it cancels a FUSE-over-io_uring ring).
@@ -724,7 +699,7 @@ fn sigterm_to_the_daemon_unmounts_cleanly() {
     }
     let (t, _) = fixture();
     let m = Mount::new(t.path(), "latest", &[]);
-    let pid = daemon_pid(&std::fs::canonicalize(m.path()).unwrap());
+    let pid = daemon_pid(m.path()).expect("daemon process");
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     for _ in 0..1000 {
         if !m.is_mounted() {

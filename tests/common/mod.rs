@@ -471,6 +471,50 @@ impl Drop for Mount {
     }
 }
 
+/// The pid of the daemon serving `mnt`: the re-executed `pvrfs mount … --foreground`, whose
+/// command line names the mountpoint (resolved through its parent, so a dead mount is found).
+pub fn daemon_pid(mnt: &Path) -> Option<i32> {
+    let parent = fs::canonicalize(mnt.parent()?).ok()?;
+    let mnt = parent.join(mnt.file_name()?);
+    let want = mnt.as_os_str().as_encoded_bytes();
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.contains(&b"--foreground".as_slice()) && args.contains(&want) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Wait until process `pid` has exited (a zombie nobody reaped yet counts); panics after 10 s.
+pub fn wait_exited(pid: i32) {
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "process {pid} still running after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGKILL the daemon serving `mnt` and wait until it has exited.
+pub fn kill_daemon(mnt: &Path) {
+    let pid = daemon_pid(mnt).unwrap_or_else(|| panic!("no daemon for {}", mnt.display()));
+    // SAFETY: plain kill(2) of a daemon the test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    wait_exited(pid);
+}
+
 /// True when `p` is a mount point of this namespace.
 pub fn is_mount_point(p: &Path) -> bool {
     let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
