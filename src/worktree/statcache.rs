@@ -23,75 +23,14 @@
 //! (coarse) kernel clock as the files' mtimes; anything else is re-hashed and the cache
 //! rewritten, so it converges on the next run.
 
-use super::walk::DirRecord;
+use super::stat::{DirRecord, FxBuild, FxHasher, HashMap, StatKey};
 use crate::fsutil;
 use crate::oid::ObjectId;
 use std::fs;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::os::unix::fs::MetadataExt;
+use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"PVRFSSC2";
-
-/// FxHash (rustc's hasher): paths are not attacker-chosen keys here, and SipHash was a visible
-/// share of `status` on 100k files.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub type FxBuild = BuildHasherDefault<FxHasher>;
-pub type HashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
-pub type HashSet<K> = std::collections::HashSet<K, FxBuild>;
-
-/// The part of `lstat` that tells whether a file may have changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatKey {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub ino: u64,
-    pub dev: u64,
-}
-
-impl StatKey {
-    pub fn of(meta: &fs::Metadata) -> Self {
-        StatKey {
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-            ino: meta.ino(),
-            dev: meta.dev(),
-        }
-    }
-
-    /// From a raw `stat` (field types vary by architecture, hence the casts).
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    pub fn from_stat(st: &rustix::fs::Stat) -> Self {
-        StatKey {
-            size: st.st_size as u64,
-            mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
-            ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
-            ino: st.st_ino as u64,
-            dev: st.st_dev as u64,
-        }
-    }
-}
 
 /// What the cache knows about one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,7 +34,7 @@
 //! mtimes (the caller decides, see `dircache_supported`), and only for directories on the
 //! device of the work tree's root.
 
-use super::statcache::{HashMap, StatKey};
+use super::stat::{DirRecord, HashMap, StatKey, KIND_DIR, KIND_FILE, KIND_NOT_UTF8, NO_FILE};
 use crate::error::{Error, Result};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use rayon::prelude::*;
@@ -99,41 +99,6 @@ impl<'a> Tracked<'a> {
 
     fn in_dir(&self, rel: &str) -> &[(&'a str, usize)] {
         self.by_dir.get(rel).map_or(&[], Vec::as_slice)
-    }
-}
-
-/// What the last walk learned about one directory (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirRecord {
-    pub key: StatKey,
-    /// The stat key of the directory's `.pvrignore` entry (following a symlink; `NO_FILE` when
-    /// it is not a regular file), `None` when there is no entry of that name.
-    pub ignore: Option<StatKey>,
-    /// Directory and ignore file were both older than the walk: the record may be reused.
-    pub stable: bool,
-    /// The listing: per entry, a kind byte (`KIND_*`), the name bytes, a NUL; sorted by name.
-    pub listing: Vec<u8>,
-}
-
-pub const KIND_FILE: u8 = b'f';
-pub const KIND_DIR: u8 = b'd';
-pub const KIND_NOT_UTF8: u8 = b'n';
-
-/// The stat key recorded for a `.pvrignore` entry that is not a regular file.
-pub const NO_FILE: StatKey = StatKey {
-    size: u64::MAX,
-    mtime_ns: 0,
-    ctime_ns: 0,
-    ino: 0,
-    dev: 0,
-};
-
-impl DirRecord {
-    fn entries(&self) -> impl Iterator<Item = (u8, &[u8])> {
-        self.listing
-            .split(|&b| b == 0)
-            .filter(|e| !e.is_empty())
-            .map(|e| (e[0], &e[1..]))
     }
 }
 

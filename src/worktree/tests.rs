@@ -1,0 +1,284 @@
+use super::add::merge_sorted;
+use super::*;
+
+fn setup() -> (tempfile::TempDir, Repo) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(dir.path()).unwrap();
+    let repo = Repo::init(&root, None, None).unwrap();
+    (dir, repo)
+}
+
+fn write(repo: &Repo, rel: &str, data: &str) {
+    let p = repo.workdir().join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+fn add_all(repo: &Repo, raw: bool, paths: &[&str]) -> Vec<String> {
+    let lock = repo.lock().unwrap();
+    let paths: Vec<String> = paths.iter().map(|s| s.to_string()).collect();
+    WorkTree::open(repo)
+        .add(&lock, repo.workdir(), &paths, raw)
+        .unwrap()
+}
+
+fn commit(repo: &Repo) -> String {
+    let lock = repo.lock().unwrap();
+    let mut log = Vec::new();
+    WorkTree::open(repo).commit(&lock, "m", &mut log).unwrap();
+    String::from_utf8(log).unwrap()
+}
+
+#[test]
+fn add_stages_untracked_files_and_commit_records_them() {
+    let (_d, repo) = setup();
+    write(&repo, "a.txt", "a");
+    write(&repo, "d/x.json", "{ \"k\" : 1 }");
+    write(&repo, "ign/skip.txt", "s");
+    write(&repo, ".pvrignore", "ign/\n");
+    let added = add_all(&repo, false, &[]);
+    assert_eq!(added, vec![".pvrignore", "a.txt", "d/x.json"]);
+    let staged = load_staged(&repo).unwrap();
+    assert!(!staged["d/x.json"].force_object);
+    assert!(repo.store().contains(&staged["a.txt"].sha));
+    let log = commit(&repo);
+    assert!(log.contains("Adding inline d/x.json"), "{log}");
+    let head = repo.head_state().unwrap();
+    assert_eq!(
+        head.get("d/x.json"),
+        Some(&Entry::Inline(json::parse(b"{\"k\":1}").unwrap()))
+    );
+    assert!(!repo.new_path().exists());
+    // reformatting an inline json is not a change; editing a value is
+    write(&repo, "d/x.json", "{\n  \"k\": 1\n}\n");
+    let scan = WorkTree::open(&repo).scan().unwrap();
+    assert!(scan.changed.is_empty());
+    write(&repo, "d/x.json", "{\"k\": 2}");
+    let scan = WorkTree::open(&repo).scan().unwrap();
+    assert_eq!(scan.changed, vec!["d/x.json"]);
+}
+
+#[test]
+fn status_is_right_when_the_tracked_set_moved_away_from_the_stat_cache() {
+    // The walk starts from the stat cache's paths while the head parses (`reconcile`).
+    let (_d, repo) = setup();
+    for f in ["a.txt", "d/b.txt", "d/c.txt"] {
+        write(&repo, f, f);
+    }
+    add_all(&repo, false, &[]);
+    commit(&repo);
+    let scan = WorkTree::open(&repo).scan_all().unwrap();
+    assert!(scan.is_clean() && scan.untracked.is_empty(), "{scan:?}");
+    // The head drops d/b.txt behind the work tree's back (as `apply` or pvr could): it is
+    // still on disk and in the cache, and now untracked, in walk order.
+    let lock = repo.lock().unwrap();
+    let mut state = repo.head_state().unwrap();
+    state.remove("d/b.txt");
+    repo.commit_state(&lock, &state, "drop b", None).unwrap();
+    drop(lock);
+    write(&repo, "d/a-new.txt", "n");
+    let scan = WorkTree::open(&repo).scan_all().unwrap();
+    assert_eq!(scan.untracked, vec!["d/a-new.txt", "d/b.txt"]);
+    assert!(scan.is_clean());
+    // A staged path the cache never saw: reported as added, not as untracked.
+    let mut staged = load_staged(&repo).unwrap();
+    staged.insert(
+        "d/a-new.txt".into(),
+        Staged {
+            force_object: false,
+            sha: ObjectId::hash_bytes(b"n"),
+        },
+    );
+    save_staged(&repo, &staged).unwrap();
+    let scan = WorkTree::open(&repo).scan_all().unwrap();
+    assert_eq!(scan.added, vec!["d/a-new.txt"]);
+    assert_eq!(scan.untracked, vec!["d/b.txt"]);
+}
+
+#[test]
+fn stat_cache_avoids_rereading_and_notices_same_size_edits() {
+    let (_d, repo) = setup();
+    write(&repo, "f.bin", "aaaa");
+    add_all(&repo, false, &[]);
+    commit(&repo);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // the first scan may find racy entries; after it the cache is trusted
+    WorkTree::open(&repo).scan().unwrap();
+    let wt = WorkTree::open(&repo);
+    let meta = fs::symlink_metadata(repo.workdir().join("f.bin")).unwrap();
+    let mut wt = wt;
+    assert!(wt
+        .load_cache()
+        .lookup("f.bin", &StatKey::of(&meta))
+        .is_some());
+    // same size, new content: mtime/ctime move, so it is re-hashed
+    write(&repo, "f.bin", "bbbb");
+    let scan = WorkTree::open(&repo).scan().unwrap();
+    assert_eq!(scan.changed, vec!["f.bin"]);
+}
+
+#[test]
+fn a_trusted_cache_entry_is_believed_without_reading_the_file() {
+    let (_d, repo) = setup();
+    write(&repo, "f.bin", "aaaa");
+    write(&repo, "c.json", "{\"a\": 1}");
+    add_all(&repo, false, &[]);
+    commit(&repo);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut wt = WorkTree::open(&repo);
+    // Lie in the cache: same stat key, other hashes. If scan re-read the files it would
+    // see no change; trusting the cache, it reports both as changed.
+    let lies: Vec<(String, CacheEntry)> = ["f.bin", "c.json"]
+        .iter()
+        .map(|p| {
+            let meta = fs::symlink_metadata(repo.workdir().join(p)).unwrap();
+            let bogus = ObjectId::hash_bytes(b"bogus");
+            let value_sha = p.ends_with(".json").then_some(bogus);
+            (
+                p.to_string(),
+                CacheEntry {
+                    key: StatKey::of(&meta),
+                    sha: bogus,
+                    value_sha,
+                },
+            )
+        })
+        .collect();
+    wt.load_cache().update_and_save(lies);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let scan = WorkTree::open(&repo).scan().unwrap();
+    // f.bin: believed; c.json: the value hash does not match the head, so it is parsed
+    assert_eq!(scan.changed, vec!["f.bin"]);
+}
+
+#[test]
+fn invalid_json_is_reported_with_its_path() {
+    let (_d, repo) = setup();
+    write(&repo, "bad.json", "{bad");
+    add_all(&repo, false, &[]);
+    let err = WorkTree::open(&repo).scan().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "JSON Unmarshal (bad.json): invalid character 'b' looking for beginning of object key string"
+    );
+    // --raw stores it as an object instead
+    add_all(&repo, true, &["bad.json"]);
+    commit(&repo);
+    assert!(matches!(
+        repo.head_state().unwrap().get("bad.json"),
+        Some(Entry::Object(_))
+    ));
+}
+
+#[test]
+fn hex_string_json_is_stored_as_an_object() {
+    let (_d, repo) = setup();
+    let hex = "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"";
+    write(&repo, "sha.json", hex);
+    add_all(&repo, false, &[]);
+    commit(&repo);
+    let id = ObjectId::hash_bytes(hex.as_bytes());
+    assert_eq!(
+        repo.head_state().unwrap().get("sha.json"),
+        Some(&Entry::Object(id))
+    );
+    assert!(repo.store().contains(&id));
+    assert!(WorkTree::open(&repo).scan().unwrap().changed.is_empty());
+}
+
+#[test]
+fn checkout_writes_removes_and_protects_changes() {
+    let (_d, repo) = setup();
+    write(&repo, "a/b.txt", "one");
+    write(&repo, "c.json", "[1, 2.50]");
+    add_all(&repo, false, &[]);
+    commit(&repo);
+    let first = repo.head_state().unwrap();
+    fs::remove_file(repo.workdir().join("a/b.txt")).unwrap();
+    write(&repo, "new.txt", "n");
+    add_all(&repo, false, &[]);
+    commit(&repo);
+    let lock = repo.lock().unwrap();
+    let mut wt = WorkTree::open(&repo);
+    // back to the first state: new.txt goes, a/b.txt comes back
+    let r = wt
+        .checkout(&lock, &first, &CheckoutOptions::default())
+        .unwrap();
+    // c.json is rewritten in pvr's rendering (same value, other bytes)
+    assert_eq!((r.written, r.removed), (2, 1));
+    assert_eq!(
+        fs::read_to_string(repo.workdir().join("a/b.txt")).unwrap(),
+        "one"
+    );
+    assert!(!repo.workdir().join("new.txt").exists());
+    let head = repo.head_state().unwrap();
+    write(&repo, "c.json", "[7]");
+    let err = wt
+        .checkout(&lock, &head, &CheckoutOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::WouldLoseChanges(_)), "{err}");
+    assert_eq!(
+        fs::read_to_string(repo.workdir().join("c.json")).unwrap(),
+        "[7]"
+    );
+    let opts = CheckoutOptions {
+        force: true,
+        canonical: true,
+        ..Default::default()
+    };
+    wt.checkout(&lock, &head, &opts).unwrap();
+    assert_eq!(
+        fs::read_to_string(repo.workdir().join("c.json")).unwrap(),
+        "[1,2.5E0]"
+    );
+    assert!(repo.workdir().join("new.txt").exists());
+    // a/b.txt came from the last checkout, so it is tracked and goes
+    assert!(!repo.workdir().join("a").exists());
+}
+
+#[test]
+fn checkout_refuses_corrupt_objects() {
+    let (_d, repo) = setup();
+    write(&repo, "f", "data");
+    add_all(&repo, false, &[]);
+    commit(&repo);
+    let id = ObjectId::hash_bytes(b"data");
+    let obj = repo.store().path_of(&id);
+    fs::write(&obj, "evil").unwrap();
+    fs::remove_file(repo.workdir().join("f")).unwrap();
+    let lock = repo.lock().unwrap();
+    let head = repo.head_state().unwrap();
+    for hardlink in [false, true] {
+        let opts = CheckoutOptions {
+            hardlink,
+            ..Default::default()
+        };
+        let err = WorkTree::open(&repo)
+            .checkout(&lock, &head, &opts)
+            .unwrap_err();
+        assert!(matches!(err, Error::CorruptObject { .. }), "{err}");
+        assert!(!repo.workdir().join("f").exists());
+    }
+}
+
+#[test]
+fn merge_sorted_is_a_sorted_union() {
+    let owned: Vec<String> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let r = |idx: &[usize]| idx.iter().map(|&i| &owned[i]).collect::<Vec<_>>();
+    assert_eq!(
+        merge_sorted(&r(&[0, 2, 4]), &r(&[1, 2, 3])),
+        r(&[0, 1, 2, 3, 4])
+    );
+    assert_eq!(merge_sorted(&r(&[]), &r(&[1])), r(&[1]));
+    assert_eq!(merge_sorted(&r(&[3]), &r(&[])), r(&[3]));
+}
+
+#[test]
+fn walk_order_is_per_directory() {
+    let mut v = vec!["a.txt", "a/b", "a b/c", "ab"];
+    v.sort_by(|a, b| walk_order(a, b));
+    assert_eq!(v, vec!["a/b", "a b/c", "a.txt", "ab"]);
+}
