@@ -287,6 +287,16 @@ pub enum PassthroughMode {
     Never,
 }
 
+impl From<PassthroughMode> for crate::fuse::Passthrough {
+    fn from(m: PassthroughMode) -> Self {
+        match m {
+            PassthroughMode::Auto => crate::fuse::Passthrough::Auto,
+            PassthroughMode::Always => crate::fuse::Passthrough::Always,
+            PassthroughMode::Never => crate::fuse::Passthrough::Never,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct MountArgs {
     /// The repository's work directory.

@@ -113,15 +113,6 @@ impl Error {
             _ => 1,
         }
     }
-
-    /// The errno to give a filesystem caller for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::MissingObject { .. } | Error::CorruptObject { .. } => libc::EIO,
-            _ => libc::EIO,
-        }
-    }
 }
 
 /// Attach an operation and a path to an `io::Result`.

@@ -1,29 +1,30 @@
 //! pvrfs: pvr-compatible repositories with numbered revisions, mountable over FUSE.
 //!
-//! Module map (see docs/ARCHITECTURE.md): `oid` object ids, `json` pvr's JSON dialect and
-//! renderings, `state` a revision's content, `store` the object store, `repo` the `.pvr/`
-//! layout and revisions, `patch` diffs, `fsutil` durable writes, `overlay` the copy-on-write
-//! layer of writable mounts (docs/OVERLAY.md).
+//! Layers, each using only those below it (docs/ARCHITECTURE.md has the map):
+//! - `cli` (clap definitions) and `cmd` (one function per command): the binary's face;
+//! - `fuse`: fuser adapters, sessions, the io_uring transport, the mount table, the control
+//!   socket of `--rw` mounts;
+//! - `fs`: what a mount serves, as plain Rust (read-only revision, copy-on-write overlay);
+//! - `worktree`, `exchange`: a work directory, and other repositories, against the repository;
+//! - `repo` (`.pvr/` layout, revisions), `patch` (diffs), `store` (objects), `state` (a
+//!   revision's content), `json` (pvr's JSON dialect), `oid` (object ids);
+//! - `error`, `fsutil` (durable writes), `progress`, `sys` (the few raw C calls).
 
-pub mod control;
-pub mod cowfs;
-pub mod cowfuse;
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod error;
 pub mod exchange;
 pub mod fs;
 pub mod fsutil;
 pub mod fuse;
-pub mod fuse_uring;
 pub mod json;
-pub mod mount;
 pub mod oid;
-pub mod overlay;
 pub mod patch;
 pub mod progress;
 pub mod repo;
 pub mod state;
 pub mod store;
-pub mod tree;
+pub mod sys;
 pub mod worktree;
 
 pub use error::{Error, Result};

@@ -3,9 +3,10 @@
 mod common;
 
 use common::{Content, TestRepo};
-use pvrfs::fs::{Attr, DirectoryReplier, FileKind, Fs, FsConfig, FsError, Handle};
+use pvrfs::fs::readonly::{DirectoryReplier, FileSource, FsConfig, ReadOnlyFs as Fs};
+use pvrfs::fs::tree::{Rendering, Tree};
+use pvrfs::fs::{Attr, FsError, Kind, ToErrno, ROOT_INO};
 use pvrfs::oid::ObjectId;
-use pvrfs::tree::{Rendering, Tree, ROOT_INO};
 use std::ffi::{OsStr, OsString};
 
 fn fs_of(t: &TestRepo, verify: bool) -> Fs {
@@ -36,18 +37,11 @@ fn repo() -> TestRepo {
 /// Collects entries, refusing any beyond `room`.
 struct Collect {
     room: usize,
-    got: Vec<(u64, u64, FileKind, OsString)>,
+    got: Vec<(u64, u64, Kind, OsString)>,
 }
 
 impl DirectoryReplier for Collect {
-    fn add(
-        &mut self,
-        ino: u64,
-        next: u64,
-        kind: FileKind,
-        name: &OsStr,
-        attr: Option<&Attr>,
-    ) -> bool {
+    fn add(&mut self, ino: u64, next: u64, kind: Kind, name: &OsStr, attr: Option<&Attr>) -> bool {
         let attr = attr.expect("attributes were asked for");
         assert_eq!((attr.ino, attr.kind), (ino, kind));
         if self.got.len() == self.room {
@@ -72,13 +66,13 @@ fn lookup_getattr_and_errnos() {
     let fs = fs_of(&t, false);
     let root = fs.getattr(ROOT_INO).unwrap();
     assert_eq!(
-        (root.kind, root.perm, root.nlink, root.uid, root.gid),
-        (FileKind::Directory, 0o755, 3, 7, 8)
+        (root.kind, root.mode, root.nlink, root.uid, root.gid),
+        (Kind::Dir, 0o755, 3, 7, 8)
     );
     let c = lookup_path(&fs, "a/b/c.txt").unwrap();
     assert_eq!(
-        (c.kind, c.size, c.blocks, c.perm, c.nlink),
-        (FileKind::RegularFile, 3, 1, 0o644, 1)
+        (c.kind, c.size, c.blocks(), c.mode, c.nlink),
+        (Kind::File, 3, 1, 0o644, 1)
     );
     let x = lookup_path(&fs, "a/x.json").unwrap();
     assert_eq!(
@@ -130,19 +124,12 @@ fn readdir_resumes_at_offsets() {
     }
     assert_eq!(pieces, all.got);
     // plain readdir (no attributes) lists the same entries
-    struct Names(Vec<(u64, FileKind, OsString)>);
+    struct Names(Vec<(u64, Kind, OsString)>);
     impl DirectoryReplier for Names {
         fn wants_attrs(&self) -> bool {
             false
         }
-        fn add(
-            &mut self,
-            ino: u64,
-            _: u64,
-            kind: FileKind,
-            name: &OsStr,
-            attr: Option<&Attr>,
-        ) -> bool {
+        fn add(&mut self, ino: u64, _: u64, kind: Kind, name: &OsStr, attr: Option<&Attr>) -> bool {
             assert!(attr.is_none());
             self.0.push((ino, kind, name.to_owned()));
             false
@@ -171,8 +158,8 @@ fn open_read_release() {
     let o1 = fs.open(y, libc::O_RDONLY).unwrap();
     let o2 = fs.open(y, libc::O_RDONLY).unwrap();
     // one object file per inode, shared by concurrent opens
-    match (&o1.handle, &o2.handle) {
-        (Handle::Object(a), Handle::Object(b)) => assert!(std::sync::Arc::ptr_eq(a, b)),
+    match (&o1.source, &o2.source) {
+        (FileSource::Object(a), FileSource::Object(b)) => assert!(std::sync::Arc::ptr_eq(a, b)),
         _ => panic!("blob opens must be object handles"),
     }
     assert_eq!(fs.read(o1.fh, 0, 100, <[u8]>::to_vec).unwrap(), b"yyyy");
@@ -187,7 +174,7 @@ fn open_read_release() {
     fs.release(o2.fh).unwrap();
     let x = lookup_path(&fs, "a/x.json").unwrap();
     let o = fs.open(x.ino, libc::O_RDONLY).unwrap();
-    assert!(matches!(o.handle, Handle::Inline(_)));
+    assert!(matches!(o.source, FileSource::Inline(_)));
     let bytes = fs.read(o.fh, 0, 4096, <[u8]>::to_vec).unwrap();
     assert_eq!(bytes, b"{\n    \"k\": [\n        1,\n        2\n    ]\n}");
     assert_eq!(bytes.len() as u64, x.size);

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{daemon_pid, fuse_available, kill_daemon, wait_exited, Content, Mount, TestRepo};
-use pvrfs::control::{self, Request};
+use pvrfs::fuse::control::{self, Request};
 use std::fs;
 use std::path::Path;
 use std::time::Duration;

@@ -444,7 +444,7 @@ fn a_killed_daemon_leaves_a_mount_that_umount_clears() {
     // it cancels a FUSE-over-io_uring ring).
     let e = errno_of(std::fs::read(m.join("app/deep/er/still/file.txt")));
     assert!(
-        pvrfs::mount::is_dead_errno(e),
+        pvrfs::fuse::mounts::is_dead_errno(e),
         "errno {e} from a dead mount (pid {pid})"
     );
     let e = run(&[&"mount", &t.path(), &"latest", &m.path()]);

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{dump_overlay, repo_with};
-use pvrfs::overlay::{Kind, Options, Overlay, RenameFlags, SetAttr, ROOT};
+use pvrfs::fs::overlay::{Options, Overlay, RenameFlags, SetAttr};
+use pvrfs::fs::{Kind, ROOT_INO as ROOT};
 use pvrfs::repo::Repo;
 use std::io::Write;
 use std::path::Path;

@@ -10,9 +10,10 @@
 mod common;
 
 use common::{dump_dir, dump_overlay, fast_tempdir, repo_with};
+use pvrfs::fs::overlay::{Handle, Options, Overlay, RenameFlags, SetAttr};
+use pvrfs::fs::{FsError, Kind, ToErrno};
 use pvrfs::json;
 use pvrfs::oid::ObjectId;
-use pvrfs::overlay::{Handle, Kind, Options, Overlay, RenameFlags, SetAttr};
 use pvrfs::repo::Repo;
 use pvrfs::state::{Entry, State};
 use rand::prelude::*;
@@ -53,7 +54,7 @@ fn errno_of<T>(r: io::Result<T>) -> Result<(), i32> {
         .map_err(|e| e.raw_os_error().expect("an OS error"))
 }
 
-fn ov_errno<T>(r: Result<T, pvrfs::overlay::FsError>) -> Result<(), i32> {
+fn ov_errno<T>(r: Result<T, FsError>) -> Result<(), i32> {
     r.map(|_| ()).map_err(|e| e.errno())
 }
 

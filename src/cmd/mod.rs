@@ -2,10 +2,13 @@
 //! `ctx.out` / `ctx.err`, and returns a library error on failure (mapped to an exit code by
 //! `main`). Nothing here calls `std::process::exit` or prints directly.
 
+mod daemon;
 pub mod exchange;
 pub mod mount;
 pub mod mountops;
+pub mod render;
 pub mod repo;
+pub mod target;
 
 use crate::cli::{Cli, Command};
 use std::io::Write;
@@ -37,7 +40,7 @@ pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Mounts => mount::mounts(ctx),
         Command::Init(a) => repo::init(a, ctx),
         Command::Add(a) => repo::add(a, ctx),
-        Command::Json(a) => match (&a.rev, mountops::mount_target(ctx, None)?) {
+        Command::Json(a) => match (&a.rev, target::mount_target(ctx, None)?) {
             (None, Some(mnt)) => mountops::json(&mnt, a, ctx),
             _ => repo::json(a, ctx),
         },
@@ -49,19 +52,19 @@ pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Gc(a) => repo::gc(a, ctx),
         // Mount-aware: inside a pvrfs mount (or with --mount MNT) these act on the mount's
         // overlay through its daemon; elsewhere on the work tree.
-        Command::Commit(a) => match mountops::mount_target(ctx, a.mount.as_deref())? {
+        Command::Commit(a) => match target::mount_target(ctx, a.mount.as_deref())? {
             Some(mnt) => mountops::commit(&mnt, a, ctx),
             None => repo::commit(a, ctx),
         },
-        Command::Status(a) => match mountops::mount_target(ctx, a.mount.as_deref())? {
+        Command::Status(a) => match target::mount_target(ctx, a.mount.as_deref())? {
             Some(mnt) => mountops::status(&mnt, ctx),
             None => repo::status(a, ctx),
         },
-        Command::Diff(a) => match mountops::mount_target(ctx, a.mount.as_deref())? {
+        Command::Diff(a) => match target::mount_target(ctx, a.mount.as_deref())? {
             Some(mnt) => mountops::diff(&mnt, a, ctx),
             None => repo::diff(a, ctx),
         },
-        Command::Reset(a) => match mountops::mount_target(ctx, a.mount.as_deref())? {
+        Command::Reset(a) => match target::mount_target(ctx, a.mount.as_deref())? {
             Some(mnt) => mountops::reset(&mnt, a, ctx),
             None => repo::reset(a, ctx),
         },

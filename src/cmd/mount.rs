@@ -1,36 +1,11 @@
-//! `pvrfs mount`, `pvrfs umount`, `pvrfs mounts`.
-//!
-//! Without `--foreground`, `mount` checks what it cheaply can (repository, revision, mountpoint,
-//! /dev/fuse), then re-executes itself with `--foreground` in a new session, with stdio detached
-//! (logs go to `.pvr/pvrfs/logs/`) and the write end of a pipe in `PVRFS_READY_FD`. The child
-//! mounts and writes `ok` or the error text to the pipe; the parent returns when the pipe says so
-//! (or closes: the child died), so "mount returned 0" means "the tree is being served".
+//! `pvrfs mount`, `pvrfs umount`, `pvrfs mounts`. The daemon's start-up is `cmd::daemon`.
 
+use super::daemon;
 use crate::cli::{MountArgs, UmountArgs};
 use crate::cmd::Ctx;
 use crate::error::{Error, IoContext};
-use crate::mount::{self, MountOptions};
+use crate::fuse::mounts;
 use crate::repo::Repo;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-
-/// Environment variable naming the readiness pipe of a daemon child.
-const READY_FD: &str = "PVRFS_READY_FD";
-
-pub(crate) fn options(args: &MountArgs) -> MountOptions {
-    MountOptions {
-        allow_other: args.allow_other,
-        canonical: args.canonical,
-        uid: args.uid,
-        gid: args.gid,
-        verify: args.verify,
-        passthrough: args.passthrough,
-    }
-}
 
 pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if args.rw && (args.uid.is_some() || args.gid.is_some() || args.verify) {
@@ -46,13 +21,13 @@ pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mnt =
         std::path::absolute(ctx.cwd.join(&args.mountpoint)).ctx("resolve", &args.mountpoint)?;
     if args.foreground {
-        return foreground(&args, &repo_dir, &mnt);
+        return daemon::run(&args, &repo_dir, &mnt);
     }
     // Fail early, in the caller's terminal, for everything that can be checked cheaply.
     let repo = Repo::open(&repo_dir)?;
     let rev = repo.resolve(&args.rev)?;
-    mount::check_mountpoint(&mnt)?;
-    daemonize(&args, &repo, &repo_dir, &mnt)?;
+    mounts::check_mountpoint(&mnt)?;
+    daemon::spawn(&args, &repo, &repo_dir, &mnt)?;
     if !ctx.quiet {
         writeln!(
             ctx.err,
@@ -66,179 +41,13 @@ pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn foreground(args: &MountArgs, repo_dir: &Path, mnt: &Path) -> anyhow::Result<()> {
-    mount::block_stop_signals();
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .try_init();
-    // SAFETY: the parent passed us this fd for this purpose and nothing else owns it.
-    let mut ready: Option<File> = std::env::var(READY_FD)
-        .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(|fd| File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
-    std::env::remove_var(READY_FD);
-    if args.rw {
-        return super::mountops::foreground_rw(args, repo_dir, mnt, ready);
-    }
-    let result = (|| -> crate::Result<_> {
-        let canon = mount::check_mountpoint(mnt)?;
-        let opts = options(args);
-        let prepared = mount::prepare(repo_dir, &args.rev, &opts)?;
-        let session = mount::mount(&prepared, &canon, &opts)?;
-        log::info!(
-            "serving revision {} of {} at {} ({} inodes)",
-            prepared.rev.rev,
-            prepared.repo.workdir().display(),
-            canon.display(),
-            prepared.fs.tree().len()
-        );
-        Ok(session)
-    })();
-    report_readiness(&mut ready, result.as_ref().map(|_| ()));
-    mount::serve(result?)?;
-    Ok(())
-}
-
-/// Tell the parent waiting in `spawn_daemon` that the daemon serves (`ok`), or why it does not
-/// (`error CODE\nMESSAGE`, so the parent exits with the daemon's code). Said once, at most.
-pub(crate) fn report_readiness(
-    ready: &mut Option<File>,
-    outcome: std::result::Result<(), &crate::Error>,
-) {
-    if let Some(mut r) = ready.take() {
-        let _ = match outcome {
-            Ok(()) => r.write_all(b"ok\n"),
-            Err(e) => write!(r, "error {}\n{}", e.exit_code(), e),
-        };
-    }
-}
-
-fn daemonize(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyhow::Result<()> {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::io("create pipe for", mnt, std::io::Error::last_os_error()).into());
-    }
-    // SAFETY: both fds are fresh and ours.
-    let (read_end, write_end) =
-        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let exe = std::env::current_exe().ctx("find own executable", "/proc/self/exe")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("mount")
-        .arg(repo_dir)
-        .arg(&args.rev)
-        .arg(mnt)
-        .arg("--foreground")
-        .arg("--passthrough")
-        .arg(match args.passthrough {
-            crate::cli::PassthroughMode::Auto => "auto",
-            crate::cli::PassthroughMode::Always => "always",
-            crate::cli::PassthroughMode::Never => "never",
-        });
-    if args.rw {
-        cmd.arg("--rw").arg("--overlay").arg(&args.overlay);
-    }
-    for (on, flag) in [
-        (args.allow_other, "--allow-other"),
-        (args.canonical, "--canonical"),
-        (args.verify, "--verify"),
-    ] {
-        if on {
-            cmd.arg(flag);
-        }
-    }
-    if let Some(uid) = args.uid {
-        cmd.arg("--uid").arg(uid.to_string());
-    }
-    if let Some(gid) = args.gid {
-        cmd.arg("--gid").arg(gid.to_string());
-    }
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&write_end);
-    cmd.env(READY_FD, raw.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file(repo, mnt));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::setsid();
-            // Do not pin the caller's working directory (all paths passed are absolute).
-            libc::chdir(c"/".as_ptr());
-            if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().ctx("start mount daemon for", mnt)?;
-    drop(write_end);
-    let mut answer = String::new();
-    let mut read_end = read_end;
-    let _ = read_end.read_to_string(&mut answer);
-    if answer.starts_with("ok") {
-        return Ok(());
-    }
-    let status = child.wait().ok();
-    // "error CODE\nMESSAGE": keep the daemon's exit code (5 locked, 2 usage, ...).
-    if let Some((code, msg)) = answer
-        .strip_prefix("error ")
-        .and_then(|rest| rest.split_once('\n'))
-        .and_then(|(c, m)| Some((c.parse::<u8>().ok()?, m)))
-    {
-        return Err(Error::Remote {
-            code,
-            message: msg.to_string(),
-        }
-        .into());
-    }
-    let msg = match answer.strip_prefix("error ") {
-        Some(rest) => rest.split_once('\n').map_or(rest, |(_, m)| m).to_string(),
-        None => format!(
-            "the mount daemon exited ({}) before the mount was ready; see its log in {}",
-            status.map_or("unknown status".into(), |s| s.to_string()),
-            log_dir(repo).display()
-        ),
-    };
-    Err(Error::Other(msg).into())
-}
-
-fn log_dir(repo: &Repo) -> std::path::PathBuf {
-    repo.ext_dir().join("logs")
-}
-
-/// The daemon's stderr: a log file per mountpoint under the repo, or nothing if unwritable.
-fn log_file(repo: &Repo, mnt: &Path) -> Stdio {
-    let dir = log_dir(repo);
-    let name: String = mnt
-        .to_string_lossy()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let opened = std::fs::create_dir_all(&dir).and_then(|_| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("mount{name}.log")))
-    });
-    match opened {
-        Ok(f) => Stdio::from(f),
-        Err(_) => Stdio::null(),
-    }
-}
-
 pub fn umount(args: UmountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    mount::unmount(&ctx.cwd.join(&args.mountpoint))?;
+    mounts::unmount(&ctx.cwd.join(&args.mountpoint))?;
     Ok(())
 }
 
 pub fn mounts(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    for m in mount::list_mounts()? {
+    for m in mounts::list_mounts()? {
         let (repo, rev) = m.repo_and_rev().unwrap_or((m.source.as_str(), "?"));
         writeln!(ctx.out, "{}\t{}\t{}", m.mountpoint.display(), repo, rev)?;
     }

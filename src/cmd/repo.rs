@@ -4,8 +4,8 @@
 
 use super::Ctx;
 use crate::cli::{
-    AddArgs, ApplyArgs, CheckoutArgs, CommitArgs, DiffArgs, DiffFormat, FsckArgs, GcArgs, InitArgs,
-    JsonArgs, LogArgs, ResetArgs, ShowArgs, StatusArgs,
+    AddArgs, ApplyArgs, CheckoutArgs, CommitArgs, DiffArgs, FsckArgs, GcArgs, InitArgs, JsonArgs,
+    LogArgs, ResetArgs, ShowArgs, StatusArgs,
 };
 use crate::error::{Error, IoContext};
 use crate::json;
@@ -28,8 +28,8 @@ fn open(ctx: &Ctx<'_>) -> crate::Result<Repo> {
 /// around the cwd, or, with the cwd inside a pvrfs mount, the repository that mount serves.
 fn open_for_reading(ctx: &Ctx<'_>) -> crate::Result<Repo> {
     match Repo::discover(&ctx.cwd) {
-        Err(e @ crate::Error::NotARepo { .. }) => match super::mountops::mount_target(ctx, None) {
-            Ok(Some(mnt)) => super::mountops::mount_repo(&mnt),
+        Err(e @ crate::Error::NotARepo { .. }) => match super::target::mount_target(ctx, None) {
+            Ok(Some(mnt)) => super::target::mount_repo(&mnt),
             _ => Err(e),
         },
         r => r,
@@ -79,13 +79,6 @@ pub fn status(_args: StatusArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn render_patch(old: &State, new: &State, format: DiffFormat) -> String {
-    match format {
-        DiffFormat::Merge => json::render_diff(&patch::state_merge_diff(old, new)),
-        DiffFormat::Rfc6902 => json::to_pvr_json_pretty(&patch::state_json_patch(old, new)),
-    }
-}
-
 pub fn diff(args: DiffArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let repo = open(ctx)?;
     let (old, new) = match args.revs.as_slice() {
@@ -105,7 +98,7 @@ pub fn diff(args: DiffArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         _ => unreachable!("clap allows at most two revisions"),
     };
     ctx.out
-        .write_all(render_patch(&old, &new, args.format).as_bytes())?;
+        .write_all(super::render::render_patch(&old, &new, args.format).as_bytes())?;
     Ok(())
 }
 
@@ -118,20 +111,7 @@ pub fn json(args: JsonArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         Some(r) => repo.load_state(&repo.resolve(r)?)?,
         None => WorkTree::open(&repo).scan()?.state()?,
     };
-    print_state(&state, args.canonical, ctx)
-}
-
-/// A state as `pvr json` prints it (tab-indented), or canonical on one line.
-pub(crate) fn print_state(state: &State, canonical: bool, ctx: &mut Ctx<'_>) -> Result<()> {
-    let value = state.to_value();
-    if canonical {
-        ctx.out.write_all(&json::to_canonical(&value))?;
-        ctx.out.write_all(b"\n")?;
-    } else {
-        ctx.out
-            .write_all(json::to_pvr_json_pretty(&value).as_bytes())?;
-    }
-    Ok(())
+    super::render::print_state(&state, args.canonical, ctx)
 }
 
 pub fn commit(args: CommitArgs, ctx: &mut Ctx<'_>) -> Result<()> {
@@ -212,7 +192,7 @@ pub fn show(args: ShowArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     }
     writeln!(ctx.out)?;
     ctx.out
-        .write_all(render_patch(&parent_state, &state, args.format).as_bytes())?;
+        .write_all(super::render::render_patch(&parent_state, &state, args.format).as_bytes())?;
     Ok(())
 }
 

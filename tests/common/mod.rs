@@ -2,8 +2,9 @@
 //! the library, compare trees, and a real nginx on a loopback port.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use pvrfs::fs::overlay::Overlay;
+use pvrfs::fs::{Kind, ROOT_INO as ROOT};
 use pvrfs::json::{self, Value};
-use pvrfs::overlay::{Kind, Overlay, ROOT};
 use pvrfs::repo::{Repo, Revision};
 use pvrfs::state::{Entry, State, DEFAULT_SPEC};
 use std::fs;
@@ -518,7 +519,7 @@ pub fn kill_daemon(mnt: &Path) {
 /// True when `p` is a mount point of this namespace.
 pub fn is_mount_point(p: &Path) -> bool {
     let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    pvrfs::mount::mount_points()
+    pvrfs::fuse::mounts::mount_points()
         .map(|ms| ms.iter().any(|m| m.mountpoint == p))
         .unwrap_or(false)
 }

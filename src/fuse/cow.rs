@@ -1,4 +1,4 @@
-//! The `fuser::Filesystem` adapter of a `--rw` mount: one call into `cowfs::CowFs`, one reply.
+//! The `fuser::Filesystem` adapter of a `--rw` mount: one call into `fs::cow::CowFs`, one reply.
 //!
 //! Kernel-side choices (docs/SEMANTICS.md, "Copy-on-write mounts"):
 //! - `default_permissions`: the kernel checks modes and owners as on a local file system, from
@@ -24,13 +24,14 @@
 //!   and a bound socket live in the kernel's inode, so OPEN is never sent for them; device
 //!   nodes cannot be opened at all because FUSE mounts are `nodev`.
 
-use crate::cli::PassthroughMode;
-use crate::cowfs::CowFs;
-use crate::overlay::{Attr, FsError, Kind, RenameFlags, SetAttr};
+use super::{errno, file_attr, negotiate_passthrough, Passthrough};
+use crate::fs::cow::CowFs;
+use crate::fs::overlay::{RenameFlags, SetAttr};
+use crate::fs::{Attr, FsError, Kind, ToErrno, NAME_MAX};
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -47,42 +48,6 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Largest WRITE the kernel sends (1 MiB: its limit with the default `max_pages_limit`).
 const MAX_WRITE: u32 = 1 << 20;
 
-fn errno(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno())
-}
-
-fn kind(k: Kind) -> FileType {
-    match k {
-        Kind::Dir => FileType::Directory,
-        Kind::File => FileType::RegularFile,
-        Kind::Symlink => FileType::Symlink,
-        Kind::Fifo => FileType::NamedPipe,
-        Kind::Socket => FileType::Socket,
-        Kind::CharDevice => FileType::CharDevice,
-        Kind::BlockDevice => FileType::BlockDevice,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.size.div_ceil(512),
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: a.ctime,
-        kind: kind(a.kind),
-        perm: (a.mode & 0o7777) as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: crate::fs::BLOCK_SIZE,
-        flags: 0,
-    }
-}
-
 /// A name the overlay can hold: UTF-8 (state keys are) and at most `NAME_MAX` bytes, as on a
 /// local file system (the kernel leaves that check to FUSE servers).
 fn utf8(name: &OsStr) -> Result<&str, Errno> {
@@ -91,9 +56,6 @@ fn utf8(name: &OsStr) -> Result<&str, Errno> {
     }
     name.to_str().ok_or(Errno::EINVAL)
 }
-
-/// The longest name, in bytes, as `statfs` reports it.
-const NAME_MAX: usize = 255;
 
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
@@ -115,12 +77,12 @@ enum Io {
 /// The FUSE face of a `CowFs`.
 pub struct CowFuse {
     fs: Arc<CowFs>,
-    mode: PassthroughMode,
+    mode: Passthrough,
     /// Set at INIT when the kernel granted passthrough.
     passthrough: AtomicBool,
     io: Mutex<HashMap<u64, Io>>,
     /// Asks for FUSE over io_uring at INIT (`fuse_uring`), when the rings could be made.
-    uring: Option<crate::fuse_uring::Offer>,
+    uring: Option<super::uring::Offer>,
 }
 
 fn identity(f: &std::fs::File) -> Option<(u64, u64)> {
@@ -129,7 +91,7 @@ fn identity(f: &std::fs::File) -> Option<(u64, u64)> {
 }
 
 impl CowFuse {
-    pub fn new(fs: Arc<CowFs>, mode: PassthroughMode) -> CowFuse {
+    pub fn new(fs: Arc<CowFs>, mode: Passthrough) -> CowFuse {
         CowFuse {
             fs,
             mode,
@@ -140,7 +102,7 @@ impl CowFuse {
     }
 
     /// Ask the kernel for FUSE over io_uring at INIT (the rings of `offer` serve it).
-    pub fn with_uring(mut self, offer: Option<crate::fuse_uring::Offer>) -> CowFuse {
+    pub fn with_uring(mut self, offer: Option<super::uring::Offer>) -> CowFuse {
         self.uring = offer;
         self
     }
@@ -242,17 +204,15 @@ macro_rules! name_or_reply {
 
 impl Filesystem for CowFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if self.mode != PassthroughMode::Never {
-            // Depth 1: the upper files are on the repository's own (non-FUSE) file system.
-            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(1).is_ok();
-            self.passthrough.store(granted, Ordering::Relaxed);
-            if !granted && self.mode == PassthroughMode::Always {
-                return Err(std::io::Error::other(
-                    "FUSE passthrough is not available and --passthrough always was given",
-                ));
-            }
-        }
+        // Upper files live in the repository's `.pvr/`: depth 2 only when that is itself on a
+        // stacked file system.
+        let depth = if super::is_stacked_fs(&self.fs.data_dir()) {
+            2
+        } else {
+            1
+        };
+        let granted = negotiate_passthrough(config, self.mode, depth)?;
+        self.passthrough.store(granted, Ordering::Relaxed);
         // Larger writes: fewer round trips for sequential writes (the kernel's limit is 1 MiB).
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(1 << 20);
@@ -600,7 +560,7 @@ impl Filesystem for CowFuse {
         mut reply: ReplyDirectory,
     ) {
         let r = self.fs.readdir(fh.0, offset, |ino, next, k, name| {
-            reply.add(INodeNo(ino), next, kind(k), name)
+            reply.add(INodeNo(ino), next, super::file_type(k), name)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -641,7 +601,7 @@ impl Filesystem for CowFuse {
                 s.f_files,
                 s.f_ffree,
                 s.f_bsize as u32,
-                crate::fs::NAME_MAX,
+                NAME_MAX as u32,
                 s.f_frsize as u32,
             ),
             Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),

@@ -38,7 +38,7 @@ impl Overlay {
         let mut records = Vec::new();
         let mut seen: HashMap<u64, String> = HashMap::new();
         // The root has no path to be affected by: its attributes are always written.
-        let root = &self.nodes[&ROOT];
+        let root = &self.nodes[&ROOT_INO];
         let root_times = (root.mtime != self.base_time).then_some(root.mtime.into());
         records.push(Record::SetAttr {
             path: String::new(),

@@ -13,7 +13,7 @@
 //! all; a symlink to one is not stored either). Special files never show in `status` or
 //! `diff`; one that took the place of a stored file shows as that file's deletion.
 
-use super::{Body, Content, Overlay, DIR_MODE, FILE_MODE, ROOT};
+use super::{Body, Content, Overlay, DIR_MODE, FILE_MODE, ROOT_INO};
 use crate::error::{Error, IoContext, Result};
 use crate::json::{self, Value};
 use crate::oid::ObjectId;
@@ -94,7 +94,7 @@ impl Overlay {
                 built.old.insert(k.clone(), e.clone());
             }
         }
-        let root = &self.nodes[&ROOT];
+        let root = &self.nodes[&ROOT_INO];
         if root.mode != DIR_MODE {
             built.warnings.push(format!(
                 "mode {:04o} of the top directory is not stored (the pvr format has no modes)",
@@ -138,8 +138,8 @@ impl Overlay {
 
     fn collect(&self, ino: u64, path: &str, w: &mut Walk<'_>) -> Result<()> {
         let node = &self.nodes[&ino];
-        let euid = unsafe { libc::geteuid() };
-        let egid = unsafe { libc::getegid() };
+        let euid = rustix::process::geteuid().as_raw();
+        let egid = rustix::process::getegid().as_raw();
         if node.uid != euid || node.gid != egid {
             w.built.retain.push(path.to_string());
         }
@@ -260,7 +260,7 @@ impl Overlay {
     /// Follow a symlink inside the tree to a regular file (`None`: dangling, a directory, a
     /// loop, or leaving the tree).
     fn follow(&self, link_path: &str, target: &str) -> Option<u64> {
-        let mut stack = vec![ROOT];
+        let mut stack = vec![ROOT_INO];
         for seg in super::split(link_path)
             .0
             .split('/')

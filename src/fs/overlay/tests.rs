@@ -1,12 +1,13 @@
 //! Unit tests, one group per operation, plus replay of torn journals and commits.
 
 use super::*;
+use crate::fs::ToErrno;
 use crate::state::DEFAULT_SPEC;
 use tempfile::TempDir;
 
 /// The owner new files get in tests: the process owner, whom the base files belong to.
 fn uid() -> u32 {
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 fn repo_with(files: &[(&str, &[u8])]) -> (TempDir, Repo) {
@@ -67,7 +68,7 @@ fn write_file(ov: &mut Overlay, path: &str, data: &[u8]) {
 /// Everything visible: path, kind, mode, nlink and content or target, in path order.
 fn dump(ov: &mut Overlay) -> Vec<String> {
     let mut out = Vec::new();
-    let mut todo = vec![(ROOT, String::new())];
+    let mut todo = vec![(ROOT_INO, String::new())];
     while let Some((dir, path)) = todo.pop() {
         for (name, child, kind) in ov.readdir(dir).unwrap() {
             let p = join(&path, &name);
@@ -116,13 +117,18 @@ fn base_inodes_follow_sorted_paths_and_content_reads_back() {
         read_all(&mut ov, "conf.json"),
         json::render_checkout(&json::parse(br#"{"k":[1,2]}"#).unwrap())
     );
-    let a = ov.lookup(ROOT, "d").unwrap();
+    let a = ov.lookup(ROOT_INO, "d").unwrap();
     assert_eq!((a.kind, a.mode, a.nlink), (Kind::Dir, 0o755, 3));
     let f = ov.getattr(2).unwrap();
     assert_eq!((f.kind, f.mode, f.size, f.nlink), (Kind::File, 0o644, 5, 1));
-    assert_eq!(err(ov.lookup(ROOT, "nope")), libc::ENOENT);
+    assert_eq!(err(ov.lookup(ROOT_INO, "nope")), libc::ENOENT);
     assert_eq!(err(ov.lookup(2, "x")), libc::ENOTDIR);
-    let names: Vec<_> = ov.readdir(ROOT).unwrap().into_iter().map(|e| e.0).collect();
+    let names: Vec<_> = ov
+        .readdir(ROOT_INO)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
     assert_eq!(names, ["a.txt", "conf.json", "d"]);
     assert!(ov.is_clean());
     assert_eq!(ov.status_text().unwrap(), "");
@@ -132,21 +138,21 @@ fn base_inodes_follow_sorted_paths_and_content_reads_back() {
 #[test]
 fn create_is_exclusive_and_checks_names() {
     let (_d, repo, mut ov) = sample();
-    let (attr, h) = ov.create(ROOT, "new", 0o600, uid(), uid()).unwrap();
+    let (attr, h) = ov.create(ROOT_INO, "new", 0o600, uid(), uid()).unwrap();
     assert!(attr.ino > 7, "new inodes are allocated above the base");
     assert_eq!((attr.mode, attr.uid, attr.size), (0o600, uid(), 0));
     ov.write(&h, 0, b"hello").unwrap();
     assert_eq!(ov.read(&h, 1, 3).unwrap(), b"ell");
     ov.release(h);
-    assert_eq!(err(ov.create(ROOT, "new", 0o644, 0, 0)), libc::EEXIST);
-    assert_eq!(err(ov.create(ROOT, "a.txt", 0o644, 0, 0)), libc::EEXIST);
-    assert_eq!(err(ov.create(ROOT, "x/y", 0o644, 0, 0)), libc::EINVAL);
-    assert_eq!(err(ov.create(ROOT, "..", 0o644, 0, 0)), libc::EINVAL);
+    assert_eq!(err(ov.create(ROOT_INO, "new", 0o644, 0, 0)), libc::EEXIST);
+    assert_eq!(err(ov.create(ROOT_INO, "a.txt", 0o644, 0, 0)), libc::EEXIST);
+    assert_eq!(err(ov.create(ROOT_INO, "x/y", 0o644, 0, 0)), libc::EINVAL);
+    assert_eq!(err(ov.create(ROOT_INO, "..", 0o644, 0, 0)), libc::EINVAL);
     assert_eq!(
-        err(ov.create(ROOT, &"n".repeat(256), 0o644, 0, 0)),
+        err(ov.create(ROOT_INO, &"n".repeat(256), 0o644, 0, 0)),
         libc::ENAMETOOLONG
     );
-    assert_eq!(err(ov.create(ROOT, ".pvr", 0o644, 0, 0)), libc::EPERM);
+    assert_eq!(err(ov.create(ROOT_INO, ".pvr", 0o644, 0, 0)), libc::EPERM);
     assert_eq!(err(ov.create(2, "x", 0o644, 0, 0)), libc::ENOTDIR);
     // Writing through a read-only handle: EBADF, naming the file.
     let r = ov.open(attr.ino, false, false).unwrap();
@@ -194,8 +200,8 @@ fn unlink_keeps_open_handles_working() {
     let (_d, repo, mut ov) = sample();
     let a = ino(&ov, "a.txt");
     let h = ov.open(a, true, false).unwrap();
-    ov.unlink(ROOT, "a.txt").unwrap();
-    assert_eq!(err(ov.lookup(ROOT, "a.txt")), libc::ENOENT);
+    ov.unlink(ROOT_INO, "a.txt").unwrap();
+    assert_eq!(err(ov.lookup(ROOT_INO, "a.txt")), libc::ENOENT);
     ov.write(&h, 5, b"+").unwrap();
     assert_eq!(ov.read(&h, 0, 10).unwrap(), b"alpha+");
     // Through a compaction (which deletes unreferenced upper files) the open file lives on.
@@ -210,8 +216,8 @@ fn unlink_keeps_open_handles_working() {
         uppers, 0,
         "the upper file of the closed, unlinked file is gone"
     );
-    assert_eq!(err(ov.unlink(ROOT, "a.txt")), libc::ENOENT);
-    assert_eq!(err(ov.unlink(ROOT, "d")), libc::EISDIR);
+    assert_eq!(err(ov.unlink(ROOT_INO, "a.txt")), libc::ENOENT);
+    assert_eq!(err(ov.unlink(ROOT_INO, "d")), libc::EISDIR);
     // A read handle of a base blob outlives the unlink too.
     let b = ino(&ov, "d/b.txt");
     let r = ov.open(b, false, false).unwrap();
@@ -230,22 +236,28 @@ fn rename_follows_posix() {
     let none = RenameFlags::default();
     // file over file
     write_file(&mut ov, "x", b"x");
-    ov.rename(ROOT, "x", ROOT, "a.txt", none).unwrap();
+    ov.rename(ROOT_INO, "x", ROOT_INO, "a.txt", none).unwrap();
     assert_eq!(read_all(&mut ov, "a.txt"), b"x");
     assert!(ov.resolve("x").is_none());
     // errors
-    assert_eq!(err(ov.rename(ROOT, "nope", ROOT, "y", none)), libc::ENOENT);
-    assert_eq!(err(ov.rename(ROOT, "a.txt", ROOT, "d", none)), libc::EISDIR);
     assert_eq!(
-        err(ov.rename(ROOT, "d", ROOT, "a.txt", none)),
+        err(ov.rename(ROOT_INO, "nope", ROOT_INO, "y", none)),
+        libc::ENOENT
+    );
+    assert_eq!(
+        err(ov.rename(ROOT_INO, "a.txt", ROOT_INO, "d", none)),
+        libc::EISDIR
+    );
+    assert_eq!(
+        err(ov.rename(ROOT_INO, "d", ROOT_INO, "a.txt", none)),
         libc::ENOTDIR
     );
-    assert_eq!(err(ov.rename(ROOT, "d", e, "in", none)), libc::EINVAL);
-    assert_eq!(err(ov.rename(ROOT, "d", d, "in", none)), libc::EINVAL);
-    ov.mkdir(ROOT, "full", 0o755, uid(), uid()).unwrap();
+    assert_eq!(err(ov.rename(ROOT_INO, "d", e, "in", none)), libc::EINVAL);
+    assert_eq!(err(ov.rename(ROOT_INO, "d", d, "in", none)), libc::EINVAL);
+    ov.mkdir(ROOT_INO, "full", 0o755, uid(), uid()).unwrap();
     write_file(&mut ov, "full/f", b"f");
     assert_eq!(
-        err(ov.rename(ROOT, "d", ROOT, "full", none)),
+        err(ov.rename(ROOT_INO, "d", ROOT_INO, "full", none)),
         libc::ENOTEMPTY
     );
     let noreplace = RenameFlags {
@@ -253,12 +265,12 @@ fn rename_follows_posix() {
         exchange: false,
     };
     assert_eq!(
-        err(ov.rename(ROOT, "a.txt", d, "b.txt", noreplace)),
+        err(ov.rename(ROOT_INO, "a.txt", d, "b.txt", noreplace)),
         libc::EEXIST
     );
     // dir over empty dir, keeping inodes
-    ov.mkdir(ROOT, "empty", 0o755, uid(), uid()).unwrap();
-    ov.rename(ROOT, "d", ROOT, "empty", none).unwrap();
+    ov.mkdir(ROOT_INO, "empty", 0o755, uid(), uid()).unwrap();
+    ov.rename(ROOT_INO, "d", ROOT_INO, "empty", none).unwrap();
     assert_eq!(ino(&ov, "empty"), d);
     assert_eq!(ino(&ov, "empty/e"), e);
     assert_eq!(read_all(&mut ov, "empty/e/c.txt"), b"gamma");
@@ -267,23 +279,29 @@ fn rename_follows_posix() {
         noreplace: false,
         exchange: true,
     };
-    ov.rename(ROOT, "a.txt", ROOT, "full", ex).unwrap();
-    assert_eq!(ov.lookup(ROOT, "a.txt").unwrap().kind, Kind::Dir);
+    ov.rename(ROOT_INO, "a.txt", ROOT_INO, "full", ex).unwrap();
+    assert_eq!(ov.lookup(ROOT_INO, "a.txt").unwrap().kind, Kind::Dir);
     assert_eq!(read_all(&mut ov, "full"), b"x");
     assert_eq!(
-        err(ov.rename(ROOT, "full", ROOT, "missing", ex)),
+        err(ov.rename(ROOT_INO, "full", ROOT_INO, "missing", ex)),
         libc::ENOENT
     );
-    assert_eq!(err(ov.rename(ROOT, "empty", e, "z", ex)), libc::ENOENT);
-    assert_eq!(err(ov.rename(ROOT, "empty", e, "c.txt", ex)), libc::EINVAL);
-    assert_eq!(err(ov.rename(e, "c.txt", ROOT, "empty", ex)), libc::EINVAL);
+    assert_eq!(err(ov.rename(ROOT_INO, "empty", e, "z", ex)), libc::ENOENT);
     assert_eq!(
-        err(ov.rename(e, "c.txt", ROOT, "empty", none)),
+        err(ov.rename(ROOT_INO, "empty", e, "c.txt", ex)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        err(ov.rename(e, "c.txt", ROOT_INO, "empty", ex)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        err(ov.rename(e, "c.txt", ROOT_INO, "empty", none)),
         libc::ENOTEMPTY
     );
     // rename onto another name of the same file does nothing
-    ov.link(ino(&ov, "full"), ROOT, "hard").unwrap();
-    ov.rename(ROOT, "full", ROOT, "hard", none).unwrap();
+    ov.link(ino(&ov, "full"), ROOT_INO, "hard").unwrap();
+    ov.rename(ROOT_INO, "full", ROOT_INO, "hard", none).unwrap();
     assert!(ov.resolve("full").is_some() && ov.resolve("hard").is_some());
     let before = dump(&mut ov);
     let mut ov = reload(&repo, ov);
@@ -297,40 +315,40 @@ fn rename_follows_posix() {
 #[test]
 fn mkdir_and_rmdir() {
     let (_d, repo, mut ov) = sample();
-    let a = ov.mkdir(ROOT, "n", 0o700, uid(), uid()).unwrap();
+    let a = ov.mkdir(ROOT_INO, "n", 0o700, uid(), uid()).unwrap();
     assert_eq!((a.kind, a.mode, a.nlink), (Kind::Dir, 0o700, 2));
-    assert_eq!(ov.getattr(ROOT).unwrap().nlink, 4);
-    assert_eq!(err(ov.mkdir(ROOT, "n", 0o755, 0, 0)), libc::EEXIST);
-    assert_eq!(err(ov.mkdir(ROOT, "a.txt", 0o755, 0, 0)), libc::EEXIST);
-    assert_eq!(err(ov.rmdir(ROOT, "d")), libc::ENOTEMPTY);
-    assert_eq!(err(ov.rmdir(ROOT, "a.txt")), libc::ENOTDIR);
-    assert_eq!(err(ov.rmdir(ROOT, "zz")), libc::ENOENT);
+    assert_eq!(ov.getattr(ROOT_INO).unwrap().nlink, 4);
+    assert_eq!(err(ov.mkdir(ROOT_INO, "n", 0o755, 0, 0)), libc::EEXIST);
+    assert_eq!(err(ov.mkdir(ROOT_INO, "a.txt", 0o755, 0, 0)), libc::EEXIST);
+    assert_eq!(err(ov.rmdir(ROOT_INO, "d")), libc::ENOTEMPTY);
+    assert_eq!(err(ov.rmdir(ROOT_INO, "a.txt")), libc::ENOTDIR);
+    assert_eq!(err(ov.rmdir(ROOT_INO, "zz")), libc::ENOENT);
     let d = ino(&ov, "d");
     let e = ino(&ov, "d/e");
     ov.unlink(e, "c.txt").unwrap();
     ov.rmdir(d, "e").unwrap();
     ov.unlink(d, "b.txt").unwrap();
-    ov.rmdir(ROOT, "d").unwrap();
+    ov.rmdir(ROOT_INO, "d").unwrap();
     let mut ov = reload(&repo, ov);
     assert!(ov.resolve("d").is_none());
-    assert_eq!(ov.lookup(ROOT, "n").unwrap().mode, 0o700);
+    assert_eq!(ov.lookup(ROOT_INO, "n").unwrap().mode, 0o700);
     assert_eq!(dump(&mut ov).len(), 3);
 }
 
 #[test]
 fn symlinks() {
     let (_d, repo, mut ov) = sample();
-    let a = ov.symlink(ROOT, "l", "d/b.txt", uid(), uid()).unwrap();
+    let a = ov.symlink(ROOT_INO, "l", "d/b.txt", uid(), uid()).unwrap();
     assert_eq!((a.kind, a.size), (Kind::Symlink, 7));
     assert_eq!(ov.readlink(a.ino).unwrap(), "d/b.txt");
     assert_eq!(err(ov.readlink(2)), libc::EINVAL);
     assert_eq!(err(ov.open(a.ino, false, false)), libc::ELOOP);
-    assert_eq!(err(ov.symlink(ROOT, "l", "x", 0, 0)), libc::EEXIST);
+    assert_eq!(err(ov.symlink(ROOT_INO, "l", "x", 0, 0)), libc::EEXIST);
     assert_eq!(
-        err(ov.symlink(ROOT, "m", &"x".repeat(4096), 0, 0)),
+        err(ov.symlink(ROOT_INO, "m", &"x".repeat(4096), 0, 0)),
         libc::ENAMETOOLONG
     );
-    assert_eq!(err(ov.symlink(ROOT, "m", "", 0, 0)), libc::ENOENT);
+    assert_eq!(err(ov.symlink(ROOT_INO, "m", "", 0, 0)), libc::ENOENT);
     let ov = reload(&repo, ov);
     assert_eq!(ov.readlink(a.ino).unwrap(), "d/b.txt");
 }
@@ -342,8 +360,8 @@ fn hard_links_share_data_and_survive_reload() {
     let d = ino(&ov, "d");
     let attr = ov.link(a, d, "a2").unwrap();
     assert_eq!((attr.ino, attr.nlink), (a, 2));
-    assert_eq!(err(ov.link(d, ROOT, "d2")), libc::EPERM);
-    assert_eq!(err(ov.link(a, ROOT, "conf.json")), libc::EEXIST);
+    assert_eq!(err(ov.link(d, ROOT_INO, "d2")), libc::EPERM);
+    assert_eq!(err(ov.link(a, ROOT_INO, "conf.json")), libc::EEXIST);
     let h = ov.open(a, true, false).unwrap();
     ov.write(&h, 0, b"ALPHA").unwrap();
     ov.release(h);
@@ -351,11 +369,11 @@ fn hard_links_share_data_and_survive_reload() {
     let mut ov = reload(&repo, ov);
     assert_eq!(ino(&ov, "d/a2"), ino(&ov, "a.txt"));
     assert_eq!(ov.getattr(ino(&ov, "a.txt")).unwrap().nlink, 2);
-    ov.unlink(ROOT, "a.txt").unwrap();
+    ov.unlink(ROOT_INO, "a.txt").unwrap();
     assert_eq!(ov.getattr(ino(&ov, "d/a2")).unwrap().nlink, 1);
     assert_eq!(read_all(&mut ov, "d/a2"), b"ALPHA");
     // Also across a compaction, and for a base file linked without copy-up.
-    ov.link(ino(&ov, "d/b.txt"), ROOT, "b2").unwrap();
+    ov.link(ino(&ov, "d/b.txt"), ROOT_INO, "b2").unwrap();
     ov.compact().unwrap();
     let ov = reload(&repo, ov);
     assert_eq!(ino(&ov, "b2"), ino(&ov, "d/b.txt"));
@@ -366,7 +384,7 @@ fn special_files_are_typed_nodes_that_survive_replay_and_snapshots() {
     let (_d, repo, mut ov) = sample();
     let d = ino(&ov, "d");
     let fifo = ov
-        .mknod(ROOT, "fifo", Kind::Fifo, 0o640, 77, uid(), uid())
+        .mknod(ROOT_INO, "fifo", Kind::Fifo, 0o640, 77, uid(), uid())
         .unwrap();
     // rdev means something for devices only (as on ext4); sizes are 0.
     assert_eq!(
@@ -380,7 +398,15 @@ fn special_files_are_typed_nodes_that_survive_replay_and_snapshots() {
         .mknod(d, "null", Kind::CharDevice, 0o666, 0x103, 7, 8)
         .unwrap();
     let blk = ov
-        .mknod(ROOT, "disk", Kind::BlockDevice, 0o660, 0x801, uid(), uid())
+        .mknod(
+            ROOT_INO,
+            "disk",
+            Kind::BlockDevice,
+            0o660,
+            0x801,
+            uid(),
+            uid(),
+        )
         .unwrap();
     assert_eq!(
         (chr.kind, chr.rdev, chr.uid, chr.gid),
@@ -393,15 +419,15 @@ fn special_files_are_typed_nodes_that_survive_replay_and_snapshots() {
     assert!(listed.contains(&("null".into(), chr.ino, Kind::CharDevice)));
     // Names are checked as for any node; regular files are `create`d, not mknod'ed.
     assert_eq!(
-        err(ov.mknod(ROOT, "fifo", Kind::Fifo, 0o644, 0, uid(), uid())),
+        err(ov.mknod(ROOT_INO, "fifo", Kind::Fifo, 0o644, 0, uid(), uid())),
         libc::EEXIST
     );
     assert_eq!(
-        err(ov.mknod(ROOT, "f", Kind::File, 0o644, 0, uid(), uid())),
+        err(ov.mknod(ROOT_INO, "f", Kind::File, 0o644, 0, uid(), uid())),
         libc::EINVAL
     );
     assert_eq!(
-        err(ov.mknod(ROOT, ".pvr", Kind::Fifo, 0o644, 0, uid(), uid())),
+        err(ov.mknod(ROOT_INO, ".pvr", Kind::Fifo, 0o644, 0, uid(), uid())),
         libc::EPERM
     );
     // No content: the kernel opens them itself.
@@ -414,7 +440,7 @@ fn special_files_are_typed_nodes_that_survive_replay_and_snapshots() {
     // Link, rename, chmod, chown, utimens, unlink as any other node.
     let t = UNIX_EPOCH + Duration::from_secs(1_234_567);
     ov.link(fifo.ino, d, "fifo2").unwrap();
-    ov.rename(ROOT, "disk", d, "disk", RenameFlags::default())
+    ov.rename(ROOT_INO, "disk", d, "disk", RenameFlags::default())
         .unwrap();
     let set = SetAttr {
         mode: Some(0o600),
@@ -427,7 +453,7 @@ fn special_files_are_typed_nodes_that_survive_replay_and_snapshots() {
     ov.setattr(fifo.ino, &set).unwrap();
     ov.unlink(d, "sock").unwrap();
     let expect = |ov: &Overlay| {
-        let f = ov.lookup(ROOT, "fifo").unwrap();
+        let f = ov.lookup(ROOT_INO, "fifo").unwrap();
         assert_eq!(
             (f.kind, f.mode, f.uid, f.gid, f.mtime, f.nlink),
             (Kind::Fifo, 0o600, 9, 10, t, 2)
@@ -475,7 +501,7 @@ fn link_unlink_and_rename_update_ctime_and_the_directories_times() {
         match op {
             "unlink" => ov.unlink(d, "a2").unwrap(),
             _ => ov
-                .rename(ROOT, "a.txt", ROOT, "moved", RenameFlags::default())
+                .rename(ROOT_INO, "a.txt", ROOT_INO, "moved", RenameFlags::default())
                 .unwrap(),
         }
         assert!(ov.getattr(a).unwrap().ctime > before.ctime, "{op}: ctime");
@@ -535,9 +561,9 @@ fn setattr_chmod_chown_utimens_truncate() {
         atime: Some(t),
         ..Default::default()
     };
-    ov.setattr(ROOT, &root).unwrap();
+    ov.setattr(ROOT_INO, &root).unwrap();
     let mut ov = reload(&repo, ov);
-    let r = ov.getattr(ROOT).unwrap();
+    let r = ov.getattr(ROOT_INO).unwrap();
     assert_eq!((r.mode, r.uid, r.mtime), (0o700, 5, t));
     let attr = ov.getattr(ino(&ov, "a.txt")).unwrap();
     assert_eq!(
@@ -565,7 +591,7 @@ fn an_overlay_has_one_owner_and_discard_removes_it() {
 fn torn_tail_check(name: &str, op: impl Fn(&mut Overlay)) {
     let (_d, repo, mut ov) = sample();
     write_file(&mut ov, "d/new", b"n");
-    ov.link(ino(&ov, "d/new"), ROOT, "n2").unwrap();
+    ov.link(ino(&ov, "d/new"), ROOT_INO, "n2").unwrap();
     let before = dump(&mut ov);
     let jpath = journal::journal_path(ov.dir());
     let start = fs::metadata(&jpath).unwrap().len();
@@ -594,14 +620,14 @@ fn torn_tail_check(name: &str, op: impl Fn(&mut Overlay)) {
 #[test]
 fn torn_journal_tails_replay_to_before_or_after() {
     torn_tail_check("mkdir", |ov| {
-        ov.mkdir(ROOT, "m", 0o755, uid(), uid()).unwrap();
+        ov.mkdir(ROOT_INO, "m", 0o755, uid(), uid()).unwrap();
     });
     torn_tail_check("create", |ov| {
-        let (_, h) = ov.create(ROOT, "c", 0o644, uid(), uid()).unwrap();
+        let (_, h) = ov.create(ROOT_INO, "c", 0o644, uid(), uid()).unwrap();
         ov.release(h);
     });
     torn_tail_check("rename-dir", |ov| {
-        ov.rename(ROOT, "d", ROOT, "z", RenameFlags::default())
+        ov.rename(ROOT_INO, "d", ROOT_INO, "z", RenameFlags::default())
             .unwrap();
     });
     torn_tail_check("exchange", |ov| {
@@ -609,14 +635,14 @@ fn torn_journal_tails_replay_to_before_or_after() {
             exchange: true,
             ..Default::default()
         };
-        ov.rename(ROOT, "a.txt", ROOT, "d", ex).unwrap();
+        ov.rename(ROOT_INO, "a.txt", ROOT_INO, "d", ex).unwrap();
     });
-    torn_tail_check("unlink", |ov| ov.unlink(ROOT, "n2").unwrap());
+    torn_tail_check("unlink", |ov| ov.unlink(ROOT_INO, "n2").unwrap());
     torn_tail_check("link", |ov| {
-        ov.link(2, ROOT, "l").unwrap();
+        ov.link(2, ROOT_INO, "l").unwrap();
     });
     torn_tail_check("symlink", |ov| {
-        ov.symlink(ROOT, "s", "a.txt", uid(), uid()).unwrap();
+        ov.symlink(ROOT_INO, "s", "a.txt", uid(), uid()).unwrap();
     });
     torn_tail_check("chmod", |ov| {
         let set = SetAttr {
@@ -626,7 +652,7 @@ fn torn_journal_tails_replay_to_before_or_after() {
         ov.setattr(2, &set).unwrap();
     });
     torn_tail_check("mkfifo", |ov| {
-        ov.mknod(ROOT, "p", Kind::Fifo, 0o640, 0, uid(), uid())
+        ov.mknod(ROOT_INO, "p", Kind::Fifo, 0o640, 0, uid(), uid())
             .unwrap();
     });
     torn_tail_check("mknod-char", |ov| {
@@ -661,7 +687,7 @@ fn a_stale_journal_after_compaction_is_ignored_and_garbage_is_cut() {
     fs::write(&jpath, &old_journal).unwrap();
     let mut ov = Overlay::load(&repo, "m", Options::default()).unwrap();
     assert_eq!(dump(&mut ov), expect);
-    ov.mkdir(ROOT, "later", 0o755, uid(), uid()).unwrap();
+    ov.mkdir(ROOT_INO, "later", 0o755, uid(), uid()).unwrap();
     drop(ov);
     // A corrupt tail (bit flip in the last record) drops that record only.
     let mut bytes = fs::read(&jpath).unwrap();
@@ -671,7 +697,7 @@ fn a_stale_journal_after_compaction_is_ignored_and_garbage_is_cut() {
     let mut ov = Overlay::load(&repo, "m", Options::default()).unwrap();
     assert_eq!(dump(&mut ov), expect);
     // ...and appends continue cleanly after the cut.
-    ov.mkdir(ROOT, "again", 0o755, uid(), uid()).unwrap();
+    ov.mkdir(ROOT_INO, "again", 0o755, uid(), uid()).unwrap();
     let ov = reload(&repo, ov);
     assert!(ov.resolve("again").is_some());
 }
@@ -693,9 +719,9 @@ fn commit_makes_a_revision_and_rebases() {
     let (_d, repo, mut ov) = sample();
     write_file(&mut ov, "d/e/c.txt", b"GAMMA");
     write_file(&mut ov, "new.json", br#"{"b": 2.50, "a": 1}"#);
-    ov.unlink(ROOT, "a.txt").unwrap();
+    ov.unlink(ROOT_INO, "a.txt").unwrap();
     ov.rename(
-        ROOT,
+        ROOT_INO,
         "conf.json",
         ino(&ov, "d"),
         "conf.txt",
@@ -791,20 +817,21 @@ fn commit_refuses_when_the_head_moved() {
 #[test]
 fn commit_reports_what_the_format_cannot_hold() {
     let (_d, repo, mut ov) = sample();
-    ov.mkdir(ROOT, "empty", 0o755, uid(), uid()).unwrap();
-    ov.symlink(ROOT, "to-b", "d/b.txt", uid(), uid()).unwrap();
+    ov.mkdir(ROOT_INO, "empty", 0o755, uid(), uid()).unwrap();
+    ov.symlink(ROOT_INO, "to-b", "d/b.txt", uid(), uid())
+        .unwrap();
     ov.symlink(ino(&ov, "d"), "up", "../a.txt", uid(), uid())
         .unwrap();
-    ov.symlink(ROOT, "dangling", "nowhere", uid(), uid())
+    ov.symlink(ROOT_INO, "dangling", "nowhere", uid(), uid())
         .unwrap();
-    ov.symlink(ROOT, "abs", "/etc/passwd", uid(), uid())
+    ov.symlink(ROOT_INO, "abs", "/etc/passwd", uid(), uid())
         .unwrap();
     let set = SetAttr {
         mode: Some(0o755),
         ..Default::default()
     };
     ov.setattr(ino(&ov, "a.txt"), &set).unwrap();
-    ov.mknod(ROOT, "pipe", Kind::Fifo, 0o644, 0, uid(), uid())
+    ov.mknod(ROOT_INO, "pipe", Kind::Fifo, 0o644, 0, uid(), uid())
         .unwrap();
     ov.mknod(
         ino(&ov, "d"),
@@ -818,9 +845,18 @@ fn commit_reports_what_the_format_cannot_hold() {
     .unwrap();
     ov.mknod(ino(&ov, "d"), "sock", Kind::Socket, 0o755, 0, uid(), uid())
         .unwrap();
-    ov.mknod(ROOT, "disk", Kind::BlockDevice, 0o660, 0x801, uid(), uid())
+    ov.mknod(
+        ROOT_INO,
+        "disk",
+        Kind::BlockDevice,
+        0o660,
+        0x801,
+        uid(),
+        uid(),
+    )
+    .unwrap();
+    ov.symlink(ROOT_INO, "to-pipe", "pipe", uid(), uid())
         .unwrap();
-    ov.symlink(ROOT, "to-pipe", "pipe", uid(), uid()).unwrap();
     // status and diff do not show what cannot be stored
     assert_eq!(ov.status_text().unwrap(), "A d/up\nA to-b\n");
     let report = ov.commit("odd").unwrap();
@@ -849,15 +885,21 @@ fn commit_reports_what_the_format_cannot_hold() {
     }
     // They stay in the view and the overlay, across a reload too.
     let mut ov = reload(&repo, ov);
-    assert_eq!(ov.lookup(ROOT, "pipe").unwrap().kind, Kind::Fifo);
+    assert_eq!(ov.lookup(ROOT_INO, "pipe").unwrap().kind, Kind::Fifo);
     let null = ov.lookup(ino(&ov, "d"), "null").unwrap();
     assert_eq!((null.kind, null.rdev), (Kind::CharDevice, 0x103));
     assert_eq!(ov.lookup(ino(&ov, "d"), "sock").unwrap().kind, Kind::Socket);
-    assert_eq!(ov.lookup(ROOT, "disk").unwrap().kind, Kind::BlockDevice);
+    assert_eq!(ov.lookup(ROOT_INO, "disk").unwrap().kind, Kind::BlockDevice);
     // One that takes the place of a stored file: the file is deleted from the state.
-    ov.unlink(ROOT, "conf.json").unwrap();
-    ov.rename(ROOT, "pipe", ROOT, "conf.json", RenameFlags::default())
-        .unwrap();
+    ov.unlink(ROOT_INO, "conf.json").unwrap();
+    ov.rename(
+        ROOT_INO,
+        "pipe",
+        ROOT_INO,
+        "conf.json",
+        RenameFlags::default(),
+    )
+    .unwrap();
     assert_eq!(ov.status_text().unwrap(), "D conf.json\n");
     let report = ov.commit("fifo over a file").unwrap();
     assert!(report
@@ -866,17 +908,17 @@ fn commit_reports_what_the_format_cannot_hold() {
         .any(|w| w.starts_with("fifo 'conf.json'")));
     assert!(repo.head_state().unwrap().get("conf.json").is_none());
     let ov = reload(&repo, ov);
-    assert_eq!(ov.lookup(ROOT, "conf.json").unwrap().kind, Kind::Fifo);
-    assert_eq!(ov.lookup(ROOT, "to-b").unwrap().kind, Kind::Symlink);
-    assert_eq!(ov.lookup(ROOT, "empty").unwrap().kind, Kind::Dir);
-    assert_eq!(ov.lookup(ROOT, "a.txt").unwrap().mode, 0o755);
+    assert_eq!(ov.lookup(ROOT_INO, "conf.json").unwrap().kind, Kind::Fifo);
+    assert_eq!(ov.lookup(ROOT_INO, "to-b").unwrap().kind, Kind::Symlink);
+    assert_eq!(ov.lookup(ROOT_INO, "empty").unwrap().kind, Kind::Dir);
+    assert_eq!(ov.lookup(ROOT_INO, "a.txt").unwrap().mode, 0o755);
     assert_eq!(ov.status_text().unwrap(), "");
 }
 
 #[test]
 fn files_open_for_writing_keep_working_across_a_commit() {
     let (_d, repo, mut ov) = sample();
-    let (attr, h) = ov.create(ROOT, "log", 0o644, uid(), uid()).unwrap();
+    let (attr, h) = ov.create(ROOT_INO, "log", 0o644, uid(), uid()).unwrap();
     ov.write(&h, 0, b"one\n").unwrap();
     ov.commit("first").unwrap();
     ov.write(&h, 4, b"two\n").unwrap();
@@ -902,9 +944,9 @@ fn commit_costs_the_change_not_the_tree() {
     fs::remove_file(repo.store().path_of(&gamma)).unwrap();
     write_file(&mut ov, "a.txt", b"changed");
     ov.rename(
-        ROOT,
+        ROOT_INO,
         "conf.json",
-        ROOT,
+        ROOT_INO,
         "conf2.json",
         RenameFlags::default(),
     )
@@ -921,8 +963,14 @@ fn moving_content_across_the_inline_rule_converts_it() {
     let (_d, repo, mut ov) = sample();
     write_file(&mut ov, "raw.txt", br#"{"z":0}"#);
     ov.commit("raw").unwrap();
-    ov.rename(ROOT, "raw.txt", ROOT, "raw.json", RenameFlags::default())
-        .unwrap();
+    ov.rename(
+        ROOT_INO,
+        "raw.txt",
+        ROOT_INO,
+        "raw.json",
+        RenameFlags::default(),
+    )
+    .unwrap();
     write_file(
         &mut ov,
         "hex.json",
@@ -1032,7 +1080,7 @@ fn a_removed_big_file_frees_its_space_at_once_and_stays_removed() {
     write_file(&mut ov, "small.txt", b"small");
     let before = uppers(&ov);
     let big = ino(&ov, "big.bin");
-    ov.unlink(ROOT, "big.bin").unwrap();
+    ov.unlink(ROOT_INO, "big.bin").unwrap();
     ov.forget(big);
     assert_eq!(
         uppers(&ov),
@@ -1040,7 +1088,7 @@ fn a_removed_big_file_frees_its_space_at_once_and_stays_removed() {
         "the big upper file is deleted right away"
     );
     let small = ino(&ov, "small.txt");
-    ov.unlink(ROOT, "small.txt").unwrap();
+    ov.unlink(ROOT_INO, "small.txt").unwrap();
     ov.forget(small);
     assert_eq!(uppers(&ov), before - 1, "a small one waits for compaction");
     // The removal was made durable before the data went: a reload (as after a crash) agrees.
@@ -1079,7 +1127,7 @@ fn pooled_upper_files_survive_compaction_commit_and_crash() {
     // A file taken from the pool gets the create's time, not the time the pool made it.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let before = SystemTime::now() - std::time::Duration::from_millis(50);
-    let (attr, h) = ov.create(ROOT, "fresh", 0o644, uid(), uid()).unwrap();
+    let (attr, h) = ov.create(ROOT_INO, "fresh", 0o644, uid(), uid()).unwrap();
     ov.release(h);
     assert!(
         attr.mtime >= before,

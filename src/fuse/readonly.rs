@@ -1,20 +1,21 @@
-//! The `fuser::Filesystem` adapter: one call into `fs::Fs` and one reply per operation.
+//! The `fuser::Filesystem` adapter of a read-only mount: one call into
+//! `fs::readonly::ReadOnlyFs` and one reply per operation.
 //!
-//! What lives here is only what needs FUSE types: the session options (read-only, kernel
-//! permission checks, one worker thread per core each with its own `/dev/fuse` fd), the
-//! capabilities asked for at INIT (passthrough, readdirplus, parallel dirops, FUSE over io_uring
-//! when `fuse_uring` made its rings: then requests come by per-CPU rings), the reply flags
+//! What lives here is only what needs FUSE types: the capabilities asked for at INIT
+//! (passthrough, readdirplus, parallel dirops, no-open and no-opendir, FUSE over io_uring when
+//! `uring` made its rings: then requests come by per-CPU rings), the reply flags
 //! (passthrough or KEEP_CACHE, NOFLUSH), and the backing ids of passthrough opens: one per inode,
 //! shared by its concurrent opens and dropped with the last of them.
 //!
 //! The tree is immutable, so entries and attributes are given an effectively infinite TTL.
 
-use crate::cli::PassthroughMode;
-use crate::fs::{Attr, DirectoryReplier, FileKind, Fs, FsError, Handle};
+use super::{errno, file_attr, file_type, negotiate_passthrough, Passthrough};
+use crate::fs::readonly::{DirectoryReplier, FileSource, ReadOnlyFs, RECENT_OBJECT_FILES};
+use crate::fs::{Attr, FsError, Kind};
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -25,33 +26,6 @@ use std::time::Duration;
 
 /// "Forever" for the kernel's caches: the revision cannot change under the mount.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-
-fn errno(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno())
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.time,
-        mtime: a.time,
-        ctime: a.time,
-        crtime: a.time,
-        kind: match a.kind {
-            FileKind::Directory => FileType::Directory,
-            FileKind::RegularFile => FileType::RegularFile,
-        },
-        perm: a.perm,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: 0,
-        blksize: crate::fs::BLOCK_SIZE,
-        flags: 0,
-    }
-}
 
 /// Passthrough backing ids. The kernel wants one backing file per inode while it is open, so
 /// ids are shared through `by_ino`; `by_fh` keeps them alive per open handle, and `recent`
@@ -68,16 +42,16 @@ impl Default for Backing {
             by_ino: HashMap::new(),
             by_fh: HashMap::new(),
             recent: lru::LruCache::new(
-                std::num::NonZeroUsize::new(crate::fs::RECENT_OBJECT_FILES).expect("non-zero"),
+                std::num::NonZeroUsize::new(RECENT_OBJECT_FILES).expect("non-zero"),
             ),
         }
     }
 }
 
-/// The FUSE face of an `Fs`.
-pub struct FuseFs {
-    fs: Arc<Fs>,
-    mode: PassthroughMode,
+/// The FUSE face of a `ReadOnlyFs`.
+pub struct ReadOnlyFuse {
+    fs: Arc<ReadOnlyFs>,
+    mode: Passthrough,
     /// Set at INIT when the kernel granted passthrough.
     passthrough: AtomicBool,
     /// Set at INIT when the kernel can open directories without asking us (then it also caches
@@ -90,17 +64,17 @@ pub struct FuseFs {
     /// Stacking depth to ask for (1, or 2 when the store itself is on a stacked fs).
     stack_depth: u32,
     /// Asks for FUSE over io_uring at INIT (`fuse_uring`), when the rings could be made.
-    uring: Option<crate::fuse_uring::Offer>,
+    uring: Option<super::uring::Offer>,
 }
 
-impl FuseFs {
-    pub fn new(fs: Arc<Fs>, mode: PassthroughMode) -> FuseFs {
-        let stack_depth = if store_is_stacked(fs.store().dir()) {
+impl ReadOnlyFuse {
+    pub fn new(fs: Arc<ReadOnlyFs>, mode: Passthrough) -> ReadOnlyFuse {
+        let stack_depth = if super::is_stacked_fs(fs.store().dir()) {
             2
         } else {
             1
         };
-        FuseFs {
+        ReadOnlyFuse {
             fs,
             mode,
             passthrough: AtomicBool::new(false),
@@ -113,7 +87,7 @@ impl FuseFs {
     }
 
     /// Ask the kernel for FUSE over io_uring at INIT (the rings of `offer` serve it).
-    pub fn with_uring(mut self, offer: Option<crate::fuse_uring::Offer>) -> FuseFs {
+    pub fn with_uring(mut self, offer: Option<super::uring::Offer>) -> ReadOnlyFuse {
         self.uring = offer;
         self
     }
@@ -133,25 +107,12 @@ impl FuseFs {
         }
         let id = Arc::new(reply.open_backing(file)?);
         b.by_ino.insert(ino, Arc::downgrade(&id));
-        if b.by_ino.len() > 4 * crate::fs::RECENT_OBJECT_FILES {
+        if b.by_ino.len() > 4 * RECENT_OBJECT_FILES {
             b.by_ino.retain(|_, w| w.strong_count() > 0);
         }
         b.recent.put(ino, id.clone());
         Ok(id)
     }
-}
-
-/// Overlayfs and FUSE stores raise the stacking depth passthrough needs.
-fn store_is_stacked(dir: &std::path::Path) -> bool {
-    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    rustix::fs::statfs(dir)
-        .map(|s| {
-            #[allow(clippy::unnecessary_cast)] // f_type is not i64 on every target
-            let t = s.f_type as i64;
-            t == OVERLAYFS_SUPER_MAGIC || t == FUSE_SUPER_MAGIC
-        })
-        .unwrap_or(false)
 }
 
 struct DirReply<'a>(&'a mut ReplyDirectory);
@@ -161,19 +122,15 @@ impl DirectoryReplier for DirReply<'_> {
         false
     }
 
-    fn add(&mut self, ino: u64, next: u64, kind: FileKind, name: &OsStr, _: Option<&Attr>) -> bool {
-        let kind = match kind {
-            FileKind::Directory => FileType::Directory,
-            FileKind::RegularFile => FileType::RegularFile,
-        };
-        self.0.add(INodeNo(ino), next, kind, name)
+    fn add(&mut self, ino: u64, next: u64, kind: Kind, name: &OsStr, _: Option<&Attr>) -> bool {
+        self.0.add(INodeNo(ino), next, file_type(kind), name)
     }
 }
 
 struct DirPlusReply<'a>(&'a mut ReplyDirectoryPlus);
 
 impl DirectoryReplier for DirPlusReply<'_> {
-    fn add(&mut self, ino: u64, next: u64, _: FileKind, name: &OsStr, attr: Option<&Attr>) -> bool {
+    fn add(&mut self, ino: u64, next: u64, _: Kind, name: &OsStr, attr: Option<&Attr>) -> bool {
         let Some(attr) = attr else { return true };
         self.0.add(
             INodeNo(ino),
@@ -186,7 +143,7 @@ impl DirectoryReplier for DirPlusReply<'_> {
     }
 }
 
-impl Filesystem for FuseFs {
+impl Filesystem for ReadOnlyFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(
             InitFlags::FUSE_DO_READDIRPLUS
@@ -197,26 +154,14 @@ impl Filesystem for FuseFs {
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
         self.no_opendir.store(no_opendir, Ordering::Relaxed);
-        if self.mode == PassthroughMode::Never {
+        if self.mode == Passthrough::Never {
             let no_open = config
                 .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
                 .is_ok();
             self.no_open.store(no_open, Ordering::Relaxed);
-        } else {
-            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(self.stack_depth).is_ok();
-            self.passthrough.store(granted, Ordering::Relaxed);
-            if !granted {
-                log::warn!(
-                    "the kernel does not offer FUSE passthrough; blob reads go through the daemon"
-                );
-                if self.mode == PassthroughMode::Always {
-                    return Err(std::io::Error::other(
-                        "FUSE passthrough is not available and --passthrough always was given",
-                    ));
-                }
-            }
         }
+        let granted = negotiate_passthrough(config, self.mode, self.stack_depth)?;
+        self.passthrough.store(granted, Ordering::Relaxed);
         // Large reads: fewer round trips when passthrough is not in use.
         let _ = config.set_max_readahead(1 << 20);
         if let Some(offer) = &self.uring {
@@ -255,14 +200,14 @@ impl Filesystem for FuseFs {
         let fh = FileHandle(opened.fh);
         // Immutable content: keep the page cache across opens; nothing to flush on close.
         let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
-        match &opened.handle {
-            Handle::Object(of) if self.passthrough.load(Ordering::Relaxed) => {
+        match &opened.source {
+            FileSource::Object(of) if self.passthrough.load(Ordering::Relaxed) => {
                 match self.backing_for(ino.0, &reply, of.file()) {
                     Ok(id) => {
                         reply.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, &id);
                         self.backing.lock().by_fh.insert(opened.fh, id);
                     }
-                    Err(e) if self.mode == PassthroughMode::Always => {
+                    Err(e) if self.mode == Passthrough::Always => {
                         log::error!("passthrough refused for inode {}: {e}", ino.0);
                         let _ = self.fs.release(opened.fh);
                         reply.error(Errno::EIO);
@@ -557,7 +502,7 @@ impl Filesystem for FuseFs {
     }
 }
 
-impl FuseFs {
+impl ReadOnlyFuse {
     fn erofs(&self, what: &'static str) -> Errno {
         match self.fs.write_op(what) {
             Ok(()) => Errno::EIO, // unreachable for the read-only fs

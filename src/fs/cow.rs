@@ -2,7 +2,7 @@
 //!
 //! Model: one [`Overlay`] (base revision + journaled changes, `src/overlay/`) behind a
 //! read-write lock, plus the per-open state the kernel refers to by file handle: open files
-//! (`overlay::Handle`) and directory listings snapshotted at `opendir`. `cowfuse.rs` is the thin
+//! (`overlay::Handle`) and directory listings snapshotted at `opendir`. `fuse/cow.rs` is the thin
 //! FUSE adapter: one call here, one reply.
 //!
 //! Invariants:
@@ -13,14 +13,13 @@
 //!   on the upper file at its next read, so every reader sees the writes (as on a local fs);
 //! - a directory listing is a snapshot taken at `opendir` (offset = index in it), so a
 //!   `readdir` loop that unlinks as it goes (`rm -r`) neither skips nor repeats entries;
-//! - `commit`, `status`, `diff` and `reset` come from the control socket (`control.rs`), never
+//! - `commit`, `status`, `diff` and `reset` come from the control socket (`fuse::control`), never
 //!   from FUSE requests; commit keeps every inode and the view, so the kernel caches stay valid;
 //!   reset changes the view, so it returns what the adapter must invalidate.
 
+use super::overlay::{self, CommitReport, Handle, Options, Overlay, RenameFlags, SetAttr};
+use super::{Attr, FsError, Kind, ROOT_INO};
 use crate::error::{Error, Result as RepoResult};
-use crate::overlay::{
-    self, Attr, CommitReport, FsError, Handle, Kind, Options, Overlay, RenameFlags, SetAttr,
-};
 use crate::repo::Repo;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -138,9 +137,9 @@ impl CowFs {
             let parent = match o.path_of(ino) {
                 Some(p) if !p.is_empty() => {
                     let up = p.rsplit_once('/').map_or("", |(a, _)| a);
-                    o.resolve(up).unwrap_or(overlay::ROOT)
+                    o.resolve(up).unwrap_or(ROOT_INO)
                 }
-                _ => overlay::ROOT,
+                _ => ROOT_INO,
             };
             let mut v = vec![
                 (".".to_string(), ino, Kind::Dir),
@@ -188,7 +187,7 @@ impl CowFs {
         gid: u32,
     ) -> Result<(Attr, u64)> {
         let (attr, handle) = self.write(|o| o.create(parent, name, mode, uid, gid))?;
-        Ok((attr.clone(), self.add_file(attr.ino, handle)))
+        Ok((attr, self.add_file(attr.ino, handle)))
     }
 
     pub fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> Result<Attr> {
@@ -367,10 +366,10 @@ impl CowFs {
         // them (the kernel's d_invalidate prunes subtrees), the root inode its listing.
         let mut inval = Invalidate {
             entries: Vec::new(),
-            inodes: vec![overlay::ROOT],
+            inodes: vec![ROOT_INO],
         };
-        for (name, _, _) in old.readdir(overlay::ROOT).unwrap_or_default() {
-            inval.entries.push((overlay::ROOT, name));
+        for (name, _, _) in old.readdir(ROOT_INO).unwrap_or_default() {
+            inval.entries.push((ROOT_INO, name));
         }
         // The old overlay must let go of its lock before the directory can be removed. Its
         // open handles keep their files but no longer count in any overlay.
@@ -380,8 +379,8 @@ impl CowFs {
             .and_then(|()| Overlay::load_or_create(&self.repo, &self.id, &base, self.opts.clone()));
         match result {
             Ok(ov) => {
-                for (name, _, _) in ov.readdir(overlay::ROOT).unwrap_or_default() {
-                    inval.entries.push((overlay::ROOT, name));
+                for (name, _, _) in ov.readdir(ROOT_INO).unwrap_or_default() {
+                    inval.entries.push((ROOT_INO, name));
                 }
                 *g = Some(ov);
                 Ok(inval)
@@ -398,4 +397,54 @@ impl CowFs {
     pub fn repo(&self) -> &Repo {
         &self.repo
     }
+}
+
+/// A writable (`--rw`) mount ready to be served: the overlay is loaded (and locked).
+pub struct Prepared {
+    pub repo: Repo,
+    pub fs: Arc<CowFs>,
+}
+
+/// Open (or create) overlay `name` of the repository for a `--rw` mount of `spec`. An existing
+/// overlay resumes exactly; it must be on the revision `spec` names (its changes were made
+/// against that revision), else the mount is refused with the way out.
+pub fn prepare(
+    repo_dir: &std::path::Path,
+    spec: &str,
+    name: &str,
+    canonical_json: bool,
+) -> RepoResult<Prepared> {
+    let repo = Repo::open(repo_dir)?;
+    let rev = repo.resolve(spec)?;
+    let ov_opts = Options {
+        canonical_json,
+        upper_pool: true,
+    };
+    let ov = Overlay::load_or_create(&repo, name, &rev.rev.to_string(), ov_opts.clone())
+        .map_err(|e| match e {
+            Error::Locked { .. } => Error::Remote {
+                code: e.exit_code(),
+                message: format!(
+                    "overlay '{name}' of {} is locked: another pvrfs daemon has it mounted (see 'pvrfs mounts'); use --overlay OTHER for a second writable mount",
+                    repo.workdir().display()
+                ),
+            },
+            e => e,
+        })?;
+    if ov.base_rev() != rev.rev {
+        return Err(Error::Conflict(format!(
+            "overlay '{name}' of {} holds changes made on revision {}, not {}: mount revision {} \
+             (and commit or 'pvrfs reset --mount MNT' there), or use another --overlay NAME",
+            repo.workdir().display(),
+            ov.base_rev(),
+            rev.rev,
+            ov.base_rev()
+        )));
+    }
+    crate::sys::trim_heap();
+    let fs = CowFs::new(repo.clone(), name, ov, ov_opts);
+    Ok(Prepared {
+        repo,
+        fs: Arc::new(fs),
+    })
 }

@@ -659,7 +659,7 @@ impl Queue {
                 } else {
                     live -= 1;
                     // The connection going away (unmount, abort) is not a refusal.
-                    if !crate::mount::is_dead_errno(-res) {
+                    if !super::mounts::is_dead_errno(-res) {
                         FAILED.store(true, Ordering::Relaxed);
                         log::warn!(
                             "io_uring queue {} entry {i}: {}; the kernel serves on /dev/fuse",

@@ -18,6 +18,7 @@
 //! strictly increasing by name; `.pvr` cannot appear (state validation refuses no such key, but
 //! the build skips a top-level `.pvr` so a hostile state cannot shadow the metadata directory).
 
+use super::ROOT_INO;
 use crate::json::{self, Value};
 use crate::oid::ObjectId;
 use crate::state::{Entry, State};
@@ -28,8 +29,6 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Inode number of the root directory.
-pub const ROOT_INO: u64 = 1;
 /// How many rendered inline files the cache holds.
 const RENDER_CACHE_ENTRIES: usize = 4096;
 /// Marks a size not known yet.

@@ -215,7 +215,7 @@ impl Overlay {
         let unlinked = self
             .nodes
             .get(&ino)
-            .is_some_and(|n| n.links.is_empty() && ino != ROOT);
+            .is_some_and(|n| n.links.is_empty() && ino != ROOT_INO);
         if unlinked && !self.handles.contains_key(&ino) {
             let node = self.nodes.remove(&ino);
             self.uppers.remove(&ino);

@@ -13,20 +13,18 @@
 //! Request `{"op": "commit"|"status"|"diff"|"reset"|"state"|"info"|"transport", "message"?: str}`;
 //! `state` answers the view's canonical state JSON in `text`, `info` the repository's work
 //! directory in `text` and the base revision in `rev`, `transport` how FUSE requests reach the
-//! daemon (`io_uring (Q queues, R requests)` or `/dev/fuse …`, `fuse_uring::Status`);
+//! daemon (`io_uring (Q queues, R requests)` or `/dev/fuse …`, `fuse::uring::Status`);
 //! answer `{"ok": true, "text": str, "warnings": [str], "rev": u64?}` or
 //! `{"ok": false, "code": u8, "error": str}` (the daemon's error and exit code).
 
-use crate::cowfs::{CowFs, Invalidate};
 use crate::error::{Error, IoContext, Result};
-use crate::mount;
+use crate::fs::cow::{CowFs, Invalidate};
 use crate::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,6 +32,16 @@ pub struct Request {
     pub op: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+impl Request {
+    /// A request without a message.
+    pub fn new(op: &str) -> Request {
+        Request {
+            op: op.into(),
+            message: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, Default)]
@@ -77,19 +85,9 @@ pub fn bind(mountpoint: &Path) -> Result<UnixListener> {
 }
 
 fn peer_uid(s: &UnixStream) -> Option<u32> {
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for getsockopt to fill.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(cred.uid)
+    rustix::net::sockopt::socket_peercred(s)
+        .ok()
+        .map(|c| c.uid.as_raw())
 }
 
 /// Serve requests on `listener` forever (a daemon thread). `invalidate` tells the kernel what a
@@ -100,8 +98,7 @@ pub fn serve(
     fs: Arc<CowFs>,
     invalidate: impl Fn(Invalidate) + Send + 'static,
 ) {
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         // One connection at a time: a client that never sends its line must not block others.
@@ -186,7 +183,7 @@ fn handle(fs: &CowFs, req: Request, invalidate: &impl Fn(Invalidate)) -> Answer 
             rev: Some(fs.base_rev()),
             ..ok(fs.repo().workdir().display().to_string())
         },
-        "transport" => ok(crate::fuse_uring::status().describe()),
+        "transport" => ok(super::uring::status().describe()),
         "reset" => match fs.reset() {
             Ok(inval) => {
                 invalidate(inval);
@@ -196,30 +193,6 @@ fn handle(fs: &CowFs, req: Request, invalidate: &impl Fn(Invalidate)) -> Answer 
         },
         other => failed(Error::Usage(format!("unknown control operation '{other}'"))),
     }
-}
-
-/// The pvrfs mount to talk to: `explicit` (`--mount MNT`) or the innermost pvrfs mount that
-/// contains `cwd`. `None` when neither applies (the caller falls back to the work tree).
-pub fn find_mount(cwd: &Path, explicit: Option<&Path>) -> Result<Option<PathBuf>> {
-    let mounts = mount::list_mounts()?;
-    if let Some(m) = explicit {
-        let abs = std::fs::canonicalize(cwd.join(m)).ctx("resolve mountpoint", m)?;
-        return match mounts.iter().find(|x| x.mountpoint == abs) {
-            Some(x) => Ok(Some(x.mountpoint.clone())),
-            None => Err(Error::Usage(format!(
-                "'{}' is not a pvrfs mount (see 'pvrfs mounts')",
-                abs.display()
-            ))),
-        };
-    }
-    let Ok(cwd) = std::fs::canonicalize(cwd) else {
-        return Ok(None);
-    };
-    Ok(mounts
-        .iter()
-        .filter(|x| cwd.starts_with(&x.mountpoint))
-        .max_by_key(|x| x.mountpoint.as_os_str().len())
-        .map(|x| x.mountpoint.clone()))
 }
 
 /// Send one request to the daemon of `mountpoint` and wait for its answer.

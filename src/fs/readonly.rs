@@ -1,9 +1,10 @@
 //! The read-only filesystem of one revision, as plain methods: no FUSE types in here.
 //!
 //! Model: a `Tree` (the directory index, inode numbers = tree indices + 1) plus the object store.
-//! Every operation takes inode numbers and returns `Result<_, FsError>`; `FsError::errno` is the
-//! single errno table. `fuse.rs` is a thin adapter that calls one method and sends one reply, so
-//! tests drive this type operation by operation without a kernel (`tests/fs.rs`).
+//! Every operation takes inode numbers and returns `Result<_, FsError>` (the errno table is in
+//! `fs::error`). `fuse/readonly.rs` is a thin adapter that calls one method and sends one reply,
+//! so tests drive this type operation by operation without a kernel (`tests/fs.rs`).
+//! [`prepare`] makes one from a repository and a revision spec.
 //!
 //! Invariants and guarantees (docs/SEMANTICS.md):
 //! - the tree never changes while mounted, so attributes and entries may be cached forever;
@@ -14,12 +15,15 @@
 //!   (or, in no-open mode, read) fail with EIO and is logged once, naming the object and the
 //!   path; everything else keeps being served. Such a file lists with a 1-byte placeholder size
 //!   so that readers always reach the daemon and get the error. Without `verify` a corrupt object is served as stored (`pvrfs fsck` finds it);
-//! - every write-type operation fails with EROFS (`FsError::ReadOnly`); a copy-on-write layer
-//!   (`overlay`) sits on top and answers those itself, using the base-tree methods here.
+//! - every write-type operation fails with EROFS (`FsError::ReadOnly`); copy-on-write mounts
+//!   are a different filesystem (`fs::cow` over `fs::overlay`).
 
+use super::tree::{FileData, NodeKind, Tree};
+use super::{Attr, FsError, Kind, Statfs, BLOCK_SIZE, NAME_MAX, ROOT_INO};
+use crate::error::Result as RepoResult;
 use crate::oid::ObjectId;
+use crate::repo::{Repo, Revision};
 use crate::store::{Store, Verified};
-use crate::tree::{FileData, NodeKind, Tree, ROOT_INO};
 use memmap2::Mmap;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -30,96 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Block size reported by `stat` and `statfs`.
-pub const BLOCK_SIZE: u32 = 4096;
 /// How many closed object files stay open for quick reopening.
 pub const RECENT_OBJECT_FILES: usize = 1024;
-/// Longest name a lookup can match (what `statfs` reports).
-pub const NAME_MAX: u32 = 255;
-
-/// Errors of filesystem operations; each maps to exactly one errno.
-#[derive(Debug, thiserror::Error)]
-pub enum FsError {
-    #[error("no such file or directory")]
-    NotFound,
-    #[error("not a directory")]
-    NotDir,
-    #[error("is a directory")]
-    IsDir,
-    #[error("read-only file system")]
-    ReadOnly,
-    #[error("unknown file handle {0}")]
-    BadHandle(u64),
-    /// No inode has extended attributes and none can be set.
-    #[error("extended attributes are not supported")]
-    NoXattr,
-    #[error("buffer too small")]
-    Range,
-    /// The object behind a file cannot be served (missing, unreadable or corrupt).
-    #[error("cannot serve '{path}': object {id} {why}")]
-    Unavailable {
-        path: String,
-        id: ObjectId,
-        why: String,
-    },
-}
-
-impl FsError {
-    /// The errno table (one place, as mountpoint-s3's `ToErrno`).
-    pub fn errno(&self) -> i32 {
-        match self {
-            FsError::NotFound => libc::ENOENT,
-            FsError::NotDir => libc::ENOTDIR,
-            FsError::IsDir => libc::EISDIR,
-            FsError::ReadOnly => libc::EROFS,
-            FsError::BadHandle(_) => libc::EBADF,
-            // What a filesystem without xattr support answers (vfat, for one).
-            FsError::NoXattr => libc::EOPNOTSUPP,
-            FsError::Range => libc::ERANGE,
-            // The file exists but its bytes cannot be produced: an I/O error, not ENOENT, so
-            // tools report a damaged file instead of a vanished one.
-            FsError::Unavailable { .. } => libc::EIO,
-        }
-    }
-}
-
-/// File type of an inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
-    Directory,
-    RegularFile,
-}
-
-/// Attributes of an inode, as `stat` shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attr {
-    pub ino: u64,
-    pub kind: FileKind,
-    pub size: u64,
-    /// 512-byte blocks of data (what `du` adds up).
-    pub blocks: u64,
-    pub perm: u16,
-    pub nlink: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// atime = mtime = ctime: the revision's commit time.
-    pub time: SystemTime,
-}
-
-/// `statfs` figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Statfs {
-    /// Blocks of `bsize` holding the tree's bytes.
-    pub blocks: u64,
-    pub bfree: u64,
-    pub bavail: u64,
-    /// Inodes in the tree.
-    pub files: u64,
-    pub ffree: u64,
-    pub bsize: u32,
-    pub namelen: u32,
-    pub frsize: u32,
-}
 
 /// Mount-wide settings.
 #[derive(Debug, Clone)]
@@ -145,7 +61,7 @@ pub trait DirectoryReplier {
         &mut self,
         ino: u64,
         next_offset: u64,
-        kind: FileKind,
+        kind: Kind,
         name: &OsStr,
         attr: Option<&Attr>,
     ) -> bool;
@@ -188,9 +104,9 @@ impl ObjectFile {
     }
 }
 
-/// What an open handle reads from.
+/// What an open file reads from: a shared object file, or rendered inline JSON.
 #[derive(Debug, Clone)]
-pub enum Handle {
+pub enum FileSource {
     Object(Arc<ObjectFile>),
     Inline(Arc<[u8]>),
 }
@@ -199,15 +115,15 @@ pub enum Handle {
 #[derive(Debug, Clone)]
 pub struct Opened {
     pub fh: u64,
-    pub handle: Handle,
+    pub source: FileSource,
 }
 
 /// The filesystem of one revision.
-pub struct Fs {
+pub struct ReadOnlyFs {
     tree: Tree,
     store: Store,
     config: FsConfig,
-    handles: Mutex<HashMap<u64, Handle>>,
+    handles: Mutex<HashMap<u64, FileSource>>,
     next_fh: AtomicU64,
     objects: Mutex<HashMap<u32, Weak<ObjectFile>>>,
     /// Keeps the most recently opened object files open after their last close, so reopening
@@ -218,15 +134,17 @@ pub struct Fs {
     total_bytes: OnceLock<u64>,
 }
 
-impl std::fmt::Debug for Fs {
+impl std::fmt::Debug for ReadOnlyFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fs").field("tree", &self.tree).finish()
+        f.debug_struct("ReadOnlyFs")
+            .field("tree", &self.tree)
+            .finish()
     }
 }
 
-impl Fs {
-    pub fn new(tree: Tree, store: Store, config: FsConfig) -> Fs {
-        Fs {
+impl ReadOnlyFs {
+    pub fn new(tree: Tree, store: Store, config: FsConfig) -> ReadOnlyFs {
+        ReadOnlyFs {
             tree,
             store,
             config,
@@ -275,25 +193,27 @@ impl Fs {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let kind = self.tree.kind(ino).ok_or(FsError::NotFound)?;
-        let (kind, size, perm, nlink) = match kind {
-            NodeKind::Dir { subdirs, .. } => (FileKind::Directory, 0, 0o755, 2 + subdirs),
+        let (kind, size, mode, nlink) = match kind {
+            NodeKind::Dir { subdirs, .. } => (Kind::Dir, 0, 0o755, 2 + subdirs),
             NodeKind::File { file } => {
                 // A missing object still lists, with a 1-byte placeholder size: a reader must
                 // reach us (open or read) and get EIO, never see a plausible empty file.
                 let size = self.tree.file_size(file, &self.store).unwrap_or(1);
-                (FileKind::RegularFile, size, 0o644, 1)
+                (Kind::File, size, 0o644, 1)
             }
         };
         Ok(Attr {
             ino,
             kind,
             size,
-            blocks: size.div_ceil(512),
-            perm,
+            mode,
             nlink,
             uid: self.config.uid,
             gid: self.config.gid,
-            time: self.time(),
+            atime: self.time(),
+            mtime: self.time(),
+            ctime: self.time(),
+            rdev: 0,
         })
     }
 
@@ -331,8 +251,8 @@ impl Fs {
                 )
             } else {
                 let kind = match self.tree.kind(child) {
-                    Some(NodeKind::File { .. }) => FileKind::RegularFile,
-                    _ => FileKind::Directory,
+                    Some(NodeKind::File { .. }) => Kind::File,
+                    _ => Kind::Dir,
                 };
                 replier.add(child, off + 1, kind, OsStr::from_bytes(name), None)
             };
@@ -353,12 +273,12 @@ impl Fs {
             NodeKind::File { file } => file,
         };
         let handle = match self.tree.file_data(file) {
-            FileData::Inline(_) => Handle::Inline(self.tree.rendered(file)),
-            FileData::Object(id) => Handle::Object(self.open_object(file, *id)?),
+            FileData::Inline(_) => FileSource::Inline(self.tree.rendered(file)),
+            FileData::Object(id) => FileSource::Object(self.open_object(file, *id)?),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, handle.clone());
-        Ok(Opened { fh, handle })
+        Ok(Opened { fh, source: handle })
     }
 
     fn open_object(&self, file: u32, id: ObjectId) -> Result<Arc<ObjectFile>, FsError> {
@@ -471,7 +391,7 @@ impl Fs {
 
     fn read_handle<R>(
         &self,
-        handle: &Handle,
+        handle: &FileSource,
         offset: u64,
         size: u32,
         f: impl FnOnce(&[u8]) -> R,
@@ -484,8 +404,8 @@ impl Fs {
             start..end
         };
         match handle {
-            Handle::Inline(bytes) => Ok(f(&bytes[slice(bytes)])),
-            Handle::Object(of) => {
+            FileSource::Inline(bytes) => Ok(f(&bytes[slice(bytes)])),
+            FileSource::Object(of) => {
                 let bytes = of.bytes().map_err(|e| {
                     self.unavailable(of.index, of.id, &format!("cannot be mapped: {e}"))
                 })?;
@@ -508,8 +428,8 @@ impl Fs {
             NodeKind::File { file } => file,
         };
         let handle = match self.tree.file_data(file) {
-            FileData::Inline(_) => Handle::Inline(self.tree.rendered(file)),
-            FileData::Object(id) => Handle::Object(self.open_object(file, *id)?),
+            FileData::Inline(_) => FileSource::Inline(self.tree.rendered(file)),
+            FileData::Object(id) => FileSource::Object(self.open_object(file, *id)?),
         };
         self.read_handle(&handle, offset, size, f)
     }
@@ -550,7 +470,7 @@ impl Fs {
             files: self.tree.len() as u64,
             ffree: 0,
             bsize: BLOCK_SIZE,
-            namelen: NAME_MAX,
+            namelen: NAME_MAX as u32,
             frsize: BLOCK_SIZE,
         }
     }
@@ -572,4 +492,61 @@ impl Fs {
     pub fn write_op(&self, _what: &'static str) -> Result<(), FsError> {
         Err(FsError::ReadOnly)
     }
+}
+
+/// How a revision is presented (`pvrfs mount` options that concern the filesystem itself).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Inline JSON as `checkout --canonical` writes it, instead of pvr's default rendering.
+    pub canonical: bool,
+    /// Owner shown for every node (default: the mounting user).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Hash each object once before serving it.
+    pub verify: bool,
+}
+
+/// A revision ready to be served.
+pub struct Prepared {
+    pub repo: Repo,
+    pub rev: Revision,
+    pub fs: Arc<ReadOnlyFs>,
+}
+
+/// Open the repository at `repo_dir`, resolve `spec` and build the filesystem of that revision:
+/// O(paths), no object is read.
+pub fn prepare(repo_dir: &std::path::Path, spec: &str, opts: &Options) -> RepoResult<Prepared> {
+    // A fixed mmap threshold: glibc otherwise raises it after the big state buffers are freed,
+    // and later large zeroed buffers (FUSE request buffers) come from the heap and are memset.
+    crate::sys::fix_mmap_threshold(1 << 20);
+    let repo = Repo::open(repo_dir)?;
+    let rev = repo.resolve(spec)?;
+    let state = repo.load_state(&rev)?;
+    let rendering = if opts.canonical {
+        super::tree::Rendering::Canonical
+    } else {
+        super::tree::Rendering::Checkout
+    };
+    let tree = Tree::build(state, rendering);
+    // The parsed state is gone; hand its heap back so the daemon's RSS is the index only.
+    crate::sys::trim_heap();
+    let fs = ReadOnlyFs::new(
+        tree,
+        repo.store().clone(),
+        FsConfig {
+            uid: opts
+                .uid
+                .unwrap_or_else(|| rustix::process::getuid().as_raw()),
+            gid: opts
+                .gid
+                .unwrap_or_else(|| rustix::process::getgid().as_raw()),
+            time: rev.time,
+            verify: opts.verify,
+        },
+    );
+    Ok(Prepared {
+        repo,
+        rev,
+        fs: Arc::new(fs),
+    })
 }

@@ -79,6 +79,7 @@ mod pool;
 
 pub use commit::{CommitReport, StatusLine};
 
+use super::{Attr, FsError, Kind, NAME_MAX, ROOT_INO};
 use crate::error::{Error, IoContext, Result as RepoResult};
 use crate::fsutil;
 use crate::json::{self, Value};
@@ -94,11 +95,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Inode of the root directory.
-pub const ROOT: u64 = 1;
 const DIR_MODE: u32 = 0o755;
 const FILE_MODE: u32 = 0o644;
-const NAME_MAX: usize = 255;
 /// Compact the journal into a new snapshot once it grows past this many bytes (and twice the
 /// snapshot: `Journal::wants_compaction`).
 const COMPACT_AT: u64 = 4 << 20;
@@ -108,29 +106,6 @@ const FREE_EARLY_MIN: u64 = 1 << 20;
 /// Up to this many new upper files, `sync` fsyncs them one by one; beyond, one `syncfs`.
 const FSYNC_EACH_MAX: usize = 64;
 
-/// An overlay operation's error: an errno for the caller plus what failed, or a repository error.
-#[derive(Debug, thiserror::Error)]
-pub enum FsError {
-    #[error("{op} '{path}': {}", std::io::Error::from_raw_os_error(*.errno))]
-    Errno {
-        op: &'static str,
-        path: String,
-        errno: i32,
-    },
-    #[error(transparent)]
-    Repo(#[from] Error),
-}
-
-impl FsError {
-    /// The errno a filesystem caller should see.
-    pub fn errno(&self) -> i32 {
-        match self {
-            FsError::Errno { errno, .. } => *errno,
-            FsError::Repo(e) => e.errno(),
-        }
-    }
-}
-
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
 fn errno(op: &'static str, path: impl Into<String>, errno: i32) -> FsError {
@@ -139,79 +114,6 @@ fn errno(op: &'static str, path: impl Into<String>, errno: i32) -> FsError {
         path: path.into(),
         errno,
     }
-}
-
-/// What a node is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Dir,
-    File,
-    Symlink,
-    /// A named pipe (`mkfifo`): the kernel runs it, the overlay only names it.
-    Fifo,
-    /// A unix socket's name (`bind` on a path).
-    Socket,
-    CharDevice,
-    BlockDevice,
-}
-
-impl Kind {
-    /// The special kind of a `mknod` mode's type bits (`S_IFIFO`, `S_IFSOCK`, `S_IFCHR`,
-    /// `S_IFBLK`); `None` for any other type.
-    pub fn special_from_mode(mode: u32) -> Option<Kind> {
-        match mode & libc::S_IFMT {
-            libc::S_IFIFO => Some(Kind::Fifo),
-            libc::S_IFSOCK => Some(Kind::Socket),
-            libc::S_IFCHR => Some(Kind::CharDevice),
-            libc::S_IFBLK => Some(Kind::BlockDevice),
-            _ => None,
-        }
-    }
-
-    /// FIFOs, sockets and devices: nodes with no content of their own (see `Overlay::mknod`).
-    pub fn is_special(self) -> bool {
-        matches!(
-            self,
-            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice
-        )
-    }
-
-    /// Whether `rdev` means something for this kind (device nodes only).
-    fn has_rdev(self) -> bool {
-        matches!(self, Kind::CharDevice | Kind::BlockDevice)
-    }
-
-    /// How messages name this kind ("fifo 'p' is not stored").
-    pub fn describe(self) -> &'static str {
-        match self {
-            Kind::Dir => "directory",
-            Kind::File => "file",
-            Kind::Symlink => "symlink",
-            Kind::Fifo => "fifo",
-            Kind::Socket => "socket",
-            Kind::CharDevice => "character device",
-            Kind::BlockDevice => "block device",
-        }
-    }
-}
-
-/// Attributes of a node, as `getattr` reports them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attr {
-    pub ino: u64,
-    pub kind: Kind,
-    pub size: u64,
-    /// Permission bits only (no file type bits).
-    pub mode: u32,
-    pub nlink: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub atime: SystemTime,
-    pub mtime: SystemTime,
-    pub ctime: SystemTime,
-    /// Device number of a character or block device (as the kernel encodes it), else 0.
-    pub rdev: u32,
 }
 
 /// Changes requested by `setattr`; `None` leaves a field alone.
@@ -578,12 +480,12 @@ impl Overlay {
             ctime: base_time,
             links,
         };
-        nodes.insert(ROOT, dir_node(Vec::new()));
+        nodes.insert(ROOT_INO, dir_node(Vec::new()));
         let mut dirs: HashMap<String, u64> = HashMap::new();
-        dirs.insert(String::new(), ROOT);
-        let mut next = ROOT + 1;
+        dirs.insert(String::new(), ROOT_INO);
+        let mut next = ROOT_INO + 1;
         for (key, entry) in base.iter() {
-            let mut parent = ROOT;
+            let mut parent = ROOT_INO;
             let mut at = 0;
             // Create missing ancestors first, in order: they take the lower numbers.
             while let Some(i) = key[at..].find('/') {
@@ -629,8 +531,8 @@ impl Overlay {
         )
         .map_err(std::io::Error::from)
         .ctx("open", &upper_dir)?;
-        let uid = unsafe { libc::geteuid() };
-        let gid = unsafe { libc::getegid() };
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
         let mut subdirs: HashMap<u64, u32> = HashMap::new();
         for node in nodes.values_mut() {
             node.uid = uid;
@@ -703,7 +605,7 @@ impl Overlay {
 
     /// The path of a linked node ("" for the root; `None` when unlinked).
     pub fn path_of(&self, ino: u64) -> Option<String> {
-        if ino == ROOT {
+        if ino == ROOT_INO {
             return Some(String::new());
         }
         let (parent, name) = self.nodes.get(&ino)?.links.first()?;
@@ -718,7 +620,7 @@ impl Overlay {
 
     /// Resolve a `/`-separated path from the root (no symlinks followed).
     pub fn resolve(&self, path: &str) -> Option<u64> {
-        let mut ino = ROOT;
+        let mut ino = ROOT_INO;
         for seg in path.split('/').filter(|s| !s.is_empty()) {
             match &self.nodes.get(&ino)?.body {
                 Body::Dir(children) => ino = *children.get(seg)?,

@@ -1,0 +1,243 @@
+//! The mount table as pvrfs sees it: finding, checking and unmounting pvrfs mounts.
+//!
+//! A mount is identified in the mount table by its source `pvrfs:<repo>@<rev>` (or
+//! `pvrfs:<repo>@rw:<overlay>`) and type `fuse.pvrfs` (or `fuse`): `list_mounts` reads
+//! `/proc/self/mountinfo`, nothing else is registered, so a killed daemon leaves nothing stale
+//! but the (dead) mount itself, which `unmount` clears.
+
+use crate::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
+
+/// The mount table type of a pvrfs mount made through fusermount3 (`fuse.` + subtype); a
+/// direct mount(2) by root shows plain `fuse`. Either way the source starts with `pvrfs:`.
+pub const FSTYPE: &str = "fuse.pvrfs";
+
+/// Refuse a mountpoint that cannot take a mount; returns its canonical path.
+pub fn check_mountpoint(mnt: &Path) -> Result<PathBuf> {
+    if is_dead(mnt) {
+        return Err(Error::Usage(format!(
+            "'{}' is a dead FUSE mount; clear it with 'pvrfs umount {}'",
+            mnt.display(),
+            mnt.display()
+        )));
+    }
+    let meta = match std::fs::metadata(mnt) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Usage(format!(
+                "mountpoint '{}' does not exist (create an empty directory first)",
+                mnt.display()
+            )))
+        }
+        Err(e) => return Err(Error::io("inspect mountpoint", mnt, e)),
+    };
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "mountpoint '{}' is not a directory",
+            mnt.display()
+        )));
+    }
+    let canon = std::fs::canonicalize(mnt).ctx("resolve mountpoint", mnt)?;
+    if mount_points()?.iter().any(|m| m.mountpoint == canon) {
+        return Err(Error::Usage(format!(
+            "mountpoint '{}' is busy: something is already mounted there",
+            canon.display()
+        )));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::Other(
+            "/dev/fuse is missing: load the fuse module (modprobe fuse) or run where FUSE is available".into(),
+        ));
+    }
+    Ok(canon)
+}
+
+/// One pvrfs mount of the mount table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mountpoint: PathBuf,
+    /// `pvrfs:<repo>@<rev>` (or another source, for non-pvrfs entries of `mount_points`).
+    pub source: String,
+    pub fstype: String,
+}
+
+impl MountInfo {
+    /// True for a mount made by pvrfs.
+    pub fn is_pvrfs(&self) -> bool {
+        (self.fstype == FSTYPE || self.fstype == "fuse") && self.source.starts_with("pvrfs:")
+    }
+
+    /// The repository and revision parsed back from the source.
+    pub fn repo_and_rev(&self) -> Option<(&str, &str)> {
+        self.source.strip_prefix("pvrfs:")?.rsplit_once('@')
+    }
+}
+
+/// Every mount of this mount namespace.
+pub fn mount_points() -> Result<Vec<MountInfo>> {
+    let path = "/proc/self/mountinfo";
+    let text = std::fs::read_to_string(path).ctx("read", path)?;
+    Ok(text.lines().filter_map(parse_mountinfo_line).collect())
+}
+
+/// The pvrfs mounts.
+pub fn list_mounts() -> Result<Vec<MountInfo>> {
+    Ok(mount_points()?
+        .into_iter()
+        .filter(MountInfo::is_pvrfs)
+        .collect())
+}
+
+fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
+    // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+    let (left, right) = line.split_once(" - ")?;
+    let mountpoint = unescape(left.split(' ').nth(4)?);
+    let mut r = right.split(' ');
+    let fstype = unescape(r.next()?);
+    let source = unescape(r.next()?);
+    Some(MountInfo {
+        mountpoint: PathBuf::from(
+            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(mountpoint),
+        ),
+        source: String::from_utf8_lossy(&source).into_owned(),
+        fstype: String::from_utf8_lossy(&fstype).into_owned(),
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A FUSE mount whose daemon is gone answers ENOTCONN (or, while the kernel tears the
+/// connection down, ECONNABORTED — or ECANCELED for requests queued on a FUSE-over-io_uring
+/// ring being cancelled). `statfs` always reaches the daemon (attributes may be answered from
+/// the kernel's cache), so it is the probe.
+fn is_dead(path: &Path) -> bool {
+    matches!(rustix::fs::statfs(path), Err(e) if is_dead_errno(e.raw_os_error()))
+}
+
+/// The errors a FUSE mount answers once its daemon is gone (see `is_dead`); also what an
+/// io_uring entry completes with when the connection goes away (`fuse_uring`).
+pub fn is_dead_errno(errno: i32) -> bool {
+    matches!(errno, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
+}
+
+/// Unmount the pvrfs mount at `mnt`, also when its daemon is gone (a dead mount).
+pub fn unmount(mnt: &Path) -> Result<()> {
+    // A dead FUSE mount cannot be canonicalised (stat fails with ENOTCONN): resolve the parent.
+    let abs = match std::fs::canonicalize(mnt) {
+        Ok(p) => p,
+        Err(_) => {
+            let parent = mnt
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = mnt
+                .file_name()
+                .ok_or_else(|| Error::Usage(format!("'{}' is not a mount point", mnt.display())))?;
+            std::fs::canonicalize(parent)
+                .ctx("resolve", parent)?
+                .join(name)
+        }
+    };
+    let table = mount_points()?;
+    let Some(entry) = table.iter().rev().find(|m| m.mountpoint == abs) else {
+        return Err(Error::Usage(format!(
+            "'{}' is not a mount point",
+            abs.display()
+        )));
+    };
+    if !entry.is_pvrfs() {
+        return Err(Error::Usage(format!(
+            "'{}' is not a pvrfs mount (it is {}); not unmounting it",
+            abs.display(),
+            entry.fstype
+        )));
+    }
+    let dead = is_dead(&abs);
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if dead {
+        // Nobody can be using a mount whose daemon is gone; detach it.
+        cmd.arg("-z");
+    }
+    let out = cmd.arg("--").arg(&abs).output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            let msg = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            // fusermount3 refuses a busy mount: say so plainly.
+            Err(Error::Other(format!(
+                "could not unmount '{}': {msg}",
+                abs.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No fusermount3: root can unmount directly.
+            let flags = if dead {
+                rustix::mount::UnmountFlags::DETACH
+            } else {
+                rustix::mount::UnmountFlags::empty()
+            };
+            rustix::mount::unmount(&abs, flags).map_err(|e| Error::io("unmount", &abs, e.into()))
+        }
+        Err(e) => Err(Error::io("run fusermount3 for", &abs, e)),
+    }
+}
+
+/// The pvrfs mount to talk to: `explicit` (`--mount MNT`) or the innermost pvrfs mount that
+/// contains `cwd`. `None` when neither applies (the caller falls back to the work tree).
+pub fn find_mount(cwd: &Path, explicit: Option<&Path>) -> Result<Option<PathBuf>> {
+    let mounts = list_mounts()?;
+    if let Some(m) = explicit {
+        let abs = std::fs::canonicalize(cwd.join(m)).ctx("resolve mountpoint", m)?;
+        return match mounts.iter().find(|x| x.mountpoint == abs) {
+            Some(x) => Ok(Some(x.mountpoint.clone())),
+            None => Err(Error::Usage(format!(
+                "'{}' is not a pvrfs mount (see 'pvrfs mounts')",
+                abs.display()
+            ))),
+        };
+    }
+    let Ok(cwd) = std::fs::canonicalize(cwd) else {
+        return Ok(None);
+    };
+    Ok(mounts
+        .iter()
+        .filter(|x| cwd.starts_with(&x.mountpoint))
+        .max_by_key(|x| x.mountpoint.as_os_str().len())
+        .map(|x| x.mountpoint.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes() {
+        let line = r"36 35 0:42 / /tmp/a\040b rw,nosuid - fuse.pvrfs pvrfs:/r\040x@3 ro,user_id=0";
+        let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(m.mountpoint, PathBuf::from("/tmp/a b"));
+        assert_eq!(m.fstype, FSTYPE);
+        assert_eq!(m.repo_and_rev(), Some(("/r x", "3")));
+        let line = "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw";
+        assert_eq!(parse_mountinfo_line(line).unwrap().fstype, "ext4");
+    }
+}
