@@ -3,7 +3,7 @@
 //! `.pvr/new`, `.pvr/commitmsg`, commit's per-file stderr lines and checked-out trees byte for
 //! byte. Deliberate differences (docs/FORMAT.md) are asserted explicitly where they occur.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::{copy_tree, Dir, Run};
 use std::fs;

@@ -2,9 +2,9 @@
 //! mount, the tool scenarios (editor save, appends, git, cc/make, tar), commit/status/diff/reset
 //! from the CLI, remount and SIGKILL recovery. The `Mount` guard unmounts, also on panic.
 
-mod common;
+use pvrfs_testkit as common;
 
-use common::{fuse_available, kill_daemon, pvrfs_command, Content, Mount, TestRepo};
+use common::{fuse_available, kill_daemon, Content, Mount, Pvrfs, TestRepo};
 use pvrfs::state::Entry;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
@@ -32,7 +32,8 @@ fn rw(t: &TestRepo) -> Mount {
 
 /// `pvrfs ARGS` run with its cwd in `dir`.
 fn cli(dir: &Path, args: &[&str]) -> Output {
-    pvrfs_command()
+    Pvrfs::new()
+        .command()
         .args(args)
         .current_dir(dir)
         .output()
@@ -364,7 +365,8 @@ fn overlay_survives_umount_and_sigkill_and_is_exclusive() {
     }
     // a second mount of the same overlay is refused
     let other = tempfile::tempdir().unwrap();
-    let out = pvrfs_command()
+    let out = Pvrfs::new()
+        .command()
         .arg("mount")
         .arg(t.path())
         .arg("latest")
@@ -383,7 +385,8 @@ fn overlay_survives_umount_and_sigkill_and_is_exclusive() {
     assert!(!m_other.join("kept.txt").exists());
     drop(m_other);
     // remounting an overlay on another revision than its base is refused
-    let out = pvrfs_command()
+    let out = Pvrfs::new()
+        .command()
         .arg("mount")
         .arg(t.path())
         .arg("0")
@@ -398,7 +401,8 @@ fn overlay_survives_umount_and_sigkill_and_is_exclusive() {
     );
     // SIGKILL the daemon, clear the dead mount, remount: everything is back
     kill_daemon(m.path());
-    ok(pvrfs_command()
+    ok(Pvrfs::new()
+        .command()
         .arg("umount")
         .arg(m.path())
         .output()
@@ -686,7 +690,8 @@ fn fifos_sockets_and_devices_live_in_the_overlay() {
     // made, then the daemon is SIGKILLed: still there after remount
     assert_eq!(unsafe { libc::mkfifo(c(&m, "late").as_ptr(), 0o640) }, 0);
     kill_daemon(m.path());
-    ok(pvrfs_command()
+    ok(Pvrfs::new()
+        .command()
         .arg("umount")
         .arg(m.path())
         .output()
@@ -799,7 +804,7 @@ fn allow_other_enforces_modes_and_owners() {
     // but cannot commit: only the mounting user (or root) may
     let out = {
         use std::os::unix::process::CommandExt;
-        let mut cmd = pvrfs_command();
+        let mut cmd = Pvrfs::new().command();
         cmd.args(["status", "--mount"]).arg(m.path());
         unsafe {
             cmd.pre_exec(|| {

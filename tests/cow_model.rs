@@ -8,298 +8,14 @@
 //!
 //! Knobs: `COW_MODEL_SEEDS=N` (default 2), `COW_MODEL_STEPS=N` (default 1000).
 
-mod common;
-
-use common::{dump_dir, fuse_available, kill_daemon, pvrfs_command, Content, Mount, TestRepo};
 use pvrfs::json;
+use pvrfs_testkit::model::{self, apply_to_dir, base_repo, env_or, plain_copy, OpGen};
+use pvrfs_testkit::{dump_dir, fuse_available, kill_daemon, pvrfs, Content, Mount, TestRepo};
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-const BASE: &[(&str, &str)] = &[
-    ("a", "base a"),
-    ("x.txt", "hello"),
-    ("y.json", r#"{"k": [1, 2.5]}"#),
-    ("sub/a", "sub a"),
-    ("sub/deep/b", "deep b"),
-    ("sub/deep/y.json", "[true]"),
-    ("sub2/c", "c"),
-];
-const NAMES: &[&str] = &["a", "b", "x.txt", "y.json", "sub", "deep", "z"];
-const MODES: &[u32] = &[0o644, 0o600, 0o755];
-
-fn base_repo() -> TestRepo {
-    let mut t = TestRepo::new();
-    for (p, c) in BASE {
-        if p.ends_with(".json") {
-            t.set(p, Content::Json(c));
-        } else {
-            t.set(p, Content::Blob(c.as_bytes()));
-        }
-    }
-    t.commit("base");
-    t
-}
-
-fn plain_copy(dir: &Path) {
-    for (path, content) in BASE {
-        let p = dir.join(path);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let bytes = if path.ends_with(".json") {
-            json::render_checkout(&json::parse(content.as_bytes()).unwrap())
-        } else {
-            content.as_bytes().to_vec()
-        };
-        fs::write(&p, bytes).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    for d in ["sub", "sub/deep", "sub2"] {
-        fs::set_permissions(dir.join(d), fs::Permissions::from_mode(0o755)).unwrap();
-    }
-}
-
-fn res<T>(r: io::Result<T>) -> Result<(), i32> {
-    r.map(|_| ()).map_err(|e| e.raw_os_error().unwrap_or(-1))
-}
-
-fn renameat2(a: &Path, b: &Path, flags: u32) -> io::Result<()> {
-    let a = CString::new(a.as_os_str().as_bytes()).unwrap();
-    let b = CString::new(b.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid NUL-terminated paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-struct Model {
-    rng: ChaCha8Rng,
-}
-
-/// One operation, run once on each root; returns the errno of a failure.
-type Op = Box<dyn Fn(&Path) -> Result<(), i32>>;
-
-impl Model {
-    fn paths(root: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
-        let (mut dirs, mut files, mut all) = (vec![String::new()], vec![], vec![]);
-        for line in dump_dir(root) {
-            let path = line.split(' ').next().unwrap().to_string();
-            let md = fs::symlink_metadata(root.join(&path)).unwrap();
-            if md.is_dir() {
-                dirs.push(path.clone());
-            } else if md.is_file() {
-                files.push(path.clone());
-            }
-            all.push(path);
-        }
-        (dirs, files, all)
-    }
-
-    fn new_path(&mut self, dirs: &[String]) -> String {
-        let dir = dirs.choose(&mut self.rng).unwrap();
-        let name = *NAMES.choose(&mut self.rng).unwrap();
-        if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
-        }
-    }
-
-    fn content(&mut self) -> Vec<u8> {
-        let n = self.rng.gen_range(0..24);
-        (0..n).map(|_| self.rng.gen_range(b'a'..=b'z')).collect()
-    }
-
-    /// One random operation, as a closure run on each root.
-    fn step(&mut self, plain: &Path) -> (String, Op) {
-        let (dirs, files, all) = Self::paths(plain);
-        let pick = |rng: &mut ChaCha8Rng, v: &[String]| v.choose(rng).cloned();
-        match self.rng.gen_range(0..104) {
-            100..=103 => {
-                // FIFOs, sockets and (as root, who may make them) device nodes.
-                let p = self.new_path(&dirs);
-                let root = unsafe { libc::geteuid() } == 0;
-                let kinds: &[u32] = if root {
-                    &[libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR]
-                } else {
-                    &[libc::S_IFIFO, libc::S_IFSOCK]
-                };
-                let ifmt = *kinds.choose(&mut self.rng).unwrap();
-                let mode = *MODES.choose(&mut self.rng).unwrap();
-                let rdev = if ifmt == libc::S_IFCHR { 0x103 } else { 0 };
-                (
-                    format!("mknod {p} {ifmt:o} {mode:o}"),
-                    Box::new(move |r: &Path| {
-                        let c = CString::new(r.join(&p).as_os_str().as_bytes()).unwrap();
-                        // SAFETY: a valid NUL-terminated path.
-                        if unsafe { libc::mknod(c.as_ptr(), ifmt | mode, rdev) } != 0 {
-                            return res::<()>(Err(io::Error::last_os_error()));
-                        }
-                        res(fs::set_permissions(
-                            r.join(&p),
-                            fs::Permissions::from_mode(mode),
-                        ))
-                    }),
-                )
-            }
-            0..=14 => {
-                let p = self.new_path(&dirs);
-                let mode = *MODES.choose(&mut self.rng).unwrap();
-                let data = self.content();
-                let d = format!("create {p} {mode:o}");
-                (
-                    d,
-                    Box::new(move |r: &Path| {
-                        res(OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(r.join(&p))
-                            .and_then(|f| {
-                                f.write_all_at(&data, 0)?;
-                                f.set_permissions(fs::Permissions::from_mode(mode))
-                            }))
-                    }),
-                )
-            }
-            15..=29 if !files.is_empty() => {
-                let p = pick(&mut self.rng, &files).unwrap();
-                let off = self.rng.gen_range(0..40u64);
-                let data = self.content();
-                (
-                    format!("write {p} @{off}"),
-                    Box::new(move |r: &Path| {
-                        res(OpenOptions::new()
-                            .write(true)
-                            .open(r.join(&p))
-                            .and_then(|f| f.write_all_at(&data, off)))
-                    }),
-                )
-            }
-            30..=36 if !files.is_empty() => {
-                let p = pick(&mut self.rng, &files).unwrap();
-                let data = self.content();
-                (
-                    format!("append {p}"),
-                    Box::new(move |r: &Path| {
-                        res(OpenOptions::new()
-                            .append(true)
-                            .open(r.join(&p))
-                            .and_then(|mut f| io::Write::write_all(&mut f, &data)))
-                    }),
-                )
-            }
-            37..=42 if !files.is_empty() => {
-                let p = pick(&mut self.rng, &files).unwrap();
-                let size = self.rng.gen_range(0..50u64);
-                (
-                    format!("truncate {p} {size}"),
-                    Box::new(move |r: &Path| {
-                        res(OpenOptions::new()
-                            .write(true)
-                            .open(r.join(&p))
-                            .and_then(|f| f.set_len(size)))
-                    }),
-                )
-            }
-            43..=50 => {
-                let p = self.new_path(&dirs);
-                (
-                    format!("mkdir {p}"),
-                    Box::new(move |r: &Path| res(fs::create_dir(r.join(&p)))),
-                )
-            }
-            51..=55 if dirs.len() > 1 => {
-                // Not the root: the mountpoint is busy, a plain directory's root is not.
-                let p = pick(&mut self.rng, &dirs[1..]).unwrap();
-                (
-                    format!("rmdir {p}"),
-                    Box::new(move |r: &Path| res(fs::remove_dir(r.join(&p)))),
-                )
-            }
-            56..=63 if !all.is_empty() => {
-                let p = pick(&mut self.rng, &all).unwrap();
-                (
-                    format!("unlink {p}"),
-                    Box::new(move |r: &Path| res(fs::remove_file(r.join(&p)))),
-                )
-            }
-            64..=79 if !all.is_empty() => {
-                let a = pick(&mut self.rng, &all).unwrap();
-                let b = if self.rng.gen_bool(0.5) {
-                    pick(&mut self.rng, &all).unwrap()
-                } else {
-                    self.new_path(&dirs)
-                };
-                let flags = *[0, 0, libc::RENAME_NOREPLACE, libc::RENAME_EXCHANGE]
-                    .choose(&mut self.rng)
-                    .unwrap();
-                (
-                    format!("rename {a} {b} flags {flags}"),
-                    Box::new(move |r: &Path| res(renameat2(&r.join(&a), &r.join(&b), flags))),
-                )
-            }
-            80..=85 if !files.is_empty() => {
-                let a = pick(&mut self.rng, &files).unwrap();
-                let b = self.new_path(&dirs);
-                (
-                    format!("link {a} {b}"),
-                    Box::new(move |r: &Path| res(fs::hard_link(r.join(&a), r.join(&b)))),
-                )
-            }
-            86..=90 => {
-                let target = format!("../{}", NAMES.choose(&mut self.rng).unwrap());
-                let b = self.new_path(&dirs);
-                (
-                    format!("symlink {target} {b}"),
-                    Box::new(move |r: &Path| res(std::os::unix::fs::symlink(&target, r.join(&b)))),
-                )
-            }
-            91..=95 if !files.is_empty() => {
-                let p = pick(&mut self.rng, &files).unwrap();
-                let mode = *MODES.choose(&mut self.rng).unwrap();
-                (
-                    format!("chmod {p} {mode:o}"),
-                    Box::new(move |r: &Path| {
-                        res(fs::set_permissions(
-                            r.join(&p),
-                            fs::Permissions::from_mode(mode),
-                        ))
-                    }),
-                )
-            }
-            _ if !files.is_empty() => {
-                let p = pick(&mut self.rng, &files).unwrap();
-                (
-                    format!("read {p}"),
-                    Box::new(move |r: &Path| res(fs::read(r.join(&p)))),
-                )
-            }
-            _ => ("noop".into(), Box::new(|_: &Path| Ok(()))),
-        }
-    }
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Even seeds run with kernel passthrough (where the kernel has it), odd ones through the daemon.
 fn mode(seed: u64) -> &'static [&'static str] {
@@ -316,15 +32,14 @@ fn run(seed: u64, steps: usize) {
     let plain = plain_dir.path().to_path_buf();
     plain_copy(&plain);
     let mut m = Some(Mount::new(t.path(), "latest", mode(seed)));
-    let mut model = Model {
-        rng: ChaCha8Rng::seed_from_u64(seed),
-    };
+    let mut gen = OpGen::new(seed);
     let mut log: Vec<String> = Vec::new();
     for i in 0..steps {
         let mnt: PathBuf = m.as_ref().unwrap().path().to_path_buf();
-        let (desc, op) = model.step(&plain);
-        let want = op(&plain);
-        let got = op(&mnt);
+        let op = gen.next(&plain);
+        let desc = format!("{op:?}");
+        let want = apply_to_dir(&plain, &op);
+        let got = apply_to_dir(&mnt, &op);
         log.push(format!("{desc}: {want:?}"));
         let tail = || log[log.len().saturating_sub(20)..].join("\n");
         assert_eq!(
@@ -346,14 +61,13 @@ fn run(seed: u64, steps: usize) {
             // `.json` make the commit fail first (exit 3, nothing committed); then such files
             // get valid JSON on both sides and the commit must go through.
             let commit = || {
-                pvrfs_command()
-                    .args(["commit", "-m", "midway", "--mount"])
+                pvrfs(["commit", "-m", "midway", "--mount"])
                     .arg(&mnt)
-                    .output()
-                    .unwrap()
+                    .run()
+                    .out
             };
             // (symlinks to files count: they are committed as a copy of their target)
-            let invalid: Vec<String> = Model::paths(&plain)
+            let invalid: Vec<String> = model::paths(&plain)
                 .2
                 .into_iter()
                 .filter(|p| p.ends_with(".json"))
@@ -506,7 +220,7 @@ fn daemon_alive(mnt: &Path) -> bool {
 }
 
 fn clear(mnt: &Path) {
-    let _ = pvrfs_command().arg("umount").arg(mnt).output();
+    let _ = pvrfs(["umount"]).arg(mnt).run();
 }
 
 /// Crash the daemon at every injection point (journal appends, object writes, the repository's
@@ -529,16 +243,13 @@ fn crash_at_every_point_of_writes_and_commit_loses_nothing_acknowledged() {
         let m = Mount {
             dir: tempfile::tempdir().unwrap(),
         };
-        let mut alive = pvrfs_command()
-            .arg("mount")
+        let mut alive = pvrfs(["mount"])
             .arg(t.path())
             .arg("latest")
             .arg(m.path())
             .arg("--rw")
             .env("PVRFS_CRASH_AT", &crash)
-            .output()
-            .unwrap()
-            .status
+            .run()
             .success();
         let mounted = alive;
         let mut acked = Vec::new();
@@ -562,12 +273,10 @@ fn crash_at_every_point_of_writes_and_commit_loses_nothing_acknowledged() {
         }
         let mut committed = false;
         if alive {
-            let out = pvrfs_command()
-                .args(["commit", "-m", "crashy", "--mount"])
+            committed = pvrfs(["commit", "-m", "crashy", "--mount"])
                 .arg(m.path())
-                .output()
-                .unwrap();
-            committed = out.status.success();
+                .run()
+                .success();
             if !daemon_alive(m.path()) {
                 crashed_in_commit += 1;
             }
@@ -627,9 +336,9 @@ fn sigkill_during_commit_is_all_or_nothing() {
             fs::write(m.join(&format!("many/{i}")), &data).unwrap();
             want.push((format!("many/{i}"), data));
         }
-        let mut child = pvrfs_command()
-            .args(["commit", "-m", "killed", "--mount"])
+        let mut child = pvrfs(["commit", "-m", "killed", "--mount"])
             .arg(m.path())
+            .command()
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -3,7 +3,7 @@
 //! for N = 1, 2, … until the command completes. After each crash the repository must be at the
 //! old or the new revision, `fsck` clean, and the next command must work.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::{Dir, Run};
 use std::fs;

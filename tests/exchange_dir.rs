@@ -1,7 +1,7 @@
 //! get / merge / clone / push over plain directories (`json` + `objects/`), against the pvr
 //! vectors of case 07 and round trips.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::*;
 use pvrfs::oid::ObjectId;
@@ -43,7 +43,7 @@ fn get_and_merge_reproduce_pvr_case_07() {
     let w = tmp.path().join("w");
     fs::create_dir(&w).unwrap();
     let repo = case07_repo(&w);
-    let tree_before = tree(&w);
+    let tree_before = files(&w);
     let revs_before = repo.revisions().unwrap().len();
     let p = plain.display().to_string();
     for (args, expected) in [
@@ -53,7 +53,7 @@ fn get_and_merge_reproduce_pvr_case_07() {
         (vec!["get".to_string(), p.clone()], "13-json"),
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        pvrfs_ok(&w, &args);
+        pvrfs(&args).dir(&w).ok();
         assert_eq!(
             fs::read_to_string(w.join(".pvr/json")).unwrap(),
             fs::read_to_string(case.join("expected").join(expected)).unwrap(),
@@ -62,9 +62,9 @@ fn get_and_merge_reproduce_pvr_case_07() {
     }
     // each get/merge is a revision; the work tree is untouched (pvr quirk 11)
     assert_eq!(repo.revisions().unwrap().len(), revs_before + 4);
-    assert_eq!(tree(&w), tree_before);
+    assert_eq!(files(&w), tree_before);
     // a repeated get moves nothing and records nothing
-    let out = pvrfs_ok(&w, &["get", &p]);
+    let out = pvrfs(["get", &p]).dir(&w).ok();
     assert!(
         out.contains("Fetched 0 of 3 objects") && out.contains("Already up to date"),
         "{out}"
@@ -79,10 +79,10 @@ fn push_to_a_missing_dir_then_clone_and_get_give_the_same_state() {
     fs::create_dir(&a).unwrap();
     let repo = repo_with(&a, &[("bin/x", b"xx"), ("etc/y.txt", b"yy"), ("z", b"xx")]);
     let head = repo.head_state().unwrap();
-    let out = pvrfs_ok(&a, &["push", "../pub/nested"]);
+    let out = pvrfs(["push", "../pub/nested"]).dir(&a).ok();
     assert!(out.contains("2 of 2 objects uploaded"), "{out}");
     fs::create_dir(tmp.path().join("empty")).unwrap();
-    pvrfs_ok(&a, &["push", "../empty"]);
+    pvrfs(["push", "../empty"]).dir(&a).ok();
     assert_eq!(names(&tmp.path().join("empty")), ["json", "objects"]);
     let pubdir = tmp.path().join("pub/nested");
     assert_eq!(
@@ -91,14 +91,14 @@ fn push_to_a_missing_dir_then_clone_and_get_give_the_same_state() {
     );
     assert_eq!(names(&pubdir.join("objects")).len(), 2);
     // only missing objects move
-    let out = pvrfs_ok(&a, &["put", "../pub/nested"]);
+    let out = pvrfs(["put", "../pub/nested"]).dir(&a).ok();
     assert!(out.contains("0 of 2 objects uploaded"), "{out}");
 
-    pvrfs_ok(tmp.path(), &["clone", "pub/nested", "b"]);
+    pvrfs(["clone", "pub/nested", "b"]).dir(tmp.path()).ok();
     let b = Repo::open(&tmp.path().join("b")).unwrap();
     assert_eq!(b.head_state().unwrap().state_id(), head.state_id());
     assert_eq!(
-        tree(&tmp.path().join("b")),
+        files(&tmp.path().join("b")),
         vec![
             ("bin/x".to_string(), b"xx".to_vec()),
             ("etc/y.txt".to_string(), b"yy".to_vec()),
@@ -107,14 +107,18 @@ fn push_to_a_missing_dir_then_clone_and_get_give_the_same_state() {
     );
     // default clone dir: the source's last component
     fs::create_dir(tmp.path().join("c")).unwrap();
-    pvrfs_ok(&tmp.path().join("c"), &["clone", "../pub/nested/"]);
+    pvrfs(["clone", "../pub/nested/"])
+        .dir(&tmp.path().join("c"))
+        .ok();
     assert!(tmp.path().join("c/nested/.pvr/json").is_file());
     // a later push of a new revision is fetched by get
     let mut s = repo.head_state().unwrap();
     s.remove("z");
     commit(&repo, &s);
-    pvrfs_ok(&a, &["push", "../pub/nested"]);
-    pvrfs_ok(&tmp.path().join("b"), &["get", "../pub/nested"]);
+    pvrfs(["push", "../pub/nested"]).dir(&a).ok();
+    pvrfs(["get", "../pub/nested"])
+        .dir(&tmp.path().join("b"))
+        .ok();
     assert_eq!(b.head_state().unwrap().state_id(), s.state_id());
 }
 
@@ -124,7 +128,7 @@ fn push_refuses_when_a_local_object_is_missing_or_corrupt() {
     let repo = repo_with(tmp.path(), &[("a", b"aaa"), ("b", b"bbb")]);
     let id_b = ObjectId::hash_bytes(b"bbb");
     fs::write(repo.store().path_of(&id_b), b"evil").unwrap();
-    let err = pvrfs_err(tmp.path(), &["push", "out"]);
+    let err = pvrfs(["push", "out"]).dir(tmp.path()).fails();
     assert!(err.contains(&id_b.to_hex()) && err.contains("'b'"), "{err}");
     assert!(
         !tmp.path().join("out/json").exists(),
@@ -132,7 +136,7 @@ fn push_refuses_when_a_local_object_is_missing_or_corrupt() {
     );
     assert!(!names(&tmp.path().join("out/objects")).contains(&id_b.to_hex()));
     fs::remove_file(repo.store().path_of(&id_b)).unwrap();
-    let err = pvrfs_err(tmp.path(), &["push", "out2"]);
+    let err = pvrfs(["push", "out2"]).dir(tmp.path()).fails();
     assert!(err.contains("missing") && err.contains("'b'"), "{err}");
     assert!(!tmp.path().join("out2/json").exists());
 }
@@ -166,7 +170,7 @@ fn bad_sources_change_nothing() {
     ];
     for (json, needle) in cases {
         fs::write(src.join("json"), &json).unwrap();
-        let err = pvrfs_err(&w, &["get", "../src"]);
+        let err = pvrfs(["get", "../src"]).dir(&w).fails();
         assert!(err.contains(needle), "{json}: {err}");
         assert_eq!(fs::read(repo.json_path()).unwrap(), json_before, "{json}");
         assert!(!repo.store().contains(&bad));
@@ -175,11 +179,11 @@ fn bad_sources_change_nothing() {
     let mut after = repo.store().list().unwrap();
     after.retain(|id| *id != good);
     assert_eq!(after, objects_before);
-    let err = pvrfs_err(&w, &["get", "../nowhere"]);
+    let err = pvrfs(["get", "../nowhere"]).dir(&w).fails();
     assert!(err.contains("does not exist"), "{err}");
     // clone into a non-empty directory is refused; a failed clone leaves no directory
-    let err = pvrfs_err(tmp.path(), &["clone", "src", "w"]);
+    let err = pvrfs(["clone", "src", "w"]).dir(tmp.path()).fails();
     assert!(err.contains("not empty"), "{err}");
-    pvrfs_err(tmp.path(), &["clone", "src", "c"]);
+    pvrfs(["clone", "src", "c"]).dir(tmp.path()).fails();
     assert!(!tmp.path().join("c").exists());
 }

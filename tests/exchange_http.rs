@@ -1,7 +1,7 @@
 //! get / clone / push over HTTP: against a real nginx (WebDAV PUT) on a loopback port, and
 //! against a misbehaving server that drops connections, answers 500, truncates or corrupts.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::*;
 use pvrfs::exchange::{self, Location, Mode, Options, Parts};
@@ -37,16 +37,16 @@ fn push_to_nginx_then_clone_and_get_from_it() {
         .collect();
     let repo = repo_with(&a, &refs);
     let url = nginx.url("pub/dev1/");
-    let out = pvrfs_ok(&a, &["push", &url]);
+    let out = pvrfs(["push", &url]).dir(&a).ok();
     assert!(out.contains("41 of 41 objects uploaded"), "{out}");
     assert_eq!(
         fs::read(root.join("pub/dev1/json")).unwrap(),
         repo.head_state().unwrap().to_canonical_bytes()
     );
-    let out = pvrfs_ok(&a, &["push", &url]);
+    let out = pvrfs(["push", &url]).dir(&a).ok();
     assert!(out.contains("0 of 41 objects uploaded"), "{out}");
 
-    pvrfs_ok(tmp.path(), &["clone", &url, "b"]);
+    pvrfs(["clone", &url, "b"]).dir(tmp.path()).ok();
     let b = Repo::open(&tmp.path().join("b")).unwrap();
     assert_eq!(
         b.head_state().unwrap().state_id(),
@@ -54,8 +54,8 @@ fn push_to_nginx_then_clone_and_get_from_it() {
     );
     let mut expected = files.clone();
     expected.sort();
-    assert_eq!(tree(&tmp.path().join("b")), expected);
-    let out = pvrfs_ok(&tmp.path().join("b"), &["get", &url]);
+    assert_eq!(common::files(&tmp.path().join("b")), expected);
+    let out = pvrfs(["get", &url]).dir(&tmp.path().join("b")).ok();
     assert!(
         out.contains("Fetched 0 of 41") && out.contains("Already up to date"),
         "{out}"
@@ -65,11 +65,11 @@ fn push_to_nginx_then_clone_and_get_from_it() {
     let c = tmp.path().join("c");
     fs::create_dir(&c).unwrap();
     let other = repo_with(&c, &[("mine", b"m")]);
-    pvrfs_ok(&c, &["merge", &format!("{url}#d1")]);
+    pvrfs(["merge", &format!("{url}#d1")]).dir(&c).ok();
     let s = other.head_state().unwrap();
     assert!(s.contains("mine") && s.contains("d1/f1") && !s.contains("d0/f0"));
     // a missing repository is a clear error, nothing changes
-    let err = pvrfs_err(&c, &["get", &nginx.url("nothing/")]);
+    let err = pvrfs(["get", &nginx.url("nothing/")]).dir(&c).fails();
     assert!(err.contains("nothing/json") && err.contains("404"), "{err}");
     assert_eq!(other.head_state().unwrap(), s);
 }
@@ -289,7 +289,7 @@ fn an_invalid_remote_state_is_refused_before_any_object_moves() {
     let server = BadServer::start(files, |_, _| Act::Serve);
     let tmp = tempfile::tempdir().unwrap();
     let repo = repo_with(tmp.path(), &[]);
-    let err = pvrfs_err(tmp.path(), &["get", &server.url()]);
+    let err = pvrfs(["get", &server.url()]).dir(tmp.path()).fails();
     assert!(err.contains("'../x'") && err.contains("/r/json"), "{err}");
     assert_eq!(server.hits(&format!("/r/objects/{ib}")), 0);
     assert!(!repo.store().contains(&ib));

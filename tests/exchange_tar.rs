@@ -1,7 +1,7 @@
 //! export / import / clone of tarballs: pvr's own export (vectors case 08) imports and clones,
 //! our export is byte-compatible with pvr's, hostile archives are refused with nothing written.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::*;
 use pvrfs::oid::ObjectId;
@@ -63,7 +63,7 @@ fn masked(h: &[u8; 512]) -> Vec<u8> {
 fn our_export_is_byte_compatible_with_pvrs() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = case08_repo(tmp.path());
-    pvrfs_ok(tmp.path(), &["export", "out.tar"]);
+    pvrfs(["export", "out.tar"]).dir(tmp.path()).ok();
     let ours = fs::read(tmp.path().join("out.tar")).unwrap();
     let theirs = fs::read(case08().join("expected/04-export.tar")).unwrap();
     assert_eq!(ours.len(), theirs.len());
@@ -84,7 +84,7 @@ fn our_export_is_byte_compatible_with_pvrs() {
         assert_eq!(e.unwrap().header().mtime().unwrap(), time);
     }
     // `-` writes the same bytes to stdout
-    let out = pvrfs(tmp.path(), &["export", "-"]);
+    let out = pvrfs(["export", "-"]).dir(tmp.path()).run().out;
     assert!(out.status.success());
     assert_eq!(out.stdout, fs::read(tmp.path().join("out.tar")).unwrap());
 }
@@ -93,7 +93,9 @@ fn our_export_is_byte_compatible_with_pvrs() {
 fn export_parts_as_tgz_matches_pvr() {
     let tmp = tempfile::tempdir().unwrap();
     case08_repo(tmp.path());
-    pvrfs_ok(tmp.path(), &["export", "--parts", "sub", "sub.tgz"]);
+    pvrfs(["export", "--parts", "sub", "sub.tgz"])
+        .dir(tmp.path())
+        .ok();
     let mut tar = Vec::new();
     flate2::read::GzDecoder::new(fs::File::open(tmp.path().join("sub.tgz")).unwrap())
         .read_to_end(&mut tar)
@@ -120,7 +122,7 @@ fn pvrs_export_imports_and_clones() {
     let r = tmp.path().join("repo");
     fs::create_dir(&r).unwrap();
     let repo = Repo::init(&r, None, None).unwrap();
-    pvrfs_ok(&r, &["import", tar.to_str().unwrap()]);
+    pvrfs(["import", tar.to_str().unwrap()]).dir(&r).ok();
     assert_eq!(
         fs::read(repo.json_path()).unwrap(),
         fs::read(case08().join("expected/07-json")).unwrap()
@@ -129,13 +131,15 @@ fn pvrs_export_imports_and_clones() {
         assert!(repo.store().contains(&id), "{id} not imported");
     }
 
-    pvrfs_ok(tmp.path(), &["clone", tar.to_str().unwrap(), "cloned"]);
+    pvrfs(["clone", tar.to_str().unwrap(), "cloned"])
+        .dir(tmp.path())
+        .ok();
     let cloned = tmp.path().join("cloned");
     assert_eq!(
         fs::read(cloned.join(".pvr/json")).unwrap(),
         fs::read(case08().join("expected/13-cloned-json")).unwrap()
     );
-    let listing: Vec<String> = tree(&cloned)
+    let listing: Vec<String> = files(&cloned)
         .iter()
         .map(|(p, data)| format!("{}  {p}", ObjectId::hash_bytes(data)))
         .collect();
@@ -149,17 +153,17 @@ fn export_import_round_trip_into_another_repo() {
     let a = tmp.path().join("a");
     fs::create_dir(&a).unwrap();
     let repo = repo_with(&a, &[("x/1", b"one"), ("x/2", &[0u8; 100_000])]);
-    pvrfs_ok(&a, &["export", "../a.tar.gz"]);
+    pvrfs(["export", "../a.tar.gz"]).dir(&a).ok();
     let b = tmp.path().join("b");
     fs::create_dir(&b).unwrap();
     let other = repo_with(&b, &[("local", b"l")]);
-    pvrfs_ok(&b, &["import", "../a.tar.gz"]);
+    pvrfs(["import", "../a.tar.gz"]).dir(&b).ok();
     assert_eq!(
         other.head_state().unwrap().state_id(),
         repo.head_state().unwrap().state_id()
     );
     // get and merge take tarballs too
-    pvrfs_ok(&b, &["get", "../a.tar.gz#x/1"]);
+    pvrfs(["get", "../a.tar.gz#x/1"]).dir(&b).ok();
     let s = other.head_state().unwrap();
     assert!(s.contains("x/1") && s.contains("x/2"));
 }
@@ -287,14 +291,16 @@ fn hostile_archives_are_refused_and_nothing_is_written() {
         let path = tmp.path().join("hostile.tar");
         fs::write(&path, &tar).unwrap();
         for cmd in ["import", "get"] {
-            let err = pvrfs_err(&w, &[cmd, path.to_str().unwrap()]);
+            let err = pvrfs([cmd, path.to_str().unwrap()]).dir(&w).fails();
             assert!(err.contains(&needle), "{what}/{cmd}: {err}");
         }
         assert_eq!(fs::read(repo.json_path()).unwrap(), json_before, "{what}");
         assert_eq!(repo.store().list().unwrap(), objects_before, "{what}");
         assert_eq!(repo.revisions().unwrap().len(), revs_before, "{what}");
         assert!(!tmp.path().join("evil").exists() && !Path::new("/etc/evil").exists());
-        let err = pvrfs_err(tmp.path(), &["clone", path.to_str().unwrap(), "c"]);
+        let err = pvrfs(["clone", path.to_str().unwrap(), "c"])
+            .dir(tmp.path())
+            .fails();
         assert!(err.contains(&needle), "{what}/clone: {err}");
         assert!(
             !tmp.path().join("c").exists(),

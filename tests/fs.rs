@@ -1,6 +1,6 @@
 //! The filesystem driven operation by operation, without a kernel (tier 2).
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::{Content, TestRepo};
 use pvrfs::fs::readonly::{DirectoryReplier, FileSource, FsConfig, ReadOnlyFs as Fs};

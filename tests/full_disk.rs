@@ -5,9 +5,9 @@
 //! The disk is a small tmpfs mounted for the test (needs root; CI runs as root). The guard
 //! unmounts it on drop, also when an assertion fails.
 
-mod common;
+use pvrfs_testkit as common;
 
-use common::{pvrfs, pvrfs_ok};
+use common::pvrfs;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,7 +86,9 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn head_rev(dir: &Path) -> String {
-    pvrfs_ok(dir, &["log"])
+    pvrfs(["log"])
+        .dir(dir)
+        .ok()
         .lines()
         .next()
         .unwrap_or_default()
@@ -96,7 +98,7 @@ fn head_rev(dir: &Path) -> String {
 fn assert_untouched(dir: &Path, head_before: &str) {
     assert_eq!(head_rev(dir), head_before, "the head moved");
     assert_eq!(temp_files(&dir.join(".pvr")), Vec::<PathBuf>::new());
-    pvrfs_ok(dir, &["fsck"]);
+    pvrfs(["fsck"]).dir(dir).ok();
 }
 
 #[test]
@@ -105,15 +107,15 @@ fn objects_that_do_not_fit_fail_cleanly_and_fit_after_freeing_space() {
         return;
     };
     let dir = disk.path();
-    pvrfs_ok(dir, &["init"]);
+    pvrfs(["init"]).dir(dir).ok();
     fs::write(dir.join("small.txt"), b"small").unwrap();
-    pvrfs_ok(dir, &["add", "."]);
-    pvrfs_ok(dir, &["commit", "-m", "one"]);
+    pvrfs(["add", "."]).dir(dir).ok();
+    pvrfs(["commit", "-m", "one"]).dir(dir).ok();
     let head = head_rev(dir);
     // 2 x 1.5 MiB in the work tree leave ~1 MiB: the first object fits, the second does not.
     fs::write(dir.join("a.bin"), random_bytes(1_500_000, 1)).unwrap();
     fs::write(dir.join("b.bin"), random_bytes(1_500_000, 2)).unwrap();
-    let out = pvrfs(dir, &["add", "."]);
+    let out = pvrfs(["add", "."]).dir(dir).run().out;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "add on a full disk succeeded");
     assert!(
@@ -122,17 +124,17 @@ fn objects_that_do_not_fit_fail_cleanly_and_fit_after_freeing_space() {
     );
     // Staging is all or nothing from the user's view: status still lists both as untracked.
     assert_untouched(dir, &head);
-    let status = pvrfs_ok(dir, &["status"]);
+    let status = pvrfs(["status"]).dir(dir).ok();
     assert!(
         status.contains("? a.bin") && status.contains("? b.bin"),
         "{status}"
     );
     // Free space: the same add + commit now works.
     fs::remove_file(dir.join("b.bin")).unwrap();
-    pvrfs_ok(dir, &["add", "."]);
-    pvrfs_ok(dir, &["commit", "-m", "two"]);
+    pvrfs(["add", "."]).dir(dir).ok();
+    pvrfs(["commit", "-m", "two"]).dir(dir).ok();
     assert_ne!(head_rev(dir), head);
-    pvrfs_ok(dir, &["fsck"]);
+    pvrfs(["fsck"]).dir(dir).ok();
 }
 
 #[test]
@@ -141,7 +143,7 @@ fn a_state_that_does_not_fit_leaves_the_old_revision() {
         return;
     };
     let dir = disk.path();
-    pvrfs_ok(dir, &["init"]);
+    pvrfs(["init"]).dir(dir).ok();
     // Inline JSON files make a state of ~250 KiB (each file takes one 4 KiB page here).
     fs::create_dir(dir.join("conf")).unwrap();
     let padding = "x".repeat(700);
@@ -149,24 +151,24 @@ fn a_state_that_does_not_fit_leaves_the_old_revision() {
         let body = format!("{{\"id\":{i},\"padding\":\"{padding}\"}}");
         fs::write(dir.join(format!("conf/c{i:04}.json")), body).unwrap();
     }
-    pvrfs_ok(dir, &["add", "."]);
-    pvrfs_ok(dir, &["commit", "-m", "configs"]);
+    pvrfs(["add", "."]).dir(dir).ok();
+    pvrfs(["commit", "-m", "configs"]).dir(dir).ok();
     let head = head_rev(dir);
     let state_len = fs::metadata(dir.join(".pvr/json")).unwrap().len();
     // Change one file, then fill the disk so that its small object fits but not a new state.
     fs::write(dir.join("conf/c0000.json"), br#"{"id":0,"changed":true}"#).unwrap();
     let filler = disk.free().saturating_sub(state_len / 2);
     fs::write(dir.join("filler"), vec![0u8; filler as usize]).unwrap();
-    let out = pvrfs(dir, &["commit", "-m", "does not fit"]);
+    let out = pvrfs(["commit", "-m", "does not fit"]).dir(dir).run().out;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "commit on a full disk succeeded");
     assert!(err.contains("No space left on device"), "{err}");
     assert_untouched(dir, &head);
     // The work tree still has the change, and committing it works once there is room.
     fs::remove_file(dir.join("filler")).unwrap();
-    let status = pvrfs_ok(dir, &["status"]);
+    let status = pvrfs(["status"]).dir(dir).ok();
     assert!(status.contains("C conf/c0000.json"), "{status}");
-    pvrfs_ok(dir, &["commit", "-m", "fits now"]);
+    pvrfs(["commit", "-m", "fits now"]).dir(dir).ok();
     assert_ne!(head_rev(dir), head);
-    pvrfs_ok(dir, &["fsck"]);
+    pvrfs(["fsck"]).dir(dir).ok();
 }

@@ -5,7 +5,7 @@
 //! mount on `/dev/fuse`. Without `enable_uring` the ring tests skip with a message (CI enables
 //! it: `.ci/run`).
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::{daemon_pid, fuse_available, kill_daemon, wait_exited, Content, Mount, TestRepo};
 use pvrfs::fuse::control::{self, Request};
@@ -171,7 +171,8 @@ fn rw_mount_is_served_by_the_rings_on_every_cpu() {
         }
     }
     // The change is committed as usual.
-    let out = common::pvrfs_command()
+    let out = common::Pvrfs::new()
+        .command()
         .args(["commit", "-m", "ring", "--mount"])
         .arg(m.path())
         .output()
@@ -225,7 +226,8 @@ fn killed_ring_daemon_leaves_a_dead_mount_that_umount_clears() {
         fs::read(m.join("x")).is_err(),
         "a killed daemon still serves"
     );
-    let out = common::pvrfs_command()
+    let out = common::Pvrfs::new()
+        .command()
         .arg("umount")
         .arg(m.path())
         .output()

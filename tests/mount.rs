@@ -1,11 +1,10 @@
 //! Real mounts of revisions (tier 3): every test mounts through `pvrfs mount` into a temp dir
 //! and the `Mount` guard unmounts, also on panic. Skipped only where /dev/fuse is absent.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::{
-    daemon_pid, fuse_available, is_mount_point, kill_daemon, read_tree, run, Content, Mount,
-    TestRepo,
+    daemon_pid, files, fuse_available, is_mount_point, kill_daemon, pvrfs, Content, Mount, TestRepo,
 };
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -59,9 +58,9 @@ fn mounted_tree_equals_checkout_byte_for_byte() {
         let m = Mount::new(t.path(), "latest", extra);
         let expect = tempfile::tempdir().unwrap();
         t.render_checkout(&rev, expect.path(), canonical);
-        let got = read_tree(m.path());
+        let got = files(m.path());
         assert_eq!(got.len(), 10);
-        assert_eq!(got, read_tree(expect.path()), "canonical={canonical}");
+        assert_eq!(got, files(expect.path()), "canonical={canonical}");
         assert!(
             !m.join(".pvr").exists(),
             ".pvr must not be part of the tree"
@@ -286,7 +285,7 @@ fn concurrent_readers_see_the_right_bytes() {
     let m = Mount::new(t.path(), "latest", &[]);
     let expect = tempfile::tempdir().unwrap();
     t.render_checkout(&rev, expect.path(), false);
-    let files = read_tree(expect.path());
+    let files = files(expect.path());
     std::thread::scope(|s| {
         for i in 0..8 {
             let files = &files;
@@ -324,12 +323,12 @@ fn two_revisions_mounted_side_by_side() {
     for (m, rev) in [(&m1, &r1), (&m2, &r2)] {
         let expect = tempfile::tempdir().unwrap();
         t.render_checkout(rev, expect.path(), false);
-        assert_eq!(read_tree(m.path()), read_tree(expect.path()));
+        assert_eq!(files(m.path()), files(expect.path()));
     }
     assert_eq!(std::fs::read(m1.join("README")).unwrap(), b"hello\n");
     assert_eq!(std::fs::read(m2.join("README")).unwrap(), b"changed\n");
     assert!(!m1.join("new").exists());
-    let out = run(&[&"mounts"]);
+    let out = pvrfs(["mounts"]).run().out;
     let text = String::from_utf8_lossy(&out.stdout);
     for m in [&m1, &m2] {
         let canon = std::fs::canonicalize(m.path()).unwrap();
@@ -407,11 +406,7 @@ fn errors_are_clear_and_leave_nothing_mounted() {
     }
     let (t, _) = fixture();
     let mnt = tempfile::tempdir().unwrap();
-    let stderr = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
-        let out = run(args);
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let stderr = |args: &[&dyn AsRef<std::ffi::OsStr>]| pvrfs(args).fails();
     let e = stderr(&[&"mount", &t.path(), &"7", &mnt.path()]);
     assert!(e.contains("unknown revision '7'"), "{e}");
     let e = stderr(&[&"mount", &mnt.path(), &"latest", &mnt.path()]);
@@ -447,9 +442,14 @@ fn a_killed_daemon_leaves_a_mount_that_umount_clears() {
         pvrfs::fuse::mounts::is_dead_errno(e),
         "errno {e} from a dead mount (pid {pid})"
     );
-    let e = run(&[&"mount", &t.path(), &"latest", &m.path()]);
+    let e = pvrfs(["mount"])
+        .arg(t.path())
+        .arg("latest")
+        .arg(m.path())
+        .run()
+        .out;
     assert!(String::from_utf8_lossy(&e.stderr).contains("dead FUSE mount"));
-    let out = run(&[&"umount", &m.path()]);
+    let out = pvrfs(["umount"]).arg(m.path()).run().out;
     assert!(
         out.status.success(),
         "{}",
@@ -613,11 +613,7 @@ fn pvr_made_repositories_mount_and_match_pvr_checkout() {
             let m = Mount::new(work.path(), "latest", extra);
             // an empty checkout was saved as no directory at all
             let dir = case.join("expected").join(flavour);
-            let expected = if dir.exists() {
-                read_tree(&dir)
-            } else {
-                vec![]
-            };
+            let expected = if dir.exists() { files(&dir) } else { vec![] };
             let inline: Vec<_> = state
                 .iter()
                 .filter(|(_, e)| matches!(e, pvrfs::state::Entry::Inline(_)))
@@ -673,7 +669,8 @@ fn relative_paths_and_dash_c_work_with_the_background_daemon() {
         dir: tempfile::tempdir_in(parent).unwrap(),
     };
     let mnt_name = m.path().file_name().unwrap();
-    let out = common::pvrfs_command()
+    let out = common::Pvrfs::new()
+        .command()
         .current_dir("/")
         .arg("-C")
         .arg(parent.strip_prefix("/").unwrap())

@@ -3,9 +3,9 @@
 //! read-only commands (`log`, `show`, `fsck`, `json REV`) inside any pvrfs mount use the
 //! repository the mount serves. Real mounts, through the `Mount` guard.
 
-mod common;
+use pvrfs_testkit as common;
 
-use common::{fuse_available, pvrfs as cli, pvrfs_ok as ok, Content, Mount, TestRepo};
+use common::{fuse_available, pvrfs, Content, Mount, TestRepo};
 use pvrfs::json;
 use std::fs;
 
@@ -37,7 +37,13 @@ fn diff_formats_and_revisions_inside_a_rw_mount() {
     let n = oid(b"new");
 
     // The overlay's changes as RFC 6902 (as `diff --format rfc6902` prints outside a mount).
-    let patch = json::parse(ok(&inside, &["diff", "--format", "rfc6902"]).as_bytes()).unwrap();
+    let patch = json::parse(
+        pvrfs(["diff", "--format", "rfc6902"])
+            .dir(&inside)
+            .ok()
+            .as_bytes(),
+    )
+    .unwrap();
     let expected = json::parse(
         format!(
             r#"[{{"op":"replace","path":"/c.json/a","value":2}},
@@ -49,7 +55,7 @@ fn diff_formats_and_revisions_inside_a_rw_mount() {
     assert_eq!(patch, expected);
 
     // The view against revision 1: includes what revision 2 changed.
-    let merge = json::parse(ok(&inside, &["diff", "1"]).as_bytes()).unwrap();
+    let merge = json::parse(pvrfs(["diff", "1"]).dir(&inside).ok().as_bytes()).unwrap();
     let two = oid(b"two");
     let expected =
         json::parse(format!(r#"{{"c.json":{{"a":2}},"f.txt":"{two}","n.txt":"{n}"}}"#).as_bytes())
@@ -57,21 +63,23 @@ fn diff_formats_and_revisions_inside_a_rw_mount() {
     assert_eq!(merge, expected);
 
     // Two revisions: the mount plays no part.
-    let between = ok(&inside, &["diff", "1", "2", "--format", "rfc6902"]);
+    let between = pvrfs(["diff", "1", "2", "--format", "rfc6902"])
+        .dir(&inside)
+        .ok();
     assert!(
         between.contains("\"/f.txt\"") && !between.contains("n.txt"),
         "{between}"
     );
 
     // `json`: the state a commit would make now; `json 1`: revision 1 from the mount's repo.
-    let view = json::parse(ok(&inside, &["json"]).as_bytes()).unwrap();
+    let view = json::parse(pvrfs(["json"]).dir(&inside).ok().as_bytes()).unwrap();
     assert_eq!(view["n.txt"], json::Value::String(n.clone()));
     assert_eq!(view["c.json"]["a"], json::Value::from(2));
-    let one = json::parse(ok(&inside, &["json", "1"]).as_bytes()).unwrap();
+    let one = json::parse(pvrfs(["json", "1"]).dir(&inside).ok().as_bytes()).unwrap();
     assert_eq!(one["f.txt"], json::Value::String(oid(b"one")));
 
     // The merge patch (daemon, O(change)) still works and nothing was committed meanwhile.
-    assert!(ok(&inside, &["diff"]).contains("\"n.txt\""));
+    assert!(pvrfs(["diff"]).dir(&inside).ok().contains("\"n.txt\""));
     assert_eq!(t.repo.latest().unwrap().rev, 2);
 }
 
@@ -84,28 +92,28 @@ fn read_only_commands_inside_mounts_use_the_mounted_repository() {
     for extra in [&[][..], &["--rw"][..]] {
         let m = Mount::new(t.path(), "1", extra);
         let inside = m.join(".");
-        let log = ok(&inside, &["log"]);
+        let log = pvrfs(["log"]).dir(&inside).ok();
         assert!(
             log.contains("two") && log.contains("one"),
             "{extra:?}: {log}"
         );
-        assert!(ok(&inside, &["show", "2"]).contains("two"));
-        let fsck = cli(&inside, &["fsck"]);
+        assert!(pvrfs(["show", "2"]).dir(&inside).ok().contains("two"));
+        let fsck = pvrfs(["fsck"]).dir(&inside).run().out;
         assert!(fsck.status.success(), "{extra:?}: fsck inside the mount");
         // `json` without a revision: the mounted revision 1 (nothing changed in the view).
-        let view = json::parse(ok(&inside, &["json"]).as_bytes()).unwrap();
+        let view = json::parse(pvrfs(["json"]).dir(&inside).ok().as_bytes()).unwrap();
         assert_eq!(view["f.txt"], json::Value::String(oid(b"one")), "{extra:?}");
     }
     // A read-only mount's view is its revision: no status, an empty diff, diffs against it
     // from revisions, and a clear refusal to commit or reset.
     let ro = Mount::new(t.path(), "1", &[]);
     let inside = ro.join(".");
-    assert_eq!(ok(&inside, &["status"]), "");
-    assert_eq!(ok(&inside, &["diff"]), "{}\n");
-    let d = json::parse(ok(&inside, &["diff", "2"]).as_bytes()).unwrap();
+    assert_eq!(pvrfs(["status"]).dir(&inside).ok(), "");
+    assert_eq!(pvrfs(["diff"]).dir(&inside).ok(), "{}\n");
+    let d = json::parse(pvrfs(["diff", "2"]).dir(&inside).ok().as_bytes()).unwrap();
     assert_eq!(d["f.txt"], json::Value::String(oid(b"one")));
     for args in [&["commit", "-m", "x"][..], &["reset", "--mount", "."][..]] {
-        let out = cli(&inside, args);
+        let out = pvrfs(args).dir(&inside).run().out;
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains("read-only mount (revision 1)"),
@@ -114,7 +122,7 @@ fn read_only_commands_inside_mounts_use_the_mounted_repository() {
     }
     // Outside any repository and mount, the same commands still say so.
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = cli(elsewhere.path(), &["log"]);
+    let out = pvrfs(["log"]).dir(elsewhere.path()).run().out;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a pvr repository"));
 }

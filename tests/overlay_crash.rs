@@ -3,7 +3,7 @@
 //! crash the overlay must load, show the tree after the last acknowledged operation or the one
 //! after it (never an error or a mix), and the repository must be consistent.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::{dump_overlay, repo_with};
 use pvrfs::fs::overlay::{Options, Overlay, RenameFlags, SetAttr};

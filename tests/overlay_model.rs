@@ -7,38 +7,23 @@
 //! Knobs for a wider search: `MODEL_SEEDS=N` (seeds, default 6), `MODEL_FIRST=S` (first seed),
 //! `MODEL_PARANOID=1` (reload after every step), `MODEL_LOG=N` (steps shown on failure).
 
-mod common;
-
-use common::{dump_dir, dump_overlay, fast_tempdir, repo_with};
 use pvrfs::fs::overlay::{Handle, Options, Overlay, RenameFlags, SetAttr};
-use pvrfs::fs::{FsError, Kind, ToErrno};
+use pvrfs::fs::{FsError, ToErrno};
 use pvrfs::json;
 use pvrfs::oid::ObjectId;
 use pvrfs::repo::Repo;
 use pvrfs::state::{Entry, State};
+use pvrfs_testkit::model::{apply_to_dir, only_in, plain_copy, Op, OpGen, BASE};
+use pvrfs_testkit::{dump_dir, dump_overlay, fast_tempdir, repo_with};
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
-use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek};
-use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-const BASE: &[(&str, &[u8])] = &[
-    ("a", b"base a"),
-    ("x.txt", b"hello"),
-    ("y.json", br#"{"k": [1, 2.5]}"#),
-    ("sub/a", b"sub a"),
-    ("sub/deep/b", b"deep b"),
-    ("sub/deep/y.json", b"[true]"),
-    ("sub2/c", b"c"),
-];
-const NAMES: &[&str] = &["a", "b", "x.txt", "y.json", "sub", "deep", "z"];
-const MODES: &[u32] = &[0o644, 0o600, 0o755];
-
 struct Model {
-    rng: ChaCha8Rng,
+    gen: OpGen,
     _tmp: tempfile::TempDir,
     plain: PathBuf,
     repo: Repo,
@@ -47,11 +32,6 @@ struct Model {
     log: Vec<String>,
     /// Files held open on both sides (they follow renames and outlive unlinks).
     held: Vec<(fs::File, Handle)>,
-}
-
-fn errno_of<T>(r: io::Result<T>) -> Result<(), i32> {
-    r.map(|_| ())
-        .map_err(|e| e.raw_os_error().expect("an OS error"))
 }
 
 fn ov_errno<T>(r: Result<T, FsError>) -> Result<(), i32> {
@@ -63,30 +43,19 @@ impl Model {
         let tmp = fast_tempdir();
         let work = tmp.path().join("repo");
         fs::create_dir(&work).unwrap();
-        let repo = repo_with(&work, BASE);
+        let base: Vec<(&str, &[u8])> = BASE.iter().map(|(p, c)| (*p, c.as_bytes())).collect();
+        let repo = repo_with(&work, &base);
         let plain = tmp.path().join("plain");
-        for (path, content) in BASE {
-            let p = plain.join(path);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            let bytes = if path.ends_with(".json") {
-                json::render_checkout(&json::parse(content).unwrap())
-            } else {
-                content.to_vec()
-            };
-            fs::write(&p, bytes).unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-        }
-        for d in ["", "sub", "sub/deep", "sub2"] {
-            fs::set_permissions(plain.join(d), fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        fs::create_dir(&plain).unwrap();
+        plain_copy(&plain);
         let ov = Overlay::load_or_create(&repo, "model", "latest", Options::default()).unwrap();
         Model {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            gen: OpGen::new(seed),
             _tmp: tmp,
             plain,
             repo,
             ov: Some(ov),
-            uid: unsafe { libc::geteuid() },
+            uid: rustix::process::geteuid().as_raw(),
             log: Vec::new(),
             held: Vec::new(),
         }
@@ -94,47 +63,6 @@ impl Model {
 
     fn ov(&mut self) -> &mut Overlay {
         self.ov.as_mut().unwrap()
-    }
-
-    /// (directories incl. the root "", regular files, everything but the root)
-    fn paths(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
-        let (mut dirs, mut files, mut all) = (vec![String::new()], vec![], vec![]);
-        for line in dump_dir(&self.plain) {
-            let path = line.split(' ').next().unwrap().to_string();
-            let md = fs::symlink_metadata(self.plain.join(&path)).unwrap();
-            if md.is_dir() {
-                dirs.push(path.clone());
-            } else if md.is_file() {
-                files.push(path.clone());
-            }
-            all.push(path);
-        }
-        (dirs, files, all)
-    }
-
-    fn pick<'a>(&mut self, v: &'a [String]) -> Option<&'a String> {
-        v.choose(&mut self.rng)
-    }
-
-    fn new_path(&mut self, dirs: &[String]) -> String {
-        let dir = self.pick(dirs).unwrap().clone();
-        let name = *NAMES.choose(&mut self.rng).unwrap();
-        if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
-        }
-    }
-
-    fn content(&mut self) -> Vec<u8> {
-        match self.rng.gen_range(0..4) {
-            0 => format!("{{\"n\": {}}}", self.rng.gen_range(0..1000)).into_bytes(),
-            1 => b"[1, 2, 3]".to_vec(),
-            _ => {
-                let n = self.rng.gen_range(0..24);
-                (0..n).map(|_| self.rng.gen_range(b'a'..=b'z')).collect()
-            }
-        }
     }
 
     fn parent_ino(&mut self, path: &str) -> (u64, String) {
@@ -149,185 +77,137 @@ impl Model {
         self.plain.join(path)
     }
 
-    /// One random operation on both sides; returns a description for failure messages.
-    fn step(&mut self) -> String {
-        let (dirs, files, all) = self.paths();
+    /// Apply a model operation to the overlay, as the kernel would through FUSE.
+    fn apply(&mut self, op: &Op) -> Result<(), i32> {
         let uid = self.uid;
-        let op = self.rng.gen_range(0..114);
-        let (desc, plain, over) = match op {
-            0..=14 => {
-                let path = self.new_path(&dirs);
-                let mode = *MODES.choose(&mut self.rng).unwrap();
-                let data = self.content();
-                let plain = errno_of(
-                    OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(self.p(&path))
-                        .and_then(|f| {
-                            f.write_all_at(&data, 0)?;
-                            f.set_permissions(fs::Permissions::from_mode(mode))
+        match op {
+            Op::Create { path, mode, data } => {
+                let (parent, name) = self.parent_ino(path);
+                let ov = self.ov();
+                ov_errno(
+                    ov.create(parent, &name, *mode, uid, uid)
+                        .and_then(|(_, h)| {
+                            let r = ov.write(&h, 0, data);
+                            ov.release(h);
+                            r
                         }),
-                );
-                let (parent, name) = self.parent_ino(&path);
-                let ov = self.ov();
-                let over = ov_errno(ov.create(parent, &name, mode, uid, uid).and_then(|(_, h)| {
-                    let r = ov.write(&h, 0, &data);
-                    ov.release(h);
-                    r
-                }));
-                (format!("create {path} {mode:o} {data:?}"), plain, over)
+                )
             }
-            15..=29 if !files.is_empty() => {
-                let path = self.pick(&files).unwrap().clone();
-                let off = self.rng.gen_range(0..40u64);
-                let data = self.content();
-                let plain = errno_of(
-                    OpenOptions::new()
-                        .write(true)
-                        .open(self.p(&path))
-                        .and_then(|f| f.write_all_at(&data, off)),
-                );
-                let ino = self.ov().resolve(&path).unwrap();
-                let ov = self.ov();
-                let over = ov_errno(ov.open(ino, true, false).and_then(|h| {
-                    let r = ov.write(&h, off, &data);
-                    ov.release(h);
-                    r
-                }));
-                (format!("write {path} @{off} {data:?}"), plain, over)
-            }
-            30..=36 if !files.is_empty() => {
-                let path = self.pick(&files).unwrap().clone();
-                let size = self.rng.gen_range(0..50u64);
-                let plain = errno_of(
-                    OpenOptions::new()
-                        .write(true)
-                        .open(self.p(&path))
-                        .and_then(|f| f.set_len(size)),
-                );
-                let ino = self.ov().resolve(&path).unwrap();
+            Op::Write { path, off, data } => self.write_at(path, Some(*off), data),
+            Op::Append { path, data } => self.write_at(path, None, data),
+            Op::Truncate { path, size } => {
+                let Some(ino) = self.ov().resolve(path) else {
+                    return Err(libc::ENOENT);
+                };
                 let set = SetAttr {
-                    size: Some(size),
+                    size: Some(*size),
                     ..Default::default()
                 };
-                let over = ov_errno(self.ov().setattr(ino, &set));
-                (format!("truncate {path} {size}"), plain, over)
+                ov_errno(self.ov().setattr(ino, &set))
             }
-            37..=46 if !all.is_empty() => {
-                let path = self.pick(&all).unwrap().clone();
-                let plain = errno_of(fs::remove_file(self.p(&path)));
-                let (parent, name) = self.parent_ino(&path);
-                let over = ov_errno(self.ov().unlink(parent, &name));
-                (format!("unlink {path}"), plain, over)
-            }
-            47..=56 => {
-                let path = self.new_path(&dirs);
-                let mode = if self.rng.gen_bool(0.8) { 0o755 } else { 0o700 };
-                let plain = errno_of(fs::create_dir(self.p(&path)).and_then(|()| {
-                    fs::set_permissions(self.p(&path), fs::Permissions::from_mode(mode))
-                }));
-                let (parent, name) = self.parent_ino(&path);
-                let over = ov_errno(self.ov().mkdir(parent, &name, mode, uid, uid));
-                (format!("mkdir {path}"), plain, over)
-            }
-            57..=63 if !all.is_empty() => {
-                let path = self.pick(&all).unwrap().clone();
-                let plain = errno_of(fs::remove_dir(self.p(&path)));
-                let (parent, name) = self.parent_ino(&path);
-                let over = ov_errno(self.ov().rmdir(parent, &name));
-                (format!("rmdir {path}"), plain, over)
-            }
-            64..=81 if !all.is_empty() => {
-                let src = self.pick(&all).unwrap().clone();
-                let dst = self.new_path(&dirs);
-                let flags = match self.rng.gen_range(0..6) {
-                    0 => RenameFlags {
-                        noreplace: true,
-                        exchange: false,
-                    },
-                    1 => RenameFlags {
-                        noreplace: false,
-                        exchange: true,
-                    },
-                    _ => RenameFlags::default(),
+            Op::Read { path } => {
+                let Some(ino) = self.ov().resolve(path) else {
+                    return Err(libc::ENOENT);
                 };
-                let mut rf = rustix::fs::RenameFlags::empty();
-                if flags.noreplace {
-                    rf |= rustix::fs::RenameFlags::NOREPLACE;
-                }
-                if flags.exchange {
-                    rf |= rustix::fs::RenameFlags::EXCHANGE;
-                }
-                let plain = errno_of(
-                    rustix::fs::renameat_with(
-                        rustix::fs::CWD,
-                        self.p(&src),
-                        rustix::fs::CWD,
-                        self.p(&dst),
-                        rf,
-                    )
-                    .map_err(io::Error::from),
-                );
-                let (sp, sn) = self.parent_ino(&src);
-                let (dp, dn) = self.parent_ino(&dst);
-                let over = ov_errno(self.ov().rename(sp, &sn, dp, &dn, flags));
-                (format!("rename {src} {dst} {flags:?}"), plain, over)
+                let ov = self.ov();
+                ov_errno(ov.open(ino, false, false).and_then(|h| {
+                    let r = ov.read(&h, 0, 1 << 20);
+                    ov.release(h);
+                    r
+                }))
             }
-            82..=87 => {
-                let path = self.new_path(&dirs);
-                let depth = path.matches('/').count();
-                let target = match self.pick(&all).cloned() {
-                    Some(t) if self.rng.gen_bool(0.8) => format!("{}{t}", "../".repeat(depth)),
-                    _ => "nowhere".to_string(),
+            Op::Mkdir { path, mode } => {
+                let (parent, name) = self.parent_ino(path);
+                ov_errno(self.ov().mkdir(parent, &name, *mode, uid, uid))
+            }
+            Op::Rmdir { path } => {
+                let (parent, name) = self.parent_ino(path);
+                ov_errno(self.ov().rmdir(parent, &name))
+            }
+            Op::Unlink { path } => {
+                let (parent, name) = self.parent_ino(path);
+                ov_errno(self.ov().unlink(parent, &name))
+            }
+            Op::Rename {
+                from,
+                to,
+                noreplace,
+                exchange,
+            } => {
+                let flags = RenameFlags {
+                    noreplace: *noreplace,
+                    exchange: *exchange,
                 };
-                let plain = errno_of(std::os::unix::fs::symlink(&target, self.p(&path)));
-                let (parent, name) = self.parent_ino(&path);
-                let over = ov_errno(self.ov().symlink(parent, &name, &target, uid, uid));
-                (format!("symlink {path} -> {target}"), plain, over)
+                let (sp, sn) = self.parent_ino(from);
+                let (dp, dn) = self.parent_ino(to);
+                ov_errno(self.ov().rename(sp, &sn, dp, &dn, flags))
             }
-            88..=92 if !all.is_empty() => {
-                let src = self.pick(&all).unwrap().clone();
-                let dst = self.new_path(&dirs);
-                let plain = errno_of(fs::hard_link(self.p(&src), self.p(&dst)));
-                let ino = self.ov().resolve(&src).unwrap();
-                let (parent, name) = self.parent_ino(&dst);
-                let over = ov_errno(self.ov().link(ino, parent, &name));
-                (format!("link {src} {dst}"), plain, over)
+            Op::Link { from, to } => {
+                let ino = self.ov().resolve(from).unwrap();
+                let (parent, name) = self.parent_ino(to);
+                ov_errno(self.ov().link(ino, parent, &name))
             }
-            93..=96 if !all.is_empty() => {
-                let path = self.pick(&all).unwrap().clone();
-                if fs::symlink_metadata(self.p(&path))
-                    .unwrap()
-                    .file_type()
-                    .is_symlink()
-                {
-                    return "skip chmod of a symlink".into();
-                }
-                let mode = *MODES.choose(&mut self.rng).unwrap();
-                let plain = errno_of(fs::set_permissions(
-                    self.p(&path),
-                    fs::Permissions::from_mode(mode),
-                ));
-                let ino = self.ov().resolve(&path).unwrap();
+            Op::Symlink { target, path } => {
+                let (parent, name) = self.parent_ino(path);
+                ov_errno(self.ov().symlink(parent, &name, target, uid, uid))
+            }
+            Op::Chmod { path, mode } => {
+                let ino = self.ov().resolve(path).unwrap();
                 let set = SetAttr {
-                    mode: Some(mode),
+                    mode: Some(*mode),
                     ..Default::default()
                 };
-                let over = ov_errno(self.ov().setattr(ino, &set));
-                (format!("chmod {path} {mode:o}"), plain, over)
+                ov_errno(self.ov().setattr(ino, &set))
             }
-            97 => {
+            Op::Mknod {
+                path,
+                kind,
+                mode,
+                rdev,
+            } => {
+                let (parent, name) = self.parent_ino(path);
+                ov_errno(
+                    self.ov()
+                        .mknod(parent, &name, *kind, *mode, *rdev, uid, uid),
+                )
+            }
+        }
+    }
+
+    /// Write `data` at `off` (or at the end: append) through a write handle.
+    fn write_at(&mut self, path: &str, off: Option<u64>, data: &[u8]) -> Result<(), i32> {
+        let Some(ino) = self.ov().resolve(path) else {
+            return Err(libc::ENOENT);
+        };
+        let ov = self.ov();
+        ov_errno(ov.open(ino, true, false).and_then(|h| {
+            let off = match off {
+                Some(o) => o,
+                None => ov.getattr(ino)?.size,
+            };
+            let r = ov.write(&h, off, data);
+            ov.release(h);
+            r
+        }))
+    }
+
+    /// One random operation on both sides, or one of the overlay's own events (reload,
+    /// compaction, commit, files held open across them); returns a description.
+    fn step(&mut self) -> String {
+        let files = pvrfs_testkit::model::paths(&self.plain).1;
+        match self.gen.rng.gen_range(0..118) {
+            0..=99 => {}
+            100 => {
                 self.reload();
                 return "reload".into();
             }
-            98 => {
+            101 => {
                 self.ov().compact().unwrap();
                 return "compact".into();
             }
-            99 => return self.commit(),
-            100..=102 if !files.is_empty() && self.held.len() < 4 => {
-                let path = self.pick(&files).unwrap().clone();
+            102 => return self.commit(),
+            103..=105 if !files.is_empty() && self.held.len() < 4 => {
+                let path = files.choose(&mut self.gen.rng).unwrap().clone();
                 let f = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -338,16 +218,16 @@ impl Model {
                 self.held.push((f, h));
                 return format!("hold {path}");
             }
-            103..=107 if !self.held.is_empty() => {
-                let i = self.rng.gen_range(0..self.held.len());
-                let off = self.rng.gen_range(0..40u64);
-                let data = self.content();
+            106..=110 if !self.held.is_empty() => {
+                let i = self.gen.rng.gen_range(0..self.held.len());
+                let off = self.gen.rng.gen_range(0..40u64);
+                let data = self.gen.content();
                 self.held[i].0.write_all_at(&data, off).unwrap();
                 let h = self.held[i].1.clone();
                 self.ov().write(&h, off, &data).unwrap();
                 return format!("write held #{i} @{off} {data:?}");
             }
-            108 if !self.held.is_empty() => {
+            111 if !self.held.is_empty() => {
                 // Also the held files no name reaches any more: compare through the handles.
                 for i in 0..self.held.len() {
                     let mut want = Vec::new();
@@ -360,46 +240,17 @@ impl Model {
                 }
                 return "compare held".into();
             }
-            109 if !self.held.is_empty() => {
+            112 if !self.held.is_empty() => {
                 let (_, h) = self.held.pop().unwrap();
                 self.ov().release(h);
                 return "close held".into();
             }
-            110..=113 => {
-                // FIFOs, sockets and (as root, who may make them) device nodes.
-                let path = self.new_path(&dirs);
-                let kinds: &[(Kind, u32)] = if uid == 0 {
-                    &[
-                        (Kind::Fifo, libc::S_IFIFO),
-                        (Kind::Socket, libc::S_IFSOCK),
-                        (Kind::CharDevice, libc::S_IFCHR),
-                    ]
-                } else {
-                    &[(Kind::Fifo, libc::S_IFIFO), (Kind::Socket, libc::S_IFSOCK)]
-                };
-                let (kind, ifmt) = *kinds.choose(&mut self.rng).unwrap();
-                let mode = *MODES.choose(&mut self.rng).unwrap();
-                let rdev = if kind == Kind::CharDevice { 0x103 } else { 0 };
-                let c = CString::new(self.p(&path).into_os_string().into_vec()).unwrap();
-                // SAFETY: a valid NUL-terminated path.
-                let plain = if unsafe { libc::mknod(c.as_ptr(), ifmt | mode, rdev) } == 0 {
-                    errno_of(fs::set_permissions(
-                        self.p(&path),
-                        fs::Permissions::from_mode(mode),
-                    ))
-                } else {
-                    errno_of::<()>(Err(io::Error::last_os_error()))
-                };
-                let (parent, name) = self.parent_ino(&path);
-                let over =
-                    ov_errno(
-                        self.ov()
-                            .mknod(parent, &name, kind, mode, rdev as u32, uid, uid),
-                    );
-                (format!("mknod {path} {kind:?} {mode:o}"), plain, over)
-            }
             _ => return "skip".into(),
-        };
+        }
+        let op = self.gen.next(&self.plain);
+        let plain = apply_to_dir(&self.plain, &op);
+        let over = self.apply(&op);
+        let desc = format!("{op:?}");
         assert_eq!(over, plain, "{desc}: overlay vs plain result");
         desc
     }
@@ -511,13 +362,10 @@ fn run(seed: u64, steps: usize) {
         let got = dump_overlay(m.ov());
         if got != want {
             let tail = m.log_tail();
-            let only = |a: &[String], b: &[String]| -> Vec<String> {
-                a.iter().filter(|l| !b.contains(l)).cloned().collect()
-            };
             panic!(
                 "seed {seed}, step {i}: trees differ after\n  {tail}\nonly in overlay: {:#?}\nonly in plain: {:#?}",
-                only(&got, &want),
-                only(&want, &got)
+                only_in(&got, &want),
+                only_in(&want, &got)
             );
         }
     }

@@ -12,9 +12,9 @@
 //! No failure is allowed. Skipped cases must be among `EXPECTED_SKIPS`, each with its reason
 //! (docs/SEMANTICS.md, "What differs from a local file system").
 
-mod common;
+use pvrfs_testkit as common;
 
-use common::{fuse_available, pvrfs_command, Content, Mount, TestRepo};
+use common::{fuse_available, Content, Mount, Pvrfs, TestRepo};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -216,7 +216,8 @@ fn fsx_passes_with_and_without_passthrough() {
             out.status
         );
         let bytes = fs::read(&file).unwrap();
-        let commit = pvrfs_command()
+        let commit = Pvrfs::new()
+            .command()
             .args(["commit", "-m", "fsx", "--mount"])
             .arg(m.path())
             .output()

@@ -2,7 +2,7 @@
 //! (log/show/diff REV/json REV), apply, fsck, gc, reset, checkout safety, add's path forms, and
 //! the errors for broken input.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::Dir;
 use std::fs;

@@ -137,14 +137,9 @@ fn run_rw(
 
 /// Start the daemon of `args` in the background and wait until it serves (or says why not).
 pub fn spawn(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyhow::Result<()> {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::io("create pipe for", mnt, std::io::Error::last_os_error()).into());
-    }
-    // SAFETY: both fds are fresh and ours.
-    let (read_end, write_end) =
-        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::io("create pipe for", mnt, e.into()))?;
+    let read_end = File::from(read_end);
     let exe = std::env::current_exe().ctx("find own executable", "/proc/self/exe")?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount")
@@ -157,7 +152,9 @@ pub fn spawn(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyh
             crate::cli::PassthroughMode::Auto => "auto",
             crate::cli::PassthroughMode::Always => "always",
             crate::cli::PassthroughMode::Never => "never",
-        });
+        })
+        // Do not pin the caller's working directory (all paths passed are absolute).
+        .current_dir("/");
     if args.rw {
         cmd.arg("--rw").arg("--overlay").arg(&args.overlay);
     }
@@ -181,12 +178,14 @@ pub fn spawn(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyh
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file(repo, mnt));
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    // SAFETY: the hook runs between fork and exec, where only async-signal-safe calls are
+    // allowed: setsid(2) and fcntl(2) are; nothing allocates or takes a lock.
     unsafe {
         cmd.pre_exec(move || {
-            libc::setsid();
-            // Do not pin the caller's working directory (all paths passed are absolute).
-            libc::chdir(c"/".as_ptr());
+            // A session of its own: the daemon outlives the caller's terminal.
+            let _ = rustix::process::setsid();
+            // The readiness pipe's write end must survive the exec (it was made CLOEXEC so
+            // that no other child inherits it).
             if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -1,6 +1,6 @@
 //! The copy-on-write filesystem of a `--rw` mount, as plain methods (no FUSE types in here).
 //!
-//! Model: one [`Overlay`] (base revision + journaled changes, `src/overlay/`) behind a
+//! Model: one [`Overlay`] (base revision + journaled changes, `src/fs/overlay/`) behind a
 //! read-write lock, plus the per-open state the kernel refers to by file handle: open files
 //! (`overlay::Handle`) and directory listings snapshotted at `opendir`. `fuse/cow.rs` is the thin
 //! FUSE adapter: one call here, one reply.

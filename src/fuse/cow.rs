@@ -81,7 +81,7 @@ pub struct CowFuse {
     /// Set at INIT when the kernel granted passthrough.
     passthrough: AtomicBool,
     io: Mutex<HashMap<u64, Io>>,
-    /// Asks for FUSE over io_uring at INIT (`fuse_uring`), when the rings could be made.
+    /// Asks for FUSE over io_uring at INIT (`fuse::uring`), when the rings could be made.
     uring: Option<super::uring::Offer>,
 }
 

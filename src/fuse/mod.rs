@@ -10,8 +10,8 @@
 //! - `control`: the control socket through which `pvrfs commit/status/diff/reset` reach a
 //!   `--rw` mount's daemon.
 //!
-//! Shared here: the conversions from `fs` types to fuser's ([`file_attr`], [`errno`]) and the
-//! negotiation of kernel passthrough at INIT ([`Passthrough`], [`negotiate_passthrough`]).
+//! Shared here: the conversions from `fs` types to fuser's (`file_attr`, `errno`) and the
+//! negotiation of kernel passthrough at INIT ([`Passthrough`], `negotiate_passthrough`).
 
 use crate::fs::{Attr, Kind, ToErrno, BLOCK_SIZE};
 use fuser::{Errno, FileAttr, FileType, INodeNo, InitFlags, KernelConfig};

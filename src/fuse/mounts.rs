@@ -134,7 +134,7 @@ fn is_dead(path: &Path) -> bool {
 }
 
 /// The errors a FUSE mount answers once its daemon is gone (see `is_dead`); also what an
-/// io_uring entry completes with when the connection goes away (`fuse_uring`).
+/// io_uring entry completes with when the connection goes away (`fuse::uring`).
 pub fn is_dead_errno(errno: i32) -> bool {
     matches!(errno, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
 }

@@ -63,7 +63,7 @@ pub struct ReadOnlyFuse {
     backing: Mutex<Backing>,
     /// Stacking depth to ask for (1, or 2 when the store itself is on a stacked fs).
     stack_depth: u32,
-    /// Asks for FUSE over io_uring at INIT (`fuse_uring`), when the rings could be made.
+    /// Asks for FUSE over io_uring at INIT (`fuse::uring`), when the rings could be made.
     uring: Option<super::uring::Offer>,
 }
 

@@ -1,0 +1,33 @@
+//! Helpers shared by pvrfs's integration tests, one concern per module:
+//!
+//! - [`bin`]: running the `pvrfs` binary (the one way tests do it: [`pvrfs`] → [`Pvrfs`] → [`Run`]);
+//! - [`repos`]: repositories and work directories made for a test ([`TestRepo`], [`Dir`]);
+//! - [`trees`]: reading trees back for comparison ([`files`], the node dump [`dump_dir`] /
+//!   [`dump_overlay`]);
+//! - [`mounts`]: real mounts and their daemons ([`Mount`], whose Drop unmounts);
+//! - [`nginx`]: a real nginx on a loopback port;
+//! - [`model`]: the reference-model harness of the copy-on-write tests (random operations on a
+//!   plain directory and on the system under test, compared step by step);
+//! - [`reference`]: the reference `pvr`, when the machine has it.
+//!
+//! A library crate of its own (a dev-dependency of pvrfs), so it is built once for all test
+//! binaries and unused helpers are visible as such.
+
+pub mod bin;
+pub mod model;
+pub mod mounts;
+pub mod nginx;
+pub mod reference;
+pub mod repos;
+pub mod trees;
+
+pub use bin::{pvrfs, Pvrfs, Run};
+pub use mounts::{daemon_pid, fuse_available, is_mount_point, kill_daemon, wait_exited, Mount};
+pub use nginx::{free_port, Nginx};
+pub use repos::{commit, repo_with, value, vectors, Content, Dir, TestRepo};
+pub use trees::{copy_tree, dump_dir, dump_overlay, fast_tempdir, files, names};
+
+/// The pvrfs checkout these tests belong to.
+pub fn checkout_dir() -> &'static std::path::Path {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
