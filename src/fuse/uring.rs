@@ -58,7 +58,7 @@
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -173,13 +173,7 @@ impl Offer {
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as usize
-    } else {
-        4096
-    }
+    rustix::param::page_size()
 }
 
 /// Number of possible CPUs: the kernel makes one queue per possible CPU, and switches to the
@@ -277,15 +271,13 @@ impl Rings {
         let n_queues = queues.len();
         // From here on the kernel holds every request until all queues registered: a failure
         // must make it fall back to /dev/fuse, never return with nothing serving.
-        // SAFETY: eventfd has no memory preconditions; the fd is owned below.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            let e = io::Error::last_os_error();
-            refuse(&mut queues[0], fuse_fd, &e);
-            return Ok(RingTransport::none());
-        }
-        // SAFETY: `efd` is a fresh fd nobody else owns.
-        let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let stop = match rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                refuse(&mut queues[0], fuse_fd, &e.into());
+                return Ok(RingTransport::none());
+            }
+        };
         let mut threads = Vec::new();
         let payload = self.payload.load(Ordering::Relaxed);
         let idle_commit = idle_commit_allowed();
@@ -379,11 +371,7 @@ impl RingTransport {
 impl fuser::Transport for RingTransport {
     fn stop(&self) {
         let Some(stop) = &self.stop else { return };
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
-        unsafe {
-            libc::write(stop.as_raw_fd(), (&one as *const u64).cast(), 8);
-        }
+        let _ = rustix::io::write(stop.as_ref(), &1u64.to_ne_bytes());
     }
 
     fn join(self) -> io::Result<()> {
@@ -753,19 +741,13 @@ impl Queue {
 
 /// Run the calling thread on `cpu` only (a queue's requests come from tasks on that CPU).
 fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for cpu < CPU_SETSIZE.
-    unsafe {
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return;
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            log::debug!(
-                "io_uring queue {cpu}: cannot pin to CPU {cpu}: {}",
-                io::Error::last_os_error()
-            );
-        }
+    if cpu >= rustix::thread::CpuSet::MAX_CPU {
+        return;
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        log::debug!("io_uring queue {cpu}: cannot pin to CPU {cpu}: {e}");
     }
 }
 
