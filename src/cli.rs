@@ -89,14 +89,22 @@ pub enum Command {
     Gc(GcArgs),
     /// Fetch a state and its objects from SRC and make it the local state.
     ///
-    /// SRC is a plain directory (`json` + `objects/`), a tarball, or an http(s) URL serving that
-    /// layout. `SRC#part1,-part2` selects keys equal to or under `part1`, removes `part2`.
+    /// SRC is a repository (its work directory or REPO/.pvr), a plain directory (`json` +
+    /// `objects/`), a tarball, an http(s) URL (a pvr remote such as `pvrfs serve`, detected by
+    /// its `.pvrremote`, or a server of the plain layout), or s3://BUCKET/PREFIX (endpoint and
+    /// credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+    /// `SRC#part1,-part2` selects keys equal to or under `part1`, removes `part2`.
     Get(ExchangeArgs),
     /// Like `get`, but merge the fetched keys into the local state instead of replacing it.
     Merge(ExchangeArgs),
     /// Create a repository from SRC and check it out (init + get + checkout).
     Clone(CloneArgs),
-    /// Publish the latest revision to DEST (a directory or an http(s) URL accepting PUT).
+    /// Publish the latest revision to DEST.
+    ///
+    /// DEST is a pvr remote URL (the state is posted as its next revision; a conflict when
+    /// somebody else posted first), a repository (a new revision of it), a directory (created
+    /// if missing), an http(s) URL accepting PUT, or s3://BUCKET/PREFIX. Objects go first,
+    /// the state last; only objects the destination lacks move.
     #[command(visible_alias = "put")]
     Push(PushArgs),
     /// Write the latest revision (json + objects) as a tarball (gzip for .gz/.tgz), or `-`.
@@ -109,6 +117,14 @@ pub enum Command {
     Umount(UmountArgs),
     /// List active pvrfs mounts.
     Mounts,
+    /// Serve every repository under ROOT with pvr's remote protocol.
+    ///
+    /// Repository ROOT/NAME is at http://ADDR:PORT/NAME (NAME@REV: a past revision, read-only):
+    /// `pvr clone/get/merge/post/putobjects` and `pvrfs get/merge/clone/push` work against it.
+    /// Objects stay in each repository's store, or with --store in an S3 bucket that clients
+    /// reach directly through presigned URLs. Without --tokens the server allows everything and
+    /// so listens on loopback only. One log line per request; Ctrl-C stops.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -243,8 +259,11 @@ pub struct GcArgs {
 
 #[derive(Debug, Args)]
 pub struct ExchangeArgs {
-    /// Source: directory, tarball or URL, optionally `#part,-part`.
+    /// Source: repository, directory, tarball, http(s):// or s3:// URL, optionally `#part,-part`.
     pub src: String,
+    /// Bearer token for a pvr remote (default: $PVRFS_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -254,12 +273,59 @@ pub struct CloneArgs {
     // Own id: "dir" is taken by the global `-C DIR`, and clap would merge the two.
     #[arg(id = "target", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Bearer token for a pvr remote (default: $PVRFS_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// Destination directory or URL.
+    /// Destination: pvr remote URL, repository, directory, http(s):// or s3:// URL.
     pub dest: String,
+    /// Bearer token for a pvr remote (default: $PVRFS_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Message of the revision made at a pvr remote or repository (default: the latest
+    /// revision's message).
+    #[arg(short, long)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The directory whose repositories are served (searched recursively).
+    pub root: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the URL is printed at start).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8470")]
+    pub listen: String,
+    /// Bearer tokens: one `TOKEN read|write REPO-GLOB...` per line (docs/EXCHANGE.md).
+    /// Required to listen on anything but loopback.
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// Keep objects in an S3-compatible bucket (credentials from the AWS_* variables).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub store: Option<String>,
+    /// Base of the URLs handed to clients (default: http:// + the request's Host header).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Close a connection that sends or reads nothing for this long.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// Cut off transfers slower than this on average (after 30 s).
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = 32 * 1024)]
+    pub min_rate: u64,
+    /// Largest object accepted for upload.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 30)]
+    pub max_object_size: u64,
+    /// Largest JSON request body (a posted state).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub max_json_size: u64,
+    /// How long signed object URLs stay valid.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub url_lifetime: u64,
+    /// Simultaneous connections; more are refused with 503.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Args)]

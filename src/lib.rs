@@ -5,7 +5,9 @@
 //! - `fuse`: fuser adapters, sessions, the io_uring transport, the mount table, the control
 //!   socket of `--rw` mounts;
 //! - `fs`: what a mount serves, as plain Rust (read-only revision, copy-on-write overlay);
-//! - `worktree`, `exchange`: a work directory, and other repositories, against the repository;
+//! - `serve`: `pvrfs serve`, pvr's remote protocol over HTTP (docs/EXCHANGE.md);
+//! - `worktree`, `exchange`: a work directory, and other repositories (directories, tarballs,
+//!   HTTP, S3, pvr remotes), against the repository; `remote`: pvr's remote protocol types;
 //! - `repo` (`.pvr/` layout, revisions), `patch` (diffs), `store` (objects), `state` (a
 //!   revision's content), `json` (pvr's JSON dialect), `oid` (object ids);
 //! - `error`, `fsutil` (durable writes), `progress`, `sys` (the few raw C calls).
@@ -21,7 +23,9 @@ pub mod json;
 pub mod oid;
 pub mod patch;
 pub mod progress;
+pub mod remote;
 pub mod repo;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod sys;

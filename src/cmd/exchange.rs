@@ -9,10 +9,21 @@ use anyhow::Context;
 use std::fs;
 use std::io::Write;
 
-fn options(ctx: &Ctx<'_>) -> Options {
+/// Transfer options: progress bars on a terminal; the token from `--token` or `PVRFS_TOKEN`;
+/// `PVRFS_IDLE_TIMEOUT` (seconds) and `PVRFS_MIN_RATE` (bytes/s) tune the network limits.
+fn options(ctx: &Ctx<'_>, token: Option<&str>) -> Options {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let defaults = Options::default();
     Options {
         progress: ctx.interactive && !ctx.quiet,
-        ..Options::default()
+        token: token.map(str::to_string).or_else(|| env("PVRFS_TOKEN")),
+        idle_timeout: env("PVRFS_IDLE_TIMEOUT")
+            .and_then(|v| v.parse().ok())
+            .map_or(defaults.idle_timeout, std::time::Duration::from_secs),
+        min_rate: env("PVRFS_MIN_RATE")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(defaults.min_rate),
+        ..defaults
     }
 }
 
@@ -49,7 +60,7 @@ fn get_or_merge(args: ExchangeArgs, ctx: &mut Ctx<'_>, mode: Mode) -> anyhow::Re
         &parts,
         mode,
         &format!("{verb} {}", args.src),
-        &options(ctx),
+        &options(ctx, args.token.as_deref()),
     )?;
     report(ctx, &repo, &loc.describe(), &outcome)
 }
@@ -75,7 +86,7 @@ pub fn import(args: ImportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         &Parts::default(),
         Mode::Get,
         &format!("import {}", args.file.display()),
-        &options(ctx),
+        &options(ctx, None),
     )?;
     report(ctx, &repo, &loc.describe(), &outcome)
 }
@@ -110,7 +121,7 @@ pub fn clone(args: CloneArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             &parts,
             Mode::Get,
             &format!("clone {}", args.src),
-            &options(ctx),
+            &options(ctx, args.token.as_deref()),
         )?;
         // The same checkout as `pvrfs checkout` (parallel, hash-verified, stat cache primed).
         let lock = repo.lock()?;
@@ -160,10 +171,18 @@ pub fn push(args: PushArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let repo = Repo::discover(&ctx.cwd)?;
     let loc = Location::parse(&args.dest, &ctx.cwd, true)?;
     let rev = repo.latest()?;
-    let t = exchange::push(&repo, &loc, &options(ctx))?;
+    let opts = Options {
+        message: args.message.clone(),
+        ..options(ctx, args.token.as_deref())
+    };
+    let t = exchange::push(&repo, &loc, &opts)?;
+    let there = match t.remote_revision {
+        Some(r) => format!(" (revision {r} there)"),
+        None => String::new(),
+    };
     writeln!(
         ctx.out,
-        "Pushed revision {} to {}: {} of {} objects uploaded ({} bytes), json last",
+        "Pushed revision {} to {}{there}: {} of {} objects uploaded ({} bytes), state last",
         rev.rev,
         loc.describe(),
         t.moved,

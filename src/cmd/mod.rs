@@ -8,6 +8,7 @@ pub mod mount;
 pub mod mountops;
 pub mod render;
 pub mod repo;
+pub mod serve;
 pub mod target;
 
 use crate::cli::{Cli, Command};
@@ -38,6 +39,7 @@ pub fn dispatch(cli: Cli, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Command::Mount(args) => mount::mount(args, ctx),
         Command::Umount(args) => mount::umount(args, ctx),
         Command::Mounts => mount::mounts(ctx),
+        Command::Serve(args) => serve::serve(args, ctx),
         Command::Init(a) => repo::init(a, ctx),
         Command::Add(a) => repo::add(a, ctx),
         Command::Json(a) => match (&a.rev, target::mount_target(ctx, None)?) {

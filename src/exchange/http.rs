@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// One try of a request: retry or give up.
-enum Failure {
+pub(crate) enum Failure {
     Retry(String),
     Fatal(Error),
 }
@@ -28,22 +28,17 @@ pub struct HttpSource {
     agent: ureq::Agent,
     attempts: u32,
     backoff: Duration,
+    opts: Options,
 }
 
 impl HttpSource {
     pub fn new(base: &str, opts: &Options) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(15))
-            .timeout_read(Duration::from_secs(60))
-            .timeout_write(Duration::from_secs(60))
-            .max_idle_connections_per_host(opts.jobs.max(1) * 2)
-            .user_agent(concat!("pvrfs/", env!("CARGO_PKG_VERSION")))
-            .build();
         HttpSource {
             base: base.trim_end_matches('/').to_string(),
-            agent,
+            agent: agent(opts),
             attempts: opts.attempts.max(1),
             backoff: opts.backoff,
+            opts: opts.clone(),
         }
     }
 
@@ -59,27 +54,9 @@ impl HttpSource {
     fn retrying<T>(
         &self,
         what: &str,
-        mut attempt: impl FnMut() -> std::result::Result<T, Failure>,
+        attempt: impl FnMut() -> std::result::Result<T, Failure>,
     ) -> Result<T> {
-        let mut delay = self.backoff;
-        let mut n = 1;
-        loop {
-            match attempt() {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retry(why)) if n >= self.attempts => {
-                    return Err(Error::Other(format!(
-                        "{what}: {why} (gave up after {n} attempts)"
-                    )))
-                }
-                Err(Failure::Retry(why)) => {
-                    log::warn!("{what}: {why}; retrying in {delay:?}");
-                    std::thread::sleep(delay);
-                    delay = delay.saturating_mul(2).min(Duration::from_secs(10));
-                    n += 1;
-                }
-            }
-        }
+        retrying(self.attempts, self.backoff, what, attempt)
     }
 
     /// `GET BASE/json`.
@@ -101,19 +78,13 @@ impl HttpSource {
         let url = self.object_url(id);
         self.retrying(&format!("GET {url}"), || {
             let resp = self.agent.get(&url).call().map_err(|e| classify(e, &url))?;
+            let len = resp
+                .header("Content-Length")
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = super::RateGuard::new(resp.into_reader(), &self.opts, len);
             store
-                .put_reader_expecting(resp.into_reader(), id)
-                .map_err(|e| match e {
-                    Error::CorruptObject { actual, .. } => Failure::Retry(format!(
-                        "the server sent bytes that hash to {actual}, not to the object's name"
-                    )),
-                    Error::Io {
-                        op: "read input for",
-                        source,
-                        ..
-                    } => Failure::Retry(format!("reading the body failed: {source}")),
-                    other => Failure::Fatal(other),
-                })
+                .put_reader_expecting(body, id)
+                .map_err(download_failure)
         })
     }
 
@@ -171,8 +142,65 @@ impl HttpSource {
     }
 }
 
+/// The HTTP agent of a transfer: connect timeout 15 s, the idle timeout of `opts` on reads and
+/// writes, keep-alive connections for `opts.jobs` threads.
+pub(crate) fn agent(opts: &Options) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(15))
+        .timeout_read(opts.idle_timeout)
+        .timeout_write(opts.idle_timeout)
+        .max_idle_connections_per_host(opts.jobs.max(1) * 2)
+        .user_agent(concat!("pvrfs/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// How a failed download into the store is retried: bytes that do not hash to the name and
+/// broken bodies are worth another try; a local store error is not.
+pub(crate) fn download_failure(e: Error) -> Failure {
+    match e {
+        Error::CorruptObject { actual, .. } => Failure::Retry(format!(
+            "the server sent bytes that hash to {actual}, not to the object's name"
+        )),
+        Error::Io {
+            op: "read input for",
+            source,
+            ..
+        } => Failure::Retry(format!("reading the body failed: {source}")),
+        other => Failure::Fatal(other),
+    }
+}
+
+/// Run `attempt` until it succeeds, fails fatally, or `attempts` are used up, sleeping
+/// `backoff` (doubled each time, at most 10 s) between tries. Shared by every network transfer.
+pub(crate) fn retrying<T>(
+    attempts: u32,
+    backoff: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> std::result::Result<T, Failure>,
+) -> Result<T> {
+    let mut delay = backoff;
+    let mut n = 1;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry(why)) if n >= attempts.max(1) => {
+                return Err(Error::Other(format!(
+                    "{what}: {why} (gave up after {n} attempts)"
+                )))
+            }
+            Err(Failure::Retry(why)) => {
+                log::warn!("{what}: {why}; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay = delay.saturating_mul(2).min(Duration::from_secs(10));
+                n += 1;
+            }
+        }
+    }
+}
+
 /// Which failures are worth another try.
-fn classify(e: ureq::Error, url: &str) -> Failure {
+pub(crate) fn classify(e: ureq::Error, url: &str) -> Failure {
     match e {
         ureq::Error::Status(code, _) if code >= 500 || code == 408 || code == 429 => {
             Failure::Retry(format!("the server answered {code}"))

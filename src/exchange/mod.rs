@@ -34,7 +34,12 @@
 
 pub mod dir;
 pub mod http;
+mod limits;
+pub mod pvr;
+pub mod s3;
 pub mod tarball;
+
+pub(crate) use limits::RateGuard;
 
 use crate::error::{Error, Result};
 use crate::oid::ObjectId;
@@ -59,6 +64,16 @@ pub struct Options {
     pub backoff: Duration,
     /// Draw progress bars on stderr (only when it is a terminal and not --quiet).
     pub progress: bool,
+    /// A network read or write that makes no progress for this long fails (and is retried).
+    pub idle_timeout: Duration,
+    /// Slowest average rate (bytes/s) a transfer may have after `grace`; slower ones are cut
+    /// off (see `RateGuard`), so a slow or endless peer cannot hold a transfer forever.
+    pub min_rate: u64,
+    pub grace: Duration,
+    /// Bearer token for pvr remotes (`--token`, `PVRFS_TOKEN`); never sent to signed URLs.
+    pub token: Option<String>,
+    /// Commit message of a push to a pvr remote (default: the latest revision's message).
+    pub message: Option<String>,
 }
 
 impl Default for Options {
@@ -68,6 +83,11 @@ impl Default for Options {
             attempts: 5,
             backoff: Duration::from_millis(200),
             progress: false,
+            idle_timeout: Duration::from_secs(60),
+            min_rate: 32 * 1024,
+            grace: Duration::from_secs(30),
+            token: None,
+            message: None,
         }
     }
 }
@@ -79,8 +99,13 @@ pub enum Location {
     Dir(PathBuf),
     /// A tarball (gzip when the name ends in `.gz`/`.tgz`).
     Tarball(PathBuf),
-    /// An `http://` or `https://` base URL serving the plain layout (no trailing `/`).
+    /// An `http://` or `https://` base URL (no trailing `/`): a pvr remote when it answers
+    /// `.pvrremote`, else a server of the plain layout.
     Http(String),
+    /// A local repository's work directory (its latest revision and its object store).
+    Repo(PathBuf),
+    /// `s3://BUCKET/PREFIX` in the plain layout.
+    S3(s3::S3Location),
 }
 
 impl Location {
@@ -94,13 +119,19 @@ impl Location {
         if lower.starts_with("http://") || lower.starts_with("https://") {
             return Ok(Location::Http(text.trim_end_matches('/').to_string()));
         }
+        if lower.starts_with("s3://") {
+            return Ok(Location::S3(s3::S3Location::parse(text)?));
+        }
         if lower.contains("://") {
             return Err(Error::Usage(format!(
-                "'{text}': only plain directories, tarballs and http(s):// URLs are supported"
+                "'{text}': only repositories, plain directories, tarballs, http(s):// and s3:// URLs are supported"
             )));
         }
         let path = cwd.join(text);
         if path.is_dir() {
+            if let Some(workdir) = repo_workdir(&path) {
+                return Ok(Location::Repo(workdir));
+            }
             return Ok(Location::Dir(path));
         }
         if path.is_file() {
@@ -116,17 +147,29 @@ impl Location {
             return Ok(Location::Dir(path));
         }
         Err(Error::Usage(format!(
-            "'{}' does not exist (expected a directory with json and objects/, a tarball or an http(s) URL)",
+            "'{}' does not exist (expected a repository, a directory with json and objects/, a tarball, or an http(s):// or s3:// URL)",
             path.display()
         )))
     }
 
     pub fn describe(&self) -> String {
         match self {
-            Location::Dir(p) | Location::Tarball(p) => p.display().to_string(),
+            Location::Dir(p) | Location::Tarball(p) | Location::Repo(p) => p.display().to_string(),
             Location::Http(u) => u.clone(),
+            Location::S3(l) => l.describe(),
         }
     }
+}
+
+/// The work directory of the repository at `dir`: `dir` itself when it holds `.pvr/json`, or
+/// its parent when `dir` is that `.pvr` (pvr's spelling `REPO/.pvr`).
+pub fn repo_workdir(dir: &Path) -> Option<PathBuf> {
+    if dir.join(crate::repo::PVR_DIR).join("json").is_file() {
+        return Some(dir.to_path_buf());
+    }
+    let parent = dir.parent()?;
+    (dir.file_name()? == crate::repo::PVR_DIR && parent.join(crate::repo::PVR_DIR).join("json").is_file())
+        .then(|| parent.to_path_buf())
 }
 
 /// The `#a,-b` part of a source.
@@ -277,6 +320,9 @@ pub struct Transfer {
     pub moved: usize,
     /// Bytes that moved.
     pub bytes: u64,
+    /// The revision the destination now has, when it numbers revisions (a pvr remote, a local
+    /// repository).
+    pub remote_revision: Option<u64>,
 }
 
 /// A counter shown as a progress bar when asked for, invisible otherwise.
@@ -323,6 +369,7 @@ impl Progress {
             objects,
             moved: self.moved.into_inner(),
             bytes: self.bytes.into_inner(),
+            remote_revision: None,
         }
     }
 }
@@ -381,11 +428,62 @@ pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Re
             })?;
             (remote, t)
         }
-        Location::Http(base) => {
-            let src = http::HttpSource::new(base, opts);
-            let remote = State::from_json_bytes(&src.json()?, &src.json_url())?;
+        Location::Http(base) => match pvr::PvrRemoteClient::detect(base, opts)? {
+            Some(client) => {
+                let Some(json) = client.json()? else {
+                    return Err(Error::Other(format!(
+                        "{}: the remote has no state (404 from {})",
+                        client.describe(),
+                        client.remote.json_get_url
+                    )));
+                };
+                let remote = State::from_json_bytes(&json.bytes, &client.remote.json_get_url)?;
+                let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
+                    client.fetch(id, store)
+                })?;
+                (remote, t)
+            }
+            None => {
+                let src = http::HttpSource::new(base, opts);
+                let remote = State::from_json_bytes(&src.json()?, &src.json_url())?;
+                let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
+                    src.fetch(id, store)
+                })?;
+                (remote, t)
+            }
+        },
+        Location::Repo(workdir) => {
+            let src = Repo::open(workdir)?;
+            let latest = src.latest()?;
+            let remote = src.load_state(&latest)?;
+            let same_store = src.store().dir() == store.dir();
             let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
-                src.fetch(id, store)
+                if same_store {
+                    return Ok(0);
+                }
+                let f = src.store().open_required(id, None)?;
+                store.put_reader_expecting(f, id).map_err(|e| match e {
+                    Error::CorruptObject { id, actual, .. } => Error::Other(format!(
+                        "object {id} in {} is corrupt: its content hashes to {actual}",
+                        src.store().dir().display()
+                    )),
+                    other => other,
+                })
+            })?;
+            (remote, t)
+        }
+        Location::S3(loc) => {
+            let config = s3::S3Config::from_env()?;
+            let bucket = s3::S3Bucket::new(&config, &loc.bucket, opts)?;
+            let Some(json) = bucket.get_small(&loc.json_key())? else {
+                return Err(Error::Other(format!(
+                    "{}: no json there (not a pushed repository)",
+                    loc.describe()
+                )));
+            };
+            let remote = State::from_json_bytes(&json, &format!("{}/json", loc.describe()))?;
+            let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
+                bucket.fetch(&loc.object_key(id), id, store, opts)
             })?;
             (remote, t)
         }
@@ -507,7 +605,7 @@ pub fn latest_state(repo: &Repo, parts: &Parts) -> Result<(State, crate::repo::R
 /// `push`: publish the latest revision to a directory or an HTTP server, objects first and
 /// `json` last. Local objects are verified while they are sent.
 pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
-    let (state, _) = latest_state(repo, &Parts::default())?;
+    let (state, rev) = latest_state(repo, &Parts::default())?;
     let store = repo.store();
     let users = object_users(&state);
     // Everything must be here before anything is published.
@@ -523,7 +621,7 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
     match loc {
         Location::Dir(dir) => {
             let dest = dir::DirDest::create(dir)?;
-            let t = push_objects(&objects, opts, |id, path, len| {
+            let t = push_objects(&objects, opts, |id, _, path, len| {
                 if dest.has(id, len) {
                     return Ok(false);
                 }
@@ -535,8 +633,12 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
             Ok(t)
         }
         Location::Http(base) => {
+            if let Some(remote) = pvr::PvrRemoteClient::detect(base, opts)? {
+                let message = opts.message.clone().unwrap_or(rev.message);
+                return pvr::push(&remote, &state, &objects, &message, opts);
+            }
             let dest = http::HttpSource::new(base, opts);
-            let t = push_objects(&objects, opts, |id, path, len| {
+            let t = push_objects(&objects, opts, |id, _, path, len| {
                 if dest.has(id, len)? {
                     return Ok(false);
                 }
@@ -550,7 +652,77 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
             "cannot push to the file '{}'; use export for tarballs",
             p.display()
         ))),
+        Location::S3(loc) => s3_push(loc, &objects, &json, opts),
+        Location::Repo(workdir) => {
+            let dest = Repo::open(workdir)?;
+            if dest.store().dir() == repo.store().dir() {
+                // One store shared by both (pvr's global pool): nothing to copy.
+                return commit_into(&dest, &state, objects.len(), Transfer::default(), &rev.message);
+            }
+            let t = push_objects(&objects, opts, |id, _, path, _| {
+                if dest.store().contains(id) {
+                    return Ok(false);
+                }
+                let f = std::fs::File::open(path).map_err(|e| Error::io("open object", path, e))?;
+                dest.store().put_reader_expecting(f, id)?;
+                Ok(true)
+            })?;
+            dest.store().sync()?;
+            commit_into(&dest, &state, objects.len(), t, &opts.message.clone().unwrap_or(rev.message))
+        }
     }
+}
+
+/// Make `state` (whose objects are all in `dest`'s store) `dest`'s next revision, unless it
+/// already is its head.
+fn commit_into(
+    dest: &Repo,
+    state: &State,
+    objects: usize,
+    mut t: Transfer,
+    message: &str,
+) -> Result<Transfer> {
+    let lock = dest.lock()?;
+    let head = dest.head_state()?;
+    let latest = dest.latest()?;
+    t.objects = objects;
+    t.remote_revision = Some(if &head == state && latest.recorded {
+        latest.rev
+    } else {
+        dest.commit_state_on(&lock, Some(&head), state, message, None)?.rev
+    });
+    Ok(t)
+}
+
+/// Push to a bucket: the state already there says which objects are present (a no-op push is
+/// one `GET`); otherwise one listing of `objects/` finds the rest, the missing objects are
+/// uploaded (checksummed), and `json` goes last.
+fn s3_push(
+    loc: &s3::S3Location,
+    objects: &[PushItem],
+    json: &[u8],
+    opts: &Options,
+) -> Result<Transfer> {
+    let config = s3::S3Config::from_env()?;
+    let bucket = s3::S3Bucket::new(&config, &loc.bucket, opts)?;
+    let baseline = bucket.get_small(&loc.json_key())?;
+    if baseline.as_deref() == Some(json) {
+        return Ok(Transfer {
+            objects: objects.len(),
+            ..Transfer::default()
+        });
+    }
+    let present = bucket.list(&loc.key("objects/"))?;
+    let t = push_objects(objects, opts, |id, _, path, len| {
+        let key = loc.object_key(id);
+        if present.get(&key) == Some(&len) {
+            return Ok(false);
+        }
+        bucket.put_object(&key, id, path, len)?;
+        Ok(true)
+    })?;
+    bucket.put_bytes(&loc.json_key(), json, "application/json")?;
+    Ok(t)
 }
 
 /// `export`: write the latest revision (restricted to `parts`) as a pvr export tar, gzipped
@@ -592,16 +764,18 @@ pub fn export(
     Ok(objects.len())
 }
 
-type PushItem = (ObjectId, String, PathBuf, u64);
+/// One object to publish: its id, the key needing it, its file in the local store, its size.
+pub type PushItem = (ObjectId, String, PathBuf, u64);
 
+/// Run `put_one(id, key, path, len)` (true: the object moved) over `objects` in parallel.
 fn push_objects(
     objects: &[PushItem],
     opts: &Options,
-    put_one: impl Fn(&ObjectId, &Path, u64) -> Result<bool> + Sync,
+    put_one: impl Fn(&ObjectId, &str, &Path, u64) -> Result<bool> + Sync,
 ) -> Result<Transfer> {
     let progress = Progress::new(opts.progress, objects.len(), "push");
     for_each_parallel(objects, opts.jobs, |(id, key, path, len)| {
-        let moved = put_one(id, path, *len).map_err(|e| needed_for(e, key))?;
+        let moved = put_one(id, key, path, *len).map_err(|e| needed_for(e, key))?;
         progress.done(moved, *len);
         Ok(())
     })?;
@@ -612,7 +786,13 @@ fn push_objects(
 /// a tarball suffix.
 pub fn default_clone_dir(src: &str) -> Option<String> {
     let trimmed = src.trim_end_matches('/');
-    let last = trimmed.rsplit('/').next()?;
+    // `REPO/.pvr` is named after REPO.
+    let trimmed = trimmed.strip_suffix("/.pvr").unwrap_or(trimmed);
+    let mut last = trimmed.rsplit('/').next()?;
+    // `http://host/NAME@REV` (a revision of a served repository) is named after NAME.
+    if src.contains("://") {
+        last = last.split('@').next().unwrap_or(last);
+    }
     let name = [".tar.gz", ".tgz", ".tar"]
         .iter()
         .find_map(|s| last.strip_suffix(s))

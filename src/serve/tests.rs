@@ -1,0 +1,1 @@
+//! The protocol logic without a network: `Server::handle` with request heads and byte bodies.
