@@ -233,6 +233,7 @@ async fn respond(
         method: req.method().to_string(),
         path: head.path.clone(),
         status: 0,
+        why: None,
         start,
     };
     // The body reaches the handler through a bounded channel (backpressure on the peer).
@@ -248,7 +249,9 @@ async fn respond(
                 let mut buf = Vec::with_capacity(*len as usize);
                 reply.body = match file.take(*len).read_to_end(&mut buf) {
                     Ok(_) => Body::Bytes(buf),
-                    Err(e) => return Reply::error(500, format!("reading the object failed: {e}")),
+                    Err(e) => {
+                        return Reply::error(500, format!("reading the object failed: {e}"))
+                    }
                 };
             }
         }
@@ -262,6 +265,7 @@ async fn respond(
     let limits = &server.limits;
     let mut line = line;
     line.status = reply.status;
+    line.why = reply.reason.clone();
     let body = ReplyBody::new(reply.body, line, limits.min_rate, limits.grace);
     let mut resp = hyper::Response::new(body);
     *resp.status_mut() =
@@ -293,9 +297,14 @@ async fn feed(mut body: Incoming, tx: mpsc::Sender<io::Result<Bytes>>) {
         match frame {
             None => return,
             Some(Err(e)) => {
-                let _ = tx
-                    .send(Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("the request body broke off: {e}"))))
-                    .await;
+                // hyper's message is generic; the cause (e.g. our idle timeout) says why.
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why = format!("{why}: {s}");
+                    source = s.source();
+                }
+                let _ = tx.send(Err(io::Error::new(io::ErrorKind::ConnectionAborted, why))).await;
                 return;
             }
             Some(Ok(frame)) => {
@@ -336,6 +345,8 @@ struct LogLine {
     method: String,
     path: String,
     status: u16,
+    /// Why a request failed (the error reply's reason).
+    why: Option<String>,
     start: Instant,
 }
 
@@ -460,11 +471,14 @@ impl Drop for ReplyBody {
     fn drop(&mut self) {
         let l = &self.line;
         let ms = l.start.elapsed().as_secs_f64() * 1000.0;
-        let outcome = match (&self.failed, self.sent < self.len) {
+        let mut outcome = match (&self.failed, self.sent < self.len) {
             (Some(why), _) => format!(" cut off: {why}"),
             (None, true) => " (the peer went away)".to_string(),
             (None, false) => String::new(),
         };
+        if let Some(why) = &l.why {
+            outcome = format!("{outcome}: {why}");
+        }
         log::info!(
             "{} {} {} {} {} B {ms:.1} ms{outcome}",
             l.peer,
