@@ -178,7 +178,13 @@ mod tests {
             post_fields_opt: vec!["commit-msg".into(), "rev".into()],
         };
         let text = serde_json::to_string(&r).unwrap();
-        for name in ["pvr-spec", "json-get-url", "json-key", "objects-endpoint", "post-url"] {
+        for name in [
+            "pvr-spec",
+            "json-get-url",
+            "json-key",
+            "objects-endpoint",
+            "post-url",
+        ] {
             assert!(text.contains(name), "{text}");
         }
         assert_eq!(serde_json::from_str::<PvrRemote>(&text).unwrap(), r);

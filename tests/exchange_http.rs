@@ -184,7 +184,7 @@ fn fast() -> Options {
         jobs: 2,
         attempts: 3,
         backoff: Duration::from_millis(10),
-        progress: false,
+        ..Options::default()
     }
 }
 

@@ -38,10 +38,16 @@ fn push_clone_and_get_through_garage() {
         repo.head_state().unwrap().to_canonical_bytes()
     );
     let kernel = ObjectId::hash_bytes(&big);
-    let head = bucket.head(&format!("devices/dev1/objects/{kernel}")).unwrap().unwrap();
+    let head = bucket
+        .head(&format!("devices/dev1/objects/{kernel}"))
+        .unwrap()
+        .unwrap();
     assert_eq!(head.len, big.len() as u64);
     // the service kept (and so checked) the sha256 we sent
-    assert_eq!(head.sha256_b64, Some(pvrfs::exchange::s3::checksum_b64(&kernel)));
+    assert_eq!(
+        head.sha256_b64,
+        Some(pvrfs::exchange::s3::checksum_b64(&kernel))
+    );
     let out = ok(&pvrfs_env(&a, &["push", &dest], &env), "no-op push");
     assert!(out.contains("0 of 3 objects uploaded"), "{out}");
 
@@ -49,11 +55,19 @@ fn push_clone_and_get_through_garage() {
     let cloned = Repo::open(&t.join("dev1")).unwrap();
     assert!(cloned.head_state().unwrap() == repo.head_state().unwrap());
     let files = tree(&t.join("dev1"));
-    assert!(files.iter().any(|(k, v)| k == "bsp/kernel.img" && *v == big), "the checkout has the big object");
+    assert!(
+        files
+            .iter()
+            .any(|(k, v)| k == "bsp/kernel.img" && *v == big),
+        "the checkout has the big object"
+    );
     let b = t.join("b");
     fs::create_dir_all(&b).unwrap();
     let other = repo_with(&b, &[("mine.txt", b"mine")]);
-    ok(&pvrfs_env(&b, &["merge", &format!("{dest}#app")], &env), "merge from s3");
+    ok(
+        &pvrfs_env(&b, &["merge", &format!("{dest}#app")], &env),
+        "merge from s3",
+    );
     let s = other.head_state().unwrap();
     assert!(s.contains("mine.txt") && s.contains("app/y.bin") && !s.contains("bsp/kernel.img"));
 
@@ -63,7 +77,10 @@ fn push_clone_and_get_through_garage() {
     ok(&pvrfs_env(&a, &["commit", "-m", "x2"], &[]), "commit");
     let out = ok(&pvrfs_env(&a, &["push", &dest], &env), "push again");
     assert!(out.contains("1 of 3 objects uploaded"), "{out}");
-    ok(&pvrfs_env(&t.join("dev1"), &["get", &dest], &env), "get from s3");
+    ok(
+        &pvrfs_env(&t.join("dev1"), &["get", &dest], &env),
+        "get from s3",
+    );
     assert_eq!(
         Repo::open(&t.join("dev1")).unwrap().head_state().unwrap(),
         repo.head_state().unwrap()
@@ -81,11 +98,17 @@ fn a_corrupt_local_object_is_never_published_to_s3() {
     let bad = ObjectId::hash_bytes(b"original bytes");
     fs::write(repo.store().path_of(&bad), b"rotten  bytes!").unwrap();
     let dest = format!("s3://{}/c", g.bucket);
-    let err = failed(&pvrfs_env(&a, &["push", &dest], &env), "push of a corrupt object");
+    let err = failed(
+        &pvrfs_env(&a, &["push", &dest], &env),
+        "push of a corrupt object",
+    );
     assert!(err.contains(&bad.to_hex()), "{err}");
     let bucket = g.bucket();
     assert!(bucket.head(&format!("c/objects/{bad}")).unwrap().is_none());
-    assert!(bucket.get_small("c/json").unwrap().is_none(), "no state may be published");
+    assert!(
+        bucket.get_small("c/json").unwrap().is_none(),
+        "no state may be published"
+    );
 }
 
 #[test]
@@ -96,16 +119,28 @@ fn bad_states_and_missing_credentials_are_clear_errors() {
     let t = tmp.path();
     let bucket = g.bucket();
     bucket
-        .put_bytes("hostile/json", br#"{"../escape":"abc"}"#, "application/json")
+        .put_bytes(
+            "hostile/json",
+            br#"{"../escape":"abc"}"#,
+            "application/json",
+        )
         .unwrap();
     let err = failed(
-        &pvrfs_env(t, &["clone", &format!("s3://{}/hostile", g.bucket), "h"], &env),
+        &pvrfs_env(
+            t,
+            &["clone", &format!("s3://{}/hostile", g.bucket), "h"],
+            &env,
+        ),
         "clone of a hostile state",
     );
     assert!(err.contains("../escape"), "{err}");
     assert!(!t.join("h").exists());
     let err = failed(
-        &pvrfs_env(t, &["clone", &format!("s3://{}/nothing", g.bucket), "n"], &env),
+        &pvrfs_env(
+            t,
+            &["clone", &format!("s3://{}/nothing", g.bucket), "n"],
+            &env,
+        ),
         "clone of nothing",
     );
     assert!(err.contains("no json"), "{err}");
@@ -117,7 +152,11 @@ fn bad_states_and_missing_credentials_are_clear_errors() {
     let wrong: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| {
-            let v = if k == "AWS_SECRET_ACCESS_KEY" { "0".repeat(64) } else { v.clone() };
+            let v = if k == "AWS_SECRET_ACCESS_KEY" {
+                "0".repeat(64)
+            } else {
+                v.clone()
+            };
             (k.clone(), v)
         })
         .collect();
@@ -125,5 +164,8 @@ fn bad_states_and_missing_credentials_are_clear_errors() {
         &pvrfs_env(t, &["clone", &format!("s3://{}/x", g.bucket), "n"], &wrong),
         "clone with a wrong secret",
     );
-    assert!(err.contains("403") && err.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+    assert!(
+        err.contains("403") && err.contains("AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
 }

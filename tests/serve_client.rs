@@ -45,7 +45,11 @@ fn no_temp_files(dir: &Path) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
-    assert!(temps.is_empty(), "temp files left in {}: {temps:?}", dir.display());
+    assert!(
+        temps.is_empty(),
+        "temp files left in {}: {temps:?}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -59,7 +63,10 @@ fn pvrfs_clone_get_merge_push_against_serve() {
 
     // clone over the protocol == clone of the work directory (a work dir is a valid source)
     pvrfs(t, &["clone", &url, "remote"]);
-    pvrfs(t, &["clone", root.join("team/dev1").to_str().unwrap(), "local"]);
+    pvrfs(
+        t,
+        &["clone", root.join("team/dev1").to_str().unwrap(), "local"],
+    );
     assert_eq!(tree(&t.join("remote")), tree(&t.join("local")));
     let remote = Repo::open(&t.join("remote")).unwrap();
     assert_eq!(remote.head_state().unwrap(), origin.head_state().unwrap());
@@ -84,7 +91,10 @@ fn pvrfs_clone_get_merge_push_against_serve() {
     pvrfs(&t.join("remote"), &["add", "new.bin"]);
     pvrfs(&t.join("remote"), &["commit", "-m", "local change"]);
     let out = pvrfs(&t.join("remote"), &["push", &url]);
-    assert!(out.contains("revision 2 there") && out.contains("2 of 4 objects uploaded"), "{out}");
+    assert!(
+        out.contains("revision 2 there") && out.contains("2 of 4 objects uploaded"),
+        "{out}"
+    );
     let latest = origin.latest().unwrap();
     assert_eq!((latest.rev, latest.message.as_str()), (2, "local change"));
     assert_eq!(
@@ -105,7 +115,10 @@ fn pvrfs_clone_get_merge_push_against_serve() {
     pvrfs(t, &["clone", &format!("{url}@1"), "old"]);
     assert_eq!(tree(&t.join("old")), tree(&t.join("local")));
     // push to a local repository's work directory makes a revision there
-    let out = pvrfs(&t.join("remote"), &["push", t.join("local").to_str().unwrap()]);
+    let out = pvrfs(
+        &t.join("remote"),
+        &["push", t.join("local").to_str().unwrap()],
+    );
     assert!(out.contains("revision 2 there"), "{out}");
     assert_eq!(
         Repo::open(&t.join("local")).unwrap().head_state().unwrap(),
@@ -130,7 +143,10 @@ fn pvrfs_and_the_reference_pvr_share_a_server() {
     pvr.ok(&t.join("p"), &["commit", "-m", "pvr"]);
     pvr.ok(&t.join("p"), &["post", "-m", "from pvr", &url]);
     pvrfs(t, &["clone", &url, "f"]);
-    assert_eq!(fs::read(t.join("f/.pvr/json")).unwrap(), fs::read(t.join("p/.pvr/json")).unwrap());
+    assert_eq!(
+        fs::read(t.join("f/.pvr/json")).unwrap(),
+        fs::read(t.join("p/.pvr/json")).unwrap()
+    );
     assert_eq!(tree(&t.join("f")), tree(&t.join("p")));
     // pvrfs pushes, pvr gets exactly that
     fs::write(t.join("f/by-pvrfs.txt"), b"pvrfs too").unwrap();
@@ -139,7 +155,10 @@ fn pvrfs_and_the_reference_pvr_share_a_server() {
     pvrfs(&t.join("f"), &["push", &url]);
     pvr.ok(&t.join("p"), &["get", &url]);
     pvr.ok(&t.join("p"), &["checkout"]);
-    assert_eq!(fs::read(t.join("f/.pvr/json")).unwrap(), fs::read(t.join("p/.pvr/json")).unwrap());
+    assert_eq!(
+        fs::read(t.join("f/.pvr/json")).unwrap(),
+        fs::read(t.join("p/.pvr/json")).unwrap()
+    );
     assert_eq!(tree(&t.join("f")), tree(&t.join("p")));
 }
 
@@ -169,7 +188,10 @@ fn concurrent_pushes_on_one_base_one_wins_the_other_gets_a_conflict() {
         other => panic!("exactly one push must win: {other:?}\n{ra:?}\n{rb:?}"),
     };
     let err = String::from_utf8_lossy(&loser.stderr).into_owned();
-    assert!(err.contains("conflict") && err.contains("revision 2"), "{err}");
+    assert!(
+        err.contains("conflict") && err.contains("revision 2"),
+        "{err}"
+    );
     assert_eq!(origin.latest().unwrap().rev, 2);
     assert_eq!(
         fs::read(origin.json_path()).unwrap(),
@@ -185,8 +207,13 @@ fn concurrent_pushes_on_one_base_one_wins_the_other_gets_a_conflict() {
 /// Offer an object over the protocol and return its signed upload URL.
 fn upload_url(url: &str, data: &[u8]) -> String {
     let id = ObjectId::hash_bytes(data);
-    let body = format!(r#"{{"objectname":"x","sha256sum":"{id}","size":"{}"}}"#, data.len());
-    let resp = ureq::post(&format!("{url}/objects/")).send_string(&body).unwrap();
+    let body = format!(
+        r#"{{"objectname":"x","sha256sum":"{id}","size":"{}"}}"#,
+        data.len()
+    );
+    let resp = ureq::post(&format!("{url}/objects/"))
+        .send_string(&body)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_reader(resp.into_reader()).unwrap();
     v["signed-puturl"].as_str().unwrap().to_string()
 }
@@ -225,7 +252,11 @@ fn dropped_and_corrupt_uploads_leave_nothing() {
         data.len()
     );
     drop(raw(&url, &head, &data[..300_000]));
-    assert!(remote_common::wait_for_line(&serve.log, "broke off", Duration::from_secs(10)), "{}", serve.log_text());
+    assert!(
+        remote_common::wait_for_line(&serve.log, "broke off", Duration::from_secs(10)),
+        "{}",
+        serve.log_text()
+    );
     assert!(!origin.store().contains(&id));
     no_temp_files(&store);
 
@@ -233,7 +264,9 @@ fn dropped_and_corrupt_uploads_leave_nothing() {
     let mut bad = data.clone();
     bad[500_000] ^= 1;
     let err = ureq::put(&put).send_bytes(&bad).unwrap_err();
-    let ureq::Error::Status(400, resp) = err else { panic!("{err:?}") };
+    let ureq::Error::Status(400, resp) = err else {
+        panic!("{err:?}")
+    };
     assert!(resp.into_string().unwrap().contains("nothing was stored"));
     assert!(!origin.store().contains(&id));
     no_temp_files(&store);
@@ -249,8 +282,12 @@ fn dropped_and_corrupt_uploads_leave_nothing() {
     assert_eq!(origin.latest().unwrap().rev, 1);
 
     // a state whose object never arrived is refused, naming it
-    let resp = ureq::post(&format!("{url}/post")).send_string(&body).unwrap_err();
-    let ureq::Error::Status(422, resp) = resp else { panic!("{resp:?}") };
+    let resp = ureq::post(&format!("{url}/post"))
+        .send_string(&body)
+        .unwrap_err();
+    let ureq::Error::Status(422, resp) = resp else {
+        panic!("{resp:?}")
+    };
     assert!(resp.into_string().unwrap().contains(&id.to_hex()));
     assert_eq!(origin.latest().unwrap().rev, 1);
 
@@ -275,7 +312,14 @@ fn slow_and_oversized_requests_are_cut_off() {
     served(&root);
     let serve = Serve::start(
         &root,
-        &["--idle-timeout", "1", "--max-json-size", "1000", "--max-object-size", "2000000"],
+        &[
+            "--idle-timeout",
+            "1",
+            "--max-json-size",
+            "1000",
+            "--max-object-size",
+            "2000000",
+        ],
         &[],
     );
     let url = serve.repo_url("team/dev1");
@@ -285,25 +329,42 @@ fn slow_and_oversized_requests_are_cut_off() {
     let mut buf = [0u8; 64];
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let n = s.read(&mut buf).unwrap_or(0);
-    assert!(start.elapsed() < Duration::from_secs(10), "held for {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "held for {:?}",
+        start.elapsed()
+    );
     let _ = n;
     // an upload that stalls halfway: cut off, nothing stored
     let data = vec![5u8; 100_000];
     let put = upload_url(&url, &data);
-    let head = format!("PUT {} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", path_and_query(&put));
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        path_and_query(&put)
+    );
     let mut s = raw(&url, &head, &data[..10_000]);
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let start = Instant::now();
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
-    assert!(start.elapsed() < Duration::from_secs(10), "held for {:?}", start.elapsed());
-    assert!(remote_common::wait_for_line(&serve.log, "sent nothing for 1 s", Duration::from_secs(5)), "{}", serve.log_text());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "held for {:?}",
+        start.elapsed()
+    );
+    assert!(
+        remote_common::wait_for_line(&serve.log, "sent nothing for 1 s", Duration::from_secs(5)),
+        "{}",
+        serve.log_text()
+    );
     let origin = Repo::open(&root.join("team/dev1")).unwrap();
     assert!(!origin.store().contains(&ObjectId::hash_bytes(&data)));
     no_temp_files(origin.store().dir());
     // bodies over the limits
     let big = format!(r#"{{"state":{{"x.json":"{}"}}}}"#, "y".repeat(5000));
-    let err = ureq::post(&format!("{url}/post")).send_string(&big).unwrap_err();
+    let err = ureq::post(&format!("{url}/post"))
+        .send_string(&big)
+        .unwrap_err();
     assert!(matches!(err, ureq::Error::Status(413, _)), "{err:?}");
     let id = ObjectId::hash_bytes(b"z");
     let err = ureq::post(&format!("{url}/objects/"))
@@ -311,7 +372,10 @@ fn slow_and_oversized_requests_are_cut_off() {
         .unwrap_err();
     assert!(matches!(err, ureq::Error::Status(413, _)), "{err:?}");
     // the server still serves
-    assert_eq!(ureq::get(&format!("{url}/json")).call().unwrap().status(), 200);
+    assert_eq!(
+        ureq::get(&format!("{url}/json")).call().unwrap().status(),
+        200
+    );
 }
 
 #[test]
@@ -325,12 +389,23 @@ fn serve_refuses_an_open_address_without_tokens_and_stops_on_ctrl_c() {
     assert_eq!(out.status.code(), Some(2));
     let tokens = tmp.path().join("tokens");
     fs::write(&tokens, "short read *\n").unwrap();
-    let err = Serve::try_start(&root, &["--tokens", tokens.to_str().unwrap()], &[]).err().unwrap();
-    assert!(err.contains("tokens:1") && err.contains("too short"), "{err}");
+    let err = Serve::try_start(&root, &["--tokens", tokens.to_str().unwrap()], &[])
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("tokens:1") && err.contains("too short"),
+        "{err}"
+    );
 
     let mut serve = Serve::start(&root, &[], &[]);
     let url = serve.repo_url("team/dev1");
-    assert_eq!(ureq::get(&format!("{url}/.pvrremote")).call().unwrap().status(), 200);
+    assert_eq!(
+        ureq::get(&format!("{url}/.pvrremote"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
     let status = serve.interrupt();
     assert!(status.success(), "{status}");
     assert!(serve.log_text().contains("stopped"), "{}", serve.log_text());
@@ -350,12 +425,24 @@ fn tokens_for_the_pvrfs_client() {
     let err = pvrfs_fails(t, &["clone", &url, "x"]);
     assert!(err.contains("401") && err.contains("--token"), "{err}");
     assert!(!t.join("x").exists());
-    let env = [("PVRFS_TOKEN".to_string(), "writer-token-0123456789".to_string())];
-    ok(&pvrfs_env(t, &["clone", &url, "x"], &env), "clone with PVRFS_TOKEN");
+    let env = [(
+        "PVRFS_TOKEN".to_string(),
+        "writer-token-0123456789".to_string(),
+    )];
+    ok(
+        &pvrfs_env(t, &["clone", &url, "x"], &env),
+        "clone with PVRFS_TOKEN",
+    );
     fs::write(t.join("x/top.txt"), b"new").unwrap();
     pvrfs(&t.join("x"), &["commit", "-m", "tok"]);
-    pvrfs(&t.join("x"), &["push", "--token", "writer-token-0123456789", &url]);
+    pvrfs(
+        &t.join("x"),
+        &["push", "--token", "writer-token-0123456789", &url],
+    );
     assert_eq!(origin.latest().unwrap().rev, 2);
-    let err = pvrfs_fails(&t.join("x"), &["push", "--token", "wrong-token-0123456789", &url]);
+    let err = pvrfs_fails(
+        &t.join("x"),
+        &["push", "--token", "wrong-token-0123456789", &url],
+    );
     assert!(err.contains("401") && err.contains("not accepted"), "{err}");
 }

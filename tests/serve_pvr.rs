@@ -13,7 +13,9 @@ use std::fs;
 use std::path::Path;
 
 fn big(n: usize, seed: u32) -> Vec<u8> {
-    (0..n as u32).map(|i| (i.wrapping_mul(seed) >> 3) as u8).collect()
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(seed) >> 3) as u8)
+        .collect()
 }
 
 /// `root/dev1`: a repository with parts `bsp`, `app`, `app2`, inline JSON and a 300 KB object.
@@ -25,7 +27,10 @@ fn served_repo(root: &Path) -> Repo {
         &dir,
         &[
             ("bsp/kernel.img", &kernel),
-            ("bsp/run.json", br#"{"kernel":"kernel.img","n":[1,2.5,"x"]}"#),
+            (
+                "bsp/run.json",
+                br#"{"kernel":"kernel.img","n":[1,2.5,"x"]}"#,
+            ),
             ("app/x.bin", b"app x"),
             ("app/sub/y.bin", b"app y"),
             ("app2/z.bin", b"app2 z"),
@@ -63,14 +68,23 @@ fn pvr_matches_local(pvr: &Pvr, serve: &Serve, root: &Path, tmp: &Path) {
     // clone
     pvr.ok(tmp, &["clone", &url, "c_remote"]);
     pvr.ok(tmp, &["clone", local, "c_local"]);
-    assert_eq!(pvr_json(&tmp.join("c_remote")), pvr_json(&tmp.join("c_local")));
+    assert_eq!(
+        pvr_json(&tmp.join("c_remote")),
+        pvr_json(&tmp.join("c_local"))
+    );
     assert_eq!(tree(&tmp.join("c_remote")), tree(&tmp.join("c_local")));
     assert!(!tree(&tmp.join("c_remote")).is_empty());
 
     // get and merge with parts, into repositories that have files of their own
-    for (i, (cmd, frag)) in [("get", "#bsp"), ("get", "#-app2"), ("merge", "#app"), ("get", ""), ("merge", "")]
-        .into_iter()
-        .enumerate()
+    for (i, (cmd, frag)) in [
+        ("get", "#bsp"),
+        ("get", "#-app2"),
+        ("merge", "#app"),
+        ("get", ""),
+        ("merge", ""),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (a, b) = two_pvr_repos(pvr, &tmp.join(format!("parts{i}")));
         pvr.ok(&a, &[cmd, &format!("{url}{frag}")]);
@@ -107,7 +121,10 @@ fn pvr_posts(pvr: &Pvr, serve: &Serve, root: &Path, tmp: &Path) -> Vec<u8> {
         fs::read(tmp.join("c_local/.pvr/json")).unwrap()
     );
     let err = remote_common::failed(
-        &pvr.run(&tmp.join("c_rev1"), &["post", "-m", "x", &format!("{url}@1")]),
+        &pvr.run(
+            &tmp.join("c_rev1"),
+            &["post", "-m", "x", &format!("{url}@1")],
+        ),
         "post to a past revision",
     );
     assert!(err.contains("405") && err.contains("read-only"), "{err}");
@@ -117,7 +134,10 @@ fn pvr_posts(pvr: &Pvr, serve: &Serve, root: &Path, tmp: &Path) -> Vec<u8> {
     fs::write(d.join("other.txt"), b"other").unwrap();
     pvr.ok(&d, &["add", "other.txt"]);
     pvr.ok(&d, &["commit", "-m", "other"]);
-    let err = remote_common::failed(&pvr.run(&d, &["post", "--rev", "2", "-m", "late", &url]), "a stale post");
+    let err = remote_common::failed(
+        &pvr.run(&d, &["post", "--rev", "2", "-m", "late", &url]),
+        "a stale post",
+    );
     assert!(err.contains("409") && err.contains("conflict"), "{err}");
     assert_eq!(served.latest().unwrap().rev, 2);
     pvr.ok(&d, &["post", "--rev", "3", "-m", "rebased", &url]);
@@ -154,7 +174,10 @@ fn reference_pvr_against_serve_matches_local_repositories() {
     let head = pvr_posts(&pvr, &serve, &root, tmp.path());
     assert_eq!(head, fs::read(root.join("dev1/.pvr/json")).unwrap());
     let id = pvr_putobjects(&pvr, &serve, tmp.path());
-    assert!(Repo::open(&root.join("dev1")).unwrap().store().contains(&id));
+    assert!(Repo::open(&root.join("dev1"))
+        .unwrap()
+        .store()
+        .contains(&id));
     // Every object of every revision is in the served repository, whole.
     let out = remote_common::pvrfs_env(&root.join("dev1"), &["fsck"], &[]);
     remote_common::ok(&out, "fsck of the served repository");
@@ -163,7 +186,9 @@ fn reference_pvr_against_serve_matches_local_repositories() {
 #[test]
 fn reference_pvr_against_serve_with_objects_in_garage() {
     let pvr = need_pvr!();
-    let Some(garage) = Garage::start() else { return };
+    let Some(garage) = Garage::start() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     served_repo(&root);
@@ -179,11 +204,23 @@ fn reference_pvr_against_serve_with_objects_in_garage() {
     let served = Repo::open(&root.join("dev1")).unwrap();
     assert!(!served.store().contains(&id));
     let new_bin = ObjectId::hash_bytes(&big(70_000, 13));
-    assert!(bucket.head(&format!("served/dev1/objects/{new_bin}")).unwrap().is_some());
+    assert!(bucket
+        .head(&format!("served/dev1/objects/{new_bin}"))
+        .unwrap()
+        .is_some());
     // And a fresh pvr clone of revision 2 gets them from the bucket.
-    pvr.ok(tmp.path(), &["clone", &format!("{}@2", serve.repo_url("dev1")), "again"]);
-    assert_eq!(tree(&tmp.path().join("again")), tree(&tmp.path().join("c_remote")));
-    assert_eq!(fs::read(tmp.path().join("again/new.bin")).unwrap(), big(70_000, 13));
+    pvr.ok(
+        tmp.path(),
+        &["clone", &format!("{}@2", serve.repo_url("dev1")), "again"],
+    );
+    assert_eq!(
+        tree(&tmp.path().join("again")),
+        tree(&tmp.path().join("c_remote"))
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("again/new.bin")).unwrap(),
+        big(70_000, 13)
+    );
 }
 
 #[test]
@@ -203,20 +240,49 @@ fn reference_pvr_and_tokens() {
     let t = tmp.path();
     // No token: pvr stops at once (no interactive login against us) and gets nothing.
     let out = pvr.run(t, &["clone", &url, "none"]);
-    assert!(!out.status.success() && out.status.code() != Some(124), "{out:?}");
-    assert!(!t.join("none/.pvr/json").exists() || fs::read(t.join("none/.pvr/json")).unwrap().len() < 30);
-    let err = remote_common::failed(&pvr.run(t, &["-a", "wrong-token-0123456789", "clone", &url, "wrong"]), "a wrong token");
+    assert!(
+        !out.status.success() && out.status.code() != Some(124),
+        "{out:?}"
+    );
+    assert!(
+        !t.join("none/.pvr/json").exists()
+            || fs::read(t.join("none/.pvr/json")).unwrap().len() < 30
+    );
+    let err = remote_common::failed(
+        &pvr.run(t, &["-a", "wrong-token-0123456789", "clone", &url, "wrong"]),
+        "a wrong token",
+    );
     assert!(err.contains("401"), "{err}");
     pvr.ok(t, &["-a", "reader-token-0123456789", "clone", &url, "r"]);
     fs::write(t.join("r/top.txt"), b"edit").unwrap();
     pvr.ok(&t.join("r"), &["commit", "-m", "edit"]);
     let err = remote_common::failed(
-        &pvr.run(&t.join("r"), &["-a", "reader-token-0123456789", "post", "-m", "x", &url]),
+        &pvr.run(
+            &t.join("r"),
+            &["-a", "reader-token-0123456789", "post", "-m", "x", &url],
+        ),
         "a post with a read token",
     );
     // (pvr offers the changed object first, which is refused: "Error posting object 403")
     assert!(err.contains("403"), "{err}");
-    assert_eq!(Repo::open(&root.join("dev1")).unwrap().latest().unwrap().rev, 1);
-    pvr.ok(&t.join("r"), &["-a", "writer-token-0123456789", "post", "-m", "ok", &url]);
-    assert_eq!(Repo::open(&root.join("dev1")).unwrap().latest().unwrap().rev, 2);
+    assert_eq!(
+        Repo::open(&root.join("dev1"))
+            .unwrap()
+            .latest()
+            .unwrap()
+            .rev,
+        1
+    );
+    pvr.ok(
+        &t.join("r"),
+        &["-a", "writer-token-0123456789", "post", "-m", "ok", &url],
+    );
+    assert_eq!(
+        Repo::open(&root.join("dev1"))
+            .unwrap()
+            .latest()
+            .unwrap()
+            .rev,
+        2
+    );
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 pub fn serve(args: ServeArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     // One line per request: info level for pvrfs unless RUST_LOG says otherwise.
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("pvrfs=info"))
-        .try_init();
+    let _ =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("pvrfs=info"))
+            .try_init();
     let addr: SocketAddr = args
         .listen
         .to_socket_addrs()

@@ -40,8 +40,9 @@ impl<R> RateGuard<R> {
         if self.min_rate == 0 {
             return Duration::MAX;
         }
-        self.grace
-            .saturating_add(Duration::from_secs_f64(self.read as f64 / self.min_rate as f64))
+        self.grace.saturating_add(Duration::from_secs_f64(
+            self.read as f64 / self.min_rate as f64,
+        ))
     }
 }
 

@@ -168,8 +168,9 @@ pub fn repo_workdir(dir: &Path) -> Option<PathBuf> {
         return Some(dir.to_path_buf());
     }
     let parent = dir.parent()?;
-    (dir.file_name()? == crate::repo::PVR_DIR && parent.join(crate::repo::PVR_DIR).join("json").is_file())
-        .then(|| parent.to_path_buf())
+    (dir.file_name()? == crate::repo::PVR_DIR
+        && parent.join(crate::repo::PVR_DIR).join("json").is_file())
+    .then(|| parent.to_path_buf())
 }
 
 /// The `#a,-b` part of a source.
@@ -657,7 +658,13 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
             let dest = Repo::open(workdir)?;
             if dest.store().dir() == repo.store().dir() {
                 // One store shared by both (pvr's global pool): nothing to copy.
-                return commit_into(&dest, &state, objects.len(), Transfer::default(), &rev.message);
+                return commit_into(
+                    &dest,
+                    &state,
+                    objects.len(),
+                    Transfer::default(),
+                    &rev.message,
+                );
             }
             let t = push_objects(&objects, opts, |id, _, path, _| {
                 if dest.store().contains(id) {
@@ -668,7 +675,13 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
                 Ok(true)
             })?;
             dest.store().sync()?;
-            commit_into(&dest, &state, objects.len(), t, &opts.message.clone().unwrap_or(rev.message))
+            commit_into(
+                &dest,
+                &state,
+                objects.len(),
+                t,
+                &opts.message.clone().unwrap_or(rev.message),
+            )
         }
     }
 }
@@ -689,7 +702,8 @@ fn commit_into(
     t.remote_revision = Some(if &head == state && latest.recorded {
         latest.rev
     } else {
-        dest.commit_state_on(&lock, Some(&head), state, message, None)?.rev
+        dest.commit_state_on(&lock, Some(&head), state, message, None)?
+            .rev
     });
     Ok(t)
 }

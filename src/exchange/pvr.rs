@@ -58,7 +58,9 @@ impl PvrRemoteClient {
         let found = client.retry(&format!("GET {url}"), || {
             match client.authed(client.agent.get(&url)).call() {
                 Ok(resp) => Ok(Some(read_limited(resp, &url)?)),
-                Err(ureq::Error::Status(401, resp)) => Err(auth_failure(401, resp, &url, &client.opts)),
+                Err(ureq::Error::Status(401, resp)) => {
+                    Err(auth_failure(401, resp, &url, &client.opts))
+                }
                 Err(ureq::Error::Status(403, resp)) if client.opts.token.is_some() => {
                     Err(auth_failure(403, resp, &url, &client.opts))
                 }
@@ -67,9 +69,8 @@ impl PvrRemoteClient {
             }
         })?;
         let Some(body) = found else { return Ok(None) };
-        let remote: PvrRemote = serde_json::from_slice(&body).map_err(|e| {
-            Error::Other(format!("{url}: not a pvr remote description: {e}"))
-        })?;
+        let remote: PvrRemote = serde_json::from_slice(&body)
+            .map_err(|e| Error::Other(format!("{url}: not a pvr remote description: {e}")))?;
         if remote.json_get_url.is_empty() && remote.objects_endpoint.is_empty() {
             return Err(Error::Other(format!(
                 "{url}: the remote description names neither json-get-url nor objects-endpoint"
@@ -140,7 +141,10 @@ impl PvrRemoteClient {
 
     /// Fetch one object into `store`, verified. Returns its size.
     pub fn fetch(&self, id: &ObjectId, store: &Store) -> Result<u64> {
-        let info_url = format!("{}/{id}", self.remote.objects_endpoint.trim_end_matches('/'));
+        let info_url = format!(
+            "{}/{id}",
+            self.remote.objects_endpoint.trim_end_matches('/')
+        );
         self.retry(&format!("GET {info_url}"), || {
             let resp = match self.authed(self.agent.get(&info_url)).call() {
                 Ok(r) => r,
@@ -161,7 +165,9 @@ impl PvrRemoteClient {
                         "{info_url}: not an object record: {e}"
                     )))
                 })?;
-            let get_url = self.resolve(&record.signed_get_url).map_err(Failure::Fatal)?;
+            let get_url = self
+                .resolve(&record.signed_get_url)
+                .map_err(Failure::Fatal)?;
             if get_url.is_empty() {
                 return Err(Failure::Fatal(Error::Other(format!(
                     "{info_url}: the record has no signed-geturl"
@@ -169,11 +175,15 @@ impl PvrRemoteClient {
             }
             let size = record.size.trim().parse::<u64>().ok();
             // Signed URLs carry their own authorisation: no bearer token.
-            let resp = self.agent.get(&get_url).call().map_err(|e| {
-                classify(e, strip_query(&get_url))
-            })?;
+            let resp = self
+                .agent
+                .get(&get_url)
+                .call()
+                .map_err(|e| classify(e, strip_query(&get_url)))?;
             let body = RateGuard::new(resp.into_reader(), &self.opts, size);
-            store.put_reader_expecting(body, id).map_err(download_failure)
+            store
+                .put_reader_expecting(body, id)
+                .map_err(download_failure)
         })
     }
 
@@ -183,14 +193,18 @@ impl PvrRemoteClient {
         let body = serde_json::to_vec(&ObjectRecord::describe(id, len, name))
             .expect("a record serialises");
         self.retry(&format!("POST {url} ({id})"), || {
-            let req = self.authed(self.agent.post(&url)).set("Content-Type", "application/json");
+            let req = self
+                .authed(self.agent.post(&url))
+                .set("Content-Type", "application/json");
             match req.send_bytes(&body) {
                 Ok(resp) => {
-                    let record: ObjectRecord =
-                        serde_json::from_slice(&read_limited(resp, &url)?).map_err(|e| {
-                            Failure::Fatal(Error::Other(format!("{url}: not an object record: {e}")))
-                        })?;
-                    let put = self.resolve(&record.signed_put_url).map_err(Failure::Fatal)?;
+                    let record: ObjectRecord = serde_json::from_slice(&read_limited(resp, &url)?)
+                        .map_err(|e| {
+                        Failure::Fatal(Error::Other(format!("{url}: not an object record: {e}")))
+                    })?;
+                    let put = self
+                        .resolve(&record.signed_put_url)
+                        .map_err(Failure::Fatal)?;
                     if put.is_empty() {
                         return Err(Failure::Fatal(Error::Other(format!(
                             "{url}: the record for {id} has no signed-puturl"
@@ -270,7 +284,9 @@ impl PvrRemoteClient {
         envelope.insert(key.into(), state.to_value());
         let body = json::to_canonical(&json::Value::Object(envelope));
         self.retry(&format!("POST {url}"), || {
-            let req = self.authed(self.agent.post(url)).set("Content-Type", "application/json");
+            let req = self
+                .authed(self.agent.post(url))
+                .set("Content-Type", "application/json");
             match req.send_bytes(&body) {
                 Ok(resp) => serde_json::from_slice(&read_limited(resp, url)?).map_err(|e| {
                     Failure::Fatal(Error::Other(format!("{url}: not a post reply: {e}")))
@@ -281,12 +297,9 @@ impl PvrRemoteClient {
                 Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
                     Err(auth_failure(code, resp, url, &self.opts))
                 }
-                Err(ureq::Error::Status(code, resp)) if (400..500).contains(&code) => {
-                    Err(Failure::Fatal(Error::Other(format!(
-                        "{url}: {}",
-                        error_text(code, resp)
-                    ))))
-                }
+                Err(ureq::Error::Status(code, resp)) if (400..500).contains(&code) => Err(
+                    Failure::Fatal(Error::Other(format!("{url}: {}", error_text(code, resp)))),
+                ),
                 Err(e) => Err(classify(e, url)),
             }
         })

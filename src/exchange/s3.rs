@@ -297,7 +297,9 @@ impl S3Bucket {
         let what = self.url_for("HEAD", key);
         self.retry(&what, || {
             let mut action = self.bucket.head_object(Some(&self.credentials), key);
-            action.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
+            action
+                .headers_mut()
+                .insert("x-amz-checksum-mode", "ENABLED");
             let url = action.sign(OWN_URL_LIFETIME).to_string();
             match self
                 .agent
@@ -357,13 +359,7 @@ impl S3Bucket {
     /// `PUT` the local object at `path` (`len` bytes) as `key`. The service checks the body
     /// against `id` (checksum header); we hash it while sending too and delete the upload if it
     /// does not match (see the module docs).
-    pub fn put_object(
-        &self,
-        key: &str,
-        id: &ObjectId,
-        path: &Path,
-        len: u64,
-    ) -> Result<()> {
+    pub fn put_object(&self, key: &str, id: &ObjectId, path: &Path, len: u64) -> Result<()> {
         if len > MAX_SINGLE_PUT {
             return Err(Error::Other(format!(
                 "object {id} is {len} bytes; a single S3 PUT holds at most {MAX_SINGLE_PUT} bytes (multipart uploads are not implemented)"
@@ -531,7 +527,13 @@ mod tests {
         let bare = S3Location::parse("s3://bkt").unwrap();
         assert_eq!(bare.json_key(), "json");
         assert_eq!(bare.describe(), "s3://bkt");
-        for bad in ["s3://B/x", "s3://ab", "s3://bkt/a/../b", "http://bkt/x", "s3://bkt/a//b"] {
+        for bad in [
+            "s3://B/x",
+            "s3://ab",
+            "s3://bkt/a/../b",
+            "http://bkt/x",
+            "s3://bkt/a//b",
+        ] {
             assert!(S3Location::parse(bad).is_err(), "{bad}");
         }
     }
@@ -539,7 +541,12 @@ mod tests {
     #[test]
     fn config_comes_from_the_standard_variables() {
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
         };
         let c = S3Config::from_vars(vars(&[
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:3900"),
@@ -572,9 +579,15 @@ mod tests {
         let b = S3Bucket::new(&c, "bkt", &Options::default()).unwrap();
         let id = ObjectId::hash_bytes(b"hello");
         let url = b.presign_put("p/objects/x", &id, Duration::from_secs(60));
-        assert!(url.starts_with("http://127.0.0.1:3900/bkt/p/objects/x?"), "{url}");
+        assert!(
+            url.starts_with("http://127.0.0.1:3900/bkt/p/objects/x?"),
+            "{url}"
+        );
         let b64 = checksum_b64(&id);
         let encoded: String = url::form_urlencoded::byte_serialize(b64.as_bytes()).collect();
-        assert!(url.contains(&format!("x-amz-checksum-sha256={encoded}")), "{url}");
+        assert!(
+            url.contains(&format!("x-amz-checksum-sha256={encoded}")),
+            "{url}"
+        );
     }
 }

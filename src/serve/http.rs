@@ -144,7 +144,9 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(server.limits.max_connections.max(1)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        server.limits.max_connections.max(1),
+    ));
     let idle = server.limits.idle;
     tokio::pin!(shutdown);
     loop {
@@ -161,7 +163,10 @@ async fn serve(
             _ = &mut shutdown => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            log::warn!("{peer}: refused, {} connections already open", server.limits.max_connections);
+            log::warn!(
+                "{peer}: refused, {} connections already open",
+                server.limits.max_connections
+            );
             tokio::spawn(async move {
                 let mut stream = stream;
                 let _ = stream
@@ -206,7 +211,12 @@ async fn respond(
 ) -> hyper::Response<ReplyBody> {
     let start = Instant::now();
     let headers = req.headers();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let token = header("authorization").and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
@@ -241,7 +251,10 @@ async fn respond(
     let feeder = tokio::spawn(feed(req.into_body(), tx));
     let handler_server = server.clone();
     let reply = tokio::task::spawn_blocking(move || {
-        let mut body = ChannelReader { rx, pending: Bytes::new() };
+        let mut body = ChannelReader {
+            rx,
+            pending: Bytes::new(),
+        };
         let mut reply = handler_server.handle(&head, &mut body);
         // Small files are read here, on the blocking thread, rather than streamed.
         if let Body::File { file, len } = &mut reply.body {
@@ -249,9 +262,7 @@ async fn respond(
                 let mut buf = Vec::with_capacity(*len as usize);
                 reply.body = match file.take(*len).read_to_end(&mut buf) {
                     Ok(_) => Body::Bytes(buf),
-                    Err(e) => {
-                        return Reply::error(500, format!("reading the object failed: {e}"))
-                    }
+                    Err(e) => return Reply::error(500, format!("reading the object failed: {e}")),
                 };
             }
         }
@@ -268,8 +279,8 @@ async fn respond(
     line.why = reply.reason.clone();
     let body = ReplyBody::new(reply.body, line, limits.min_rate, limits.grace);
     let mut resp = hyper::Response::new(body);
-    *resp.status_mut() =
-        hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() = hyper::StatusCode::from_u16(reply.status)
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in reply.headers {
         if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
             resp.headers_mut().append(name, v);
@@ -278,7 +289,13 @@ async fn respond(
     if let Some(reason) = reply.reason {
         let clean: String = reason
             .chars()
-            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
             .take(300)
             .collect();
         if let Ok(r) = hyper::ext::ReasonPhrase::try_from(clean.into_bytes()) {
@@ -293,7 +310,8 @@ async fn respond(
 /// complete one.
 async fn feed(mut body: Incoming, tx: mpsc::Sender<io::Result<Bytes>>) {
     loop {
-        let frame = std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx)).await;
+        let frame =
+            std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx)).await;
         match frame {
             None => return,
             Some(Err(e)) => {
@@ -304,7 +322,9 @@ async fn feed(mut body: Incoming, tx: mpsc::Sender<io::Result<Bytes>>) {
                     why = format!("{why}: {s}");
                     source = s.source();
                 }
-                let _ = tx.send(Err(io::Error::new(io::ErrorKind::ConnectionAborted, why))).await;
+                let _ = tx
+                    .send(Err(io::Error::new(io::ErrorKind::ConnectionAborted, why)))
+                    .await;
                 return;
             }
             Some(Ok(frame)) => {
@@ -401,7 +421,10 @@ fn stream_file(file: std::fs::File, len: u64, tx: mpsc::Sender<io::Result<Bytes>
         let mut buf = vec![0u8; CHUNK.min(left as usize)];
         let n = match reader.read(&mut buf) {
             Ok(0) => {
-                let _ = tx.blocking_send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the object file is shorter than it was")));
+                let _ = tx.blocking_send(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the object file is shorter than it was",
+                )));
                 return;
             }
             Ok(n) => n,
@@ -423,12 +446,19 @@ impl hyper::body::Body for ReplyBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         let this = &mut *self;
         if this.min_rate > 0 {
-            let allowed = this.grace + Duration::from_secs_f64(this.sent as f64 / this.min_rate as f64);
+            let allowed =
+                this.grace + Duration::from_secs_f64(this.sent as f64 / this.min_rate as f64);
             if this.line.start.elapsed() > allowed && this.sent < this.len {
-                let msg = format!("the peer reads too slowly ({} of {} bytes sent)", this.sent, this.len);
+                let msg = format!(
+                    "the peer reads too slowly ({} of {} bytes sent)",
+                    this.sent, this.len
+                );
                 this.failed = Some(msg.clone());
                 return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::TimedOut, msg))));
             }
@@ -511,7 +541,12 @@ impl<S> IdleGuard<S> {
 }
 
 /// Arm or check the wait timer of a pending operation; `Err` when it ran out.
-fn waited_too_long(wait: &mut Option<Pin<Box<tokio::time::Sleep>>>, idle: Duration, cx: &mut Context<'_>, what: &str) -> io::Result<()> {
+fn waited_too_long(
+    wait: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: Duration,
+    cx: &mut Context<'_>,
+    what: &str,
+) -> io::Result<()> {
     let sleep = wait.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
     match sleep.as_mut().poll(cx) {
         Poll::Ready(()) => Err(io::Error::new(
@@ -523,7 +558,11 @@ fn waited_too_long(wait: &mut Option<Pin<Box<tokio::time::Sleep>>>, idle: Durati
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleGuard<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -539,7 +578,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleGuard<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for IdleGuard<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(r) => {

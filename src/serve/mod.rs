@@ -120,7 +120,9 @@ impl Config {
         let bucket = S3Bucket::new(&S3Config::from_env()?, &loc.bucket, &opts)?;
         // Fail at start-up, not at the first request, when the bucket is unreachable.
         bucket.list(&loc.key("."))?;
-        Ok(Backend::S3(objects::S3Objects::new(bucket, loc, opts)))
+        Ok(Backend::S3(Box::new(objects::S3Objects::new(
+            bucket, loc, opts,
+        ))))
     }
 }
 
@@ -153,7 +155,10 @@ pub enum Body {
     Empty,
     Bytes(Vec<u8>),
     /// Stream `len` bytes of this file (an object).
-    File { file: std::fs::File, len: u64 },
+    File {
+        file: std::fs::File,
+        len: u64,
+    },
 }
 
 /// A response.
@@ -294,13 +299,18 @@ impl Server {
         let root = std::fs::canonicalize(&config.root)
             .map_err(|e| Error::io("open the root directory", &config.root, e))?;
         if !root.is_dir() {
-            return Err(Error::Usage(format!("'{}' is not a directory", root.display())));
+            return Err(Error::Usage(format!(
+                "'{}' is not a directory",
+                root.display()
+            )));
         }
         Ok(Server {
             root,
             tokens: config.tokens,
             backend: config.backend,
-            public_url: config.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            public_url: config
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_string()),
             limits: config.limits,
             signer: Signer::random().map_err(|e| Error::io("read", "/dev/urandom", e))?,
             repos: Mutex::default(),
@@ -322,7 +332,9 @@ impl Server {
             if depth > 16 {
                 return;
             }
-            let Ok(rd) = std::fs::read_dir(dir) else { return };
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
             for e in rd.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
@@ -358,16 +370,20 @@ impl Server {
     }
 
     fn check(&self, head: &RequestHead, name: &str, need: Access) -> Result<(), Reply> {
-        let Some(tokens) = &self.tokens else { return Ok(()) };
-        tokens.check(head.token.as_deref(), name, need).map_err(|d| {
-            let mut r = Reply::error(d.status, d.message);
-            if d.status == 401 {
-                // Not "Bearer": pvr would then start an interactive login against us; with
-                // another scheme it stops and reports the 401 (pass --access-token).
-                r = r.with_header("www-authenticate", "Token realm=\"pvrfs-serve\"");
-            }
-            r
-        })
+        let Some(tokens) = &self.tokens else {
+            return Ok(());
+        };
+        tokens
+            .check(head.token.as_deref(), name, need)
+            .map_err(|d| {
+                let mut r = Reply::error(d.status, d.message);
+                if d.status == 401 {
+                    // Not "Bearer": pvr would then start an interactive login against us; with
+                    // another scheme it stops and reports the 401 (pass --access-token).
+                    r = r.with_header("www-authenticate", "Token realm=\"pvrfs-serve\"");
+                }
+                r
+            })
     }
 
     /// The repository NAME, if it is one (inside the root, symlinks included).
@@ -405,7 +421,12 @@ impl Server {
         }
     }
 
-    fn dispatch(&self, head: &RequestHead, t: &Target, body: &mut dyn Read) -> Result<Reply, Reply> {
+    fn dispatch(
+        &self,
+        head: &RequestHead,
+        t: &Target,
+        body: &mut dyn Read,
+    ) -> Result<Reply, Reply> {
         use Endpoint as E;
         use Method as M;
         // Signed URLs carry their own grant; everything else needs the token's.
@@ -417,8 +438,10 @@ impl Server {
             (M::Get | M::Head, _) => Access::Read,
             (M::Put, E::Json) | (M::Post, E::Objects | E::Post) => Access::Write,
             (m, _) => {
-                return Err(Reply::error(405, format!("{m:?} is not allowed on {}", head.path))
-                    .with_header("allow", "GET, HEAD, POST, PUT"))
+                return Err(
+                    Reply::error(405, format!("{m:?} is not allowed on {}", head.path))
+                        .with_header("allow", "GET, HEAD, POST, PUT"),
+                )
             }
         };
         self.check(head, &t.name, need)?;
@@ -427,7 +450,10 @@ impl Server {
             if let Some(rev) = &t.rev {
                 return Err(Reply::error(
                     405,
-                    format!("{}@{rev} is a past revision and read-only; write to {}", t.name, t.name),
+                    format!(
+                        "{}@{rev} is a past revision and read-only; write to {}",
+                        t.name, t.name
+                    ),
                 ));
             }
         }
@@ -438,7 +464,10 @@ impl Server {
             (M::Post, E::Objects) => self.offer(head, t, &repo, body),
             (_, E::Object(id)) => self.object(head, t, &repo, id),
             (M::Post, E::Post) => self.post(head, t, &repo, body),
-            _ => Err(Reply::error(405, format!("{:?} is not allowed on {}", head.method, head.path))),
+            _ => Err(Reply::error(
+                405,
+                format!("{:?} is not allowed on {}", head.method, head.path),
+            )),
         }
     }
 
@@ -456,7 +485,10 @@ impl Server {
     }
 
     fn repo_url(&self, head: &RequestHead, t: &Target) -> String {
-        let rev = t.rev.as_ref().map_or(String::new(), |r| format!("@{}", encode_name(r)));
+        let rev = t
+            .rev
+            .as_ref()
+            .map_or(String::new(), |r| format!("@{}", encode_name(r)));
         format!("{}/{}{rev}", self.base_url(head), encode_name(&t.name))
     }
 
@@ -486,7 +518,9 @@ impl Server {
 
     fn json(&self, head: &RequestHead, t: &Target, repo: &Repo) -> Result<Reply, Reply> {
         let rev = self.revision(t, repo)?;
-        let state = repo.load_state(&rev).map_err(|e| Reply::error(500, e.to_string()))?;
+        let state = repo
+            .load_state(&rev)
+            .map_err(|e| Reply::error(500, e.to_string()))?;
         let mut r = Reply::json(200, &()).with_header(REVISION_HEADER, rev.rev.to_string());
         r.body = match head.method {
             Method::Head => Body::Empty,
@@ -496,13 +530,22 @@ impl Server {
     }
 
     /// The object record of `id`, with a signed URL to download it.
-    fn object(&self, head: &RequestHead, t: &Target, repo: &Repo, id: &ObjectId) -> Result<Reply, Reply> {
+    fn object(
+        &self,
+        head: &RequestHead,
+        t: &Target,
+        repo: &Repo,
+        id: &ObjectId,
+    ) -> Result<Reply, Reply> {
         let found = self
             .backend
             .find(&t.name, repo, id)
             .map_err(|e| Reply::error(502, e.to_string()))?;
         let Some(found) = found else {
-            return Err(Reply::error(404, format!("object {id} is not in {}", t.name)));
+            return Err(Reply::error(
+                404,
+                format!("object {id} is not in {}", t.name),
+            ));
         };
         let (size, get_url) = match found {
             objects::Found::Local(size) => (size, self.blob_url(head, t, id, Op::Get, None)),
@@ -528,8 +571,22 @@ impl Server {
         }
     }
 
-    fn blob_url(&self, head: &RequestHead, t: &Target, id: &ObjectId, op: Op, size: Option<u64>) -> String {
-        let query = self.signer.query(op, &t.name, id, size, crate::repo::now(), self.limits.url_lifetime);
+    fn blob_url(
+        &self,
+        head: &RequestHead,
+        t: &Target,
+        id: &ObjectId,
+        op: Op,
+        size: Option<u64>,
+    ) -> String {
+        let query = self.signer.query(
+            op,
+            &t.name,
+            id,
+            size,
+            crate::repo::now(),
+            self.limits.url_lifetime,
+        );
         format!(
             "{}/{}/objects/{id}/blob?{query}",
             self.base_url(head),
@@ -538,7 +595,13 @@ impl Server {
     }
 
     /// `POST objects/`: offer an object for upload.
-    fn offer(&self, head: &RequestHead, t: &Target, repo: &Repo, body: &mut dyn Read) -> Result<Reply, Reply> {
+    fn offer(
+        &self,
+        head: &RequestHead,
+        t: &Target,
+        repo: &Repo,
+        body: &mut dyn Read,
+    ) -> Result<Reply, Reply> {
         let bytes = self.read_json_body(head, body)?;
         let record: ObjectRecord = serde_json::from_slice(&bytes)
             .map_err(|e| Reply::error(400, format!("not an object record: {e}")))?;
@@ -546,7 +609,10 @@ impl Server {
         if size > self.limits.max_object {
             return Err(Reply::error(
                 413,
-                format!("object {id} is {size} bytes; this server accepts at most {}", self.limits.max_object),
+                format!(
+                    "object {id} is {size} bytes; this server accepts at most {}",
+                    self.limits.max_object
+                ),
             ));
         }
         let present = self
@@ -554,7 +620,10 @@ impl Server {
             .find(&t.name, repo, &id)
             .map_err(|e| Reply::error(502, e.to_string()))?;
         let mut out = self.record(&id, size, &record.object_name);
-        out.signed_put_url = match self.backend.s3_put_url(&t.name, &id, self.limits.url_lifetime) {
+        out.signed_put_url = match self
+            .backend
+            .s3_put_url(&t.name, &id, self.limits.url_lifetime)
+        {
             Some(url) => url,
             None => self.blob_url(head, t, &id, Op::Put, Some(size)),
         };
@@ -564,7 +633,14 @@ impl Server {
     }
 
     /// The signed object URLs of the embedded store.
-    fn blob(&self, head: &RequestHead, name: &str, repo: &Repo, id: &ObjectId, body: &mut dyn Read) -> Result<Reply, Reply> {
+    fn blob(
+        &self,
+        head: &RequestHead,
+        name: &str,
+        repo: &Repo,
+        id: &ObjectId,
+        body: &mut dyn Read,
+    ) -> Result<Reply, Reply> {
         let grant = self
             .signer
             .check(name, id, &head.query, crate::repo::now())
@@ -576,7 +652,10 @@ impl Server {
                     .open(id)
                     .map_err(|e| Reply::error(500, e.to_string()))?
                     .ok_or_else(|| Reply::error(404, format!("object {id} is not in {name}")))?;
-                let len = file.metadata().map_err(|e| Reply::error(500, e.to_string()))?.len();
+                let len = file
+                    .metadata()
+                    .map_err(|e| Reply::error(500, e.to_string()))?
+                    .len();
                 let body = match head.method {
                     Method::Head => Body::Empty,
                     _ => Body::File { file, len },
@@ -613,40 +692,64 @@ impl Server {
                     Ok(n) if n == size => Ok(Reply::json(200, &serde_json::json!({}))),
                     Ok(n) => {
                         // Cannot happen for a body of the announced length that hashes right.
-                        Err(Reply::error(400, format!("object {id}: got {n} bytes, expected {size}")))
+                        Err(Reply::error(
+                            400,
+                            format!("object {id}: got {n} bytes, expected {size}"),
+                        ))
                     }
                     Err(Error::CorruptObject { actual, .. }) => Err(Reply::error(
                         400,
-                        format!("the uploaded bytes hash to {actual}, not to {id}; nothing was stored"),
+                        format!(
+                            "the uploaded bytes hash to {actual}, not to {id}; nothing was stored"
+                        ),
                     )),
-                    Err(Error::Io { op: "read input for", source, .. }) => Err(Reply::error(
+                    Err(Error::Io {
+                        op: "read input for",
+                        source,
+                        ..
+                    }) => Err(Reply::error(
                         400,
                         format!("the upload of {id} broke off ({source}); nothing was stored"),
                     )),
                     Err(e) => Err(Reply::error(500, e.to_string())),
                 }
             }
-            _ => Err(Reply::error(403, "the signed URL does not grant this method")),
+            _ => Err(Reply::error(
+                403,
+                "the signed URL does not grant this method",
+            )),
         }
     }
 
     fn read_json_body(&self, head: &RequestHead, body: &mut dyn Read) -> Result<Vec<u8>, Reply> {
         let max = self.limits.max_json;
         if head.content_length.is_some_and(|n| n > max) {
-            return Err(Reply::error(413, format!("the body is larger than {max} bytes")));
+            return Err(Reply::error(
+                413,
+                format!("the body is larger than {max} bytes"),
+            ));
         }
         let mut bytes = Vec::new();
         body.take(max + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| Reply::error(400, format!("reading the body failed: {e}")))?;
         if bytes.len() as u64 > max {
-            return Err(Reply::error(413, format!("the body is larger than {max} bytes")));
+            return Err(Reply::error(
+                413,
+                format!("the body is larger than {max} bytes"),
+            ));
         }
         Ok(bytes)
     }
 
     /// `POST post`: a new revision from the envelope pvr sends.
-    fn post(&self, head: &RequestHead, t: &Target, repo: &Repo, body: &mut dyn Read) -> Result<Reply, Reply> {
+    fn post(
+        &self,
+        head: &RequestHead,
+        t: &Target,
+        repo: &Repo,
+        body: &mut dyn Read,
+    ) -> Result<Reply, Reply> {
         let bytes = self.read_json_body(head, body)?;
         let json::Value::Object(mut envelope) = json::parse(&bytes)
             .map_err(|e| Reply::error(400, format!("the post is not JSON: {e}")))?
@@ -656,7 +759,9 @@ impl Server {
         let state = envelope
             .remove(STATE_KEY)
             .or_else(|| envelope.remove("post"))
-            .ok_or_else(|| Reply::error(400, format!("the post has no '{STATE_KEY}' (json-key)")))?;
+            .ok_or_else(|| {
+                Reply::error(400, format!("the post has no '{STATE_KEY}' (json-key)"))
+            })?;
         let message = match envelope.get("commit-msg") {
             Some(json::Value::String(s)) => s.clone(),
             None => DEFAULT_COMMIT_MSG.to_string(),
@@ -676,7 +781,13 @@ impl Server {
     }
 
     /// `PUT json` (pvr put): the body is the state of the next revision.
-    fn put_json(&self, head: &RequestHead, t: &Target, repo: &Repo, body: &mut dyn Read) -> Result<Reply, Reply> {
+    fn put_json(
+        &self,
+        head: &RequestHead,
+        t: &Target,
+        repo: &Repo,
+        body: &mut dyn Read,
+    ) -> Result<Reply, Reply> {
         let bytes = self.read_json_body(head, body)?;
         let state = State::from_json_bytes(&bytes, &format!("the put to {}", t.name))
             .map_err(|e| Reply::error(400, e.to_string()))?;
@@ -684,7 +795,14 @@ impl Server {
     }
 
     /// Verify and commit `state` as revision `rev` (-1: the next).
-    fn commit(&self, t: &Target, repo: &Repo, state: State, message: &str, rev: i64) -> Result<Reply, Reply> {
+    fn commit(
+        &self,
+        t: &Target,
+        repo: &Repo,
+        state: State,
+        message: &str,
+        rev: i64,
+    ) -> Result<Reply, Reply> {
         let conflict = |head: u64| {
             Reply::error(
                 409,
@@ -728,7 +846,11 @@ impl Server {
                     missing: bad.iter().map(|u| u.id.to_hex()).collect(),
                 },
             );
-            r.reason = Some(format!("{} object(s) missing, e.g. {}", bad.len(), first.id));
+            r.reason = Some(format!(
+                "{} object(s) missing, e.g. {}",
+                bad.len(),
+                first.id
+            ));
             return Err(r);
         }
         let lock = repo.lock().map_err(|e| Reply::error(503, e.to_string()))?;
@@ -747,7 +869,12 @@ impl Server {
         let expected = if rev >= 0 { Some(rev as u64 - 1) } else { None };
         match repo.commit_state_on(&lock, Some(&head_now), &state, message, expected) {
             Ok(r) => {
-                log::info!("{}: revision {} ({} entries) committed: {message}", t.name, r.rev, state.len());
+                log::info!(
+                    "{}: revision {} ({} entries) committed: {message}",
+                    t.name,
+                    r.rev,
+                    state.len()
+                );
                 Ok(Reply::json(200, &reply(&r, true)))
             }
             Err(Error::Conflict(_)) => Err(conflict(repo.latest().map_or(0, |l| l.rev))),

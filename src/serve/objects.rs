@@ -38,7 +38,7 @@ pub struct Unusable {
 
 pub enum Backend {
     Local,
-    S3(S3Objects),
+    S3(Box<S3Objects>),
 }
 
 pub struct S3Objects {
@@ -83,7 +83,10 @@ impl S3Objects {
             let prefix = loc.key("objects/");
             let mut found = HashMap::new();
             for (key, size) in self.bucket.list(&prefix)? {
-                if let Some(id) = key.strip_prefix(&prefix).and_then(|h| ObjectId::from_hex(h).ok()) {
+                if let Some(id) = key
+                    .strip_prefix(&prefix)
+                    .and_then(|h| ObjectId::from_hex(h).ok())
+                {
                     found.insert(id, size);
                 }
             }
@@ -123,7 +126,9 @@ impl S3Objects {
         };
         let good = match &head.sha256_b64 {
             Some(sum) => *sum == checksum_b64(id),
-            None => matches!(self.bucket.hash_object(&key, &self.opts)?, Some((actual, _)) if actual == *id),
+            None => {
+                matches!(self.bucket.hash_object(&key, &self.opts)?, Some((actual, _)) if actual == *id)
+            }
         };
         if good {
             self.remember(name, id, head.len);
@@ -156,7 +161,13 @@ impl Backend {
 
     /// The objects of `ids` that a state may not reference yet: absent, or (S3) not hashing to
     /// their name. Objects in the local store are valid by the store's invariant.
-    pub fn unusable(&self, name: &str, repo: &Repo, ids: &[ObjectId], jobs: usize) -> Result<Vec<Unusable>> {
+    pub fn unusable(
+        &self,
+        name: &str,
+        repo: &Repo,
+        ids: &[ObjectId],
+        jobs: usize,
+    ) -> Result<Vec<Unusable>> {
         let bad = Mutex::new(Vec::new());
         crate::exchange::for_each_parallel(ids, jobs, |id| {
             if repo.store().contains(id) {

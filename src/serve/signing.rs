@@ -114,9 +114,14 @@ impl Signer {
         }
         self.mac(op, name, id, size, exp)
             .verify_slice(&sig)
-            .map_err(|_| "the URL's signature is not valid (altered, or from before a restart)".to_string())?;
+            .map_err(|_| {
+                "the URL's signature is not valid (altered, or from before a restart)".to_string()
+            })?;
         if now > exp {
-            return Err(format!("the signed URL expired {} s ago; ask for a new one", now - exp));
+            return Err(format!(
+                "the signed URL expired {} s ago; ask for a new one",
+                now - exp
+            ));
         }
         Ok(Grant { op, size })
     }
@@ -141,13 +146,21 @@ mod tests {
         );
         assert!(s.check("dev1", &other, &q, 1000).is_err());
         assert!(s.check("dev2", &id, &q, 1000).is_err());
-        assert!(s.check("dev1", &id, &q, 1061).unwrap_err().contains("expired"));
+        assert!(s
+            .check("dev1", &id, &q, 1061)
+            .unwrap_err()
+            .contains("expired"));
         let bigger = q.replace("size=5", "size=6");
-        assert!(s.check("dev1", &id, &bigger, 1000).unwrap_err().contains("signature"));
+        assert!(s
+            .check("dev1", &id, &bigger, 1000)
+            .unwrap_err()
+            .contains("signature"));
         let as_get = q.replace("op=put", "op=get");
         assert!(s.check("dev1", &id, &as_get, 1000).is_err());
         let g = s.query(Op::Get, "dev1", &id, None, 1000, Duration::from_secs(60));
         assert_eq!(s.check("dev1", &id, &g, 1000).unwrap().op, Op::Get);
-        assert!(Signer::with_key([8; 32]).check("dev1", &id, &g, 1000).is_err());
+        assert!(Signer::with_key([8; 32])
+            .check("dev1", &id, &g, 1000)
+            .is_err());
     }
 }

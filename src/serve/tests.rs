@@ -23,7 +23,10 @@ fn fixture(tokens: Option<&str>) -> Fixture {
     let id = repo.store().put_bytes(b"alpha").unwrap();
     state.insert("a.txt", Entry::Object(id)).unwrap();
     state
-        .insert("cfg.json", Entry::Inline(json::parse(b"{\"k\":1}").unwrap()))
+        .insert(
+            "cfg.json",
+            Entry::Inline(json::parse(b"{\"k\":1}").unwrap()),
+        )
         .unwrap();
     let lock = repo.lock().unwrap();
     repo.commit_state(&lock, &state, "one", None).unwrap();
@@ -74,7 +77,8 @@ fn call(s: &Server, h: &RequestHead, body: &[u8]) -> (u16, Vec<u8>) {
 }
 
 fn value(bytes: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
 }
 
 /// The path and query of an absolute URL this server handed out.
@@ -84,7 +88,10 @@ fn local(url: &str) -> &str {
 
 fn offer(s: &Server, data: &[u8]) -> (u16, serde_json::Value) {
     let id = ObjectId::hash_bytes(data);
-    let body = format!(r#"{{"objectname":"x","sha256sum":"{id}","size":"{}"}}"#, data.len());
+    let body = format!(
+        r#"{{"objectname":"x","sha256sum":"{id}","size":"{}"}}"#,
+        data.len()
+    );
     let (status, out) = call(s, &head(Method::Post, "/dev1/objects/"), body.as_bytes());
     (status, value(&out))
 }
@@ -99,7 +106,10 @@ fn post(s: &Server, state: &str, rev: i64) -> (u16, serde_json::Value) {
 fn paths_name_repositories_revisions_and_endpoints() {
     let seg = |p: &str| segments(p).unwrap();
     let t = parse_target(&seg("/team/dev1@3/objects/")).unwrap();
-    assert_eq!((t.name.as_str(), t.rev.as_deref(), t.endpoint), ("team/dev1", Some("3"), Endpoint::Objects));
+    assert_eq!(
+        (t.name.as_str(), t.rev.as_deref(), t.endpoint),
+        ("team/dev1", Some("3"), Endpoint::Objects)
+    );
     let id = ObjectId::hash_bytes(b"x");
     assert_eq!(
         parse_target(&seg(&format!("/a%20b/objects/{id}/blob"))).unwrap(),
@@ -109,7 +119,14 @@ fn paths_name_repositories_revisions_and_endpoints() {
             endpoint: Endpoint::Blob(id)
         }
     );
-    for bad in ["/.pvr/json", "/../x/json", "/a//json", "/json", "/a/objects/zz", "/a/other"] {
+    for bad in [
+        "/.pvr/json",
+        "/../x/json",
+        "/a//json",
+        "/json",
+        "/a/objects/zz",
+        "/a/other",
+    ] {
         assert!(parse_target(&seg(bad)).is_none(), "{bad}");
     }
 }
@@ -123,30 +140,50 @@ fn remote_json_and_objects_are_served_with_signed_urls() {
     let remote: PvrRemote = serde_json::from_slice(&out).unwrap();
     assert_eq!(remote.json_get_url, format!("http://{HOST}/dev1/json"));
     let r = s.handle(&head(Method::Get, "/dev1/json"), &mut io::empty());
-    assert_eq!(r.headers.iter().find(|h| h.0 == REVISION_HEADER).unwrap().1, "1");
+    assert_eq!(
+        r.headers.iter().find(|h| h.0 == REVISION_HEADER).unwrap().1,
+        "1"
+    );
     let (_, json) = call(s, &head(Method::Get, "/dev1/json"), b"");
     let repo = Repo::open(&f.root.join("dev1")).unwrap();
     assert_eq!(json, repo.head_state().unwrap().to_canonical_bytes());
     // A past revision by URL.
     let (status, json0) = call(s, &head(Method::Get, "/dev1@0/json"), b"");
-    assert_eq!((status, json0), (200, b"{\"#spec\":\"pantavisor-service-system@1\"}".to_vec()));
+    assert_eq!(
+        (status, json0),
+        (200, b"{\"#spec\":\"pantavisor-service-system@1\"}".to_vec())
+    );
     assert_eq!(call(s, &head(Method::Get, "/dev1@7/json"), b"").0, 404);
     // An object record, then its bytes through the signed URL.
     let id = ObjectId::hash_bytes(b"alpha");
     let (status, out) = call(s, &head(Method::Get, &format!("/dev1/objects/{id}")), b"");
     assert_eq!(status, 200);
     let record: ObjectRecord = serde_json::from_slice(&out).unwrap();
-    assert_eq!((record.sha.as_str(), record.size.as_str()), (id.to_hex().as_str(), "5"));
+    assert_eq!(
+        (record.sha.as_str(), record.size.as_str()),
+        (id.to_hex().as_str(), "5")
+    );
     let (status, bytes) = call(s, &head(Method::Get, local(&record.signed_get_url)), b"");
     assert_eq!((status, bytes.as_slice()), (200, &b"alpha"[..]));
     // A tampered signature, or the URL for another object, is refused.
     let other = ObjectId::hash_bytes(b"beta");
     let forged = local(&record.signed_get_url).replace(&id.to_hex(), &other.to_hex());
     assert_eq!(call(s, &head(Method::Get, &forged), b"").0, 403);
-    assert_eq!(call(s, &head(Method::Get, &format!("/dev1/objects/{other}")), b"").0, 404);
+    assert_eq!(
+        call(
+            s,
+            &head(Method::Get, &format!("/dev1/objects/{other}")),
+            b""
+        )
+        .0,
+        404
+    );
     assert_eq!(call(s, &head(Method::Get, "/nope/json"), b"").0, 404);
     let (status, list) = call(s, &head(Method::Get, "/"), b"");
-    assert_eq!((status, value(&list)["repositories"][0].as_str()), (200, Some("dev1")));
+    assert_eq!(
+        (status, value(&list)["repositories"][0].as_str()),
+        (200, Some("dev1"))
+    );
 }
 
 #[test]
@@ -171,7 +208,11 @@ fn uploads_are_verified_before_they_are_stored() {
     let r = s.handle(&h, &mut broken);
     assert_eq!(r.status, 400);
     assert!(!repo.store().contains(&id));
-    let leftovers: Vec<_> = std::fs::read_dir(repo.store().dir()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(repo.store().dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // A different announced size: refused before reading.
     assert_eq!(call(s, &head(Method::Put, &put), b"new object!").0, 400);
@@ -184,7 +225,10 @@ fn uploads_are_verified_before_they_are_stored() {
 struct FailingReader;
 impl Read for FailingReader {
     fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Err(io::Error::new(io::ErrorKind::ConnectionAborted, "connection dropped"))
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection dropped",
+        ))
     }
 }
 
@@ -202,16 +246,25 @@ fn posts_need_every_object_and_the_right_base_revision() {
     // rev = head + 1 wins; the same base again is a conflict.
     let (status, out) = post(s, &format!(r#"{{"a.txt":"{a}","c.json":{{}}}}"#), 2);
     assert_eq!((status, out["rev"].as_i64()), (200, Some(2)));
-    assert_eq!(out["state-sha"].as_str(), Some(repo.latest().unwrap().state.0.to_hex().as_str()));
+    assert_eq!(
+        out["state-sha"].as_str(),
+        Some(repo.latest().unwrap().state.0.to_hex().as_str())
+    );
     let (status, out) = post(s, &format!(r#"{{"a.txt":"{a}","d.json":{{}}}}"#), 2);
     assert_eq!(status, 409);
-    assert!(out["error"].as_str().unwrap().contains("revision 2"), "{out}");
+    assert!(
+        out["error"].as_str().unwrap().contains("revision 2"),
+        "{out}"
+    );
     assert_eq!(repo.latest().unwrap().rev, 2);
     // rev -1 appends; posting the head again changes nothing.
     let (status, out) = post(s, &format!(r#"{{"a.txt":"{a}"}}"#), -1);
     assert_eq!((status, out["rev"].as_i64()), (200, Some(3)));
     let (status, out) = post(s, &format!(r#"{{"a.txt":"{a}"}}"#), -1);
-    assert_eq!((status, out["rev"].as_i64(), out["created"].as_bool()), (200, Some(3), Some(false)));
+    assert_eq!(
+        (status, out["rev"].as_i64(), out["created"].as_bool()),
+        (200, Some(3), Some(false))
+    );
     // Past revisions are read-only; garbage is a 400.
     let (status, _) = call(s, &head(Method::Post, "/dev1@1/post"), b"{}");
     assert_eq!(status, 405);
@@ -221,7 +274,9 @@ fn posts_need_every_object_and_the_right_base_revision() {
 
 #[test]
 fn tokens_guard_reads_and_writes() {
-    let f = fixture(Some("reader-token-0123456 read *\nwriter-token-0123456 write dev1\n"));
+    let f = fixture(Some(
+        "reader-token-0123456 read *\nwriter-token-0123456 write dev1\n",
+    ));
     let s = &f.server;
     let with = |m: Method, path: &str, token: Option<&str>| {
         let mut h = head(m, path);
@@ -231,13 +286,34 @@ fn tokens_guard_reads_and_writes() {
     let r = s.handle(&with(Method::Get, "/dev1/json", None), &mut io::empty());
     assert_eq!(r.status, 401);
     assert!(r.headers.iter().any(|h| h.0 == "www-authenticate"));
-    assert_eq!(s.handle(&with(Method::Get, "/dev1/json", Some("reader-token-0123456")), &mut io::empty()).status, 200);
-    assert_eq!(s.handle(&with(Method::Get, "/dev1/json", Some("unknown-token-0123456")), &mut io::empty()).status, 401);
-    let r = s.handle(&with(Method::Post, "/dev1/post", Some("reader-token-0123456")), &mut &b"{}"[..]);
+    assert_eq!(
+        s.handle(
+            &with(Method::Get, "/dev1/json", Some("reader-token-0123456")),
+            &mut io::empty()
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        s.handle(
+            &with(Method::Get, "/dev1/json", Some("unknown-token-0123456")),
+            &mut io::empty()
+        )
+        .status,
+        401
+    );
+    let r = s.handle(
+        &with(Method::Post, "/dev1/post", Some("reader-token-0123456")),
+        &mut &b"{}"[..],
+    );
     assert_eq!(r.status, 403);
     assert!(r.reason.unwrap().contains("write"));
     // Refused before the repository is looked at: a missing one answers the same.
-    assert_eq!(s.handle(&with(Method::Get, "/ghost/json", None), &mut io::empty()).status, 401);
+    assert_eq!(
+        s.handle(&with(Method::Get, "/ghost/json", None), &mut io::empty())
+            .status,
+        401
+    );
     // The listing shows only what the token may read.
     let (_, list) = call(s, &with(Method::Get, "/", None), b"");
     assert_eq!(value(&list)["repositories"].as_array().unwrap().len(), 0);

@@ -90,7 +90,11 @@ impl Tokens {
             let access = match words.next() {
                 Some("read") => Access::Read,
                 Some("write") => Access::Write,
-                Some(other) => return Err(bad(format!("access must be 'read' or 'write', not '{other}'"))),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "access must be 'read' or 'write', not '{other}'"
+                    )))
+                }
                 None => return Err(bad("expected TOKEN ACCESS REPOSITORIES...".into())),
             };
             let mut patterns = Vec::new();
@@ -110,8 +114,9 @@ impl Tokens {
                 continue;
             }
             let digest = match token.strip_prefix("sha256:") {
-                Some(hex) => ObjectId::from_hex(hex)
-                    .map_err(|_| bad("sha256: must be followed by 64 lowercase hex digits".into()))?,
+                Some(hex) => ObjectId::from_hex(hex).map_err(|_| {
+                    bad("sha256: must be followed by 64 lowercase hex digits".into())
+                })?,
                 None if token.len() < MIN_TOKEN_LEN => {
                     return Err(bad(format!(
                         "token too short ({} characters; at least {MIN_TOKEN_LEN})",
@@ -199,7 +204,10 @@ reader-token-0123456   read   *        # every top-level repository
         assert_eq!(deny.status, 403);
         assert!(deny.message.contains("write"), "{}", deny.message);
         assert!(t.check(None, "public/x/y", Access::Read).is_ok());
-        assert_eq!(t.check(None, "public/x", Access::Write).unwrap_err().status, 401);
+        assert_eq!(
+            t.check(None, "public/x", Access::Write).unwrap_err().status,
+            401
+        );
         assert_eq!(t.check(None, "dev1", Access::Read).unwrap_err().status, 401);
         assert_eq!(
             t.check(Some("nope-nope-nope-nope"), "dev1", Access::Read)
@@ -213,7 +221,9 @@ reader-token-0123456   read   *        # every top-level repository
     fn hashed_tokens_and_bad_lines() {
         let digest = ObjectId::hash_bytes(b"a-very-secret-token");
         let t = Tokens::parse(&format!("sha256:{digest} write *\n"), "f").unwrap();
-        assert!(t.check(Some("a-very-secret-token"), "x", Access::Write).is_ok());
+        assert!(t
+            .check(Some("a-very-secret-token"), "x", Access::Write)
+            .is_ok());
         for (bad, what) in [
             ("short write *", "too short"),
             ("long-enough-token-1 admin *", "'read' or 'write'"),
@@ -222,7 +232,10 @@ reader-token-0123456   read   *        # every top-level repository
             ("long-enough-token-1 read a[", "bad repository pattern"),
         ] {
             let err = Tokens::parse(bad, "f").unwrap_err().to_string();
-            assert!(err.contains(what) && err.starts_with("f:1:"), "{bad}: {err}");
+            assert!(
+                err.contains(what) && err.starts_with("f:1:"),
+                "{bad}: {err}"
+            );
         }
     }
 }

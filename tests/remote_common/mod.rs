@@ -66,7 +66,11 @@ impl Serve {
         Self::try_start(root, extra, env).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    pub fn try_start(root: &Path, extra: &[&str], env: &[(String, String)]) -> Result<Serve, String> {
+    pub fn try_start(
+        root: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Serve, String> {
         let log = root.with_extension(format!("serve-{}.log", std::process::id() ^ rand_u32()));
         let file = fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvrfs"));
@@ -120,7 +124,12 @@ impl Serve {
     pub fn requests_since(&self, mark: usize) -> Vec<String> {
         self.log_text()[mark..]
             .lines()
-            .filter(|l| l.contains(" GET ") || l.contains(" POST ") || l.contains(" PUT ") || l.contains(" HEAD "))
+            .filter(|l| {
+                l.contains(" GET ")
+                    || l.contains(" POST ")
+                    || l.contains(" PUT ")
+                    || l.contains(" HEAD ")
+            })
             .map(str::to_string)
             .collect()
     }
@@ -272,7 +281,9 @@ impl Garage {
         };
         let dir = tempfile::tempdir().unwrap();
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-        let secret: String = (0..32).map(|i| format!("{:02x}", (rand_u32() as usize + i * 7919) % 256)).collect();
+        let secret: String = (0..32)
+            .map(|i| format!("{:02x}", (rand_u32() as usize + i * 7919) % 256))
+            .collect();
         let config = format!(
             r#"metadata_dir = "{d}/meta"
 data_dir = "{d}/data"
@@ -371,7 +382,14 @@ admin_token = "{secret}"
         self.key_id = field("Key ID:");
         self.secret = field("Secret key:");
         self.cli_retry(&[
-            "bucket", "allow", "--read", "--write", "--owner", &self.bucket.clone(), "--key", "pvrfs-test-key",
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &self.bucket.clone(),
+            "--key",
+            "pvrfs-test-key",
         ]);
         // The S3 endpoint answers once the layout is active.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -398,7 +416,12 @@ admin_token = "{secret}"
             env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
         .unwrap();
-        pvrfs::exchange::s3::S3Bucket::new(&config, &self.bucket, &pvrfs::exchange::Options::default()).unwrap()
+        pvrfs::exchange::s3::S3Bucket::new(
+            &config,
+            &self.bucket,
+            &pvrfs::exchange::Options::default(),
+        )
+        .unwrap()
     }
 }
 
@@ -416,7 +439,11 @@ pub fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(f) = fs::File::open(path) {
-            if BufReader::new(f).lines().map_while(Result::ok).any(|l| l.contains(needle)) {
+            if BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l.contains(needle))
+            {
                 return true;
             }
         }
