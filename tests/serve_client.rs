@@ -446,3 +446,77 @@ fn tokens_for_the_pvrfs_client() {
     );
     assert!(err.contains("401") && err.contains("not accepted"), "{err}");
 }
+
+#[test]
+fn pvrfs_client_against_serve_with_objects_in_garage() {
+    let Some(garage) = remote_common::Garage::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let root = t.join("root");
+    let origin = served(&root);
+    let store = format!("s3://{}/srv", garage.bucket);
+    let serve = Serve::start(&root, &["--store", &store], &garage.env());
+    let url = serve.repo_url("team/dev1");
+    // objects of the served repository's own store are still served
+    pvrfs(t, &["clone", &url, "c"]);
+    assert_eq!(
+        Repo::open(&t.join("c")).unwrap().head_state().unwrap(),
+        origin.head_state().unwrap()
+    );
+    // a push sends the new objects to the bucket through presigned URLs
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 199) as u8).collect();
+    let id = ObjectId::hash_bytes(&data);
+    fs::write(t.join("c/new.bin"), &data).unwrap();
+    pvrfs(&t.join("c"), &["add"]);
+    pvrfs(&t.join("c"), &["commit", "-m", "to s3"]);
+    let out = pvrfs(&t.join("c"), &["push", &url]);
+    assert!(out.contains("1 of 4 objects uploaded"), "{out}");
+    let bucket = garage.bucket();
+    let key = format!("srv/team/dev1/objects/{id}");
+    assert_eq!(
+        bucket.head(&key).unwrap().map(|h| h.len),
+        Some(data.len() as u64)
+    );
+    assert!(!origin.store().contains(&id));
+    assert_eq!(origin.latest().unwrap().rev, 2);
+    // and another client gets it from the bucket
+    pvrfs(t, &["clone", &url, "d"]);
+    assert_eq!(fs::read(t.join("d/new.bin")).unwrap(), data);
+
+    // the presigned upload URL only takes the right bytes (the service checks the sha256)
+    let other: Vec<u8> = vec![42u8; 1000];
+    let put = upload_url(&url, &other);
+    assert!(put.contains("x-amz-checksum-sha256"), "{put}");
+    let err = ureq::put(&put).send_bytes(&vec![43u8; 1000]).unwrap_err();
+    assert!(matches!(err, ureq::Error::Status(400, _)), "{err:?}");
+    let other_id = ObjectId::hash_bytes(&other);
+    assert!(bucket
+        .head(&format!("srv/team/dev1/objects/{other_id}"))
+        .unwrap()
+        .is_none());
+    // an object planted under a wrong name is found out when a state wants it, and deleted
+    let planted = ObjectId::hash_bytes(b"what the name says");
+    let planted_key = format!("srv/team/dev1/objects/{planted}");
+    bucket
+        .put_bytes(&planted_key, b"something else", "application/octet-stream")
+        .unwrap();
+    let body = format!(r#"{{"rev":-1,"state":{{"p.bin":"{planted}","q.bin":"{other_id}"}}}}"#);
+    let err = ureq::post(&format!("{url}/post"))
+        .send_string(&body)
+        .unwrap_err();
+    let ureq::Error::Status(422, resp) = err else {
+        panic!("{err:?}")
+    };
+    let text = resp.into_string().unwrap();
+    assert!(
+        text.contains(&planted.to_hex()) && text.contains(&other_id.to_hex()),
+        "{text}"
+    );
+    assert!(
+        bucket.head(&planted_key).unwrap().is_none(),
+        "the bad object is deleted"
+    );
+    assert_eq!(origin.latest().unwrap().rev, 2);
+}

@@ -382,6 +382,8 @@ pub struct ReplyBody {
     stream: Stream,
     len: u64,
     sent: u64,
+    /// When the body started (the rate clock; a slow handler does not count against the peer).
+    started: Instant,
     min_rate: u64,
     grace: Duration,
     line: LogLine,
@@ -406,6 +408,7 @@ impl ReplyBody {
             stream,
             len,
             sent: 0,
+            started: Instant::now(),
             min_rate,
             grace,
             line,
@@ -454,7 +457,7 @@ impl hyper::body::Body for ReplyBody {
         if this.min_rate > 0 {
             let allowed =
                 this.grace + Duration::from_secs_f64(this.sent as f64 / this.min_rate as f64);
-            if this.line.start.elapsed() > allowed && this.sent < this.len {
+            if this.started.elapsed() > allowed && this.sent < this.len {
                 let msg = format!(
                     "the peer reads too slowly ({} of {} bytes sent)",
                     this.sent, this.len
