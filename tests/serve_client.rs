@@ -520,3 +520,46 @@ fn pvrfs_client_against_serve_with_objects_in_garage() {
     );
     assert_eq!(origin.latest().unwrap().rev, 2);
 }
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn big_objects_stream_through_the_server_with_bounded_memory() {
+    // Big enough that holding it whole would show (the server's own footprint is ~15 MiB).
+    const SIZE: usize = 48 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let repo_dir = t.join("root/big");
+    fs::create_dir_all(&repo_dir).unwrap();
+    let mut f = fs::File::create(repo_dir.join("big.img")).unwrap();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    for i in 0..SIZE / chunk.len() {
+        let mut c = chunk.clone();
+        c[0] = i as u8;
+        f.write_all(&c).unwrap();
+    }
+    drop(f);
+    pvrfs(&repo_dir, &["init"]);
+    pvrfs(&repo_dir, &["add"]);
+    pvrfs(&repo_dir, &["commit", "-m", "big"]);
+    let serve = Serve::start(&t.join("root"), &[], &[]);
+    let url = serve.repo_url("big");
+    // download through the server, then upload a changed copy through it
+    pvrfs(t, &["clone", &url, "c"]);
+    assert_eq!(fs::metadata(t.join("c/big.img")).unwrap().len(), SIZE as u64);
+    let mut f = fs::OpenOptions::new().write(true).open(t.join("c/big.img")).unwrap();
+    f.write_all(b"changed").unwrap();
+    drop(f);
+    pvrfs(&t.join("c"), &["commit", "-m", "changed"]);
+    let out = pvrfs(&t.join("c"), &["push", &url]);
+    assert!(out.contains("1 of 1 objects uploaded"), "{out}");
+    let peak = peak_rss(serve.pid());
+    eprintln!("server peak RSS: {} MiB", peak >> 20);
+    assert!(peak < 40 << 20, "the server peaked at {} MiB for a {} MiB object", peak >> 20, SIZE >> 20);
+    assert_eq!(Repo::open(&repo_dir).unwrap().latest().unwrap().rev, 2);
+}
