@@ -525,7 +525,12 @@ fn pvrfs_client_against_serve_with_objects_in_garage() {
 fn peak_rss(pid: i32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 #[test]
@@ -551,8 +556,14 @@ fn big_objects_stream_through_the_server_with_bounded_memory() {
     let url = serve.repo_url("big");
     // download through the server, then upload a changed copy through it
     pvrfs(t, &["clone", &url, "c"]);
-    assert_eq!(fs::metadata(t.join("c/big.img")).unwrap().len(), SIZE as u64);
-    let mut f = fs::OpenOptions::new().write(true).open(t.join("c/big.img")).unwrap();
+    assert_eq!(
+        fs::metadata(t.join("c/big.img")).unwrap().len(),
+        SIZE as u64
+    );
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(t.join("c/big.img"))
+        .unwrap();
     f.write_all(b"changed").unwrap();
     drop(f);
     pvrfs(&t.join("c"), &["commit", "-m", "changed"]);
@@ -560,6 +571,11 @@ fn big_objects_stream_through_the_server_with_bounded_memory() {
     assert!(out.contains("1 of 1 objects uploaded"), "{out}");
     let peak = peak_rss(serve.pid());
     eprintln!("server peak RSS: {} MiB", peak >> 20);
-    assert!(peak < 40 << 20, "the server peaked at {} MiB for a {} MiB object", peak >> 20, SIZE >> 20);
+    assert!(
+        peak < 40 << 20,
+        "the server peaked at {} MiB for a {} MiB object",
+        peak >> 20,
+        SIZE >> 20
+    );
     assert_eq!(Repo::open(&repo_dir).unwrap().latest().unwrap().rev, 2);
 }

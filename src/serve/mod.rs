@@ -404,6 +404,22 @@ impl Server {
         Ok(repo)
     }
 
+    /// Requests answered from metadata alone, without blocking I/O beyond a `stat` (the HTTP
+    /// layer runs them inline): the remote description and object records of the embedded
+    /// store. (With S3, a record may need a `HEAD` to the service.)
+    pub fn is_quick(&self, head: &RequestHead) -> bool {
+        if !matches!(head.method, Method::Get | Method::Head) || self.backend.is_s3() {
+            return false;
+        }
+        let Some(segs) = segments(&head.path) else {
+            return false;
+        };
+        matches!(
+            parse_target(&segs).map(|t| t.endpoint),
+            Some(Endpoint::Remote | Endpoint::Object(_))
+        )
+    }
+
     /// Handle one request. `body` yields the request body (already limited and deadlined by
     /// the caller); handlers read it only after the request is known to be acceptable.
     pub fn handle(&self, head: &RequestHead, body: &mut dyn Read) -> Reply {
