@@ -289,6 +289,10 @@ pub struct PushArgs {
     /// revision's message).
     #[arg(short, long)]
     pub message: Option<String>,
+    /// Replace the state of a pvr remote or S3 prefix even when it has changes this repository
+    /// never got (by default that is a conflict: merge first).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

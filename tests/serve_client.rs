@@ -163,45 +163,66 @@ fn pvrfs_and_the_reference_pvr_share_a_server() {
 }
 
 #[test]
-fn concurrent_pushes_on_one_base_one_wins_the_other_gets_a_conflict() {
+fn two_pushes_on_one_base_one_wins_the_other_gets_a_conflict() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let root = t.join("root");
     let origin = served(&root);
     let serve = Serve::start(&root, &[], &[]);
     let url = serve.repo_url("team/dev1");
-    pvrfs(t, &["clone", &url, "a"]);
-    pvrfs(t, &["clone", &url, "b"]);
-    for (name, content) in [("a", "from a"), ("b", "from b")] {
-        fs::write(t.join(name).join("top.txt"), content).unwrap();
+    for name in ["a", "b", "c", "d"] {
+        pvrfs(t, &["clone", &url, name]);
+        fs::write(t.join(name).join("top.txt"), format!("from {name}")).unwrap();
         pvrfs(&t.join(name), &["commit", "-m", name]);
     }
-    // both at once
-    let (ra, rb) = std::thread::scope(|s| {
-        let a = s.spawn(|| pvrfs_env(&t.join("a"), &["push", &url], &[]));
-        let b = s.spawn(|| pvrfs_env(&t.join("b"), &["push", &url], &[]));
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    let (winner, loser) = match (ra.status.success(), rb.status.success()) {
-        (true, false) => ("a", rb),
-        (false, true) => ("b", ra),
-        other => panic!("exactly one push must win: {other:?}\n{ra:?}\n{rb:?}"),
-    };
-    let err = String::from_utf8_lossy(&loser.stderr).into_owned();
+    // one after the other: the second has not seen the first's revision
+    pvrfs(&t.join("a"), &["push", &url]);
+    assert_eq!(origin.latest().unwrap().rev, 2);
+    let err = pvrfs_fails(&t.join("b"), &["push", &url]);
     assert!(
-        err.contains("conflict") && err.contains("revision 2"),
+        err.contains("conflict") && err.contains("revision 2") && err.contains("merge"),
         "{err}"
     );
     assert_eq!(origin.latest().unwrap().rev, 2);
     assert_eq!(
         fs::read(origin.json_path()).unwrap(),
+        fs::read(t.join("a/.pvr/json")).unwrap()
+    );
+    // after merging what it had not seen, it may push
+    pvrfs(&t.join("b"), &["merge", &format!("{url}#bsp")]);
+    pvrfs(&t.join("b"), &["push", &url]);
+    assert_eq!(origin.latest().unwrap().rev, 3);
+    // --force replaces without merging
+    pvrfs(&t.join("c"), &["push", "--force", &url]);
+    assert_eq!(origin.latest().unwrap().rev, 4);
+
+    // at the same time: exactly one wins, the other gets a conflict either way
+    for name in ["d", "e"] {
+        let _ = fs::remove_dir_all(t.join(name));
+        pvrfs(t, &["clone", &url, name]);
+        fs::write(t.join(name).join("top.txt"), format!("from {name}")).unwrap();
+        pvrfs(&t.join(name), &["commit", "-m", name]);
+    }
+    let (rd, re) = std::thread::scope(|s| {
+        let d = s.spawn(|| pvrfs_env(&t.join("d"), &["push", &url], &[]));
+        let e = s.spawn(|| pvrfs_env(&t.join("e"), &["push", &url], &[]));
+        (d.join().unwrap(), e.join().unwrap())
+    });
+    let (winner, loser) = match (rd.status.success(), re.status.success()) {
+        (true, false) => ("d", re),
+        (false, true) => ("e", rd),
+        other => panic!("exactly one push must win: {other:?}\n{rd:?}\n{re:?}"),
+    };
+    let err = String::from_utf8_lossy(&loser.stderr).into_owned();
+    assert!(
+        err.contains("conflict") && err.contains("revision 5"),
+        "{err}"
+    );
+    assert_eq!(origin.latest().unwrap().rev, 5);
+    assert_eq!(
+        fs::read(origin.json_path()).unwrap(),
         fs::read(t.join(winner).join(".pvr/json")).unwrap()
     );
-    // the loser merges and pushes again
-    let loser_dir = t.join(if winner == "a" { "b" } else { "a" });
-    pvrfs(&loser_dir, &["merge", &format!("{url}#bsp")]);
-    pvrfs(&loser_dir, &["push", &url]);
-    assert_eq!(origin.latest().unwrap().rev, 3);
 }
 
 /// Offer an object over the protocol and return its signed upload URL.

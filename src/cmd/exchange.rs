@@ -173,6 +173,7 @@ pub fn push(args: PushArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let rev = repo.latest()?;
     let opts = Options {
         message: args.message.clone(),
+        force: args.force,
         ..options(ctx, args.token.as_deref())
     };
     let t = exchange::push(&repo, &loc, &opts)?;

@@ -32,6 +32,7 @@
 //! negative part `-b` removes the keys equal to or under `b`. See [`combine`] for how the
 //! selection meets the local state.
 
+pub mod bases;
 pub mod dir;
 pub mod http;
 mod limits;
@@ -74,6 +75,8 @@ pub struct Options {
     pub token: Option<String>,
     /// Commit message of a push to a pvr remote (default: the latest revision's message).
     pub message: Option<String>,
+    /// Push even when the remote has changes this repository has not seen (see `bases`).
+    pub force: bool,
 }
 
 impl Default for Options {
@@ -88,6 +91,7 @@ impl Default for Options {
             grace: Duration::from_secs(30),
             token: None,
             message: None,
+            force: false,
         }
     }
 }
@@ -414,12 +418,19 @@ pub struct Fetched {
     pub transfer: Transfer,
     /// Where it came from, for messages.
     pub origin: String,
+    /// The revision the remote served, when it numbers them (a pvr remote).
+    pub revision: Option<u64>,
+    /// Whether the source is a shared remote whose state `bases` tracks (pvr remote, S3).
+    pub tracked: bool,
 }
 
 /// Fetch the state at `loc` and every object the selected part of it needs into `store`,
 /// verified and synced. Nothing but verified objects is written.
 pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Result<Fetched> {
     let origin = loc.describe();
+    let mut revision = None;
+    let tracked = matches!(loc, Location::S3(_));
+    let mut pvr_remote = false;
     let (remote, transfer) = match loc {
         Location::Dir(path) => {
             let src = dir::DirSource::new(path);
@@ -442,6 +453,8 @@ pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Re
                 let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
                     client.fetch(id, store)
                 })?;
+                revision = json.revision;
+                pvr_remote = true;
                 (remote, t)
             }
             None => {
@@ -516,6 +529,8 @@ pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Re
         remote,
         transfer,
         origin,
+        revision,
+        tracked: tracked || pvr_remote,
     })
 }
 
@@ -589,6 +604,15 @@ pub fn get_into(
     } else {
         Some(repo.commit_state(&lock, &new, message, None)?)
     };
+    if fetched.tracked {
+        // Whatever the parts, this repository has now seen the remote's state.
+        bases::record(
+            repo,
+            &fetched.origin,
+            fetched.remote.state_id(),
+            fetched.revision,
+        )?;
+    }
     Ok(Outcome {
         transfer: fetched.transfer,
         revision,
@@ -636,7 +660,11 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
         Location::Http(base) => {
             if let Some(remote) = pvr::PvrRemoteClient::detect(base, opts)? {
                 let message = opts.message.clone().unwrap_or(rev.message);
-                return pvr::push(&remote, &state, &objects, &message, opts);
+                let seen = bases::get(repo, &loc.describe())?;
+                let t = pvr::push(&remote, &state, &objects, &message, seen.as_ref(), opts)?;
+                let _lock = repo.lock()?;
+                bases::record(repo, &loc.describe(), state.state_id(), t.remote_revision)?;
+                return Ok(t);
             }
             let dest = http::HttpSource::new(base, opts);
             let t = push_objects(&objects, opts, |id, _, path, len| {
@@ -653,7 +681,13 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
             "cannot push to the file '{}'; use export for tarballs",
             p.display()
         ))),
-        Location::S3(loc) => s3_push(loc, &objects, &json, opts),
+        Location::S3(s3loc) => {
+            let seen = bases::get(repo, &loc.describe())?;
+            let t = s3_push(s3loc, &state, &objects, &json, seen.as_ref(), opts)?;
+            let _lock = repo.lock()?;
+            bases::record(repo, &loc.describe(), state.state_id(), None)?;
+            Ok(t)
+        }
         Location::Repo(workdir) => {
             let dest = Repo::open(workdir)?;
             if dest.store().dir() == repo.store().dir() {
@@ -713,8 +747,10 @@ fn commit_into(
 /// uploaded (checksummed), and `json` goes last.
 fn s3_push(
     loc: &s3::S3Location,
+    state: &State,
     objects: &[PushItem],
     json: &[u8],
+    seen: Option<&bases::Base>,
     opts: &Options,
 ) -> Result<Transfer> {
     let config = s3::S3Config::from_env()?;
@@ -726,6 +762,21 @@ fn s3_push(
             ..Transfer::default()
         });
     }
+    let theirs = match &baseline {
+        Some(b) => Some(State::from_json_bytes(
+            b,
+            &format!("{}/json", loc.describe()),
+        )?),
+        None => None,
+    };
+    bases::check(
+        &loc.describe(),
+        seen,
+        theirs.as_ref(),
+        None,
+        state,
+        opts.force,
+    )?;
     let present = bucket.list(&loc.key("objects/"))?;
     let t = push_objects(objects, opts, |id, _, path, len| {
         let key = loc.object_key(id);

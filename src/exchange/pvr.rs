@@ -9,6 +9,8 @@
 //!   the signed URL it gets, and finally the state is posted with `rev` = the baseline's
 //!   revision + 1 when the remote says which revision it served (`pvrfs serve` does), so a
 //!   post that raced with another one is refused as a conflict instead of overwriting it.
+//!   Before any upload, a baseline this repository has not seen (somebody else pushed since our
+//!   last get or push) is a conflict too (`bases`), unless `--force`.
 //!
 //! The bearer token goes to the protocol's endpoints only, never to signed URLs (which may
 //! point at an S3 service), as pvr does.
@@ -315,6 +317,7 @@ pub fn push(
     state: &State,
     objects: &[PushItem],
     message: &str,
+    seen: Option<&super::bases::Base>,
     opts: &Options,
 ) -> Result<Transfer> {
     let baseline = client.json()?;
@@ -332,6 +335,14 @@ pub fn push(
             ..Transfer::default()
         });
     }
+    super::bases::check(
+        client.describe(),
+        seen,
+        base_state.as_ref(),
+        base_rev,
+        state,
+        opts.force,
+    )?;
     let known: std::collections::HashSet<ObjectId> = base_state
         .as_ref()
         .map(|s| s.object_ids().into_iter().collect())

@@ -447,8 +447,13 @@ impl Server {
         use Method as M;
         // Signed URLs carry their own grant; everything else needs the token's.
         if let E::Blob(id) = &t.endpoint {
+            // The signature first: without a valid one nothing about the repository is told.
+            let grant = self
+                .signer
+                .check(&t.name, id, &head.query, crate::repo::now())
+                .map_err(|e| Reply::error(403, e))?;
             let repo = self.open_repo(&t.name)?;
-            return self.blob(head, &t.name, &repo, id, body);
+            return self.blob(head, &t.name, &repo, id, grant, body);
         }
         let need = match (&head.method, &t.endpoint) {
             (M::Get | M::Head, _) => Access::Read,
@@ -537,12 +542,18 @@ impl Server {
         let state = repo
             .load_state(&rev)
             .map_err(|e| Reply::error(500, e.to_string()))?;
-        let mut r = Reply::json(200, &()).with_header(REVISION_HEADER, rev.rev.to_string());
-        r.body = match head.method {
-            Method::Head => Body::Empty,
-            _ => Body::Bytes(state.to_canonical_bytes()),
-        };
-        Ok(r)
+        Ok(Reply {
+            status: 200,
+            reason: None,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                (REVISION_HEADER, rev.rev.to_string()),
+            ],
+            body: match head.method {
+                Method::Head => Body::Empty,
+                _ => Body::Bytes(state.to_canonical_bytes()),
+            },
+        })
     }
 
     /// The object record of `id`, with a signed URL to download it.
@@ -655,12 +666,9 @@ impl Server {
         name: &str,
         repo: &Repo,
         id: &ObjectId,
+        grant: signing::Grant,
         body: &mut dyn Read,
     ) -> Result<Reply, Reply> {
-        let grant = self
-            .signer
-            .check(name, id, &head.query, crate::repo::now())
-            .map_err(|e| Reply::error(403, e))?;
         match (&head.method, grant.op) {
             (Method::Get | Method::Head, Op::Get) => {
                 let file = repo
