@@ -2,13 +2,10 @@
 //! layout under a prefix, checksummed uploads, a no-op push, a corrupt local object that is never
 //! published, a bad state in the bucket, missing credentials.
 
-mod common;
-mod remote_common;
-
-use common::{repo_with, tree};
 use pvrfs::oid::ObjectId;
 use pvrfs::repo::Repo;
-use remote_common::{failed, ok, pvrfs_env, Garage};
+use pvrfs_testkit::remote::{failed, ok, pvrfs_env, Garage};
+use pvrfs_testkit::{files as tree, repo_with};
 use std::fs;
 
 #[test]

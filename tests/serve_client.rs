@@ -2,13 +2,10 @@
 //! the server under hostile and unlucky conditions: concurrent posts, dropped and corrupt
 //! uploads, slow peers, oversized requests, Ctrl-C, a non-loopback address without tokens.
 
-mod common;
-mod remote_common;
-
-use common::{repo_with, tree};
 use pvrfs::oid::ObjectId;
 use pvrfs::repo::Repo;
-use remote_common::{failed, ok, pvrfs_env, Serve};
+use pvrfs_testkit::remote::{failed, ok, pvrfs_env, Pvr, Serve};
+use pvrfs_testkit::{files as tree, repo_with};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -129,7 +126,9 @@ fn pvrfs_clone_get_merge_push_against_serve() {
 
 #[test]
 fn pvrfs_and_the_reference_pvr_share_a_server() {
-    let pvr = need_pvr!();
+    let Some(pvr) = Pvr::find("pvrfs_and_the_reference_pvr_share_a_server") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let root = t.join("root");
@@ -274,7 +273,7 @@ fn dropped_and_corrupt_uploads_leave_nothing() {
     );
     drop(raw(&url, &head, &data[..300_000]));
     assert!(
-        remote_common::wait_for_line(&serve.log, "broke off", Duration::from_secs(10)),
+        pvrfs_testkit::remote::wait_for_line(&serve.log, "broke off", Duration::from_secs(10)),
         "{}",
         serve.log_text()
     );
@@ -374,7 +373,11 @@ fn slow_and_oversized_requests_are_cut_off() {
         start.elapsed()
     );
     assert!(
-        remote_common::wait_for_line(&serve.log, "sent nothing for 1 s", Duration::from_secs(5)),
+        pvrfs_testkit::remote::wait_for_line(
+            &serve.log,
+            "sent nothing for 1 s",
+            Duration::from_secs(5)
+        ),
         "{}",
         serve.log_text()
     );
@@ -470,7 +473,7 @@ fn tokens_for_the_pvrfs_client() {
 
 #[test]
 fn pvrfs_client_against_serve_with_objects_in_garage() {
-    let Some(garage) = remote_common::Garage::start() else {
+    let Some(garage) = pvrfs_testkit::remote::Garage::start() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -2,13 +2,10 @@
 //! putobjects and past revisions, each compared byte for byte with the same operation between
 //! local repositories; bearer tokens; the same against a server whose objects live in Garage.
 
-mod common;
-mod remote_common;
-
-use common::{repo_with, tree};
 use pvrfs::oid::ObjectId;
 use pvrfs::repo::Repo;
-use remote_common::{Garage, Pvr, Serve};
+use pvrfs_testkit::remote::{Garage, Pvr, Serve};
+use pvrfs_testkit::{files as tree, repo_with};
 use std::fs;
 use std::path::Path;
 
@@ -50,8 +47,8 @@ fn two_pvr_repos(pvr: &Pvr, base: &Path) -> (std::path::PathBuf, std::path::Path
     pvr.ok(&seed, &["add", "."]);
     pvr.ok(&seed, &["commit", "-m", "seed"]);
     let (a, b) = (base.join("a"), base.join("b"));
-    common::copy_tree(&seed, &a);
-    common::copy_tree(&seed, &b);
+    pvrfs_testkit::copy_tree(&seed, &a);
+    pvrfs_testkit::copy_tree(&seed, &b);
     (a, b)
 }
 
@@ -120,7 +117,7 @@ fn pvr_posts(pvr: &Pvr, serve: &Serve, root: &Path, tmp: &Path) -> Vec<u8> {
         pvr_json(&tmp.join("c_rev1")),
         fs::read(tmp.join("c_local/.pvr/json")).unwrap()
     );
-    let err = remote_common::failed(
+    let err = pvrfs_testkit::remote::failed(
         &pvr.run(
             &tmp.join("c_rev1"),
             &["post", "-m", "x", &format!("{url}@1")],
@@ -134,7 +131,7 @@ fn pvr_posts(pvr: &Pvr, serve: &Serve, root: &Path, tmp: &Path) -> Vec<u8> {
     fs::write(d.join("other.txt"), b"other").unwrap();
     pvr.ok(&d, &["add", "other.txt"]);
     pvr.ok(&d, &["commit", "-m", "other"]);
-    let err = remote_common::failed(
+    let err = pvrfs_testkit::remote::failed(
         &pvr.run(&d, &["post", "--rev", "2", "-m", "late", &url]),
         "a stale post",
     );
@@ -165,7 +162,9 @@ fn pvr_putobjects(pvr: &Pvr, serve: &Serve, tmp: &Path) -> ObjectId {
 
 #[test]
 fn reference_pvr_against_serve_matches_local_repositories() {
-    let pvr = need_pvr!();
+    let Some(pvr) = Pvr::find("reference_pvr_against_serve_matches_local_repositories") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     served_repo(&root);
@@ -179,13 +178,15 @@ fn reference_pvr_against_serve_matches_local_repositories() {
         .store()
         .contains(&id));
     // Every object of every revision is in the served repository, whole.
-    let out = remote_common::pvrfs_env(&root.join("dev1"), &["fsck"], &[]);
-    remote_common::ok(&out, "fsck of the served repository");
+    let out = pvrfs_testkit::remote::pvrfs_env(&root.join("dev1"), &["fsck"], &[]);
+    pvrfs_testkit::remote::ok(&out, "fsck of the served repository");
 }
 
 #[test]
 fn reference_pvr_against_serve_with_objects_in_garage() {
-    let pvr = need_pvr!();
+    let Some(pvr) = Pvr::find("reference_pvr_against_serve_with_objects_in_garage") else {
+        return;
+    };
     let Some(garage) = Garage::start() else {
         return;
     };
@@ -225,7 +226,9 @@ fn reference_pvr_against_serve_with_objects_in_garage() {
 
 #[test]
 fn reference_pvr_and_tokens() {
-    let pvr = need_pvr!();
+    let Some(pvr) = Pvr::find("reference_pvr_and_tokens") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     served_repo(&root);
@@ -248,7 +251,7 @@ fn reference_pvr_and_tokens() {
         !t.join("none/.pvr/json").exists()
             || fs::read(t.join("none/.pvr/json")).unwrap().len() < 30
     );
-    let err = remote_common::failed(
+    let err = pvrfs_testkit::remote::failed(
         &pvr.run(t, &["-a", "wrong-token-0123456789", "clone", &url, "wrong"]),
         "a wrong token",
     );
@@ -256,7 +259,7 @@ fn reference_pvr_and_tokens() {
     pvr.ok(t, &["-a", "reader-token-0123456789", "clone", &url, "r"]);
     fs::write(t.join("r/top.txt"), b"edit").unwrap();
     pvr.ok(&t.join("r"), &["commit", "-m", "edit"]);
-    let err = remote_common::failed(
+    let err = pvrfs_testkit::remote::failed(
         &pvr.run(
             &t.join("r"),
             &["-a", "reader-token-0123456789", "post", "-m", "x", &url],

@@ -8,7 +8,9 @@
 //! - [`nginx`]: a real nginx on a loopback port;
 //! - [`model`]: the reference-model harness of the copy-on-write tests (random operations on a
 //!   plain directory and on the system under test, compared step by step);
-//! - [`reference`]: the reference `pvr`, when the machine has it.
+//! - [`reference`]: the reference `pvr`, when the machine has it;
+//! - [`remote`]: `pvrfs serve`, a single-node Garage (S3) and the reference pvr as a client, for
+//!   the remote-protocol and S3 tests.
 //!
 //! A library crate of its own (a dev-dependency of pvrfs), so it is built once for all test
 //! binaries and unused helpers are visible as such.
@@ -18,6 +20,7 @@ pub mod model;
 pub mod mounts;
 pub mod nginx;
 pub mod reference;
+pub mod remote;
 pub mod repos;
 pub mod trees;
 

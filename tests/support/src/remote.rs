@@ -1,7 +1,6 @@
-//! Helpers of the remote-protocol and S3 tests: a `pvrfs serve` process, a single-node Garage
-//! (a real S3 service) and the reference pvr, each started on loopback and stopped by a guard
-//! whose Drop runs on panic too.
-#![allow(dead_code)] // each test binary uses a different subset
+//! The remote-protocol and S3 tests' parts: a `pvrfs serve` process ([`Serve`]), a single-node
+//! Garage, a real S3 service ([`Garage`]), and the reference pvr as a client ([`Pvr`]); servers
+//! run on loopback and are stopped by a guard whose Drop runs on panic too.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -12,12 +11,11 @@ use std::time::{Duration, Instant};
 
 /// Run `pvrfs ARGS` in `dir` with extra environment variables.
 pub fn pvrfs_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvrfs"));
-    cmd.args(args).current_dir(dir).env("HOME", dir);
+    let mut p = crate::pvrfs(args).dir(dir);
     for (k, v) in env {
-        cmd.env(k, v);
+        p = p.env(k, v);
     }
-    cmd.output().expect("run pvrfs")
+    p.run().out
 }
 
 pub fn ok(out: &Output, what: &str) -> String {
@@ -73,7 +71,7 @@ impl Serve {
     ) -> Result<Serve, String> {
         let log = root.with_extension(format!("serve-{}.log", std::process::id() ^ rand_u32()));
         let file = fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvrfs"));
+        let mut cmd = Command::new(crate::bin::binary());
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
@@ -141,9 +139,9 @@ impl Serve {
     /// SIGINT and wait (at most 20 s); the exit status.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        // SAFETY: plain kill(2) on the pid of our own child, which has not been reaped yet.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGINT);
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            // Our own child, not reaped yet: the pid is still its.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -179,21 +177,17 @@ fn rand_u32() -> u32 {
 // The reference pvr
 // ------------------------------------------------------------------------------------------
 
-/// The reference pvr (`$PVRFS_REFERENCE_PVR` or `../shared/tools/pvr/run-pvr`), with a home of
-/// its own (its global object pool and auth cache live there).
+/// The reference pvr (see `reference`), with a home of its own (its global object pool and
+/// auth cache live there).
 pub struct Pvr {
     runner: PathBuf,
     home: tempfile::TempDir,
 }
 
 impl Pvr {
-    pub fn find() -> Option<Pvr> {
-        let runner = std::env::var_os("PVRFS_REFERENCE_PVR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/pvr/run-pvr")
-            });
-        runner.exists().then(|| Pvr {
+    /// The reference pvr, or `None` after a SKIPPED message naming `test`.
+    pub fn find(test: &str) -> Option<Pvr> {
+        crate::reference::reference_pvr(test).map(|runner| Pvr {
             runner,
             home: tempfile::tempdir().unwrap(),
         })
@@ -214,20 +208,6 @@ impl Pvr {
     pub fn ok(&self, dir: &Path, args: &[&str]) -> String {
         ok(&self.run(dir, args), &format!("pvr {args:?}"))
     }
-}
-
-/// Skip (return) with a message when the reference pvr is absent.
-#[macro_export]
-macro_rules! need_pvr {
-    () => {
-        match remote_common::Pvr::find() {
-            Some(p) => p,
-            None => {
-                eprintln!("SKIP: the reference pvr is absent (set PVRFS_REFERENCE_PVR or provide ../shared/tools/pvr/run-pvr)");
-                return;
-            }
-        }
-    };
 }
 
 // ------------------------------------------------------------------------------------------
@@ -264,23 +244,15 @@ pub struct Garage {
     pub secret: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Garage {
     /// Start one, or `None` (after a SKIP message) when the binary is absent.
     pub fn start() -> Option<Garage> {
         let Some(binary) = garage_binary() else {
-            eprintln!("SKIP: garage is not installed (scripts/setup-deps builds it into ~/.cache/pvrfs/tools/bin)");
+            eprintln!("SKIPPED: garage is not installed (scripts/setup-deps builds it into ~/.cache/pvrfs/tools/bin)");
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let (rpc, s3, admin) = (crate::free_port(), crate::free_port(), crate::free_port());
         let secret: String = (0..32)
             .map(|i| format!("{:02x}", (rand_u32() as usize + i * 7919) % 256))
             .collect();
