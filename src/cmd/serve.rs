@@ -64,8 +64,11 @@ pub fn serve(args: ServeArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let names = server.repository_names();
     writeln!(
         ctx.err,
-        "pvrfs serve: {} repositories under {} at http://{local}/ ({access}; {store}); Ctrl-C stops",
-        names.len(),
+        "pvrfs serve: {} under {} at http://{local}/ ({access}; {store}); Ctrl-C stops",
+        match names.len() {
+            1 => "1 repository".to_string(),
+            n => format!("{n} repositories"),
+        },
         server.root().display(),
     )?;
     ctx.err.flush()?;
