@@ -242,9 +242,11 @@ fn parse_target(segments: &[String]) -> Option<Target> {
     };
     name.push(last);
     // Names are plain relative paths: no empty, hidden, `.` or `..` segments.
+    // (An encoded `/` inside a segment would let `x%2F..%2Fy` name `y` while token globs see
+    // `x/...`.)
     if name
         .iter()
-        .any(|s| s.is_empty() || s.starts_with('.') || s.contains(['\0', '\\']))
+        .any(|s| s.is_empty() || s.starts_with('.') || s.contains(['\0', '\\', '/']))
     {
         return None;
     }
@@ -890,7 +892,7 @@ impl Server {
         if head_now == state && latest.recorded && (rev < 0 || rev as u64 == latest.rev + 1) {
             return Ok(Reply::json(200, &reply(&latest, false)));
         }
-        let expected = if rev >= 0 { Some(rev as u64 - 1) } else { None };
+        let expected = u64::try_from(rev).ok().map(|r| r.saturating_sub(1));
         match repo.commit_state_on(&lock, Some(&head_now), &state, message, expected) {
             Ok(r) => {
                 log::info!(

@@ -126,6 +126,9 @@ fn paths_name_repositories_revisions_and_endpoints() {
         "/json",
         "/a/objects/zz",
         "/a/other",
+        "/team%2F..%2Fother/json",
+        "/%2e%2e/json",
+        "/a/.pvr/json",
     ] {
         assert!(parse_target(&seg(bad)).is_none(), "{bad}");
     }
