@@ -282,7 +282,23 @@ impl Repo {
 
     /// True when the store lives inside this repository (only then may `gc` delete from it).
     pub fn store_is_private(&self) -> bool {
-        self.store.dir().starts_with(&self.pvr_dir)
+        self.private_store().is_some()
+    }
+
+    /// The object store as a `Store` rooted at its real path, when that path lies strictly
+    /// inside the real path of this repository's `.pvr` directory; `None` otherwise (pvr's
+    /// global pool, an absolute `ObjectsDir` elsewhere, or a store that does not exist).
+    ///
+    /// Both sides are resolved (`..` and symlinks) before they are compared: the configured
+    /// text may say `.pvr/../../other/.pvr/objects`, or `.pvr/objects` may be a symlink into
+    /// another repository, and comparing the text would then let `gc` delete another
+    /// repository's objects. The caller should act on the returned store, whose directory is
+    /// the one that was checked, not on a path resolved again later.
+    pub fn private_store(&self) -> Option<Store> {
+        let real_pvr = fs::canonicalize(&self.pvr_dir).ok()?;
+        let real_store = fs::canonicalize(self.store.dir()).ok()?;
+        (real_store != real_pvr && real_store.starts_with(&real_pvr))
+            .then(|| Store::new(real_store))
     }
 
     /// Take the writer lock, waiting up to 30 s for another writer to finish.
@@ -805,6 +821,38 @@ mod tests {
         assert_eq!(revs.len(), 1);
         assert_eq!(repo.resolve("latest").unwrap().rev, 1);
         assert!(!repo.store_is_private());
+    }
+
+    /// The store is judged by where it really is, not by the text of `ObjectsDir`.
+    #[test]
+    fn a_store_reached_through_dotdot_or_a_symlink_is_not_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, other) = (dir.path().join("a"), dir.path().join("other"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&other).unwrap();
+        let mine = Repo::init(&a, None, None).unwrap();
+        assert!(mine.store_is_private());
+        Repo::init(&other, None, None)
+            .unwrap()
+            .store()
+            .put_bytes(b"theirs")
+            .unwrap();
+        let by_text = Repo::init(
+            &dir.path().join("b"),
+            None,
+            Some(".pvr/../../other/.pvr/objects"),
+        );
+        assert!(!by_text.unwrap().store_is_private());
+        let c = dir.path().join("c");
+        let linked = Repo::init(&c, None, None).unwrap();
+        fs::remove_dir_all(c.join(".pvr/objects")).unwrap();
+        std::os::unix::fs::symlink(other.join(".pvr/objects"), c.join(".pvr/objects")).unwrap();
+        assert!(!linked.store_is_private());
+        let dot = Repo::init(&dir.path().join("d"), None, Some(".pvr")).unwrap();
+        assert!(
+            !dot.store_is_private(),
+            "the metadata directory itself is no store"
+        );
     }
 
     #[test]

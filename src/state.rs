@@ -51,10 +51,25 @@ pub fn is_inline_path(path: &str) -> bool {
     path.ends_with(".json")
 }
 
+/// The first path component no state key may have: the repository's own metadata directory
+/// (pvr's layout: `W/.pvr/json`, `new`, `config`, `objects/`; pvrfs's `.pvr/pvrfs/`). A state
+/// that could name a file there would let whoever publishes it rewrite the repository's
+/// metadata on `clone`/`get`/`import`/`apply`/`checkout` (poisoned objects, a changed
+/// `ObjectsDir`), so such keys are refused wherever a state is read or built.
+pub const METADATA_DIR: &str = ".pvr";
+
 /// Check a state key as a relative path; `Err(reason)` says what is wrong with it.
+///
+/// This is the one check every key goes through (state parsing, `State::insert`, `.pvr/new`),
+/// so every entry point that accepts a state refuses the same keys.
 pub fn validate_path(key: &str) -> std::result::Result<(), &'static str> {
     if key.is_empty() {
         return Err("empty path");
+    }
+    if key.split('/').next() == Some(METADATA_DIR) {
+        return Err(
+            "'.pvr' is the repository's own metadata directory; no file of a state may lie in it",
+        );
     }
     if key.starts_with('/') {
         return Err("absolute path");
@@ -508,6 +523,10 @@ mod tests {
             "",
             "x\u{0}y",
             "a/..",
+            ".pvr",
+            ".pvr/config",
+            ".pvr/objects/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ".pvr/pvrfs/revs/0000000001.json",
         ] {
             let text = format!(r#"{{"{}":"{ID}"}}"#, key.replace('\0', "\\u0000"));
             let err = parse(&text).unwrap_err().to_string();

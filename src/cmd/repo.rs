@@ -366,13 +366,15 @@ pub fn fsck(_args: FsckArgs, ctx: &mut Ctx<'_>) -> Result<()> {
 
 pub fn gc(args: GcArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let repo = open(ctx)?;
-    if !repo.store_is_private() {
+    // The store resolved to its real path; everything below deletes only from there.
+    let Some(store) = repo.private_store() else {
         return Err(Error::Usage(format!(
-            "refusing to gc: the object store {} is outside this repository and may be shared",
-            repo.store().dir().display()
+            "refusing to gc: the object store {} (ObjectsDir {:?}) is not inside this repository's .pvr directory once resolved, and may be shared",
+            repo.store().dir().display(),
+            repo.config.objects_dir,
         ))
         .into());
-    }
+    };
     let lock = repo.lock()?;
     let mut keep: BTreeSet<ObjectId> = BTreeSet::new();
     for rev in repo.revisions()? {
@@ -386,7 +388,7 @@ pub fn gc(args: GcArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     if let Ok(text) = std::fs::read_to_string(repo.ext_dir().join("tree-base")) {
         keep.extend(ObjectId::from_hex(text.trim()).ok());
     }
-    let store = repo.store();
+    let store = &store;
     let mut removed = 0u64;
     let mut bytes = 0u64;
     for id in store.list()? {
