@@ -6,7 +6,7 @@
 //! JSON values; top-level keys are paths, so JSON Pointers escape their `/` as `~1`.
 
 use crate::error::{Error, Result};
-use crate::json::Value;
+use crate::json::{self, Value};
 use crate::state::{Entry, State, SPEC_KEY};
 
 /// RFC 7396 merge patch turning `old` into `new`; `{}` when they are equal.
@@ -159,7 +159,18 @@ pub fn detect_format(doc: &Value) -> Result<PatchFormat> {
     }
 }
 
-/// Apply a patch document to a state's value; the result is validated as a state.
+/// Apply a patch document to a state's value; the result is validated as a state (keys,
+/// ids, file/directory clashes, nesting) before anything can be committed.
+///
+/// A patch is untrusted input that can *build* values, not just describe them: RFC 6902
+/// `copy` duplicates a value, also into itself, so a short patch could nest a value tens of
+/// thousands of levels deep (serde_json's recursive `Drop`/`Clone` then overflow the stack)
+/// or double its size with every operation. So RFC 6902 operations are applied one at a time,
+/// each checked *before* it runs: the value it places may not make the state nest deeper than
+/// `json::MAX_DEPTH`, and all `copy` operations together may duplicate at most as many values
+/// as the base state and the patch hold (at least [`MIN_COPY_BUDGET`]). A merge patch only
+/// places values it holds, so it cannot nest deeper than itself; its result is checked as a
+/// state like any other.
 pub fn apply_to_state(base: &State, doc: &Value, origin: &str) -> Result<State> {
     let mut value = base.to_value();
     match detect_format(doc)? {
@@ -168,20 +179,99 @@ pub fn apply_to_state(base: &State, doc: &Value, origin: &str) -> Result<State> 
             let patch: json_patch::Patch = serde_json::from_value(doc.clone()).map_err(|e| {
                 Error::Conflict(format!("{origin} is not a valid RFC 6902 patch: {e}"))
             })?;
-            json_patch::patch(&mut value, &patch)
-                .map_err(|e| Error::Conflict(format!("{origin} does not apply: {e}")))?;
+            let budget =
+                (json::count_values(&value) + json::count_values(doc)).max(MIN_COPY_BUDGET);
+            apply_json_patch(&mut value, &patch, budget, origin)?;
         }
     }
     // Values that went through serde (the Patch above) lose the canonical number text
     // (`2.5E0` comes back as `2.5e+0`): restore the invariant of `json`.
-    crate::json::normalize_numbers(&mut value);
+    json::normalize_numbers(&mut value);
     State::from_value(value, origin)
+}
+
+/// The least number of values the `copy` operations of one patch may duplicate, however small
+/// the base state is (see [`apply_to_state`]).
+pub const MIN_COPY_BUDGET: usize = 1 << 20;
+
+/// Apply RFC 6902 operations in order, refusing one before it would nest the document deeper
+/// than `json::MAX_DEPTH` or copy more than `copy_budget` values in all. On error `value` is
+/// half-patched: callers work on a copy and drop it.
+fn apply_json_patch(
+    value: &mut Value,
+    ops: &[json_patch::PatchOperation],
+    mut copy_budget: usize,
+    origin: &str,
+) -> Result<()> {
+    use json_patch::PatchOperation as Op;
+    for (i, op) in ops.iter().enumerate() {
+        let (name, placed_depth) = match op {
+            Op::Add(o) => ("add", Some(json::nesting_depth(&o.value, json::MAX_DEPTH))),
+            Op::Replace(o) => (
+                "replace",
+                Some(json::nesting_depth(&o.value, json::MAX_DEPTH)),
+            ),
+            Op::Move(o) => (
+                "move",
+                value
+                    .pointer(o.from.as_str())
+                    .map(|v| json::nesting_depth(v, json::MAX_DEPTH)),
+            ),
+            Op::Copy(o) => match value.pointer(o.from.as_str()) {
+                Some(source) => {
+                    let copied = json::count_values(source);
+                    if copied > copy_budget {
+                        return Err(Error::CorruptState {
+                            origin: origin.to_string(),
+                            detail: format!(
+                                "operation {i} (copy from {} to {}) would copy {copied} values, \
+                                 more than the {copy_budget} left of what this patch may \
+                                 duplicate (as many values as the state and the patch hold); \
+                                 refused",
+                                o.from, o.path
+                            ),
+                        });
+                    }
+                    copy_budget -= copied;
+                    ("copy", Some(json::nesting_depth(source, json::MAX_DEPTH)))
+                }
+                None => ("copy", None), // json_patch reports the bad `from`
+            },
+            Op::Remove(_) => ("remove", None),
+            Op::Test(_) => ("test", None),
+        };
+        let path = op.path();
+        if let Some(depth) = placed_depth {
+            // Each reference token of the target is one level of nesting above the value.
+            let levels = path.as_str().matches('/').count() + depth;
+            if levels > json::MAX_DEPTH {
+                let key = path
+                    .tokens()
+                    .next()
+                    .map_or_else(String::new, |t| t.decoded().into_owned());
+                return Err(Error::BadEntry {
+                    origin: origin.to_string(),
+                    key,
+                    reason: format!(
+                        "operation {i} ({name} at {path}) would nest the state more than {} levels deep",
+                        json::MAX_DEPTH
+                    ),
+                });
+            }
+        }
+        json_patch::patch_unsafe(value, std::slice::from_ref(op)).map_err(|e| {
+            Error::Conflict(format!(
+                "{origin} does not apply: operation {i} ({name} at {path}): {}",
+                e.kind
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json;
 
     fn v(text: &str) -> Value {
         json::parse(text.as_bytes()).unwrap()
@@ -255,6 +345,44 @@ mod tests {
             old
         );
         assert_eq!(state_json_patch(&old, &old), v("[]"));
+    }
+
+    /// The nesting check counts the target's reference tokens plus the placed value's depth,
+    /// exactly as the parser counts a state's nesting.
+    #[test]
+    fn operations_that_would_nest_too_deep_are_refused_before_they_run() {
+        let base = State::from_value(v(r#"{"a.json":{}}"#), "t").unwrap();
+        // Built in code: a patch document holding them would itself be too deep to parse.
+        let nested = |n: usize| (0..n).fold(Value::Null, |inner, _| Value::Array(vec![inner]));
+        let add = |value: Value| {
+            let mut op = serde_json::Map::new();
+            op.insert("op".into(), Value::String("add".into()));
+            op.insert("path".into(), Value::String("/a.json/x".into()));
+            op.insert("value".into(), value);
+            Value::Array(vec![Value::Object(op)])
+        };
+        // `/a.json/x` is two tokens: a value of depth 510 reaches 512 levels.
+        let s = apply_to_state(&base, &add(nested(510)), "p").unwrap();
+        assert_eq!(
+            s.to_canonical_bytes().len(),
+            2 * 510 + r#"{"a.json":{"x":null}}"#.len()
+        );
+        let err = apply_to_state(&base, &add(nested(511)), "p")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'a.json'") && err.contains("operation 0 (add"),
+            "{err}"
+        );
+        // Moving the deep value one level down is refused too.
+        let mv = r#"[{"op":"add","path":"/b.json","value":{}},{"op":"move","from":"/a.json","path":"/b.json/y"}]"#;
+        let s = apply_to_state(&s, &v(mv), "p").unwrap_err().to_string();
+        assert!(s.contains("operation 1 (move"), "{s}");
+        // An inline value too deep for a state is refused by `State` itself.
+        let mut st = State::empty("s");
+        let too_deep = nested(512);
+        let err = st.insert("x.json", Entry::Inline(too_deep)).unwrap_err();
+        assert!(err.to_string().contains("levels deep"), "{err}");
     }
 
     #[test]

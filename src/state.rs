@@ -231,6 +231,9 @@ impl State {
         if let Err(reason) = validate_path(key) {
             return Err(bad(origin, key, reason));
         }
+        if let Entry::Inline(v) = &entry {
+            check_inline_depth(v).map_err(|reason| bad(origin, key, &reason))?;
+        }
         let mut prefix = key;
         while let Some(pos) = prefix.rfind('/') {
             prefix = &key[..pos];
@@ -395,8 +398,25 @@ fn bad(origin: &str, key: &str, reason: &str) -> Error {
     }
 }
 
+/// Deepest an inline value may nest: the state object around it takes one of
+/// [`json::MAX_DEPTH`]'s levels (so every state `parse` accepts passes, and nothing deeper
+/// exists; see the `json` module's bounded-nesting invariant).
+pub const MAX_INLINE_DEPTH: usize = json::MAX_DEPTH - 1;
+
+/// `Err(reason)` when an inline value nests deeper than [`MAX_INLINE_DEPTH`].
+fn check_inline_depth(v: &Value) -> std::result::Result<(), String> {
+    if json::nesting_depth(v, MAX_INLINE_DEPTH) > MAX_INLINE_DEPTH {
+        return Err(format!(
+            "its value nests more than {MAX_INLINE_DEPTH} levels deep (a state may nest at most {})",
+            json::MAX_DEPTH
+        ));
+    }
+    Ok(())
+}
+
 /// Interpret one state value under the inline rule.
 fn entry_from_value(key: &str, v: Value) -> std::result::Result<Entry, String> {
+    check_inline_depth(&v)?;
     if is_inline_path(key) {
         if let Value::String(s) = &v {
             if ObjectId::looks_like_hex_id(s) {

@@ -230,3 +230,62 @@ fn gc_refuses_a_store_that_resolves_outside_the_repository() {
     assert!(err.contains("refusing to gc"), "{err}");
     assert!(theirs.store().contains(&unreferenced));
 }
+
+/// Item 4: a patch whose `copy` operations nest `a.json` into itself `n` times.
+fn self_nesting_patch(n: usize) -> String {
+    let op = r#"{"op":"copy","from":"/a.json","path":"/a.json/x"}"#;
+    format!("[{}]", vec![op; n].join(","))
+}
+
+/// Apply `patch` to a fresh repository holding `a.json` = `{}`; the repository must refuse it
+/// with exit 3 naming `a.json`, stay as it was, and keep working for every later command.
+fn assert_apply_refused_cleanly(patch: &str, why: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    repo_with(tmp.path(), &[("a.json", b"{}"), ("mine", b"m")]);
+    pvrfs_ok(tmp.path(), &["checkout"]);
+    let before = metadata_snapshot(tmp.path());
+    fs::write(tmp.path().join("p.json"), patch).unwrap();
+    let out = pvrfs(tmp.path(), &["apply", "p.json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{why}: {err}");
+    assert!(err.contains("p.json") && err.contains(why), "{why}: {err}");
+    assert_eq!(metadata_snapshot(tmp.path()), before, "{why}");
+    for args in [&["status"][..], &["fsck"], &["log"], &["checkout"]] {
+        pvrfs_ok(tmp.path(), args);
+    }
+}
+
+/// 600 self-copies nest `a.json` 600 levels deep: before the fix `apply` committed a revision
+/// that status, checkout, commit and fsck then refused to load.
+#[test]
+fn apply_refuses_copies_that_nest_a_value_into_itself() {
+    assert_apply_refused_cleanly(&self_nesting_patch(600), "'a.json'");
+    // The deepest patch that stays within the limit still applies.
+    let tmp = tempfile::tempdir().unwrap();
+    repo_with(tmp.path(), &[("a.json", b"{}")]);
+    // `{}` is depth 1 under the state object: 510 copies make 511 + 1 = 512 levels.
+    fs::write(tmp.path().join("p.json"), self_nesting_patch(510)).unwrap();
+    pvrfs_ok(tmp.path(), &["apply", "p.json"]);
+    pvrfs_ok(tmp.path(), &["fsck"]);
+    pvrfs_ok(tmp.path(), &["checkout"]);
+    fs::write(tmp.path().join("p.json"), self_nesting_patch(1)).unwrap();
+    let err = pvrfs_err(tmp.path(), &["apply", "p.json"]);
+    assert!(err.contains("more than 512 levels"), "{err}");
+}
+
+/// ~32,000 levels overflowed the stack (the process died of SIGSEGV) before the fix.
+#[test]
+fn apply_of_32000_self_copies_is_refused_without_overflowing_the_stack() {
+    assert_apply_refused_cleanly(&self_nesting_patch(32_000), "more than 512 levels");
+}
+
+/// Copies that each duplicate `a.json` into a new member double it per operation (2^64 values
+/// after 64 operations, without ever nesting deep): refused once they would copy more values
+/// than the state and the patch hold.
+#[test]
+fn apply_refuses_copies_that_double_the_state() {
+    let ops: Vec<String> = (0..64)
+        .map(|i| format!(r#"{{"op":"copy","from":"/a.json","path":"/a.json/k{i}"}}"#))
+        .collect();
+    assert_apply_refused_cleanly(&format!("[{}]", ops.join(",")), "would copy");
+}

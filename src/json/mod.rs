@@ -32,6 +32,15 @@
 //!   (measured: `clone` fails past ~1 000 levels in debug builds, and even in release at 10 000).
 //!   Real state files nest a handful of levels.
 //!
+//! **Invariant (bounded nesting):** no `Value` in pvrfs nests deeper than [`MAX_DEPTH`]. Every
+//! producer enforces it: [`parse`] refuses deeper input, `patch::apply_to_state` refuses an
+//! operation before it would build a deeper value (and caps what `copy` operations may
+//! duplicate), and `State` refuses an inline value that would nest the state deeper
+//! ([`nesting_depth`]). So the recursive walks that remain — `serde_json::Value`'s `Clone`,
+//! `PartialEq` and `Drop`, `json_patch::diff`/`merge`, `patch::merge_diff` — are bounded by
+//! [`MAX_DEPTH`] frames; the walks written here ([`nesting_depth`], [`count_values`],
+//! [`normalize_numbers`], the writers) are iterative.
+//!
 //! One deliberate addition to Go's behaviour: a number whose canonical form would be an integer
 //! expanded by more than [`MAX_CANONICAL_DIGITS`] digits (`1e999999999`), or whose exponent is
 //! beyond ±10^30, is refused with [`SyntaxError::Number`] instead of allocating gigabytes.
@@ -158,6 +167,44 @@ fn quote_char(c: u8) -> String {
 /// which pvr's state layer treats as a reference rather than an inline value.
 pub fn is_object_id_string(v: &Value) -> bool {
     matches!(v, Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// How deeply `v` nests: 0 for a scalar, 1 for `[]` or `{}`, one more per level inside, the
+/// way [`parse`] counts against [`MAX_DEPTH`]. Iterative; stops counting (returns `limit + 1`)
+/// as soon as the depth exceeds `limit`, so a check costs no more than the part it looks at.
+pub fn nesting_depth(v: &Value, limit: usize) -> usize {
+    let mut deepest = 0;
+    let mut todo: Vec<(&Value, usize)> = vec![(v, 0)];
+    while let Some((v, above)) = todo.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(m) => Box::new(m.values()),
+            _ => continue,
+        };
+        let depth = above + 1;
+        if depth > limit {
+            return limit + 1;
+        }
+        deepest = deepest.max(depth);
+        todo.extend(children.map(|c| (c, depth)));
+    }
+    deepest
+}
+
+/// How many values `v` holds, itself included (every scalar, array and object counts one).
+/// Iterative.
+pub fn count_values(v: &Value) -> usize {
+    let mut n = 0;
+    let mut todo: Vec<&Value> = vec![v];
+    while let Some(v) = todo.pop() {
+        n += 1;
+        match v {
+            Value::Array(a) => todo.extend(a.iter()),
+            Value::Object(m) => todo.extend(m.values()),
+            _ => {}
+        }
+    }
+    n
 }
 
 mod number;

@@ -341,6 +341,20 @@ fn depth_limit() {
 }
 
 #[test]
+fn nesting_depth_and_count_match_what_the_parser_counts() {
+    let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+    let v = parse(ok.as_bytes()).unwrap();
+    assert_eq!(nesting_depth(&v, MAX_DEPTH), MAX_DEPTH);
+    assert_eq!(nesting_depth(&v, 10), 11, "stops past the limit");
+    assert_eq!(count_values(&v), MAX_DEPTH);
+    let v = parse(br#"{"a":[1,{"b":[]},"x"],"c":null}"#).unwrap();
+    assert_eq!(nesting_depth(&v, MAX_DEPTH), 4);
+    assert_eq!(count_values(&v), 7);
+    assert_eq!(nesting_depth(&parse(b"7").unwrap(), 0), 0);
+    assert_eq!(nesting_depth(&parse(b"{}").unwrap(), 0), 1);
+}
+
+#[test]
 fn canonical_string_escapes() {
     let s: String =
         (0u8..0x20).map(char::from).collect::<String>() + "\"\\/<&>\u{7f}\u{80}\u{2028}\u{2029}é😀";
