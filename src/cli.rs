@@ -264,6 +264,8 @@ pub struct ExchangeArgs {
     /// Bearer token for a pvr remote (default: $PVRFS_TOKEN).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +278,59 @@ pub struct CloneArgs {
     /// Bearer token for a pvr remote (default: $PVRFS_TOKEN).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// Limits on what an HTTP server or pvr remote may send (a server is untrusted:
+/// docs/EXCHANGE.md).
+#[derive(Debug, Args, Clone)]
+pub struct TransferArgs {
+    /// Largest object accepted from a server (bytes; K, M, G, T suffixes; default 4G): a bigger
+    /// one fails the transfer at its first byte past the limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_object_size: Option<u64>,
+    /// Slowest acceptable transfer (bytes per second; K, M, G suffixes; default 32K or
+    /// $PVRFS_MIN_RATE): a transfer of N bytes must finish within the grace time plus N / RATE.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub min_throughput: Option<u64>,
+    /// Seconds every transfer gets whatever its size (default 30), and the longest wait for a
+    /// byte of an HTTP body.
+    #[arg(long, value_name = "SECONDS")]
+    pub transfer_grace: Option<u64>,
+}
+
+/// `123`, `4K`, `16M`, `4G`, `1T` (powers of 1024; a trailing `B`/`iB` is accepted).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix in '{text}' (use K, M, G or T)"
+                    ))
+                }
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64K, 4G)"))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("'{text}' is out of range"))
 }
 
 #[derive(Debug, Args)]

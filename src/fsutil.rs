@@ -27,6 +27,87 @@ pub fn temp_path_in(dir: &Path) -> PathBuf {
     dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
 }
 
+/// True when an `O_TMPFILE` file can later be given a name through `/proc/self/fd` (the
+/// store's anonymous temp objects, `store::TempObject`). Checked once.
+/// `PVRFS_STORE_NAMED_TEMPS=1` says no, as on a file system without `O_TMPFILE` (tests).
+pub fn can_link_anonymous_files() -> bool {
+    static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROC.get_or_init(|| {
+        std::env::var_os("PVRFS_STORE_NAMED_TEMPS").is_none_or(|v| v != "1")
+            && Path::new("/proc/self/fd").is_dir()
+    })
+}
+
+/// The named temp files this process has open, so that a signal does not leave them behind.
+///
+/// [`TempFiles::register`] records a path; dropping the returned [`RegisteredTemp`] removes the
+/// file (if still there) and forgets it. [`remove_temp_files_on_signals`] starts a thread that,
+/// on SIGINT/SIGTERM/SIGHUP, removes every registered file and then dies of the same signal,
+/// holding the registry's lock so that no new temp file appears in between. The cleanup runs in
+/// an ordinary thread (the signals are blocked and taken with `sigwait`), so it may lock and
+/// allocate; nothing runs in a signal handler.
+pub struct TempFiles;
+
+static REGISTERED_TEMPS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A registered temp file (see [`TempFiles`]); removed when dropped unless renamed away.
+pub struct RegisteredTemp {
+    path: PathBuf,
+}
+
+impl TempFiles {
+    pub fn register(path: PathBuf) -> RegisteredTemp {
+        REGISTERED_TEMPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        RegisteredTemp { path }
+    }
+}
+
+impl RegisteredTemp {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RegisteredTemp {
+    fn drop(&mut self) {
+        let mut temps = REGISTERED_TEMPS.lock().unwrap_or_else(|e| e.into_inner());
+        // After a rename into place the temp name is gone and this is a harmless ENOENT.
+        let _ = fs::remove_file(&self.path);
+        if let Some(i) = temps.iter().position(|p| *p == self.path) {
+            temps.swap_remove(i);
+        }
+    }
+}
+
+/// Remove registered temp files on SIGINT/SIGTERM/SIGHUP, then die of that signal (see
+/// [`TempFiles`]). Call it early, before other threads start (they inherit the blocked mask),
+/// in commands that do not start other programs. Idempotent.
+pub fn remove_temp_files_on_signals() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        const SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+        crate::sys::block_signals(&SIGNALS);
+        let spawned = std::thread::Builder::new()
+            .name("pvrfs-temp-cleanup".into())
+            .spawn(|| {
+                let Some(sig) = crate::sys::wait_for_signal(&SIGNALS) else {
+                    return;
+                };
+                let temps = REGISTERED_TEMPS.lock().unwrap_or_else(|e| e.into_inner());
+                for p in temps.iter() {
+                    let _ = fs::remove_file(p);
+                }
+                crate::sys::die_of_signal(sig);
+            });
+        if spawned.is_err() {
+            crate::sys::unblock_signals(&SIGNALS);
+        }
+    });
+}
+
 /// Abort the process here if the crash-injection counter says so (see module docs).
 pub fn crash_point(name: &str) {
     static TARGET: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();

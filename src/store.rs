@@ -1,8 +1,11 @@
 //! The object store: one flat directory of files named by the sha256 of their bytes.
 //!
-//! Layout (pvr's, unchanged): `<dir>/<64 lowercase hex>`, no prefix, no fan-out. Temp files
-//! (`.tmp-*`) may sit beside the objects while a put is under way or after a crash; they never
-//! have a 64-hex name, so they are never mistaken for objects.
+//! Layout (pvr's, unchanged): `<dir>/<64 lowercase hex>`, no prefix, no fan-out. A put writes
+//! into an anonymous `O_TMPFILE` file and links it under its name once verified, so an
+//! interrupted put (error, signal, SIGKILL) leaves nothing; only on file systems without
+//! `O_TMPFILE` do named temp files (`.tmp-*`) sit beside the objects while a put is under way
+//! or after a SIGKILL (see `TempObject`); they never have a 64-hex name, so they are never
+//! mistaken for objects.
 //!
 //! Invariants:
 //! - An object file, once renamed into place, holds exactly the bytes its name hashes to
@@ -93,21 +96,17 @@ impl Store {
     }
 
     /// The one way objects enter the store: stream into a temp file in the store directory while
-    /// hashing, check against `expected` if given, rename into place (see `publish`).
+    /// hashing, check against `expected` if given, give it its name (see [`TempObject`]).
     fn put_streamed(
         &self,
         mut reader: impl Read,
         expected: Option<&ObjectId>,
     ) -> Result<(ObjectId, u64)> {
         self.ensure_dir()?;
-        let tmp = fsutil::temp_path_in(&self.dir);
+        let mut temp = TempObject::create(&self.dir)?;
+        let tmp = temp.describe();
         let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-                .ctx("create temp object", &tmp)?;
+            let file = &mut temp.file;
             let mut hasher = Hasher::new();
             let mut buf = vec![0u8; 256 * 1024];
             loop {
@@ -123,7 +122,6 @@ impl Store {
                 hasher.update(&buf[..n]);
                 file.write_all(&buf[..n]).ctx("write temp object", &tmp)?;
             }
-            drop(file);
             let (actual, len) = hasher.finish();
             if let Some(expected) = expected {
                 if actual != *expected {
@@ -134,13 +132,16 @@ impl Store {
                     });
                 }
             }
-            self.publish(&tmp, &actual)?;
             Ok((actual, len))
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let (id, len) = result?; // `temp` is dropped: an anonymous file vanishes, a named one is removed
+        self.touch(id);
+        let dest = self.path_of(&id);
+        if !dest.exists() {
+            fsutil::crash_point("store:before-rename");
+            temp.publish(&dest)?;
         }
-        result
+        Ok((id, len))
     }
 
     /// Store the file at `path`, hashing while copying.
@@ -172,17 +173,6 @@ impl Store {
             )));
         }
         Ok(len)
-    }
-
-    fn publish(&self, tmp: &Path, id: &ObjectId) -> Result<()> {
-        self.touch(*id);
-        let dest = self.path_of(id);
-        if dest.exists() {
-            let _ = fs::remove_file(tmp);
-            return Ok(());
-        }
-        fsutil::crash_point("store:before-rename");
-        fs::rename(tmp, &dest).ctx("rename object into place", &dest)
     }
 
     /// Remember `id` for the next `sync`; past the per-object limit only "many" matters, so the
@@ -297,6 +287,93 @@ impl Store {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("remove object", p, e)),
+        }
+    }
+}
+
+/// Where an object's bytes go while they are received and hashed, before they get their name.
+///
+/// Preferably an **anonymous** file (`O_TMPFILE` in the store directory), linked under its
+/// name only once it verified: it has no name until then, so nothing is left behind by any
+/// exit — an error, a panic, SIGINT/SIGTERM, SIGKILL or a power cut (an endless download
+/// interrupted by a signal used to leave its `.tmp-*` file behind). File systems without
+/// `O_TMPFILE` (or a system without `/proc/self/fd`, needed to link it) get a named `.tmp-*`
+/// file instead, registered with [`fsutil::TempFiles`]: removed on drop, and on
+/// SIGINT/SIGTERM/SIGHUP by commands that call `fsutil::remove_temp_files_on_signals`; a
+/// leftover of a SIGKILL is cleaned by `gc` (`fsutil::clean_temp_files`).
+struct TempObject {
+    file: File,
+    /// `None` for an anonymous file.
+    named: Option<fsutil::RegisteredTemp>,
+    dir: PathBuf,
+}
+
+impl TempObject {
+    fn create(dir: &Path) -> Result<TempObject> {
+        if fsutil::can_link_anonymous_files() {
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_TMPFILE)
+                .mode(0o644)
+                .open(dir)
+            {
+                Ok(file) => {
+                    return Ok(TempObject {
+                        file,
+                        named: None,
+                        dir: dir.to_path_buf(),
+                    })
+                }
+                // No O_TMPFILE on this file system (or kernel): fall back to a named file.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOENT)
+                    ) => {}
+                Err(e) => return Err(Error::io("create temp object in", dir, e)),
+            }
+        }
+        let named = fsutil::TempFiles::register(fsutil::temp_path_in(dir));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(named.path())
+            .ctx("create temp object", named.path())?;
+        Ok(TempObject {
+            file,
+            named: Some(named),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// For error messages.
+    fn describe(&self) -> PathBuf {
+        match &self.named {
+            Some(n) => n.path().to_path_buf(),
+            None => self.dir.join("(anonymous temp object)"),
+        }
+    }
+
+    /// Give the verified bytes their final name (never replacing an existing object).
+    fn publish(self, dest: &Path) -> Result<()> {
+        match &self.named {
+            Some(named) => fs::rename(named.path(), dest).ctx("rename object into place", dest),
+            None => {
+                use std::os::fd::AsRawFd;
+                let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                match rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    proc_path.as_str(),
+                    rustix::fs::CWD,
+                    dest,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                ) {
+                    // Another process stored the same object meanwhile: same bytes, done.
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+                    Err(e) => Err(Error::io("link object into place", dest, e.into())),
+                }
+            }
         }
     }
 }

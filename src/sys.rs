@@ -47,6 +47,32 @@ pub fn block_signals(signals: &[i32]) {
     }
 }
 
+/// Undo [`block_signals`] in the calling thread.
+pub fn unblock_signals(signals: &[i32]) {
+    let set = sigset(signals);
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// End the process as `sig` would by default (so the parent sees "killed by SIGTERM", not an
+/// exit code): restore the default action, unblock it in this thread and raise it.
+pub fn die_of_signal(sig: i32) -> ! {
+    // SAFETY: SIG_DFL is a valid disposition for any catchable signal.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+    unblock_signals(&[sig]);
+    // SAFETY: plain libc calls; `raise` delivers `sig` to this thread, whose default action
+    // ends the process.
+    unsafe {
+        libc::raise(sig);
+    }
+    // A signal whose default is to be ignored (none of the ones we use) ends up here.
+    std::process::exit(128 + sig)
+}
+
 /// Wait until one of `signals` (blocked beforehand with [`block_signals`]) arrives; returns it.
 pub fn wait_for_signal(signals: &[i32]) -> Option<i32> {
     let set = sigset(signals);

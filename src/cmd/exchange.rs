@@ -1,7 +1,7 @@
 //! get, merge, clone, push (put), export, import: thin wrappers over `crate::exchange`.
 
 use super::Ctx;
-use crate::cli::{CloneArgs, ExchangeArgs, ExportArgs, ImportArgs, PushArgs};
+use crate::cli::{CloneArgs, ExchangeArgs, ExportArgs, ImportArgs, PushArgs, TransferArgs};
 use crate::error::{Error, IoContext};
 use crate::exchange::{self, Location, Mode, Options, Outcome, Parts};
 use crate::repo::Repo;
@@ -24,6 +24,21 @@ fn options(ctx: &Ctx<'_>, token: Option<&str>) -> Options {
             .and_then(|v| v.parse().ok())
             .unwrap_or(defaults.min_rate),
         ..defaults
+    }
+}
+
+/// Options of a command that fetches: the transfer limits given (else `options`'), and temp
+/// files that do not survive SIGINT/SIGTERM/SIGHUP (see `fsutil::TempFiles`).
+fn fetch_options(ctx: &Ctx<'_>, token: Option<&str>, transfer: &TransferArgs) -> Options {
+    crate::fsutil::remove_temp_files_on_signals();
+    let o = options(ctx, token);
+    Options {
+        max_object_size: transfer.max_object_size.unwrap_or(o.max_object_size),
+        min_rate: transfer.min_throughput.unwrap_or(o.min_rate),
+        grace: transfer
+            .transfer_grace
+            .map_or(o.grace, |s| std::time::Duration::from_secs(s.max(1))),
+        ..o
     }
 }
 
@@ -60,7 +75,7 @@ fn get_or_merge(args: ExchangeArgs, ctx: &mut Ctx<'_>, mode: Mode) -> anyhow::Re
         &parts,
         mode,
         &format!("{verb} {}", args.src),
-        &options(ctx, args.token.as_deref()),
+        &fetch_options(ctx, args.token.as_deref(), &args.transfer),
     )?;
     report(ctx, &repo, &loc.describe(), &outcome)
 }
@@ -80,6 +95,7 @@ pub fn import(args: ImportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         return Err(Error::Usage(format!("'{}' is not a tarball", path.display())).into());
     }
     let loc = Location::Tarball(path);
+    crate::fsutil::remove_temp_files_on_signals();
     let outcome = exchange::get_into(
         &repo,
         &loc,
@@ -121,7 +137,7 @@ pub fn clone(args: CloneArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             &parts,
             Mode::Get,
             &format!("clone {}", args.src),
-            &options(ctx, args.token.as_deref()),
+            &fetch_options(ctx, args.token.as_deref(), &args.transfer),
         )?;
         // The same checkout as `pvrfs checkout` (parallel, hash-verified, stat cache primed).
         let lock = repo.lock()?;

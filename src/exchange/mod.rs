@@ -77,7 +77,13 @@ pub struct Options {
     pub message: Option<String>,
     /// Push even when the remote has changes this repository has not seen (see `bases`).
     pub force: bool,
+    /// Largest object a transfer accepts from a server: a state carries no sizes, so a server
+    /// could otherwise send an endless body; the first byte past it ends the transfer.
+    pub max_object_size: u64,
 }
+
+/// `Options::max_object_size` by default: 4 GiB.
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 4 << 30;
 
 impl Default for Options {
     fn default() -> Self {
@@ -92,6 +98,7 @@ impl Default for Options {
             token: None,
             message: None,
             force: false,
+            max_object_size: DEFAULT_MAX_OBJECT_SIZE,
         }
     }
 }
