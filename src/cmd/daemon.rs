@@ -96,7 +96,7 @@ fn run_rw(
     let result = (|| -> crate::Result<_> {
         let canon = mounts::check_mountpoint(mnt)?;
         let prepared = fs::cow::prepare(repo_dir, &args.rev, &args.overlay, args.canonical)?;
-        let listener = control::bind(&canon)?;
+        let listener = control::bind(prepared.repo.workdir(), &canon)?;
         let session = session::mount_cow(&prepared, &args.overlay, &canon, &session_options(args))?;
         log::info!(
             "serving overlay '{}' on revision {} of {} at {} (read-write)",
@@ -105,9 +105,9 @@ fn run_rw(
             prepared.repo.workdir().display(),
             canon.display()
         );
-        Ok((session, listener, prepared))
+        Ok((session, listener, prepared, canon))
     })();
-    let (session, listener, prepared) = match result {
+    let (session, listener, prepared, canon_mnt) = match result {
         Ok(v) => v,
         Err(e) => {
             report_readiness(&mut ready, Err(&e));
@@ -131,7 +131,9 @@ fn run_rw(
         })
         .map_err(|e| Error::io("start control thread for", mnt, e))?;
     report_readiness(&mut ready, Ok(()));
-    session::serve(session)?;
+    let served = session::serve(session);
+    control::unbind(prepared.repo.workdir(), &canon_mnt);
+    served?;
     Ok(())
 }
 

@@ -1,15 +1,34 @@
 //! The control socket of a `--rw` mount: how `pvrfs commit/status/diff/reset` reach the daemon
 //! that owns the overlay.
 //!
-//! Addressing: a Linux abstract unix socket named `pvrfs-ctl:` + the first 32 hex digits of
-//! sha256(canonical mountpoint). Abstract names need no file (nothing stale after a SIGKILL, no
-//! `sun_path` length limit for deep repositories) and vanish with the daemon. The CLI finds the
-//! mountpoint from `--mount MNT` or from the cwd (the innermost pvrfs mount containing it, from
-//! `/proc/self/mountinfo`), then connects. Only the daemon's own user (or root) is served: the
-//! peer's uid is checked with `SO_PEERCRED`, so `--allow-other` users can edit files but not
-//! commit or reset.
+//! # Addressing: a socket nobody else can take
+//! A unix socket file `<32 hex of sha256(canonical mountpoint)>.sock` in the repository's
+//! `.pvr/pvrfs/ctl/`, a directory the daemon creates with mode 0700 and refuses to use unless
+//! it is a real directory (not a symlink) owned by the daemon's user with no access for group
+//! or others. So no other user can bind the name first (the old abstract name
+//! `sha256(mountpoint)` could be taken by anyone, making the owner's `mount --rw` fail), nor
+//! even connect. Paths are reached through `/proc/self/fd/<dir fd>/<name>`, so the 108-byte
+//! `sun_path` limit never applies to deep repositories. A socket file left by a killed daemon is
+//! stale: the next daemon finds nobody answering on it and replaces it.
 //!
-//! Protocol: one JSON request line, one JSON answer line, then the connection closes.
+//! The CLI finds the mount (`--mount MNT` or the cwd, `/proc/self/mountinfo`), takes the
+//! repository from its source (`pvrfs:<repo>@rw:<overlay>`) and the daemon's uid from its
+//! `user_id=`, checks the directory belongs to that uid, connects, and checks with
+//! `SO_PEERCRED` that the peer is that uid: an answer never comes from anyone else.
+//!
+//! # Serving: hostile local users
+//! - Only the daemon's own user (or root) is served. The peer's credentials (`SO_PEERCRED`)
+//!   are checked on accept, **before anything is read**: anyone else gets a refusal and the
+//!   connection is closed (so `--allow-other` users can edit files but not commit or reset).
+//! - A request is one line of at most [`MAX_REQUEST_BYTES`]; a longer one is refused at the
+//!   first byte past it, never buffered.
+//! - Each connection is served on its own thread with an overall deadline
+//!   ([`REQUEST_DEADLINE`] to send the request, the same to take the answer), at most
+//!   [`MAX_CONNECTIONS`] at once, so a client that trickles or never finishes cannot hold up
+//!   the owner's `status` or `commit`. Requests are then handled one at a time.
+//!
+//! # Protocol
+//! One JSON request line, one JSON answer line, then the connection closes.
 //! Request `{"op": "commit"|"status"|"diff"|"reset"|"state"|"info"|"transport", "message"?: str}`;
 //! `state` answers the view's canonical state JSON in `text`, `info` the repository's work
 //! directory in `text` and the base revision in `rev`, `transport` how FUSE requests reach the
@@ -21,11 +40,20 @@ use crate::error::{Error, IoContext, Result};
 use crate::fs::cow::{CowFs, Invalidate};
 use crate::oid::ObjectId;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::path::Path;
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest request line accepted (a commit message included).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// Time a client has to send its request, and again to take the answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; more are refused until one ends.
+pub const MAX_CONNECTIONS: usize = 16;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
@@ -41,6 +69,12 @@ impl Request {
             op: op.into(),
             message: None,
         }
+    }
+
+    /// Parse one request line (what the daemon does with what it read).
+    pub fn parse(line: &[u8]) -> Result<Request> {
+        serde_json::from_slice::<Request>(line)
+            .map_err(|e| Error::Usage(format!("bad control request: {e}")))
     }
 }
 
@@ -59,29 +93,86 @@ pub struct Answer {
     pub error: String,
 }
 
-/// The abstract socket name of the mount at `mountpoint` (canonical).
+/// The directory holding the control sockets of a repository's `--rw` mounts.
+pub fn socket_dir(repo_workdir: &Path) -> PathBuf {
+    repo_workdir.join(crate::repo::PVR_DIR).join("pvrfs/ctl")
+}
+
+/// The socket's file name for the mount at `mountpoint` (canonical).
 pub fn socket_name(mountpoint: &Path) -> String {
     let hex = ObjectId::hash_bytes(mountpoint.as_os_str().as_encoded_bytes()).to_hex();
-    format!("pvrfs-ctl:{}", &hex[..32])
+    format!("{}.sock", &hex[..32])
 }
 
-fn addr(mountpoint: &Path) -> Result<SocketAddr> {
-    SocketAddr::from_abstract_name(socket_name(mountpoint).as_bytes())
-        .map_err(|e| Error::io("name control socket of", mountpoint, e))
-}
-
-/// Bind the control socket of a mount (before the mount is reported ready).
-pub fn bind(mountpoint: &Path) -> Result<UnixListener> {
-    UnixListener::bind_addr(&addr(mountpoint)?).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            Error::Usage(format!(
-                "another pvrfs daemon already serves '{}'",
-                mountpoint.display()
-            ))
-        } else {
-            Error::io("bind control socket of", mountpoint, e)
+/// Open `dir` (creating it with mode 0700 when `create`) and insist that it is a directory,
+/// not a symlink, owned by `owner`, with no permissions for group or others.
+pub fn open_private_dir(dir: &Path, owner: u32, create: bool) -> Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    if create {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).ctx("create", parent)?;
         }
-    })
+        match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(Error::io("create", dir, e.into())),
+        }
+    }
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open control socket directory", dir, e.into()))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", dir, e.into()))?;
+    if st.st_uid != owner || st.st_mode & 0o077 != 0 {
+        return Err(Error::Other(format!(
+            "refusing the control socket directory '{}': it must belong to uid {owner} with mode 0700 (it belongs to uid {} with mode {:o})",
+            dir.display(),
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(fd)
+}
+
+/// `/proc/self/fd/<dir>/<name>`: a short path to a file in an open directory.
+fn via_fd(dir: &OwnedFd, name: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+}
+
+/// Bind the control socket of the mount of `repo_workdir` at `mountpoint` (before the mount is
+/// reported ready). A stale socket file (nobody answers on it) is replaced.
+pub fn bind(repo_workdir: &Path, mountpoint: &Path) -> Result<UnixListener> {
+    let dir_path = socket_dir(repo_workdir);
+    let me = rustix::process::geteuid().as_raw();
+    let dir = open_private_dir(&dir_path, me, true)?;
+    let name = socket_name(mountpoint);
+    let path = via_fd(&dir, &name);
+    let in_use = || {
+        Error::Usage(format!(
+            "another pvrfs daemon already serves '{}'",
+            mountpoint.display()
+        ))
+    };
+    match UnixListener::bind(&path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(&path).is_ok() {
+                return Err(in_use());
+            }
+            let _ = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty());
+            UnixListener::bind(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => in_use(),
+                _ => Error::io("bind control socket", dir_path.join(&name), e),
+            })
+        }
+        Err(e) => Err(Error::io("bind control socket", dir_path.join(&name), e)),
+    }
+}
+
+/// Remove the socket file of a daemon that stops serving (a leftover would only be stale).
+pub fn unbind(repo_workdir: &Path, mountpoint: &Path) {
+    let _ = std::fs::remove_file(socket_dir(repo_workdir).join(socket_name(mountpoint)));
 }
 
 fn peer_uid(s: &UnixStream) -> Option<u32> {
@@ -96,33 +187,133 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
 pub fn serve(
     listener: UnixListener,
     fs: Arc<CowFs>,
-    invalidate: impl Fn(Invalidate) + Send + 'static,
+    invalidate: impl Fn(Invalidate) + Send + Sync + 'static,
 ) {
     let me = rustix::process::geteuid().as_raw();
+    serve_with(
+        listener,
+        REQUEST_DEADLINE,
+        move |uid| uid == me || uid == 0,
+        move |req| handle(&fs, req, &invalidate),
+    )
+}
+
+/// The serving loop of [`serve`], for any handler (see the module docs, "Serving"): `allowed`
+/// judges the peer's uid before anything is read; each connection has `deadline` to send its
+/// request (and again to take the answer); `handler` answers one request at a time.
+pub fn serve_with(
+    listener: UnixListener,
+    deadline: Duration,
+    allowed: impl Fn(u32) -> bool,
+    handler: impl Fn(Request) -> Answer + Send + Sync + 'static,
+) {
+    let handler = Arc::new(Mutex::new(handler));
+    let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        // One connection at a time: a client that never sends its line must not block others.
-        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-        // Read the request first in every case: closing on an unread request would make the
-        // client's write fail (EPIPE) before it sees the answer.
-        let mut line = String::new();
-        let read = BufReader::new(&conn).read_line(&mut line);
-        let answer = match (peer_uid(&conn), read) {
-            (Some(uid), Ok(_)) if uid == me || uid == 0 => {
-                match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => handle(&fs, req, &invalidate),
-                    Err(e) => failed(Error::Usage(format!("bad control request: {e}"))),
-                }
+        let Ok(conn) = conn else { continue };
+        if !peer_uid(&conn).is_some_and(&allowed) {
+            refuse(
+                conn,
+                Error::Usage(
+                    "only the user who mounted (or root) may commit, reset or inspect this mount"
+                        .into(),
+                ),
+            );
+            continue;
+        }
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            refuse(
+                conn,
+                Error::Other(format!(
+                    "the daemon is busy with {MAX_CONNECTIONS} other control connections; try again"
+                )),
+            );
+            continue;
+        }
+        let (handler, active) = (handler.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("pvrfs-control-conn".into())
+            .spawn(move || {
+                serve_one(conn, deadline, &handler);
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            log::warn!("could not start a thread for a control connection");
+        }
+    }
+}
+
+/// Answer without reading: the peer's request stays unread (its write may fail with EPIPE, but
+/// the answer is already in its receive buffer).
+fn refuse(conn: UnixStream, e: Error) {
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+    send(&conn, &failed(e));
+}
+
+fn send(mut conn: &UnixStream, answer: &Answer) {
+    let mut text = serde_json::to_string(answer).unwrap_or_default();
+    text.push('\n');
+    let _ = conn.write_all(text.as_bytes());
+}
+
+/// Read one request line within `deadline` and [`MAX_REQUEST_BYTES`], answer it.
+fn serve_one<H: Fn(Request) -> Answer>(conn: UnixStream, deadline: Duration, handler: &Mutex<H>) {
+    let answer = match read_request(&conn, deadline) {
+        Ok(line) => match Request::parse(&line) {
+            Ok(req) => (handler.lock().unwrap_or_else(|e| e.into_inner()))(req),
+            Err(e) => failed(e),
+        },
+        Err(e) => failed(e),
+    };
+    let _ = conn.set_write_timeout(Some(deadline));
+    send(&conn, &answer);
+}
+
+/// One request line (without its newline), read with an overall deadline and a size cap.
+pub fn read_request(conn: &UnixStream, deadline: Duration) -> Result<Vec<u8>> {
+    let started = Instant::now();
+    let mut line = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(Error::Usage(format!(
+                "no complete control request within {} s; closing",
+                deadline.as_secs()
+            )));
+        }
+        conn.set_read_timeout(Some(left))
+            .ctx("set a timeout on", "the control connection")?;
+        // Never more than one byte past the cap.
+        let want = (MAX_REQUEST_BYTES + 1 - line.len()).min(buf.len());
+        let n = match (&*conn).read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
             }
-            (_, Err(e)) => failed(Error::io("read control request on", "socket", e)),
-            _ => failed(Error::Usage(
-                "only the user who mounted (or root) may commit, reset or inspect this mount"
-                    .into(),
-            )),
+            Err(e) => return Err(Error::io("read control request on", "socket", e)),
         };
-        let mut text = serde_json::to_string(&answer).unwrap_or_default();
-        text.push('\n');
-        let _ = conn.write_all(text.as_bytes());
+        let chunk = &buf[..n];
+        if let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&chunk[..end]);
+            return Ok(line);
+        }
+        line.extend_from_slice(chunk);
+        if n == 0 {
+            return Ok(line); // EOF ends the request too
+        }
+        if line.len() > MAX_REQUEST_BYTES {
+            return Err(Error::Usage(format!(
+                "control request larger than {MAX_REQUEST_BYTES} bytes; refused"
+            )));
+        }
     }
 }
 
@@ -197,16 +388,47 @@ fn handle(fs: &CowFs, req: Request, invalidate: &impl Fn(Invalidate)) -> Answer 
 
 /// Send one request to the daemon of `mountpoint` and wait for its answer.
 pub fn request(mountpoint: &Path, req: &Request) -> Result<Answer> {
-    let mut s = UnixStream::connect_addr(&addr(mountpoint)?).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::ConnectionRefused {
-            Error::Usage(format!(
-                "'{}' is not a writable (--rw) pvrfs mount, or its daemon is gone",
-                mountpoint.display()
-            ))
+    let not_rw = || {
+        Error::Usage(format!(
+            "'{}' is not a writable (--rw) pvrfs mount, or its daemon is gone",
+            mountpoint.display()
+        ))
+    };
+    let info = super::mounts::list_mounts()?
+        .into_iter()
+        .find(|m| m.mountpoint == mountpoint)
+        .ok_or_else(not_rw)?;
+    let (repo, _) = info.repo_and_rev().ok_or_else(not_rw)?;
+    let owner = info.user_id.ok_or_else(not_rw)?;
+    let dir_path = socket_dir(Path::new(repo));
+    let dir = open_private_dir(&dir_path, owner, false).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            Error::Usage(
+                "only the user who mounted (or root) may commit, reset or inspect this mount"
+                    .into(),
+            )
+        }
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => not_rw(),
+        other => other,
+    })?;
+    let mut s = UnixStream::connect(via_fd(&dir, &socket_name(mountpoint))).map_err(|e| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+        ) {
+            not_rw()
         } else {
             Error::io("connect to the daemon of", mountpoint, e)
         }
     })?;
+    // The socket directory is the owner's, so only the owner's daemon can be listening; check
+    // anyway that the answer comes from the uid that mounted.
+    if peer_uid(&s) != Some(owner) {
+        return Err(Error::Other(format!(
+            "the control socket of '{}' is not served by uid {owner}, who mounted it; refusing to talk to it",
+            mountpoint.display()
+        )));
+    }
     let mut line = serde_json::to_string(req).map_err(|e| Error::Other(e.to_string()))?;
     line.push('\n');
     // A write error is reported as such, never as a broken pipe (which `main` treats as a

@@ -59,6 +59,8 @@ pub struct MountInfo {
     /// `pvrfs:<repo>@<rev>` (or another source, for non-pvrfs entries of `mount_points`).
     pub source: String,
     pub fstype: String,
+    /// The uid of the process that mounted it (FUSE's `user_id=` super option): the daemon's.
+    pub user_id: Option<u32>,
 }
 
 impl MountInfo {
@@ -95,7 +97,12 @@ fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     let mut r = right.split(' ');
     let fstype = unescape(r.next()?);
     let source = unescape(r.next()?);
+    let user_id = r.next().and_then(|opts| {
+        opts.split(',')
+            .find_map(|o| o.strip_prefix("user_id=")?.parse().ok())
+    });
     Some(MountInfo {
+        user_id,
         mountpoint: PathBuf::from(
             <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(mountpoint),
         ),
@@ -237,6 +244,7 @@ mod tests {
         assert_eq!(m.mountpoint, PathBuf::from("/tmp/a b"));
         assert_eq!(m.fstype, FSTYPE);
         assert_eq!(m.repo_and_rev(), Some(("/r x", "3")));
+        assert_eq!(m.user_id, Some(0));
         let line = "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw";
         assert_eq!(parse_mountinfo_line(line).unwrap().fstype, "ext4");
     }
