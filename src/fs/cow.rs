@@ -295,6 +295,11 @@ impl CowFs {
         self.read(|o| o.write(&handle, offset, data))
     }
 
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let (_, handle) = self.handle(fh)?;
+        self.read(|o| o.fallocate(&handle, offset, length, mode))
+    }
+
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let (_, handle) = self.handle(fh)?;
         self.write(|o| o.fsync(&handle, datasync))

@@ -362,7 +362,11 @@ impl Filesystem for CowFuse {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(link_name, reply);
-        let target = name_or_reply!(target.as_os_str(), reply);
+        // A target is a path, not a name: up to PATH_MAX - 1 bytes (the overlay checks), not
+        // NAME_MAX.
+        let Some(target) = target.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
         let r = self
             .fs
             .symlink(parent.0, name, target, req.uid(), req.gid());
@@ -503,6 +507,19 @@ impl Filesystem for CowFuse {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.fallocate(fh.0, offset, length, mode))
     }
 
     fn flush(

@@ -152,6 +152,22 @@ impl Overlay {
         }
     }
 
+    /// `fallocate(2)` through a handle opened for writing: the upper file is a real file on the
+    /// overlay's file system, so the call (mode 0, `KEEP_SIZE`, `PUNCH_HOLE`, `ZERO_RANGE`,
+    /// whatever that file system supports) is passed through, and its answer is ours.
+    pub fn fallocate(&self, handle: &Handle, offset: u64, length: u64, mode: i32) -> Result<()> {
+        match handle {
+            Handle::Upper {
+                file, write: true, ..
+            } => {
+                let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+                rustix::fs::fallocate(&**file, flags, offset, length)
+                    .map_err(|e| errno("fallocate", self.handle_name(handle), e.raw_os_error()))
+            }
+            _ => Err(errno("fallocate", self.handle_name(handle), libc::EBADF)),
+        }
+    }
+
     /// fsync/fdatasync of a handle: the file's data, then the metadata journal (so that the
     /// file's name and everything before it are durable too, as on a local file system).
     pub fn fsync(&mut self, handle: &Handle, datasync: bool) -> Result<()> {
