@@ -289,3 +289,27 @@ fn apply_refuses_copies_that_double_the_state() {
         .collect();
     assert_apply_refused_cleanly(&format!("[{}]", ops.join(",")), "would copy");
 }
+
+/// Item 3 (fixed by the checkout rewrite of issue 12, which un-ignores this test): a symlinked
+/// directory planted in the work tree must not make checkout write, or `checkout --force`
+/// delete, outside the tree.
+#[test]
+#[ignore = "issue 11 item 3: checkout still follows symlinked parents; fixed by issue 12"]
+fn checkout_never_writes_or_deletes_through_a_symlinked_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&w).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("victim"), b"keep me").unwrap();
+    repo_with(&w, &[("dir/file", b"from the state"), ("dir/victim", b"v")]);
+    std::os::unix::fs::symlink("../outside", w.join("dir")).unwrap();
+    let _ = pvrfs(&w, &["checkout"]);
+    assert!(
+        !outside.join("file").exists(),
+        "checkout wrote through the symlink"
+    );
+    let _ = pvrfs(&w, &["checkout", "--force"]);
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"keep me");
+    assert!(!outside.join("file").exists());
+}
