@@ -10,7 +10,8 @@
 //!   HTTP, S3, pvr remotes), against the repository; `remote`: pvr's remote protocol types;
 //! - `repo` (`.pvr/` layout, revisions), `patch` (diffs), `store` (objects), `state` (a
 //!   revision's content), `json` (pvr's JSON dialect), `oid` (object ids);
-//! - `error`, `fsutil` (durable writes), `progress`, `sys` (the few raw C calls).
+//! - `error`, `fsutil` (durable writes), `progress`, `sys` (the few raw C calls);
+//! - `fuzzing`: the fuzz targets' entry points (above everything; not an API).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -30,6 +31,9 @@ pub mod state;
 pub mod store;
 pub mod sys;
 pub mod worktree;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use error::{Error, Result};
 pub mod cli;

@@ -120,6 +120,22 @@ impl StatCache {
         cache
     }
 
+    /// A cache decoded from `body` with the magic and checksum put in front (`crate::fuzzing`:
+    /// a fuzzer could not guess the checksum); empty when it does not decode.
+    pub(crate) fn from_body_for_fuzzing(body: &[u8]) -> StatCache {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&checksum(body).to_le_bytes());
+        bytes.extend_from_slice(body);
+        let mut cache = StatCache::default();
+        if let Some((slots, files_end, dirs)) = decode(&bytes) {
+            cache.buf = Bytes::Owned(bytes);
+            cache.files_end = files_end;
+            cache.slots = slots;
+            cache.dirs = dirs;
+        }
+        cache
+    }
+
     fn path_at(&self, i: usize) -> &[u8] {
         let s = self.slots[i];
         &self.buf[s.path as usize..(s.path + s.len) as usize]

@@ -73,7 +73,7 @@ mod apply;
 mod commit;
 mod compact;
 mod data;
-mod journal;
+pub(crate) mod journal;
 mod namespace;
 mod pool;
 

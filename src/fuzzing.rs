@@ -1,0 +1,143 @@
+//! What the fuzz targets (`fuzz/fuzz_targets/`) run, one function per target, and what the
+//! regression test (`tests/fuzz_regressions.rs`) replays: every parser and decoder that reads
+//! bytes someone else may have written.
+//!
+//! Each function takes arbitrary bytes and must return normally: an `Err` from the code under
+//! test is a correct refusal; a panic, an overflow or a failed check here is a bug. Besides "no
+//! panic", each checks a property of what was accepted (round trips, the nesting bound), so the
+//! fuzzer finds wrong answers too, not only crashes.
+//!
+//! Not part of the API: the fuzz crate and the tests are its only users.
+
+use crate::fs::overlay::journal;
+use crate::fuse::control;
+use crate::json;
+use crate::patch;
+use crate::state::State;
+use crate::worktree::statcache;
+
+/// `State::from_json_bytes` and the canonical encoder: whatever parses, re-encodes to bytes
+/// that parse to the same state and encode to themselves; `json::parse` likewise.
+pub fn state_round_trip(data: &[u8]) {
+    if let Ok(v) = json::parse(data) {
+        assert!(json::nesting_depth(&v, json::MAX_DEPTH) <= json::MAX_DEPTH);
+        let canonical = json::to_canonical(&v);
+        let again = json::parse(&canonical).expect("canonical JSON parses");
+        assert_eq!(again, v, "json round trip");
+        assert_eq!(json::to_canonical(&again), canonical);
+        let _ = json::render_diff(&v);
+        let _ = json::render_checkout(&v);
+        let _ = json::to_pvr_json_pretty(&v);
+    }
+    if let Ok(state) = State::from_json_bytes(data, "fuzz") {
+        let bytes = state.to_canonical_bytes();
+        let again = State::from_json_bytes(&bytes, "fuzz").expect("canonical state parses");
+        assert_eq!(again, state, "state round trip");
+        assert_eq!(again.to_canonical_bytes(), bytes);
+        assert!(state
+            .iter()
+            .all(|(k, _)| k.split('/').next() != Some(".pvr")));
+    }
+}
+
+/// A small base state for patches when the input does not bring its own.
+const BASE: &str = r##"{"#spec":"s@1","a.json":{"k":[1,2.5,null,"x"],"o":{"p":true}},"d/b.txt":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}"##;
+
+/// RFC 7396 / RFC 6902 `apply` (`patch::apply_to_state`): the input is a patch, or a base
+/// state, a newline and a patch. What applies is a valid state (nesting bounded), and the
+/// RFC 6902 diff between base and result applies back to the result.
+pub fn patch_apply(data: &[u8]) {
+    let (base, doc) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => match State::from_json_bytes(&data[..i], "base") {
+            Ok(base) => (base, &data[i + 1..]),
+            Err(_) => return,
+        },
+        None => (
+            State::from_json_bytes(BASE.as_bytes(), "base").expect("valid"),
+            data,
+        ),
+    };
+    let Ok(doc) = json::parse(doc) else { return };
+    let Ok(new) = patch::apply_to_state(&base, &doc, "fuzz") else {
+        return;
+    };
+    let bytes = new.to_canonical_bytes();
+    assert_eq!(State::from_json_bytes(&bytes, "fuzz").expect("valid"), new);
+    let diff = patch::state_json_patch(&base, &new);
+    assert_eq!(
+        patch::apply_to_state(&base, &diff, "diff").expect("our own diff applies"),
+        new,
+        "diff/apply round trip"
+    );
+}
+
+/// Tar import (`exchange::tarball::scan`): an archive is accepted only with a valid state and
+/// objects that hash to their names.
+pub fn tar_import(data: &[u8]) {
+    thread_local! {
+        static DIR: tempfile::TempDir = tempfile::tempdir().expect("temp dir");
+    }
+    DIR.with(|dir| {
+        let path = dir.path().join("input.tar");
+        std::fs::write(&path, data).expect("write the input");
+        if let Ok(scan) = crate::exchange::tarball::scan(&path) {
+            let again = State::from_json_bytes(&scan.json, "fuzz").expect("scanned state");
+            assert_eq!(again, scan.state);
+        }
+    });
+}
+
+/// The stat cache decoder (`.pvr/pvrfs/statcache`): the input is the body after the magic and
+/// checksum, which are filled in (a random checksum would stop every input at the first check).
+/// Whatever decodes can be read back entry by entry.
+pub fn statcache_decode(data: &[u8]) {
+    let cache = statcache::StatCache::from_body_for_fuzzing(data);
+    for (path, entry) in cache.entries() {
+        assert_eq!(cache.get(path), Some(entry));
+    }
+    let _ = cache.dirs().len();
+}
+
+/// The overlay journal decoder: raw bytes, and the input framed with a valid length and
+/// checksum (so its JSON reaches the record decoder). A decoded record frames and decodes to
+/// itself.
+pub fn journal_decode(data: &[u8]) {
+    let (records, valid) = journal::decode(data);
+    assert!(valid <= data.len());
+    let framed = journal::frame_payload_for_fuzzing(data);
+    let (more, _) = journal::decode(&framed);
+    for rec in records.iter().chain(&more) {
+        let (again, len) = journal::decode(&journal::frame(rec));
+        assert_eq!(again.as_slice(), std::slice::from_ref(rec));
+        assert_eq!(len, journal::frame(rec).len());
+    }
+}
+
+/// The control socket's request reading and parsing: the input is what a client sends.
+pub fn control_request(data: &[u8]) {
+    let _ = control::Request::parse(data);
+    let Ok((mut client, server)) = std::os::unix::net::UnixStream::pair() else {
+        return;
+    };
+    // Small inputs fit the socket buffer; the cap is tested by the unit tests with big ones.
+    let data = &data[..data.len().min(64 * 1024)];
+    if std::io::Write::write_all(&mut client, data).is_err() {
+        return;
+    }
+    drop(client);
+    if let Ok(line) = control::read_request(&server, std::time::Duration::from_secs(5)) {
+        assert!(line.len() <= control::MAX_REQUEST_BYTES);
+        assert!(!line.contains(&b'\n'));
+        let _ = control::Request::parse(&line);
+    }
+}
+
+/// Every target by name, for the regression test and `scripts/fuzz`.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("state_round_trip", state_round_trip),
+    ("patch_apply", patch_apply),
+    ("tar_import", tar_import),
+    ("statcache_decode", statcache_decode),
+    ("journal_decode", journal_decode),
+    ("control_request", control_request),
+];
