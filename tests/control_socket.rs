@@ -6,7 +6,7 @@
 //! Runs as root (to act as `nobody`); the abuser is this test binary re-executed as uid 65534
 //! (`helper`), so no other tool is needed.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::*;
 use pvrfs::fuse::control::{self, Answer, Request};
@@ -282,7 +282,8 @@ fn another_user_cannot_take_the_control_socket_first() {
     let canon = fs::canonicalize(mnt.path()).unwrap();
     let hex = pvrfs::oid::ObjectId::hash_bytes(canon.as_os_str().as_encoded_bytes()).to_hex();
     let _squatter = start_helper(&format!("bind-abstract:pvrfs-ctl:{}", &hex[..32]));
-    let out = pvrfs_command()
+    let out = Pvrfs::new()
+        .command()
         .arg("mount")
         .arg(repo.path())
         .arg("latest")
@@ -297,7 +298,8 @@ fn another_user_cannot_take_the_control_socket_first() {
         String::from_utf8_lossy(&out.stderr)
     );
     fs::write(canon.join("b.txt"), b"b").unwrap();
-    let out = pvrfs_command()
+    let out = Pvrfs::new()
+        .command()
         .args(["status", "--mount"])
         .arg(&canon)
         .output()
@@ -319,7 +321,8 @@ fn another_user_cannot_take_the_control_socket_first() {
         text.contains("REFUSED") && text.contains("ermission denied"),
         "{text}"
     );
-    let out = pvrfs_command()
+    let out = Pvrfs::new()
+        .command()
         .args(["status", "--mount"])
         .arg(&canon)
         .uid(NOBODY)
@@ -348,7 +351,8 @@ fn a_socket_directory_planted_by_another_user_is_refused() {
     let planted = control::socket_dir(repo.path());
     let _h = start_helper(&format!("mkdir:{}", planted.display()));
     let mnt = tempfile::tempdir().unwrap();
-    let out = pvrfs_command()
+    let out = Pvrfs::new()
+        .command()
         .arg("mount")
         .arg(repo.path())
         .arg("latest")
@@ -375,7 +379,7 @@ struct MountGuard(std::path::PathBuf);
 impl Drop for MountGuard {
     fn drop(&mut self) {
         if is_mount_point(&self.0) {
-            let _ = pvrfs_command().arg("umount").arg(&self.0).status();
+            let _ = Pvrfs::new().command().arg("umount").arg(&self.0).status();
             if is_mount_point(&self.0) {
                 let _ = Command::new("fusermount3")
                     .args(["-u", "-z", "--"])

@@ -4,15 +4,20 @@
 //! in the middle of an endless download. Each must end in a clear error (never a panic), keep
 //! the repository as it was, and leave no temp file in the object store.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::*;
+use std::path::Path;
+
+/// `pvrfs ARGS` in `dir` (HOME there too), whatever its exit code.
+fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    pvrfs(args).dir(dir).run().out
+}
 use pvrfs::oid::ObjectId;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -203,7 +208,7 @@ fn get(server: &Server, args: &[&str]) -> (Option<i32>, String, f64, tempfile::T
     let mut all = vec!["get", url.as_str()];
     all.extend_from_slice(args);
     let t = Instant::now();
-    let out = pvrfs(tmp.path(), &all);
+    let out = run_in(tmp.path(), &all);
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(
         fs::read(tmp.path().join(".pvr/json")).unwrap(),
@@ -377,6 +382,6 @@ fn a_served_state_with_keys_under_pvr_is_refused() {
         "{err}"
     );
     assert_eq!(server.hits(&format!("/r/objects/{id}")), 0);
-    let out = pvrfs(tmp.path(), &["clone", &server.url(), "c"]);
+    let out = run_in(tmp.path(), &["clone", &server.url(), "c"]);
     assert_eq!(out.status.code(), Some(3));
 }

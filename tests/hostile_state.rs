@@ -4,14 +4,29 @@
 //! a state pvr or a hand edit left in `.pvr/json`) must refuse with an error naming the key and
 //! leave the repository as it was.
 
-mod common;
+use pvrfs_testkit as common;
 
 use common::*;
+use std::path::Path;
+
+/// `pvrfs ARGS` in `dir` (HOME there too), whatever its exit code.
+fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    pvrfs(args).dir(dir).run().out
+}
+
+/// `pvrfs ARGS` in `dir`, insisting on success; returns stdout.
+fn pvrfs_ok(dir: &Path, args: &[&str]) -> String {
+    pvrfs(args).dir(dir).ok()
+}
+
+/// `pvrfs ARGS` in `dir`, insisting on failure; returns stderr.
+fn pvrfs_err(dir: &Path, args: &[&str]) -> String {
+    pvrfs(args).dir(dir).fails()
+}
 use pvrfs::exchange::tarball;
 use pvrfs::oid::ObjectId;
 use pvrfs::repo::Repo;
 use std::fs;
-use std::path::Path;
 
 /// A config that would move the object store out of the repository.
 const EVIL_CONFIG: &[u8] = b"{\n\t\"DefaultGetUrl\": \"\",\n\t\"DefaultPutUrl\": \"\",\n\t\"DefaultPostUrl\": \"\",\n\t\"ObjectsDir\": \"/tmp/pvrfs-hostile-elsewhere\",\n\t\"AccessTokens\": null,\n\t\"RefreshTokens\": null\n}";
@@ -72,7 +87,7 @@ fn clone_refuses_a_state_with_keys_under_pvr() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         publish_dir(&src, &key, &bytes);
-        let out = pvrfs(tmp.path(), &["clone", "src", "dst"]);
+        let out = run_in(tmp.path(), &["clone", "src", "dst"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{key}: {err}");
         assert_names_key(&err, &key);
@@ -95,7 +110,7 @@ fn get_and_merge_refuse_a_state_with_keys_under_pvr_and_change_nothing() {
             fs::create_dir(&w).unwrap();
             repo_with(&w, &[("mine", b"m")]);
             let before = metadata_snapshot(&w);
-            let out = pvrfs(&w, &[verb, src.to_str().unwrap()]);
+            let out = run_in(&w, &[verb, src.to_str().unwrap()]);
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(3), "{verb} {key}: {err}");
             assert_names_key(&err, &key);
@@ -128,12 +143,12 @@ fn import_refuses_a_tarball_whose_state_has_keys_under_pvr() {
         fs::create_dir(&w).unwrap();
         repo_with(&w, &[("mine", b"m")]);
         let before = metadata_snapshot(&w);
-        let out = pvrfs(&w, &["import", "../x.tar"]);
+        let out = run_in(&w, &["import", "../x.tar"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{key}: {err}");
         assert_names_key(&err, &key);
         assert_eq!(metadata_snapshot(&w), before, "{key}");
-        let out = pvrfs(tmp.path(), &["clone", "x.tar", "c"]);
+        let out = run_in(tmp.path(), &["clone", "x.tar", "c"]);
         assert_eq!(out.status.code(), Some(3), "clone of the tarball: {key}");
     }
 }
@@ -151,7 +166,7 @@ fn apply_refuses_patches_that_add_keys_under_pvr() {
         r#"[{"op":"move","from":"/mine","path":"/.pvr"}]"#.to_string(),
     ] {
         fs::write(tmp.path().join("p.json"), &patch).unwrap();
-        let out = pvrfs(tmp.path(), &["apply", "p.json"]);
+        let out = run_in(tmp.path(), &["apply", "p.json"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{patch}: {err}");
         assert!(err.contains("'.pvr"), "{patch}: {err}");
@@ -176,7 +191,7 @@ fn a_head_with_keys_under_pvr_is_refused_by_checkout_and_status() {
         &["status"],
         &["commit", "-m", "x"],
     ] {
-        let out = pvrfs(tmp.path(), args);
+        let out = run_in(tmp.path(), args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
         assert_names_key(&err, ".pvr/config");
@@ -245,7 +260,7 @@ fn assert_apply_refused_cleanly(patch: &str, why: &str) {
     pvrfs_ok(tmp.path(), &["checkout"]);
     let before = metadata_snapshot(tmp.path());
     fs::write(tmp.path().join("p.json"), patch).unwrap();
-    let out = pvrfs(tmp.path(), &["apply", "p.json"]);
+    let out = run_in(tmp.path(), &["apply", "p.json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{why}: {err}");
     assert!(err.contains("p.json") && err.contains(why), "{why}: {err}");
@@ -304,12 +319,12 @@ fn checkout_never_writes_or_deletes_through_a_symlinked_directory() {
     fs::write(outside.join("victim"), b"keep me").unwrap();
     repo_with(&w, &[("dir/file", b"from the state"), ("dir/victim", b"v")]);
     std::os::unix::fs::symlink("../outside", w.join("dir")).unwrap();
-    let _ = pvrfs(&w, &["checkout"]);
+    let _ = run_in(&w, &["checkout"]);
     assert!(
         !outside.join("file").exists(),
         "checkout wrote through the symlink"
     );
-    let _ = pvrfs(&w, &["checkout", "--force"]);
+    let _ = run_in(&w, &["checkout", "--force"]);
     assert_eq!(fs::read(outside.join("victim")).unwrap(), b"keep me");
     assert!(!outside.join("file").exists());
 }
