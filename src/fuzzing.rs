@@ -132,8 +132,11 @@ pub fn control_request(data: &[u8]) {
     }
 }
 
+/// What a target runs on one input.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the regression test and `scripts/fuzz`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("state_round_trip", state_round_trip),
     ("patch_apply", patch_apply),
     ("tar_import", tar_import),
