@@ -176,18 +176,86 @@ pub fn apply_to_state(base: &State, doc: &Value, origin: &str) -> Result<State> 
     match detect_format(doc)? {
         PatchFormat::MergePatch => json_patch::merge(&mut value, doc),
         PatchFormat::JsonPatch => {
-            let patch: json_patch::Patch = serde_json::from_value(doc.clone()).map_err(|e| {
-                Error::Conflict(format!("{origin} is not a valid RFC 6902 patch: {e}"))
-            })?;
+            let ops = json_patch_ops(doc, origin)?;
             let budget =
                 (json::count_values(&value) + json::count_values(doc)).max(MIN_COPY_BUDGET);
-            apply_json_patch(&mut value, &patch, budget, origin)?;
+            apply_json_patch(&mut value, &ops, budget, origin)?;
         }
     }
     // Values that went through serde (the Patch above) lose the canonical number text
     // (`2.5E0` comes back as `2.5e+0`): restore the invariant of `json`.
     json::normalize_numbers(&mut value);
     State::from_value(value, origin)
+}
+
+/// The operations of an RFC 6902 patch document (an array), read straight from its value.
+///
+/// Not through serde: with `arbitrary_precision`, `serde_json::from_value` refuses integers
+/// beyond 128 bits (`77777777777777777777777777770`: "invalid type: integer … as u128"), so a
+/// patch carrying a number that a state holds exactly (`diff --format rfc6902` prints such
+/// patches) would not apply. Found by fuzzing (`fuzz/regressions/patch_apply/`).
+fn json_patch_ops(doc: &Value, origin: &str) -> Result<Vec<json_patch::PatchOperation>> {
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::*;
+    let Value::Array(items) = doc else {
+        return Err(Error::Conflict(format!(
+            "{origin} is not a valid RFC 6902 patch: not an array"
+        )));
+    };
+    let mut ops = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let bad = |why: String| {
+            Error::Conflict(format!(
+                "{origin} is not a valid RFC 6902 patch: operation {i}: {why}"
+            ))
+        };
+        let Value::Object(m) = item else {
+            return Err(bad("not an object".into()));
+        };
+        let pointer = |name: &str| {
+            let text = m
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("no \"{name}\" string")))?;
+            PointerBuf::parse(text).map_err(|e| bad(format!("\"{name}\": {e}")))
+        };
+        let value = || {
+            m.get("value")
+                .cloned()
+                .ok_or_else(|| bad("no \"value\"".into()))
+        };
+        let op = m
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no \"op\" string".into()))?;
+        ops.push(match op {
+            "add" => PatchOperation::Add(AddOperation {
+                path: pointer("path")?,
+                value: value()?,
+            }),
+            "remove" => PatchOperation::Remove(RemoveOperation {
+                path: pointer("path")?,
+            }),
+            "replace" => PatchOperation::Replace(ReplaceOperation {
+                path: pointer("path")?,
+                value: value()?,
+            }),
+            "move" => PatchOperation::Move(MoveOperation {
+                from: pointer("from")?,
+                path: pointer("path")?,
+            }),
+            "copy" => PatchOperation::Copy(CopyOperation {
+                from: pointer("from")?,
+                path: pointer("path")?,
+            }),
+            "test" => PatchOperation::Test(TestOperation {
+                path: pointer("path")?,
+                value: value()?,
+            }),
+            other => return Err(bad(format!("unknown op '{other}'"))),
+        });
+    }
+    Ok(ops)
 }
 
 /// The least number of values the `copy` operations of one patch may duplicate, however small
@@ -383,6 +451,33 @@ mod tests {
         let too_deep = nested(512);
         let err = st.insert("x.json", Entry::Inline(too_deep)).unwrap_err();
         assert!(err.to_string().contains("levels deep"), "{err}");
+    }
+
+    /// Found by fuzzing: an RFC 6902 patch carrying an integer beyond 128 bits did not apply
+    /// ("invalid type: integer … as u128"), so neither did our own diff of such a state.
+    #[test]
+    fn patches_carry_integers_of_any_size() {
+        let base = State::from_value(v(r#"{"a.json":{"k":1}}"#), "t").unwrap();
+        let big = "77777777777777777777777777770";
+        let new = State::from_value(v(&format!(r#"{{"a.json":{{"k":{big}}}}}"#)), "t").unwrap();
+        let p = state_json_patch(&base, &new);
+        assert!(p.to_string().contains(big), "{p}");
+        assert_eq!(apply_to_state(&base, &p, "p").unwrap(), new);
+        let add = v(&format!(
+            r#"[{{"op":"add","path":"/b.json","value":[-{big}9,2.50]}}]"#
+        ));
+        let got = apply_to_state(&base, &add, "p").unwrap();
+        assert_eq!(
+            String::from_utf8(got.to_canonical_bytes()).unwrap(),
+            format!(r#"{{"a.json":{{"k":1}},"b.json":[-{big}9,2.5E0]}}"#)
+        );
+        let err = apply_to_state(&base, &v(r#"[{"op":"jump","path":"/x"}]"#), "p").unwrap_err();
+        assert!(
+            err.to_string().contains("operation 0: unknown op 'jump'"),
+            "{err}"
+        );
+        let err = apply_to_state(&base, &v(r#"[{"op":"add","path":"x","value":1}]"#), "p");
+        assert!(err.unwrap_err().to_string().contains("\"path\""));
     }
 
     #[test]
