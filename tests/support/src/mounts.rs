@@ -68,6 +68,7 @@ impl Drop for Mount {
         if !self.is_mounted() {
             return;
         }
+        let daemon = daemon_pid(self.dir.path());
         let ok = pvrfs([OsStr::new("umount"), self.dir.path().as_os_str()])
             .run()
             .success();
@@ -76,6 +77,18 @@ impl Drop for Mount {
                 .args(["-u", "-z", "--"])
                 .arg(self.dir.path())
                 .status();
+        }
+        // The daemon holds its overlay's lock until it has exited: a test that mounts the same
+        // overlay right after a drop must not race it (seen under load). No panic in a drop.
+        if let Some(pid) = daemon {
+            let t0 = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists()
+                && !fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
