@@ -19,6 +19,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 /// Environment variable naming the readiness pipe of a daemon child.
 const READY_FD: &str = "PVRFS_READY_FD";
@@ -93,6 +94,142 @@ fn run_rw(
     mnt: &Path,
     mut ready: Option<File>,
 ) -> anyhow::Result<()> {
+    match choose_backend(args, repo_dir) {
+        Ok(Backend::Fuse) => run_fuse(args, repo_dir, mnt, ready),
+        Ok(Backend::Kernel { fallback }) => {
+            match mount_kernel(args, repo_dir, mnt) {
+                Ok(mounted) => {
+                    report_readiness(&mut ready, Ok(()));
+                    serve_kernel(mounted, mnt)
+                }
+                Err(e) if fallback => {
+                    // `auto` on a new overlay: overlayfs could not be mounted here (the
+                    // repository's file system cannot hold an upper layer, ...).
+                    log::warn!("kernel overlayfs cannot be mounted ({e}); using the FUSE overlay");
+                    if let Ok(repo) = Repo::open(repo_dir) {
+                        let _ = fs::upper::UpperOverlay::discard(&repo, &args.overlay);
+                    }
+                    run_fuse(args, repo_dir, mnt, ready)
+                }
+                Err(e) => {
+                    report_readiness(&mut ready, Err(&e));
+                    Err(e.into())
+                }
+            }
+        }
+        Err(e) => {
+            report_readiness(&mut ready, Err(&e));
+            Err(e.into())
+        }
+    }
+}
+
+/// Which backend serves a `--rw` mount.
+enum Backend {
+    Fuse,
+    /// `fallback`: a new overlay under `--cow auto`, which may still fall back to FUSE.
+    Kernel { fallback: bool },
+}
+
+/// `--cow` and the overlay's existing format decide; `kernel` is refused clearly where
+/// overlayfs cannot be mounted.
+fn choose_backend(args: &MountArgs, repo_dir: &Path) -> crate::Result<Backend> {
+    use crate::cli::CowBackend;
+    let repo = Repo::open(repo_dir)?;
+    let (is_kernel, is_fuse) = (
+        fs::upper::is_kernel_overlay(&repo, &args.overlay),
+        fs::upper::is_fuse_overlay(&repo, &args.overlay),
+    );
+    let kernel_ok = crate::fuse::kernel::can_mount_overlayfs();
+    match args.cow {
+        CowBackend::Fuse if is_kernel => Err(Error::Usage(format!(
+            "overlay '{}' holds changes made with the kernel backend; mount it with --cow kernel (or auto)",
+            args.overlay
+        ))),
+        CowBackend::Fuse => Ok(Backend::Fuse),
+        CowBackend::Kernel => match kernel_ok {
+            Ok(()) => Ok(Backend::Kernel { fallback: false }),
+            Err(why) => Err(Error::Usage(format!(
+                "--cow kernel: kernel overlayfs cannot be mounted: {why} (--cow fuse works without it)"
+            ))),
+        },
+        CowBackend::Auto if is_fuse => Ok(Backend::Fuse),
+        CowBackend::Auto if is_kernel => match kernel_ok {
+            Ok(()) => Ok(Backend::Kernel { fallback: false }),
+            Err(why) => Err(Error::Usage(format!(
+                "overlay '{}' was made with the kernel backend, which cannot be mounted here: {why}",
+                args.overlay
+            ))),
+        },
+        CowBackend::Auto => Ok(match kernel_ok {
+            Ok(()) => Backend::Kernel { fallback: true },
+            Err(why) => {
+                log::info!("kernel overlayfs unavailable ({why}): using the FUSE overlay");
+                Backend::Fuse
+            }
+        }),
+    }
+}
+
+/// Open (or create) the kernel-backend overlay, mount it and bind its control socket.
+fn mount_kernel(
+    args: &MountArgs,
+    repo_dir: &Path,
+    mnt: &Path,
+) -> crate::Result<Arc<crate::fuse::kernel::KernelDaemon>> {
+    let canon = mounts::check_mountpoint(mnt)?;
+    let repo = Repo::open(repo_dir)?;
+    let ov = fs::upper::UpperOverlay::open_or_create(&repo, &args.overlay, &args.rev)?;
+    let listener = control::bind(&canon)?;
+    let (daemon, ended) = crate::fuse::kernel::KernelDaemon::mount(
+        ov,
+        &canon,
+        session::fsname_rw(&repo, &args.overlay),
+        session_options(args).passthrough,
+        args.canonical,
+    )?;
+    log::info!(
+        "serving overlay '{}' of {} at {} (read-write, kernel overlayfs)",
+        args.overlay,
+        repo.workdir().display(),
+        canon.display()
+    );
+    let target: Arc<dyn control::Controlled> = daemon.clone();
+    std::thread::Builder::new()
+        .name("pvrfs-control".into())
+        .spawn(move || control::serve(listener, target))
+        .map_err(|e| Error::io("start control thread for", mnt, e))?;
+    let waiter = daemon.clone();
+    std::thread::Builder::new()
+        .name("pvrfs-wait".into())
+        .spawn(move || {
+            waiter.wait(ended);
+            std::process::exit(0);
+        })
+        .map_err(|e| Error::io("start waiter thread for", mnt, e))?;
+    Ok(daemon)
+}
+
+/// Serve a kernel-backend mount until it is unmounted (the waiter thread exits the process) or
+/// a stop signal asks for the unmount.
+fn serve_kernel(daemon: Arc<crate::fuse::kernel::KernelDaemon>, mnt: &Path) -> anyhow::Result<()> {
+    loop {
+        if let Some(sig) = crate::sys::wait_for_signal(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
+            log::info!("signal {sig}: unmounting {}", mnt.display());
+            if let Err(e) = daemon.unmount() {
+                log::error!("unmount failed: {e}");
+            }
+        }
+    }
+}
+
+/// The daemon of a `--rw` mount on the FUSE overlay.
+fn run_fuse(
+    args: &MountArgs,
+    repo_dir: &Path,
+    mnt: &Path,
+    mut ready: Option<File>,
+) -> anyhow::Result<()> {
     let result = (|| -> crate::Result<_> {
         let canon = mounts::check_mountpoint(mnt)?;
         let prepared = fs::cow::prepare(repo_dir, &args.rev, &args.overlay, args.canonical)?;
@@ -115,20 +252,20 @@ fn run_rw(
         }
     };
     let notifier = session.notifier();
-    let fs = prepared.fs.clone();
+    let target = Arc::new(control::FuseControl {
+        fs: prepared.fs.clone(),
+        invalidate: move |inval: fs::cow::Invalidate| {
+            for (parent, name) in &inval.entries {
+                let _ = notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name));
+            }
+            for ino in &inval.inodes {
+                let _ = notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
+            }
+        },
+    });
     std::thread::Builder::new()
         .name("pvrfs-control".into())
-        .spawn(move || {
-            control::serve(listener, fs, move |inval| {
-                for (parent, name) in &inval.entries {
-                    let _ =
-                        notifier.inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name));
-                }
-                for ino in &inval.inodes {
-                    let _ = notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
-                }
-            })
-        })
+        .spawn(move || control::serve(listener, target))
         .map_err(|e| Error::io("start control thread for", mnt, e))?;
     report_readiness(&mut ready, Ok(()));
     let served = session::serve(session);
@@ -159,6 +296,11 @@ pub fn spawn(args: &MountArgs, repo: &Repo, repo_dir: &Path, mnt: &Path) -> anyh
         .current_dir("/");
     if args.rw {
         cmd.arg("--rw").arg("--overlay").arg(&args.overlay);
+        cmd.arg("--cow").arg(match args.cow {
+            crate::cli::CowBackend::Auto => "auto",
+            crate::cli::CowBackend::Kernel => "kernel",
+            crate::cli::CowBackend::Fuse => "fuse",
+        });
     }
     for (on, flag) in [
         (args.allow_other, "--allow-other"),

@@ -49,7 +49,14 @@ pub fn umount(args: UmountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 pub fn mounts(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     for m in mounts::list_mounts()? {
         let (repo, rev) = m.repo_and_rev().unwrap_or((m.source.as_str(), "?"));
-        writeln!(ctx.out, "{}\t{}\t{}", m.mountpoint.display(), repo, rev)?;
+        writeln!(
+            ctx.out,
+            "{}\t{}\t{}\t{}",
+            m.mountpoint.display(),
+            repo,
+            rev,
+            m.backend()
+        )?;
     }
     Ok(())
 }

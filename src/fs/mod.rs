@@ -16,11 +16,13 @@
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
+pub mod change;
 pub mod cow;
 mod error;
 pub mod overlay;
 pub mod readonly;
 pub mod tree;
+pub mod upper;
 
 pub use error::{FsError, ToErrno};
 

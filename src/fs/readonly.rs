@@ -522,15 +522,22 @@ pub fn prepare(repo_dir: &std::path::Path, spec: &str, opts: &Options) -> RepoRe
     let repo = Repo::open(repo_dir)?;
     let rev = repo.resolve(spec)?;
     let state = repo.load_state(&rev)?;
+    let fs = from_state(&repo, &rev, state, opts);
+    // The parsed state is gone; hand its heap back so the daemon's RSS is the index only.
+    crate::sys::trim_heap();
+    Ok(Prepared { repo, rev, fs })
+}
+
+/// The read-only filesystem of revision `rev` of `repo`, whose state is `state` (already
+/// loaded: the kernel-overlay backend keeps a copy for its commits).
+pub fn from_state(repo: &Repo, rev: &Revision, state: crate::state::State, opts: &Options) -> Arc<ReadOnlyFs> {
     let rendering = if opts.canonical {
         super::tree::Rendering::Canonical
     } else {
         super::tree::Rendering::Checkout
     };
     let tree = Tree::build(state, rendering);
-    // The parsed state is gone; hand its heap back so the daemon's RSS is the index only.
-    crate::sys::trim_heap();
-    let fs = ReadOnlyFs::new(
+    Arc::new(ReadOnlyFs::new(
         tree,
         repo.store().clone(),
         FsConfig {
@@ -543,10 +550,5 @@ pub fn prepare(repo_dir: &std::path::Path, spec: &str, opts: &Options) -> RepoRe
             time: rev.time,
             verify: opts.verify,
         },
-    );
-    Ok(Prepared {
-        repo,
-        rev,
-        fs: Arc::new(fs),
-    })
+    ))
 }

@@ -29,7 +29,9 @@
 //!
 //! # Protocol
 //! One JSON request line, one JSON answer line, then the connection closes.
-//! Request `{"op": "commit"|"status"|"diff"|"reset"|"state"|"info"|"transport", "message"?: str}`;
+//! Request `{"op": "commit"|"status"|"diff"|"reset"|"state"|"info"|"transport"|"backend",
+//! "message"?: str}`; `backend` answers `fuse` or `kernel` (which copy-on-write backend serves
+//! the mount: the FUSE overlay, or kernel overlayfs over a private read-only FUSE layer);
 //! `state` answers the view's canonical state JSON in `text`, `info` the repository's work
 //! directory in `text` and the base revision in `rev`, `transport` how FUSE requests reach the
 //! daemon (`io_uring (Q queues, R requests)` or `/dev/fuse …`, `fuse::uring::Status`);
@@ -37,7 +39,9 @@
 //! `{"ok": false, "code": u8, "error": str}` (the daemon's error and exit code).
 
 use crate::error::{Error, IoContext, Result};
+use crate::fs::change::CommitReport;
 use crate::fs::cow::{CowFs, Invalidate};
+use crate::state::State;
 use crate::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -181,20 +185,75 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
         .map(|c| c.uid.as_raw())
 }
 
-/// Serve requests on `listener` forever (a daemon thread). `invalidate` tells the kernel what a
-/// reset changed; it runs after the overlay's lock is released (a kernel invalidation may wait
-/// for a directory lock held by a process that is itself waiting for the overlay).
-pub fn serve(
-    listener: UnixListener,
-    fs: Arc<CowFs>,
-    invalidate: impl Fn(Invalidate) + Send + Sync + 'static,
-) {
+/// What the control socket asks of a `--rw` mount, whichever backend serves it.
+pub trait Controlled: Send + Sync {
+    /// `fuse` or `kernel`.
+    fn backend(&self) -> &'static str;
+    /// How requests reach the daemon (the `transport` operation).
+    fn transport(&self) -> String;
+    fn status_text(&self) -> Result<String>;
+    fn diff_text(&self) -> Result<String>;
+    fn view_state(&self) -> Result<State>;
+    fn warnings(&self) -> Result<Vec<String>>;
+    fn commit(&self, message: &str) -> Result<CommitReport>;
+    /// Discard every change (the view becomes the last committed revision).
+    fn reset(&self) -> Result<()>;
+    /// The revision the view is compared with.
+    fn base_rev(&self) -> u64;
+    fn workdir(&self) -> PathBuf;
+}
+
+/// The FUSE backend: a `CowFs`, and how to tell the kernel what a reset changed. The
+/// invalidation runs after the overlay's lock is released (a kernel invalidation may wait for
+/// a directory lock held by a process that is itself waiting for the overlay).
+pub struct FuseControl<I: Fn(Invalidate) + Send + Sync> {
+    pub fs: Arc<CowFs>,
+    pub invalidate: I,
+}
+
+impl<I: Fn(Invalidate) + Send + Sync> Controlled for FuseControl<I> {
+    fn backend(&self) -> &'static str {
+        "fuse"
+    }
+    fn transport(&self) -> String {
+        super::uring::status().describe()
+    }
+    fn status_text(&self) -> Result<String> {
+        self.fs.status_text()
+    }
+    fn diff_text(&self) -> Result<String> {
+        self.fs.diff_text()
+    }
+    fn view_state(&self) -> Result<State> {
+        self.fs.view_state()
+    }
+    fn warnings(&self) -> Result<Vec<String>> {
+        self.fs.warnings()
+    }
+    fn commit(&self, message: &str) -> Result<CommitReport> {
+        self.fs.commit(message)
+    }
+    fn reset(&self) -> Result<()> {
+        let inval = self.fs.reset()?;
+        (self.invalidate)(inval);
+        Ok(())
+    }
+    fn base_rev(&self) -> u64 {
+        self.fs.base_rev()
+    }
+    fn workdir(&self) -> PathBuf {
+        self.fs.repo().workdir().to_path_buf()
+    }
+}
+
+/// Serve requests on `listener` forever (a daemon thread).
+pub fn serve(listener: UnixListener, target: Arc<dyn Controlled>) {
     let me = rustix::process::geteuid().as_raw();
     serve_with(
         listener,
         REQUEST_DEADLINE,
         move |uid| uid == me || uid == 0,
-        move |req| handle(&fs, req, &invalidate),
+        move |req| handle(&*target, req),
     )
 }
 
@@ -326,7 +385,7 @@ fn failed(e: Error) -> Answer {
     }
 }
 
-fn handle(fs: &CowFs, req: Request, invalidate: &impl Fn(Invalidate)) -> Answer {
+fn handle(fs: &dyn Controlled, req: Request) -> Answer {
     let ok = |text: String| Answer {
         ok: true,
         text,
@@ -372,14 +431,12 @@ fn handle(fs: &CowFs, req: Request, invalidate: &impl Fn(Invalidate)) -> Answer 
             .unwrap_or_else(failed),
         "info" => Answer {
             rev: Some(fs.base_rev()),
-            ..ok(fs.repo().workdir().display().to_string())
+            ..ok(fs.workdir().display().to_string())
         },
-        "transport" => ok(super::uring::status().describe()),
+        "transport" => ok(fs.transport()),
+        "backend" => ok(fs.backend().to_string()),
         "reset" => match fs.reset() {
-            Ok(inval) => {
-                invalidate(inval);
-                ok(String::new())
-            }
+            Ok(()) => ok(String::new()),
             Err(e) => failed(e),
         },
         other => failed(Error::Usage(format!("unknown control operation '{other}'"))),

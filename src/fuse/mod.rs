@@ -18,6 +18,7 @@ use fuser::{Errno, FileAttr, FileType, INodeNo, InitFlags, KernelConfig};
 
 pub mod control;
 pub mod cow;
+pub mod kernel;
 pub mod mounts;
 pub mod readonly;
 pub mod session;

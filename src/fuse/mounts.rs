@@ -1,16 +1,21 @@
 //! The mount table as pvrfs sees it: finding, checking and unmounting pvrfs mounts.
 //!
 //! A mount is identified in the mount table by its source `pvrfs:<repo>@<rev>` (or
-//! `pvrfs:<repo>@rw:<overlay>`) and type `fuse.pvrfs` (or `fuse`): `list_mounts` reads
+//! `pvrfs:<repo>@rw:<overlay>`) and type `fuse.pvrfs` (or `fuse`) — or, for a `--rw` mount on
+//! the kernel backend, type `overlay` with a `pvrfs:<repo>@rw:<overlay>` source (its lower FUSE
+//! layer is detached and never in the table): `list_mounts` reads
 //! `/proc/self/mountinfo`, nothing else is registered, so a killed daemon leaves nothing stale
 //! but the (dead) mount itself, which `unmount` clears.
 
 use crate::error::{Error, IoContext, Result};
+use std::os::linux::net::SocketAddrExt;
 use std::path::{Path, PathBuf};
 
 /// The mount table type of a pvrfs mount made through fusermount3 (`fuse.` + subtype); a
 /// direct mount(2) by root shows plain `fuse`. Either way the source starts with `pvrfs:`.
 pub const FSTYPE: &str = "fuse.pvrfs";
+/// The mount table type of a kernel-backend `--rw` mount.
+pub const OVERLAY_FSTYPE: &str = "overlay";
 
 /// Refuse a mountpoint that cannot take a mount; returns its canonical path.
 pub fn check_mountpoint(mnt: &Path) -> Result<PathBuf> {
@@ -66,7 +71,25 @@ pub struct MountInfo {
 impl MountInfo {
     /// True for a mount made by pvrfs.
     pub fn is_pvrfs(&self) -> bool {
-        (self.fstype == FSTYPE || self.fstype == "fuse") && self.source.starts_with("pvrfs:")
+        (self.fstype == FSTYPE || self.fstype == "fuse" || self.is_kernel_overlay())
+            && self.source.starts_with("pvrfs:")
+    }
+
+    /// A `--rw` mount on the kernel backend (overlayfs).
+    pub fn is_kernel_overlay(&self) -> bool {
+        self.fstype == OVERLAY_FSTYPE && self.source.contains("@rw:")
+    }
+
+    /// How the mount is served: `ro` (read-only FUSE), `fuse` (`--rw` on the FUSE overlay) or
+    /// `kernel` (`--rw` on kernel overlayfs).
+    pub fn backend(&self) -> &'static str {
+        if self.is_kernel_overlay() {
+            "kernel"
+        } else if self.source.contains("@rw:") {
+            "fuse"
+        } else {
+            "ro"
+        }
     }
 
     /// The repository and revision parsed back from the source.
@@ -178,6 +201,9 @@ pub fn unmount(mnt: &Path) -> Result<()> {
             entry.fstype
         )));
     }
+    if entry.is_kernel_overlay() {
+        return unmount_overlay(&abs);
+    }
     let dead = is_dead(&abs);
     let mut cmd = std::process::Command::new("fusermount3");
     cmd.arg("-u");
@@ -207,6 +233,31 @@ pub fn unmount(mnt: &Path) -> Result<()> {
         }
         Err(e) => Err(Error::io("run fusermount3 for", &abs, e)),
     }
+}
+
+/// Unmount a kernel-backend mount. Unmounting overlayfs releases its private lower layer too
+/// (and so ends the daemon). A busy mount is refused as `umount` refuses it, unless its daemon
+/// is gone (nobody can be served by it any more): then it is detached.
+fn unmount_overlay(abs: &Path) -> Result<()> {
+    use rustix::mount::{unmount, UnmountFlags};
+    match unmount(abs, UnmountFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::BUSY) if !daemon_alive(abs) => unmount(abs, UnmountFlags::DETACH)
+            .map_err(|e| Error::io("detach", abs, e.into())),
+        Err(rustix::io::Errno::BUSY) => Err(Error::Other(format!(
+            "could not unmount '{}': it is busy (a process has its cwd or a file open in it)",
+            abs.display()
+        ))),
+        Err(e) => Err(Error::io("unmount", abs, e.into())),
+    }
+}
+
+/// Whether the daemon of the `--rw` mount at `mnt` still answers on its control socket.
+fn daemon_alive(mnt: &Path) -> bool {
+    let name = super::control::socket_name(mnt);
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
+        .is_ok()
 }
 
 /// The pvrfs mount to talk to: `explicit` (`--mount MNT`) or the innermost pvrfs mount that

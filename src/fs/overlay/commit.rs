@@ -15,59 +15,14 @@
 
 use super::{Body, Content, Overlay, DIR_MODE, FILE_MODE, ROOT_INO};
 use crate::error::{Error, IoContext, Result};
+use crate::fs::change::{self, Built};
+pub use crate::fs::change::{CommitReport, StatusLine};
 use crate::json::{self, Value};
 use crate::oid::ObjectId;
-use crate::patch;
 use crate::repo::Revision;
 use crate::state::{is_inline_path, Entry, State};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
-
-/// What a commit made and what it could not store.
-#[derive(Debug, Clone)]
-pub struct CommitReport {
-    pub revision: Revision,
-    pub status: Vec<StatusLine>,
-    pub warnings: Vec<String>,
-}
-
-/// One line of `status`: `A` added, `D` deleted, `C` changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusLine {
-    pub code: char,
-    pub path: String,
-}
-
-/// The change from the base to the view, as state entries, plus what the format could not hold.
-///
-/// Only the affected roots are described (O(change)): the new state is the base with every key
-/// of `old` removed and every key of `new` inserted (`apply_built`), so a commit never copies
-/// the base.
-pub(super) struct Built {
-    /// The base's entries under the affected roots (what the view replaces).
-    old: BTreeMap<String, Entry>,
-    /// The view's entries under the affected roots.
-    new: BTreeMap<String, Entry>,
-    /// Every state key under an affected root, before or after.
-    keys: BTreeSet<String>,
-    warnings: Vec<String>,
-    /// Paths whose view the new state cannot reproduce: they stay in the overlay.
-    retain: Vec<String>,
-}
-
-impl Built {
-    /// Turn `state` (the base) into the built state: remove `old`, insert `new` (validated;
-    /// on error `state` is left part-way, see `Overlay::revert_built`).
-    fn apply_to(&self, state: &mut State) -> Result<()> {
-        for k in self.old.keys() {
-            state.remove(k);
-        }
-        for (k, e) in &self.new {
-            state.insert(k, e.clone())?;
-        }
-        Ok(())
-    }
-}
 
 struct Walk<'a> {
     store: bool,
@@ -80,19 +35,10 @@ impl Overlay {
     /// Compute the new state; `store` puts new content into the object store (commit) instead of
     /// only hashing it (status, diff).
     pub(super) fn build(&self, store: bool) -> Result<Built> {
-        let mut built = Built {
-            old: BTreeMap::new(),
-            new: BTreeMap::new(),
-            keys: BTreeSet::new(),
-            warnings: Vec::new(),
-            retain: Vec::new(),
-        };
+        let mut built = Built::default();
         let roots = self.roots();
         for r in &roots {
-            for (k, e) in entries_under(&self.base, r) {
-                built.keys.insert(k.clone());
-                built.old.insert(k.clone(), e.clone());
-            }
+            built.replace_under(&self.base, r);
         }
         let root = &self.nodes[&ROOT_INO];
         if root.mode != DIR_MODE {
@@ -190,13 +136,11 @@ impl Overlay {
     }
 
     fn unstorable(&self, w: &mut Walk<'_>, path: &str, warning: String) {
-        w.built.warnings.push(warning);
-        w.built.retain.push(path.to_string());
+        w.built.unstorable(path, warning);
     }
 
     fn insert(&self, w: &mut Walk<'_>, path: &str, entry: Entry) -> Result<()> {
-        w.built.keys.insert(path.to_string());
-        w.built.new.insert(path.to_string(), entry);
+        w.built.insert(path, entry);
         Ok(())
     }
 
@@ -237,24 +181,11 @@ impl Overlay {
     }
 
     fn json_entry(&self, bytes: &[u8], path: &str, store: bool) -> Result<Entry> {
-        let v = json::parse(bytes).map_err(|source| Error::InvalidJson {
-            path: path.to_string(),
-            source,
-        })?;
-        // A JSON string of 64 hex digits would read back as an object id (pvr quirk 5): store
-        // such a file's bytes as an object instead, so its content survives.
-        if json::is_object_id_string(&v) {
-            return self.blob_entry(bytes, store);
-        }
-        Ok(Entry::Inline(v))
+        change::json_entry(store.then(|| self.repo.store()), bytes, path)
     }
 
     fn blob_entry(&self, bytes: &[u8], store: bool) -> Result<Entry> {
-        Ok(Entry::Object(if store {
-            self.repo.store().put_bytes(bytes)?
-        } else {
-            ObjectId::hash_bytes(bytes)
-        }))
+        change::blob_entry(store.then(|| self.repo.store()), bytes)
     }
 
     /// Follow a symlink inside the tree to a regular file (`None`: dangling, a directory, a
@@ -309,25 +240,17 @@ impl Overlay {
 
     /// The changed paths, as `pvrfs status` prints them (A, then D, then C; sorted in each).
     pub fn status(&self) -> Result<Vec<StatusLine>> {
-        Ok(status_of(&self.build(false)?))
+        Ok(self.build(false)?.status())
     }
 
     /// `status` as text, one `X path` line each.
     pub fn status_text(&self) -> Result<String> {
-        Ok(self
-            .status()?
-            .iter()
-            .map(|l| format!("{} {}\n", l.code, l.path))
-            .collect())
+        Ok(change::status_text(&self.status()?))
     }
 
     /// The RFC 7396 merge patch from the base state to the view (`{}` when clean).
     pub fn diff(&self) -> Result<Value> {
-        let built = self.build(false)?;
-        let pick = |m: &BTreeMap<String, Entry>| {
-            Value::Object(m.iter().map(|(k, e)| (k.clone(), e.to_value())).collect())
-        };
-        Ok(patch::merge_diff(&pick(&built.old), &pick(&built.new)))
+        Ok(self.build(false)?.merge_diff())
     }
 
     /// `diff` as `pvr diff` prints it (tab-indented, `{}` when clean).
@@ -355,7 +278,7 @@ impl Overlay {
     pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
         let (revision, built) = self.commit_only(message)?;
         crate::fsutil::crash_point("overlay:committed");
-        let status = status_of(&built);
+        let status = built.status();
         let warnings = built.warnings.clone();
         self.rebase(revision.clone(), built)?;
         Ok(CommitReport {
@@ -370,49 +293,31 @@ impl Overlay {
     pub(super) fn commit_only(&mut self, message: &str) -> Result<(Revision, Built)> {
         let lock = self.repo.lock()?;
         let built = self.build(true)?;
-        let diff = json_patch_of(&built);
-        // The base is edited in place into the new state (O(change)) and put back on error.
-        self.apply_built(&built)?;
-        let committed = self.repo.commit_state_with_diff(
+        match change::commit_built(
+            &self.repo,
             &lock,
-            &self.base,
+            &mut self.base,
+            self.base_rev,
+            &built,
             message,
-            Some(self.base_rev),
-            Some(diff),
-        );
-        match committed {
+        ) {
             Ok(revision) => Ok((revision, built)),
-            Err(e) => {
-                self.revert_built(&built);
-                Err(match e {
-                    // The head moved since the base (another commit, or pvr): nothing was written.
-                    Error::Conflict(msg) => Error::Conflict(format!(
-                        "{msg} (the overlay is kept; `pvrfs reset --mount` discards it)"
-                    )),
-                    e => e,
-                })
-            }
+            // The head moved since the base (another commit, or pvr): nothing was written.
+            Err(Error::Conflict(msg)) => Err(Error::Conflict(format!(
+                "{msg} (the overlay is kept; `pvrfs reset --mount` discards it)"
+            ))),
+            Err(e) => Err(e),
         }
     }
 
     /// Turn the base into the built state: remove `old`, insert `new` (validated).
     fn apply_built(&mut self, built: &Built) -> Result<()> {
-        built
-            .apply_to(&mut self.base)
-            .inspect_err(|_| self.revert_built(built))
+        built.apply_to(&mut self.base).inspect_err(|_| built.revert(&mut self.base))
     }
 
     /// Undo `apply_built` (also after a partial one).
     fn revert_built(&mut self, built: &Built) {
-        for k in built.new.keys() {
-            self.base.remove(k);
-        }
-        for (k, e) in &built.old {
-            // Those entries were valid together with the rest of the base.
-            self.base
-                .insert(k, e.clone())
-                .expect("a base entry is valid in its base");
-        }
+        built.revert(&mut self.base);
     }
 
     /// Make `revision` the base: the in-memory base already is its state (`apply_built`); keep in
@@ -494,58 +399,4 @@ fn push_target(todo: &mut Vec<String>, target: &str) -> Option<()> {
     }
     todo.extend(target.split('/').rev().map(str::to_string));
     Some(())
-}
-
-/// The entries at `root` or under `root/`.
-fn entries_under<'s>(state: &'s State, root: &str) -> Vec<(&'s String, &'s Entry)> {
-    let map = state.entries_map();
-    let mut out: Vec<_> = map.get_key_value(root).into_iter().collect();
-    let prefix = format!("{root}/");
-    out.extend(
-        map.range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix)),
-    );
-    out
-}
-
-/// The RFC 6902 patch from `base` to the built state, from the changed keys only (O(change);
-/// whole values are replaced where `json_patch::diff` would descend into them, equally valid).
-fn json_patch_of(built: &Built) -> Value {
-    let mut ops = Vec::new();
-    for k in &built.keys {
-        let path = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
-        let op = |op: &str, value: Option<&Entry>| {
-            let mut m = serde_json::Map::new();
-            m.insert("op".into(), Value::String(op.into()));
-            m.insert("path".into(), Value::String(path.clone()));
-            if let Some(e) = value {
-                m.insert("value".into(), e.to_value());
-            }
-            Value::Object(m)
-        };
-        match (built.old.get(k), built.new.get(k)) {
-            (Some(_), None) => ops.push(op("remove", None)),
-            (None, Some(e)) => ops.push(op("add", Some(e))),
-            (Some(a), Some(b)) if a != b => ops.push(op("replace", Some(b))),
-            _ => {}
-        }
-    }
-    Value::Array(ops)
-}
-
-fn status_of(built: &Built) -> Vec<StatusLine> {
-    let mut groups: [Vec<String>; 3] = Default::default();
-    for k in &built.keys {
-        match (built.old.get(k), built.new.get(k)) {
-            (None, Some(_)) => groups[0].push(k.clone()),
-            (Some(_), None) => groups[1].push(k.clone()),
-            (Some(a), Some(b)) if a != b => groups[2].push(k.clone()),
-            _ => {}
-        }
-    }
-    groups
-        .into_iter()
-        .zip(['A', 'D', 'C'])
-        .flat_map(|(paths, code)| paths.into_iter().map(move |path| StatusLine { code, path }))
-        .collect()
 }

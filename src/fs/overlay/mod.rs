@@ -368,7 +368,7 @@ pub fn overlay_dir(repo: &Repo, id: &str) -> PathBuf {
     repo.ext_dir().join("overlay").join(id)
 }
 
-fn check_id(id: &str) -> RepoResult<()> {
+pub(crate) fn check_id(id: &str) -> RepoResult<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -780,7 +780,7 @@ fn dir_children(nodes: &mut HashMap<u64, Node>, ino: u64) -> &mut BTreeMap<Strin
     }
 }
 
-fn lock_dir(dir: &Path) -> RepoResult<File> {
+pub(crate) fn lock_dir(dir: &Path) -> RepoResult<File> {
     fs::create_dir_all(dir).ctx("create", dir)?;
     let path = dir.join("lock");
     let file = OpenOptions::new()

@@ -1,0 +1,821 @@
+//! The kernel-overlayfs backend's overlay, as plain Rust: an overlayfs upper directory read as
+//! a change set against the base revision, and committed from there (no FUSE, no mount here).
+//!
+//! # Layout
+//!
+//! ```text
+//! W/.pvr/pvrfs/overlay/<id>/
+//! ├── lock          flock(2): one daemon at a time owns an overlay (as the FUSE backend's)
+//! ├── kernel.json   {lower_rev, lower_state, head_rev, committed: [root...], layer: N}
+//! ├── upper.N/      overlayfs upperdir: new and copied-up files, whiteouts, xattrs
+//! └── work.N/       overlayfs workdir
+//! ```
+//!
+//! `kernel.json` marks the directory as a kernel-backend overlay (a FUSE-backend overlay has a
+//! `snapshot` instead; one directory is never both). It is replaced atomically, and it is the
+//! commit point of everything here: a reset writes a header naming fresh `upper.N+1`/`work.N+1`
+//! and only then deletes the old pair; directories the header does not name are leftovers
+//! and are deleted at load.
+//!
+//! # Model: lower, head, view
+//!
+//! - *lower*: the revision the read-only FUSE lower layer serves (`lower_rev`). It never
+//!   changes while an upper layer holds changes against it: overlayfs forbids changing a lower
+//!   layer under its upper, so after a commit the mount keeps the old lower.
+//! - *view*: lower + upper, what the mount shows.
+//! - *head*: the last revision committed from this overlay (`head_rev`; = lower until the first
+//!   commit). Commit, status and diff compare the view with the head.
+//!
+//! `committed` holds the roots of what the head changed against the lower. Where the view can
+//! differ from the head is then covered by `committed` ∪ the roots found in the upper layer, so
+//! a build reads the head's entries and the view's files under those roots only (O(change); the
+//! base is never walked). A commit makes those roots the new `committed`; a reset (which
+//! unmounts) starts a fresh upper layer on the head, which becomes the lower.
+//!
+//! # Reading the upper layer (overlayfs's on-disk format, with `redirect_dir=on`,
+//! `metacopy=off`)
+//!
+//! - a character device 0/0 is a *whiteout*: the name is gone from the view;
+//! - a directory with `trusted.overlay.opaque` = `y` hides the lower directory of its name;
+//! - a directory with `trusted.overlay.redirect` merges with the lower directory it names
+//!   (absolute `/a/b`, or a name relative to its parent's lower directory): a renamed base
+//!   directory;
+//! - any other directory merges with the lower directory of the same name, if there is one;
+//! - regular files are whole (no metacopy): only they are hashed. A file that changes while it
+//!   is hashed is read again (up to 5 times); never a torn object in a revision.
+
+use super::change::{self, Built, CommitReport, StatusLine};
+use crate::error::{Error, IoContext, Result};
+use crate::json::{self, Value};
+use crate::oid::ObjectId;
+use crate::repo::{Repo, Revision};
+use crate::state::{is_inline_path, Entry, State};
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The file marking a kernel-backend overlay directory.
+pub const HEADER: &str = "kernel.json";
+
+const OPAQUE: &str = "trusted.overlay.opaque";
+const REDIRECT: &str = "trusted.overlay.redirect";
+const METACOPY: &str = "trusted.overlay.metacopy";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Header {
+    lower_rev: u64,
+    /// State id of the lower revision (checked at load: the revision must not have changed).
+    lower_state: String,
+    head_rev: u64,
+    /// Roots (view paths) under which the head differs from the lower.
+    committed: BTreeSet<String>,
+    /// Generation of the `upper.N`/`work.N` pair in use.
+    layer: u64,
+}
+
+/// One kernel-backend overlay, opened and locked.
+pub struct UpperOverlay {
+    repo: Repo,
+    id: String,
+    dir: PathBuf,
+    _lock: File,
+    header: Header,
+    lower_rev: Revision,
+    lower: State,
+    /// The head's state (equal to `lower` until the first commit).
+    head: State,
+    /// Where the view is mounted, for following symlinks inside it (commit of a symlink).
+    view_root: Option<PathBuf>,
+    /// Inline JSON is rendered as `checkout --canonical` (the mount's `--canonical`).
+    canonical: bool,
+}
+
+/// Whether overlay `id` of `repo` exists and belongs to the kernel backend.
+pub fn is_kernel_overlay(repo: &Repo, id: &str) -> bool {
+    super::overlay::overlay_dir(repo, id).join(HEADER).exists()
+}
+
+/// Whether overlay `id` of `repo` exists and belongs to the FUSE backend.
+pub fn is_fuse_overlay(repo: &Repo, id: &str) -> bool {
+    super::overlay::overlay_dir(repo, id)
+        .join("snapshot")
+        .exists()
+}
+
+/// What is at a view path, found through the upper layer and the lower state.
+enum Found {
+    /// A directory: its upper directory (if any) and the lower directory it merges with.
+    Dir {
+        upper: Option<PathBuf>,
+        lower: Option<String>,
+    },
+    /// A regular file, whiteout-free, in the upper layer.
+    UpperFile(PathBuf),
+    /// Something else in the upper layer (symlink, FIFO, socket, device).
+    UpperOther(PathBuf),
+    /// A file of the lower revision, at this lower path.
+    LowerFile(String),
+}
+
+impl UpperOverlay {
+    /// Open overlay `id` (locking it), or create it on revision `rev_spec`.
+    pub fn open_or_create(repo: &Repo, id: &str, rev_spec: &str) -> Result<UpperOverlay> {
+        super::overlay::check_id(id)?;
+        let dir = super::overlay::overlay_dir(repo, id);
+        if is_fuse_overlay(repo, id) {
+            return Err(Error::Usage(format!(
+                "overlay '{id}' holds changes made with the FUSE backend; mount it with --cow fuse (or discard them with 'pvrfs reset --mount' on such a mount)"
+            )));
+        }
+        let lock = super::overlay::lock_dir(&dir)?;
+        let header_path = dir.join(HEADER);
+        let header = match fs::read(&header_path) {
+            Ok(bytes) => serde_json::from_slice::<Header>(&bytes).map_err(|e| {
+                Error::Other(format!("corrupt overlay header '{}': {e}", header_path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let rev = repo.resolve(rev_spec)?;
+                let h = Header {
+                    lower_rev: rev.rev,
+                    lower_state: rev.state.0.to_hex(),
+                    head_rev: rev.rev,
+                    committed: BTreeSet::new(),
+                    layer: 1,
+                };
+                create_layer(&dir, 1)?;
+                write_header(&dir, &h)?;
+                h
+            }
+            Err(e) => return Err(Error::io("read", &header_path, e)),
+        };
+        let lower_rev = repo.resolve(&header.lower_rev.to_string())?;
+        if lower_rev.state.0.to_hex() != header.lower_state {
+            return Err(Error::Conflict(format!(
+                "overlay '{id}' was made on revision {} with state {}, but that revision now has state {}",
+                lower_rev.rev, header.lower_state, lower_rev.state.0
+            )));
+        }
+        let lower = repo.load_state(&lower_rev)?;
+        let head = if header.head_rev == header.lower_rev {
+            lower.clone()
+        } else {
+            repo.load_state(&repo.resolve(&header.head_rev.to_string())?)?
+        };
+        create_layer(&dir, header.layer)?;
+        remove_stale_layers(&dir, header.layer);
+        let mut ov = UpperOverlay {
+            repo: repo.clone(),
+            id: id.to_string(),
+            dir,
+            _lock: lock,
+            header,
+            lower_rev,
+            lower,
+            head,
+            view_root: None,
+            canonical: false,
+        };
+        ov.finish_interrupted_commit()?;
+        Ok(ov)
+    }
+
+    /// Remove overlay `id` entirely (the header first: without it the directory is no overlay).
+    pub fn discard(repo: &Repo, id: &str) -> Result<()> {
+        super::overlay::check_id(id)?;
+        let dir = super::overlay::overlay_dir(repo, id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let _lock = super::overlay::lock_dir(&dir)?;
+        let h = dir.join(HEADER);
+        if h.exists() {
+            fs::remove_file(&h).ctx("remove", &h)?;
+        }
+        fs::remove_dir_all(&dir).ctx("remove", &dir)
+    }
+
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// overlayfs's `upperdir`.
+    pub fn upper_dir(&self) -> PathBuf {
+        self.dir.join(format!("upper.{}", self.header.layer))
+    }
+
+    /// overlayfs's `workdir`.
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.join(format!("work.{}", self.header.layer))
+    }
+
+    /// The revision the lower layer serves.
+    pub fn lower_revision(&self) -> &Revision {
+        &self.lower_rev
+    }
+
+    /// The lower revision's state (what the lower layer serves).
+    pub fn lower_state(&self) -> &State {
+        &self.lower
+    }
+
+    /// The revision the view is compared with (the last commit, or the lower).
+    pub fn head_rev(&self) -> u64 {
+        self.header.head_rev
+    }
+
+    /// Render inline JSON as `checkout --canonical` does (what the lower layer shows).
+    pub fn set_canonical(&mut self, canonical: bool) {
+        self.canonical = canonical;
+    }
+
+    /// Where the view is mounted (symlinks are followed there when committing).
+    pub fn set_view_root(&mut self, mnt: Option<PathBuf>) {
+        self.view_root = mnt;
+    }
+
+    /// Start a fresh, empty upper layer on the head, which becomes the lower. The overlayfs
+    /// mount of the old layer must be gone (or detached) first.
+    pub fn reset(&mut self) -> Result<()> {
+        let head_rev = self.repo.resolve(&self.header.head_rev.to_string())?;
+        let old_layer = self.header.layer;
+        let h = Header {
+            lower_rev: head_rev.rev,
+            lower_state: head_rev.state.0.to_hex(),
+            head_rev: head_rev.rev,
+            committed: BTreeSet::new(),
+            layer: old_layer + 1,
+        };
+        create_layer(&self.dir, h.layer)?;
+        write_header(&self.dir, &h)?;
+        self.header = h;
+        self.lower_rev = head_rev;
+        self.lower = self.head.clone();
+        remove_stale_layers(&self.dir, self.header.layer);
+        Ok(())
+    }
+
+    /// The roots of what the upper layer changes (minimal prefixes), plus warnings about
+    /// directories (modes, emptied directories) that are not under a root.
+    fn upper_roots(&self, warnings: &mut Vec<String>) -> Result<BTreeSet<String>> {
+        let mut roots = BTreeSet::new();
+        self.roots_in(&self.upper_dir(), "", Some(""), &mut roots, warnings)?;
+        Ok(roots)
+    }
+
+    fn roots_in(
+        &self,
+        dir: &Path,
+        view: &str,
+        lower: Option<&str>,
+        roots: &mut BTreeSet<String>,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        let mut shown = 0usize;
+        let mut names = BTreeSet::new();
+        for e in fs::read_dir(dir).ctx("read upper directory", dir)? {
+            let e = e.ctx("read upper directory", dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let disk = e.path();
+            let vp = join(view, &name);
+            let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
+            names.insert(name.clone());
+            if is_whiteout(&meta) {
+                roots.insert(vp);
+                continue;
+            }
+            shown += 1;
+            if meta.is_dir() {
+                let child_lower = self.child_lower(&disk, lower, &name)?;
+                if child_lower.as_deref() == Some(vp.as_str()) {
+                    if meta.mode() & 0o7777 != 0o755 {
+                        warnings.push(format!(
+                            "mode {:04o} of directory '{vp}' is not stored (the pvr format has no modes)",
+                            meta.mode() & 0o7777
+                        ));
+                    }
+                    self.roots_in(&disk, &vp, child_lower.as_deref(), roots, warnings)?;
+                } else {
+                    roots.insert(vp);
+                }
+            } else {
+                roots.insert(vp);
+            }
+        }
+        // A base directory whose every entry was removed is empty in the view.
+        if shown == 0 && !view.is_empty() {
+            let lower_left = lower.is_some_and(|l| {
+                child_names(&self.lower, l)
+                    .iter()
+                    .any(|n| !names.contains(n))
+            });
+            if !lower_left {
+                warnings.push(format!(
+                    "empty directory '{view}' is not stored (the pvr format has no directories)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lower directory an upper directory `disk` (named `name`, in a directory merging
+    /// with `parent_lower`) merges with.
+    fn child_lower(
+        &self,
+        disk: &Path,
+        parent_lower: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>> {
+        if xattr(disk, OPAQUE)?.is_some_and(|v| v == b"y") {
+            return Ok(None);
+        }
+        if let Some(r) = xattr(disk, REDIRECT)? {
+            let r = String::from_utf8_lossy(&r).into_owned();
+            let target = match r.strip_prefix('/') {
+                Some(abs) => abs.to_string(),
+                None => match parent_lower {
+                    Some(p) => join(p, &r),
+                    None => return Ok(None),
+                },
+            };
+            return Ok(change::has_dir(&self.lower, &target).then_some(target));
+        }
+        Ok(parent_lower
+            .map(|p| join(p, name))
+            .filter(|l| change::has_dir(&self.lower, l)))
+    }
+
+    /// Find view path `path` (`""`: the root).
+    fn find(&self, path: &str) -> Result<Option<Found>> {
+        let mut upper = Some(self.upper_dir());
+        let mut lower = Some(String::new());
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        for (i, seg) in segs.iter().enumerate() {
+            let last = i + 1 == segs.len();
+            let here = upper.as_ref().map(|u| u.join(seg));
+            let meta = match &here {
+                Some(p) => match fs::symlink_metadata(p) {
+                    Ok(m) => Some(m),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(Error::io("stat", p, e)),
+                },
+                None => None,
+            };
+            match meta {
+                Some(m) if is_whiteout(&m) => return Ok(None),
+                Some(m) if m.is_dir() => {
+                    let disk = here.expect("some");
+                    lower = self.child_lower(&disk, lower.as_deref(), seg)?;
+                    upper = Some(disk);
+                }
+                Some(m) => {
+                    if !last {
+                        return Ok(None);
+                    }
+                    let disk = here.expect("some");
+                    return Ok(Some(if m.is_file() {
+                        Found::UpperFile(disk)
+                    } else {
+                        Found::UpperOther(disk)
+                    }));
+                }
+                None => {
+                    upper = None;
+                    let Some(l) = lower.take() else {
+                        return Ok(None);
+                    };
+                    let lp = join(&l, seg);
+                    if self.lower.get(&lp).is_some() {
+                        return Ok(last.then_some(Found::LowerFile(lp)));
+                    }
+                    if !change::has_dir(&self.lower, &lp) {
+                        return Ok(None);
+                    }
+                    lower = Some(lp);
+                }
+            }
+        }
+        Ok(Some(Found::Dir { upper, lower }))
+    }
+
+    /// Compute the change from the head to the view; `store` puts new content into the object
+    /// store (commit) instead of only hashing it.
+    pub fn build(&self, store: bool) -> Result<Built> {
+        let mut built = Built::default();
+        let mut warnings = Vec::new();
+        let upper_roots = self.upper_roots(&mut warnings)?;
+        let roots = minimal(upper_roots.iter().chain(&self.header.committed));
+        let store = store.then(|| self.repo.store());
+        for r in &roots {
+            built.replace_under(&self.head, r);
+            match self.find(r)? {
+                None => {}
+                Some(found) => self.collect(found, r, store, &mut built)?,
+            }
+        }
+        built.warnings.splice(0..0, warnings);
+        Ok(built)
+    }
+
+    /// Every file of the view at or under `path` (which is `found`) into `built.new`.
+    fn collect(
+        &self,
+        found: Found,
+        path: &str,
+        store: Option<&Store>,
+        built: &mut Built,
+    ) -> Result<()> {
+        match found {
+            Found::LowerFile(lp) => {
+                let entry = self.lower_entry(&lp, path, store)?;
+                built.insert(path, entry);
+            }
+            Found::UpperFile(disk) => {
+                let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
+                if meta.mode() & 0o7777 != 0o644 {
+                    built.unstorable(path, format!("mode {:04o} of '{path}' is not stored (the pvr format has no modes)", meta.mode() & 0o7777));
+                }
+                if meta.nlink() > 1 {
+                    built.unstorable(
+                        path,
+                        format!("'{path}' is a hard link; it is stored as a separate copy"),
+                    );
+                }
+                let entry = if xattr(&disk, METACOPY)?.is_some() {
+                    return Err(Error::Other(format!(
+                        "'{}' is a metadata-only copy-up (metacopy), which this overlay never makes; mount it with metacopy=off",
+                        disk.display()
+                    )));
+                } else {
+                    upper_file_entry(&disk, path, store)?
+                };
+                built.insert(path, entry);
+            }
+            Found::UpperOther(disk) => self.collect_other(&disk, path, store, built)?,
+            Found::Dir { upper, lower } => {
+                let before = built.new.len();
+                let warned = built.warnings.len();
+                let mut names = BTreeSet::new();
+                if let Some(u) = &upper {
+                    for e in fs::read_dir(u).ctx("read upper directory", u)? {
+                        let e = e.ctx("read upper directory", u)?;
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        names.insert(name.clone());
+                        let disk = e.path();
+                        let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
+                        let vp = join(path, &name);
+                        let found = if is_whiteout(&meta) {
+                            continue;
+                        } else if meta.is_dir() {
+                            if meta.mode() & 0o7777 != 0o755 {
+                                built.unstorable(&vp, format!("mode {:04o} of directory '{vp}' is not stored (the pvr format has no modes)", meta.mode() & 0o7777));
+                            }
+                            Found::Dir {
+                                lower: self.child_lower(&disk, lower.as_deref(), &name)?,
+                                upper: Some(disk),
+                            }
+                        } else if meta.is_file() {
+                            Found::UpperFile(disk)
+                        } else {
+                            Found::UpperOther(disk)
+                        };
+                        self.collect(found, &vp, store, built)?;
+                    }
+                }
+                if let Some(l) = &lower {
+                    for (k, _) in change::entries_under(&self.lower, l) {
+                        let rest = if l.is_empty() {
+                            k.as_str()
+                        } else {
+                            &k[l.len() + 1..]
+                        };
+                        let first = rest.split('/').next().unwrap_or(rest);
+                        if names.contains(first) {
+                            continue;
+                        }
+                        let vp = join(path, rest);
+                        let entry = self.lower_entry(k, &vp, store)?;
+                        built.insert(&vp, entry);
+                    }
+                }
+                if built.new.len() == before && built.warnings.len() == warned && !path.is_empty()
+                {
+                    built.unstorable(
+                        path,
+                        format!("empty directory '{path}' is not stored (the pvr format has no directories)"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A symlink, FIFO, socket or device in the upper layer at view path `path`.
+    fn collect_other(
+        &self,
+        disk: &Path,
+        path: &str,
+        store: Option<&Store>,
+        built: &mut Built,
+    ) -> Result<()> {
+        let meta = fs::symlink_metadata(disk).ctx("stat", disk)?;
+        let ft = meta.file_type();
+        if !ft.is_symlink() {
+            let kind = if ft.is_fifo() {
+                "fifo"
+            } else if ft.is_socket() {
+                "socket"
+            } else if ft.is_char_device() {
+                "character device"
+            } else {
+                "block device"
+            };
+            built.unstorable(
+                path,
+                format!("{kind} '{path}' is not stored (the pvr format has no special files)"),
+            );
+            return Ok(());
+        }
+        let target = fs::read_link(disk).ctx("read symlink", disk)?;
+        let target = target.to_string_lossy();
+        match self.follow_in_view(path)? {
+            Some(bytes) => {
+                built.unstorable(
+                    path,
+                    format!("symlink '{path}' -> '{target}' is stored as a copy of its target's content"),
+                );
+                let entry = change::file_entry_from_bytes(store, &bytes, path)?;
+                built.insert(path, entry);
+            }
+            None => built.unstorable(
+                path,
+                format!("symlink '{path}' -> '{target}' is not stored (it does not point to a file in the tree)"),
+            ),
+        }
+        Ok(())
+    }
+
+    /// The content of the regular file a symlink at view path `path` leads to, resolved inside
+    /// the mounted view (`None`: dangling, a directory, absolute or leaving the tree, or the
+    /// view is not mounted).
+    fn follow_in_view(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        let Some(root) = &self.view_root else {
+            return Ok(None);
+        };
+        let Ok(rootfd) = rustix::fs::open(
+            root,
+            OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Ok(None);
+        };
+        let opened = openat2(
+            &rootfd,
+            path,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+        );
+        let Ok(fd) = opened else { return Ok(None) };
+        let f = File::from(fd);
+        match f.metadata() {
+            Ok(m) if m.is_file() => {}
+            _ => return Ok(None),
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut bytes).ctx("read", root.join(path))?;
+        Ok(Some(bytes))
+    }
+
+    /// The entry of lower file `lp` seen at view path `vp` (converted if it crosses the inline
+    /// rule, as `pvr add` would).
+    fn lower_entry(&self, lp: &str, vp: &str, store: Option<&Store>) -> Result<Entry> {
+        let e = self
+            .lower
+            .get(lp)
+            .cloned()
+            .ok_or_else(|| Error::Other(format!("lower file '{lp}' vanished")))?;
+        Ok(match e {
+            Entry::Inline(v) if is_inline_path(vp) => Entry::Inline(v),
+            Entry::Object(id) if !is_inline_path(vp) => Entry::Object(id),
+            Entry::Object(id) => {
+                let bytes = self.repo.store().read_verified(&id, Some(lp))?;
+                change::json_entry(store, &bytes, vp)?
+            }
+            Entry::Inline(v) => {
+                let bytes = if self.canonical {
+                    json::render_checkout_canonical(&v)
+                } else {
+                    json::render_checkout(&v)
+                };
+                change::blob_entry(store, &bytes)?
+            }
+        })
+    }
+
+    /// The changed paths, as `pvrfs status` prints them.
+    pub fn status(&self) -> Result<Vec<StatusLine>> {
+        Ok(self.build(false)?.status())
+    }
+
+    pub fn status_text(&self) -> Result<String> {
+        Ok(change::status_text(&self.status()?))
+    }
+
+    /// The RFC 7396 merge patch from the head to the view.
+    pub fn diff(&self) -> Result<Value> {
+        Ok(self.build(false)?.merge_diff())
+    }
+
+    pub fn diff_text(&self) -> Result<String> {
+        Ok(json::render_diff(&self.diff()?))
+    }
+
+    /// The state a commit would make now (O(tree): it copies the head).
+    pub fn view_state(&self) -> Result<State> {
+        let built = self.build(false)?;
+        let mut state = self.head.clone();
+        built.apply_to(&mut state)?;
+        Ok(state)
+    }
+
+    pub fn warnings(&self) -> Result<Vec<String>> {
+        Ok(self.build(false)?.warnings)
+    }
+
+    /// Commit the view as the revision after the head. On error nothing is committed and the
+    /// overlay is unchanged.
+    pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
+        let lock = self.repo.lock()?;
+        let built = self.build(true)?;
+        let mut roots = BTreeSet::new();
+        {
+            let mut w = Vec::new();
+            roots.extend(self.upper_roots(&mut w)?);
+        }
+        let revision = change::commit_built(
+            &self.repo,
+            &lock,
+            &mut self.head,
+            self.header.head_rev,
+            &built,
+            message,
+        )
+        .map_err(|e| match e {
+            Error::Conflict(msg) => Error::Conflict(format!(
+                "{msg} (the overlay is kept; `pvrfs reset --mount` discards it)"
+            )),
+            e => e,
+        })?;
+        crate::fsutil::crash_point("kernel-overlay:committed");
+        self.adopt(&revision, roots)?;
+        Ok(CommitReport {
+            revision,
+            status: built.status(),
+            warnings: built.warnings,
+        })
+    }
+
+    /// Record `revision` (whose state `self.head` already is) as the head, the upper layer's
+    /// `roots` joining the committed ones.
+    fn adopt(&mut self, revision: &Revision, roots: BTreeSet<String>) -> Result<()> {
+        let mut h = self.header.clone();
+        h.head_rev = revision.rev;
+        h.committed = minimal(roots.iter().chain(&h.committed));
+        write_header(&self.dir, &h).map_err(|e| {
+            Error::Other(format!(
+                "revision {} was committed, but overlay '{}' could not record it (the next mount does): {e}",
+                revision.rev, self.id
+            ))
+        })?;
+        self.header = h;
+        Ok(())
+    }
+
+    /// A commit that crashed between the repository's commit point and the header leaves a
+    /// head whose parent is our head and whose state is our view: record it.
+    fn finish_interrupted_commit(&mut self) -> Result<()> {
+        let latest = self.repo.latest()?;
+        if latest.rev == self.header.head_rev || latest.parent != Some(self.header.head_rev) {
+            return Ok(());
+        }
+        let built = self.build(false)?;
+        if built.apply_to(&mut self.head).is_ok() && self.head.state_id() == latest.state.0 {
+            let mut w = Vec::new();
+            let roots = self.upper_roots(&mut w)?;
+            return self.adopt(&latest, roots);
+        }
+        built.revert(&mut self.head);
+        Ok(())
+    }
+}
+
+/// Read an upper file into an entry, again if it changed meanwhile (a writer still at work):
+/// what is stored is always one whole version of the file.
+fn upper_file_entry(disk: &Path, path: &str, store: Option<&Store>) -> Result<Entry> {
+    let key = |m: &fs::Metadata| (m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+    for attempt in 0..5u64 {
+        let f = File::open(disk).ctx("open", disk)?;
+        let before = f.metadata().ctx("stat", disk)?;
+        let entry = if is_inline_path(path) {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &f, &mut bytes).ctx("read", disk)?;
+            change::json_entry(store, &bytes, path)?
+        } else if let Some(s) = store {
+            Entry::Object(s.put_reader(&f)?.0)
+        } else {
+            Entry::Object(ObjectId::hash_reader(&f).ctx("read", disk)?.0)
+        };
+        let after = f.metadata().ctx("stat", disk)?;
+        if key(&before) == key(&after) {
+            return Ok(entry);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20 * (attempt + 1)));
+    }
+    Err(Error::Other(format!(
+        "'{path}' kept changing while it was being committed (is something still writing it?); nothing was committed, try again"
+    )))
+}
+
+fn is_whiteout(m: &fs::Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+/// An xattr of `p` (not following symlinks); `None` when it has none of that name.
+fn xattr(p: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 4096];
+    match rustix::fs::lgetxattr(p, name, &mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(Some(buf))
+        }
+        Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => Ok(None),
+        Err(e) => Err(Error::io("read overlayfs xattrs of", p, e.into())),
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The names directly under directory `dir` of `state`.
+fn child_names(state: &State, dir: &str) -> BTreeSet<String> {
+    change::entries_under(state, dir)
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let rest = if dir.is_empty() { k.as_str() } else { k.get(dir.len() + 1..)? };
+            Some(rest.split('/').next().unwrap_or(rest).to_string())
+        })
+        .collect()
+}
+
+/// The minimal prefixes of `paths` (a path under another is covered by it).
+fn minimal<'a>(paths: impl Iterator<Item = &'a String>) -> BTreeSet<String> {
+    let all: BTreeSet<&String> = paths.collect();
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for p in all {
+        let covered = out
+            .iter()
+            .any(|r| r.is_empty() || p == r || p.starts_with(&format!("{r}/")));
+        if !covered {
+            out.insert(p.clone());
+        }
+    }
+    out
+}
+
+fn create_layer(dir: &Path, layer: u64) -> Result<()> {
+    for d in [format!("upper.{layer}"), format!("work.{layer}")] {
+        let p = dir.join(d);
+        fs::create_dir_all(&p).ctx("create", &p)?;
+    }
+    crate::fsutil::sync_dir(dir)
+}
+
+fn write_header(dir: &Path, h: &Header) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(h).map_err(|e| Error::Other(e.to_string()))?;
+    crate::fsutil::atomic_write(&dir.join(HEADER), &bytes, 0o644)
+}
+
+/// Delete `upper.N`/`work.N` pairs other than `layer` (left by a reset; best effort).
+fn remove_stale_layers(dir: &Path, layer: u64) {
+    let keep = [format!("upper.{layer}"), format!("work.{layer}")];
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.starts_with("upper.") || name.starts_with("work.")) && !keep.contains(&name) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The kernel-overlayfs backend of a `--rw` mount: overlayfs at the mountpoint, over a private
+//! read-only FUSE mount of the base revision that this daemon serves.
+//!
+//! Made with the new mount API, so the lower mount is never attached anywhere (no second
+//! mountpoint to see, manage or leak):
+//!
+//! 1. `fsopen("fuse")` + `fsconfig(fd=/dev/fuse, rootmode, user_id, group_id,
+//!    default_permissions)` + `FSCONFIG_CMD_CREATE`: the kernel queues INIT, which
+//!    `fuser::Session::from_fd` answers; `fsmount` gives a *detached* mount (an fd);
+//! 2. the session's workers start serving (overlayfs looks at its lower layer while mounting);
+//! 3. `fsopen("overlay")` with `lowerdir+` = that mount's fd, `upperdir`/`workdir` = fds of the
+//!    overlay's directories, the options of [`OverlayOptions`], `source` = the mount's
+//!    `pvrfs:<repo>@rw:<overlay>` name; `fsmount`; `move_mount` onto the mountpoint. Our fd of
+//!    the lower mount is then closed: overlayfs holds its own private clone.
+//!
+//! Lifetime: when the overlay is unmounted (and no open file pins it) overlayfs drops the lower
+//! mount, the FUSE superblock goes away, `/dev/fuse` reports it and the session's workers end.
+//! If the daemon dies first, the overlay stays mounted and its lower layer answers `ENOTCONN`;
+//! `pvrfs umount` unmounts the overlay (lazily) and so releases both (`mounts::unmount`).
+
+use super::readonly::ReadOnlyFuse;
+use super::Passthrough;
+use crate::error::{Error, Result};
+use crate::fs::readonly::ReadOnlyFs;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_fd, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen,
+    move_mount, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The overlayfs options a kernel-backend mount uses (docs/OVERLAY.md, "Kernel backend", says
+/// why each is chosen). Never `volatile`: it gives up the durability of the upper layer.
+pub const OVERLAY_OPTIONS: &[(&str, &str)] = &[
+    // A rename of a base directory is a rename (a redirect xattr), not EXDEV: `mv dir new`
+    // works as on a local file system, and the commit follows the redirect (O(1) per rename).
+    ("redirect_dir", "on"),
+    // No inode index: it needs file handles the lower layer cannot decode after a remount
+    // (FUSE node ids are per-session), and it would only keep hard links of base files whole.
+    ("index", "off"),
+    // Inode numbers of the overlay are the real ones, tagged by layer in the high bits: unique
+    // and persistent, at the price of st_ino values above 2^32 for base files.
+    ("xino", "on"),
+    // A copy-up copies the data: a chmod of a 1 GiB base blob copies it (the upper layer is
+    // then self-contained, which the commit relies on to hash only upper files).
+    ("metacopy", "off"),
+];
+
+/// Whether this process may mount overlayfs at all (CAP_SYS_ADMIN in the mount namespace's
+/// user namespace): `fsopen` asks exactly that, and nothing is mounted by asking.
+pub fn can_mount_overlayfs() -> std::result::Result<(), String> {
+    match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(_) => Ok(()),
+        Err(e) if e == rustix::io::Errno::PERM => {
+            Err("mounting overlayfs needs CAP_SYS_ADMIN (run as root)".into())
+        }
+        Err(e) if e == rustix::io::Errno::NODEV => {
+            Err("the kernel has no overlayfs (modprobe overlay)".into())
+        }
+        Err(e) => Err(format!("cannot mount overlayfs: {e}")),
+    }
+}
+
+fn mount_api(what: &str, e: rustix::io::Errno) -> Error {
+    Error::Other(format!("{what}: {e}"))
+}
+
+/// A mounted, detached lower layer and the FUSE session serving it.
+pub struct Lower {
+    pub session: fuser::Session<ReadOnlyFuse>,
+    pub mount: OwnedFd,
+}
+
+/// Make the private read-only FUSE mount of `fs` (not attached anywhere) and answer its INIT.
+pub fn mount_lower(fs: Arc<ReadOnlyFs>, name: &str, passthrough: Passthrough) -> Result<Lower> {
+    let dev = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", "/dev/fuse", e.into()))?;
+    let fsfd = fsopen("fuse", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| mount_api("fsopen(fuse) for the lower layer", e))?;
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    let fd_text = std::os::fd::AsRawFd::as_raw_fd(&dev).to_string();
+    for (k, v) in [
+        ("source", name),
+        ("fd", fd_text.as_str()),
+        ("rootmode", "40000"),
+        ("user_id", &uid.to_string()),
+        ("group_id", &gid.to_string()),
+    ] {
+        fsconfig_set_string(&fsfd, k, v)
+            .map_err(|e| mount_api(&format!("fsconfig(fuse, {k}={v})"), e))?;
+    }
+    fsconfig_set_flag(&fsfd, "default_permissions")
+        .map_err(|e| mount_api("fsconfig(fuse, default_permissions)", e))?;
+    fsconfig_create(&fsfd).map_err(|e| mount_api("create the lower FUSE superblock", e))?;
+    // Under overlayfs the lower's backing files may stack one level only.
+    let passthrough = if super::is_stacked_fs(fs.store().dir()) {
+        Passthrough::Never
+    } else {
+        passthrough
+    };
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(2);
+    config.clone_fd = true;
+    let session = fuser::Session::from_fd(
+        ReadOnlyFuse::new(fs, passthrough),
+        dev.into(),
+        fuser::SessionACL::All,
+        config,
+    )
+    .map_err(|e| Error::io("answer INIT of", "the lower FUSE mount", e))?;
+    let mount = fsmount(
+        &fsfd,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOSUID,
+    )
+    .map_err(|e| mount_api("fsmount the lower FUSE layer", e))?;
+    Ok(Lower { session, mount })
+}
+
+/// Mount overlayfs at `mnt`: lower = the detached mount `lower`, upper and work directories as
+/// given, source `source`. The lower layer must already be served.
+pub fn mount_overlay(
+    lower: impl AsFd,
+    upper: &Path,
+    work: &Path,
+    source: &str,
+    mnt: &Path,
+) -> Result<()> {
+    let open_dir = |p: &Path| {
+        rustix::fs::open(
+            p,
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::PATH,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| Error::io("open", p, e.into()))
+    };
+    let (up, wk) = (open_dir(upper)?, open_dir(work)?);
+    let fsfd = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| mount_api("fsopen(overlay)", e))?;
+    let set = |k: &str, v: &str| {
+        fsconfig_set_string(&fsfd, k, v)
+            .map_err(|e| mount_api(&format!("fsconfig(overlay, {k}={v})"), e))
+    };
+    set("source", source)?;
+    for (k, v) in OVERLAY_OPTIONS {
+        set(k, v)?;
+    }
+    fsconfig_set_fd(&fsfd, "lowerdir+", lower.as_fd())
+        .map_err(|e| mount_api("fsconfig(overlay, lowerdir+)", e))?;
+    fsconfig_set_fd(&fsfd, "upperdir", &up).map_err(|e| mount_api("fsconfig(upperdir)", e))?;
+    fsconfig_set_fd(&fsfd, "workdir", &wk).map_err(|e| mount_api("fsconfig(workdir)", e))?;
+    fsconfig_create(&fsfd).map_err(|e| overlay_error(e, upper))?;
+    let m = fsmount(
+        &fsfd,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(|e| mount_api("fsmount overlayfs", e))?;
+    move_mount(
+        &m,
+        "",
+        rustix::fs::CWD,
+        mnt,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| Error::io("attach overlayfs at", mnt, e.into()))
+}
+
+fn overlay_error(e: rustix::io::Errno, upper: &Path) -> Error {
+    if e == rustix::io::Errno::BUSY {
+        return Error::Usage(format!(
+            "the overlay's upper directory '{}' is in use by another overlayfs mount (a mount whose daemon died?); 'pvrfs mounts' lists it, 'pvrfs umount' clears it",
+            upper.display()
+        ));
+    }
+    mount_api("create the overlayfs superblock (see dmesg)", e)
+}
+
+/// The daemon of a kernel-backend mount: the overlay (upper layer + its lower revision), the
+/// mount it serves, and the generation of the current lower session (a reset mounts a new
+/// overlay and lower layer over the old ones, detached).
+pub struct KernelDaemon {
+    inner: parking_lot::Mutex<Inner>,
+    mnt: std::path::PathBuf,
+    source: String,
+    passthrough: Passthrough,
+    canonical: bool,
+    ended: std::sync::mpsc::Sender<u64>,
+}
+
+struct Inner {
+    ov: UpperOverlay,
+    generation: u64,
+}
+
+use crate::fs::upper::UpperOverlay;
+
+impl KernelDaemon {
+    /// Mount `ov` at `mnt` (source `source`); returns the daemon and the channel on which the
+    /// lower sessions report their end (by generation): see [`KernelDaemon::wait`].
+    pub fn mount(
+        mut ov: UpperOverlay,
+        mnt: &Path,
+        source: String,
+        passthrough: Passthrough,
+        canonical: bool,
+    ) -> Result<(Arc<KernelDaemon>, std::sync::mpsc::Receiver<u64>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        ov.set_view_root(Some(mnt.to_path_buf()));
+        ov.set_canonical(canonical);
+        let d = Arc::new(KernelDaemon {
+            inner: parking_lot::Mutex::new(Inner { ov, generation: 1 }),
+            mnt: mnt.to_path_buf(),
+            source,
+            passthrough,
+            canonical,
+            ended: tx,
+        });
+        {
+            let g = d.inner.lock();
+            d.mount_layer(&g)?;
+        }
+        Ok((d, rx))
+    }
+
+    /// Serve the lower revision of `inner` and mount overlayfs over it at the mountpoint.
+    fn mount_layer(&self, inner: &Inner) -> Result<()> {
+        let ov = &inner.ov;
+        let opts = crate::fs::readonly::Options {
+            canonical: self.canonical,
+            ..Default::default()
+        };
+        let fs = crate::fs::readonly::from_state(
+            ov.repo(),
+            ov.lower_revision(),
+            ov.lower_state().clone(),
+            &opts,
+        );
+        let name = format!("{}:lower:{}", self.source, ov.lower_revision().rev);
+        let Lower { session, mount } = mount_lower(fs, &name, self.passthrough)?;
+        let generation = inner.generation;
+        let ended = self.ended.clone();
+        std::thread::Builder::new()
+            .name(format!("pvrfs-lower-{generation}"))
+            .spawn(move || {
+                if let Err(e) = session.run() {
+                    log::error!("lower FUSE session {generation}: {e}");
+                }
+                let _ = ended.send(generation);
+            })
+            .map_err(|e| Error::io("start the lower session of", &self.mnt, e))?;
+        // If overlayfs refuses, dropping `mount` ends the lower session too.
+        mount_overlay(&mount, &ov.upper_dir(), &ov.work_dir(), &self.source, &self.mnt)
+    }
+
+    /// Wait until the current overlay is unmounted (its lower session ends).
+    pub fn wait(&self, ended: std::sync::mpsc::Receiver<u64>) {
+        while let Ok(generation) = ended.recv() {
+            if generation == self.inner.lock().generation {
+                return;
+            }
+        }
+    }
+
+    /// Unmount the overlay (not lazily: a busy mount stays, as with `umount`).
+    pub fn unmount(&self) -> Result<()> {
+        rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::empty())
+            .map_err(|e| Error::io("unmount", &self.mnt, e.into()))
+    }
+}
+
+impl super::control::Controlled for KernelDaemon {
+    fn backend(&self) -> &'static str {
+        "kernel"
+    }
+    fn transport(&self) -> String {
+        "kernel overlayfs (lower layer on /dev/fuse)".into()
+    }
+    fn status_text(&self) -> Result<String> {
+        self.inner.lock().ov.status_text()
+    }
+    fn diff_text(&self) -> Result<String> {
+        self.inner.lock().ov.diff_text()
+    }
+    fn view_state(&self) -> Result<crate::state::State> {
+        self.inner.lock().ov.view_state()
+    }
+    fn warnings(&self) -> Result<Vec<String>> {
+        self.inner.lock().ov.warnings()
+    }
+    fn commit(&self, message: &str) -> Result<crate::fs::change::CommitReport> {
+        self.inner.lock().ov.commit(message)
+    }
+    /// Detach the overlay (files open in it keep working on the discarded layer until closed),
+    /// start a fresh upper layer on the head and mount it, with a lower layer of the head.
+    fn reset(&self) -> Result<()> {
+        let mut g = self.inner.lock();
+        g.generation += 1;
+        rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| Error::io("detach the overlay at", &self.mnt, e.into()))?;
+        let mounted = g.ov.reset().and_then(|()| self.mount_layer(&g));
+        if mounted.is_err() {
+            // Nothing is mounted any more: let the daemon end.
+            let _ = self.ended.send(g.generation);
+        }
+        mounted
+    }
+    fn base_rev(&self) -> u64 {
+        self.inner.lock().ov.head_rev()
+    }
+    fn workdir(&self) -> std::path::PathBuf {
+        self.inner.lock().ov.repo().workdir().to_path_buf()
+    }
+}
