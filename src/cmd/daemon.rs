@@ -102,7 +102,7 @@ fn run_rw(
                     report_readiness(&mut ready, Ok(()));
                     serve_kernel(mounted, mnt)
                 }
-                Err(e) if fallback => {
+                Err(e) if fallback && !is_refusal(&e) => {
                     // `auto` on a new overlay: overlayfs could not be mounted here (the
                     // repository's file system cannot hold an upper layer, ...).
                     log::warn!("kernel overlayfs cannot be mounted ({e}); using the FUSE overlay");
@@ -122,6 +122,15 @@ fn run_rw(
             Err(e.into())
         }
     }
+}
+
+/// Errors that are about the overlay or the mountpoint, not about mounting overlayfs: the FUSE
+/// backend would refuse them too.
+fn is_refusal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Locked { .. } | Error::Remote { .. } | Error::Conflict(_) | Error::Usage(_)
+    )
 }
 
 /// Which backend serves a `--rw` mount.
@@ -179,7 +188,7 @@ fn mount_kernel(
 ) -> crate::Result<Arc<crate::fuse::kernel::KernelDaemon>> {
     let canon = mounts::check_mountpoint(mnt)?;
     let repo = Repo::open(repo_dir)?;
-    let ov = fs::upper::UpperOverlay::open_or_create(&repo, &args.overlay, &args.rev)?;
+    let ov = fs::upper::UpperOverlay::open_for_mount(&repo, &args.overlay, &args.rev)?;
     let listener = control::bind(&canon)?;
     let (daemon, ended) = crate::fuse::kernel::KernelDaemon::mount(
         ov,

@@ -182,6 +182,33 @@ impl UpperOverlay {
         Ok(ov)
     }
 
+    /// Open overlay `id` for a mount of revision `spec` (creating it on that revision): refused
+    /// when another daemon holds it, or when it holds changes against another revision.
+    pub fn open_for_mount(repo: &Repo, id: &str, spec: &str) -> Result<UpperOverlay> {
+        let rev = repo.resolve(spec)?;
+        let ov = Self::open_or_create(repo, id, &rev.rev.to_string()).map_err(|e| match e {
+            Error::Locked { .. } => Error::Remote {
+                code: e.exit_code(),
+                message: format!(
+                    "overlay '{id}' of {} is locked: another pvrfs daemon has it mounted (see 'pvrfs mounts'); use --overlay OTHER for a second writable mount",
+                    repo.workdir().display()
+                ),
+            },
+            e => e,
+        })?;
+        if ov.head_rev() != rev.rev {
+            return Err(Error::Conflict(format!(
+                "overlay '{id}' of {} holds changes made on revision {}, not {}: mount revision {} \
+                 (and commit or 'pvrfs reset --mount MNT' there), or use another --overlay NAME",
+                repo.workdir().display(),
+                ov.head_rev(),
+                rev.rev,
+                ov.head_rev()
+            )));
+        }
+        Ok(ov)
+    }
+
     /// Remove overlay `id` entirely (the header first: without it the directory is no overlay).
     pub fn discard(repo: &Repo, id: &str) -> Result<()> {
         super::overlay::check_id(id)?;
@@ -286,6 +313,15 @@ impl UpperOverlay {
             let vp = join(view, &name);
             let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
             names.insert(name.clone());
+            if view.is_empty() && name == ".pvr" {
+                // overlayfs cannot refuse it as the FUSE overlay does (EPERM); a state cannot
+                // hold it (it is the repository's own metadata).
+                warnings.push(
+                    "'.pvr' at the top is not stored (it is the repository's own metadata)"
+                        .into(),
+                );
+                continue;
+            }
             if is_whiteout(&meta) {
                 roots.insert(vp);
                 continue;
