@@ -137,7 +137,9 @@ fn is_refusal(e: &Error) -> bool {
 enum Backend {
     Fuse,
     /// `fallback`: a new overlay under `--cow auto`, which may still fall back to FUSE.
-    Kernel { fallback: bool },
+    Kernel {
+        fallback: bool,
+    },
 }
 
 /// `--cow` and the overlay's existing format decide; `kernel` is refused clearly where
@@ -223,7 +225,8 @@ fn mount_kernel(
 /// a stop signal asks for the unmount.
 fn serve_kernel(daemon: Arc<crate::fuse::kernel::KernelDaemon>, mnt: &Path) -> anyhow::Result<()> {
     loop {
-        if let Some(sig) = crate::sys::wait_for_signal(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]) {
+        if let Some(sig) = crate::sys::wait_for_signal(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        {
             log::info!("signal {sig}: unmounting {}", mnt.display());
             if let Err(e) = daemon.unmount() {
                 log::error!("unmount failed: {e}");

@@ -213,6 +213,50 @@ pub fn file_entry_from_bytes(store: Option<&Store>, bytes: &[u8], path: &str) ->
     }
 }
 
+/// The entry of the file at `disk` (an upper file) seen at state path `path`, read again if it
+/// changed while it was read (a writer still at work: its size, mtime or ctime moved): what is
+/// stored is always one whole version of the file, or the commit is refused with a message
+/// naming the file. Writes through a shared `mmap` do not move ctime at once and are not
+/// detected.
+pub fn stable_file_entry(
+    disk: &std::path::Path,
+    path: &str,
+    store: Option<&Store>,
+) -> Result<Entry> {
+    use crate::error::IoContext;
+    use std::os::unix::fs::MetadataExt;
+    let key = |m: &std::fs::Metadata| {
+        (
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    };
+    for attempt in 0..5u64 {
+        let f = std::fs::File::open(disk).ctx("open", disk)?;
+        let before = f.metadata().ctx("stat", disk)?;
+        let entry = if crate::state::is_inline_path(path) {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &f, &mut bytes).ctx("read", disk)?;
+            json_entry(store, &bytes, path)?
+        } else if let Some(s) = store {
+            Entry::Object(s.put_reader(&f)?.0)
+        } else {
+            Entry::Object(ObjectId::hash_reader(&f).ctx("read", disk)?.0)
+        };
+        let after = f.metadata().ctx("stat", disk)?;
+        if key(&before) == key(&after) {
+            return Ok(entry);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20 * (attempt + 1)));
+    }
+    Err(Error::Other(format!(
+        "'{path}' kept changing while it was being committed (is something still writing it?); nothing was committed, try again"
+    )))
+}
+
 /// Commit `base` + `built` as the revision after `base_rev`, under `lock`. On success `base`
 /// is the new state; on any error (head moved, invalid state, I/O) nothing is committed and
 /// `base` is as it was.

@@ -530,7 +530,12 @@ pub fn prepare(repo_dir: &std::path::Path, spec: &str, opts: &Options) -> RepoRe
 
 /// The read-only filesystem of revision `rev` of `repo`, whose state is `state` (already
 /// loaded: the kernel-overlay backend keeps a copy for its commits).
-pub fn from_state(repo: &Repo, rev: &Revision, state: crate::state::State, opts: &Options) -> Arc<ReadOnlyFs> {
+pub fn from_state(
+    repo: &Repo,
+    rev: &Revision,
+    state: crate::state::State,
+    opts: &Options,
+) -> Arc<ReadOnlyFs> {
     let rendering = if opts.canonical {
         super::tree::Rendering::Canonical
     } else {

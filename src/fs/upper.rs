@@ -47,7 +47,6 @@
 use super::change::{self, Built, CommitReport, StatusLine};
 use crate::error::{Error, IoContext, Result};
 use crate::json::{self, Value};
-use crate::oid::ObjectId;
 use crate::repo::{Repo, Revision};
 use crate::state::{is_inline_path, Entry, State};
 use crate::store::Store;
@@ -134,7 +133,10 @@ impl UpperOverlay {
         let header_path = dir.join(HEADER);
         let header = match fs::read(&header_path) {
             Ok(bytes) => serde_json::from_slice::<Header>(&bytes).map_err(|e| {
-                Error::Other(format!("corrupt overlay header '{}': {e}", header_path.display()))
+                Error::Other(format!(
+                    "corrupt overlay header '{}': {e}",
+                    header_path.display()
+                ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let rev = repo.resolve(rev_spec)?;
@@ -317,8 +319,7 @@ impl UpperOverlay {
                 // overlayfs cannot refuse it as the FUSE overlay does (EPERM); a state cannot
                 // hold it (it is the repository's own metadata).
                 warnings.push(
-                    "'.pvr' at the top is not stored (it is the repository's own metadata)"
-                        .into(),
+                    "'.pvr' at the top is not stored (it is the repository's own metadata)".into(),
                 );
                 continue;
             }
@@ -475,7 +476,13 @@ impl UpperOverlay {
             Found::UpperFile(disk) => {
                 let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
                 if meta.mode() & 0o7777 != 0o644 {
-                    built.unstorable(path, format!("mode {:04o} of '{path}' is not stored (the pvr format has no modes)", meta.mode() & 0o7777));
+                    built.unstorable(
+                        path,
+                        format!(
+                            "mode {:04o} of '{path}' is not stored (the pvr format has no modes)",
+                            meta.mode() & 0o7777
+                        ),
+                    );
                 }
                 if meta.nlink() > 1 {
                     built.unstorable(
@@ -489,7 +496,7 @@ impl UpperOverlay {
                         disk.display()
                     )));
                 } else {
-                    upper_file_entry(&disk, path, store)?
+                    change::stable_file_entry(&disk, path, store)?
                 };
                 built.insert(path, entry);
             }
@@ -540,8 +547,7 @@ impl UpperOverlay {
                         built.insert(&vp, entry);
                     }
                 }
-                if built.new.len() == before && built.warnings.len() == warned && !path.is_empty()
-                {
+                if built.new.len() == before && built.warnings.len() == warned && !path.is_empty() {
                     built.unstorable(
                         path,
                         format!("empty directory '{path}' is not stored (the pvr format has no directories)"),
@@ -753,33 +759,6 @@ impl UpperOverlay {
     }
 }
 
-/// Read an upper file into an entry, again if it changed meanwhile (a writer still at work):
-/// what is stored is always one whole version of the file.
-fn upper_file_entry(disk: &Path, path: &str, store: Option<&Store>) -> Result<Entry> {
-    let key = |m: &fs::Metadata| (m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
-    for attempt in 0..5u64 {
-        let f = File::open(disk).ctx("open", disk)?;
-        let before = f.metadata().ctx("stat", disk)?;
-        let entry = if is_inline_path(path) {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut &f, &mut bytes).ctx("read", disk)?;
-            change::json_entry(store, &bytes, path)?
-        } else if let Some(s) = store {
-            Entry::Object(s.put_reader(&f)?.0)
-        } else {
-            Entry::Object(ObjectId::hash_reader(&f).ctx("read", disk)?.0)
-        };
-        let after = f.metadata().ctx("stat", disk)?;
-        if key(&before) == key(&after) {
-            return Ok(entry);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20 * (attempt + 1)));
-    }
-    Err(Error::Other(format!(
-        "'{path}' kept changing while it was being committed (is something still writing it?); nothing was committed, try again"
-    )))
-}
-
 fn is_whiteout(m: &fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
@@ -810,7 +789,11 @@ fn child_names(state: &State, dir: &str) -> BTreeSet<String> {
     change::entries_under(state, dir)
         .into_iter()
         .filter_map(|(k, _)| {
-            let rest = if dir.is_empty() { k.as_str() } else { k.get(dir.len() + 1..)? };
+            let rest = if dir.is_empty() {
+                k.as_str()
+            } else {
+                k.get(dir.len() + 1..)?
+            };
             Some(rest.split('/').next().unwrap_or(rest).to_string())
         })
         .collect()

@@ -109,7 +109,7 @@ pub fn mount_lower(fs: Arc<ReadOnlyFs>, name: &str, passthrough: Passthrough) ->
     config.clone_fd = true;
     let session = fuser::Session::from_fd(
         ReadOnlyFuse::new(fs, passthrough),
-        dev.into(),
+        dev,
         fuser::SessionACL::All,
         config,
     )
@@ -258,7 +258,13 @@ impl KernelDaemon {
             })
             .map_err(|e| Error::io("start the lower session of", &self.mnt, e))?;
         // If overlayfs refuses, dropping `mount` ends the lower session too.
-        mount_overlay(&mount, &ov.upper_dir(), &ov.work_dir(), &self.source, &self.mnt)
+        mount_overlay(
+            &mount,
+            &ov.upper_dir(),
+            &ov.work_dir(),
+            &self.source,
+            &self.mnt,
+        )
     }
 
     /// Wait until the current overlay is unmounted (its lower session ends).

@@ -242,8 +242,9 @@ fn unmount_overlay(abs: &Path) -> Result<()> {
     use rustix::mount::{unmount, UnmountFlags};
     match unmount(abs, UnmountFlags::empty()) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::BUSY) if !daemon_alive(abs) => unmount(abs, UnmountFlags::DETACH)
-            .map_err(|e| Error::io("detach", abs, e.into())),
+        Err(rustix::io::Errno::BUSY) if !daemon_alive(abs) => {
+            unmount(abs, UnmountFlags::DETACH).map_err(|e| Error::io("detach", abs, e.into()))
+        }
         Err(rustix::io::Errno::BUSY) => Err(Error::Other(format!(
             "could not unmount '{}': it is busy (a process has its cwd or a file open in it)",
             abs.display()

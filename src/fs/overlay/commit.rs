@@ -14,11 +14,10 @@
 //! `diff`; one that took the place of a stored file shows as that file's deletion.
 
 use super::{Body, Content, Overlay, DIR_MODE, FILE_MODE, ROOT_INO};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::fs::change::{self, Built};
 pub use crate::fs::change::{CommitReport, StatusLine};
 use crate::json::{self, Value};
-use crate::oid::ObjectId;
 use crate::repo::Revision;
 use crate::state::{is_inline_path, Entry, State};
 use std::collections::{BTreeSet, HashMap};
@@ -165,15 +164,7 @@ impl Overlay {
             Content::Base(Entry::Inline(v)) => self.blob_entry(&self.render(v), w.store)?,
             Content::Upper(u) => {
                 let up = self.upper_path(*u);
-                if is_inline_path(path) {
-                    let bytes = fs::read(&up).ctx("read", &up)?;
-                    self.json_entry(&bytes, path, w.store)?
-                } else if w.store {
-                    Entry::Object(self.repo.store().put_file(&up)?.0)
-                } else {
-                    let f = fs::File::open(&up).ctx("open", &up)?;
-                    Entry::Object(ObjectId::hash_reader(f).ctx("read", &up)?.0)
-                }
+                change::stable_file_entry(&up, path, w.store.then(|| self.repo.store()))?
             }
         };
         w.done.insert(ino, entry.clone());
@@ -312,7 +303,9 @@ impl Overlay {
 
     /// Turn the base into the built state: remove `old`, insert `new` (validated).
     fn apply_built(&mut self, built: &Built) -> Result<()> {
-        built.apply_to(&mut self.base).inspect_err(|_| built.revert(&mut self.base))
+        built
+            .apply_to(&mut self.base)
+            .inspect_err(|_| built.revert(&mut self.base))
     }
 
     /// Undo `apply_built` (also after a partial one).
