@@ -838,3 +838,6 @@ fn remove_stale_layers(dir: &Path, layer: u64) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

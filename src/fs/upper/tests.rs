@@ -1,0 +1,222 @@
+//! The upper layer read as a change set, without a mount: upper directories are made by hand
+//! in overlayfs's on-disk format (whiteouts are character devices 0/0 and the xattrs are
+//! `trusted.*`, so these tests need root; they skip with a message otherwise).
+
+use super::*;
+use crate::oid::ObjectId;
+use crate::state::DEFAULT_SPEC;
+use tempfile::TempDir;
+
+fn root() -> bool {
+    let ok = rustix::process::geteuid().is_root();
+    if !ok {
+        eprintln!("SKIPPED: whiteouts and trusted.overlay.* xattrs need root");
+    }
+    ok
+}
+
+fn repo_with(files: &[(&str, &[u8])]) -> (TempDir, Repo) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::init(dir.path(), None, None).unwrap();
+    let mut state = State::empty(DEFAULT_SPEC);
+    for (path, content) in files {
+        let entry = if path.ends_with(".json") {
+            Entry::Inline(json::parse(content).unwrap())
+        } else {
+            Entry::Object(repo.store().put_bytes(content).unwrap())
+        };
+        state.insert(path, entry).unwrap();
+    }
+    let lock = repo.lock().unwrap();
+    repo.commit_state(&lock, &state, "base", None).unwrap();
+    (dir, repo)
+}
+
+fn sample() -> (TempDir, Repo, UpperOverlay) {
+    let (dir, repo) = repo_with(&[
+        ("a.txt", b"alpha"),
+        ("d/b.txt", b"beta"),
+        ("d/e/c.txt", b"gamma"),
+        ("conf.json", br#"{"k":[1,2]}"#),
+    ]);
+    let ov = UpperOverlay::open_or_create(&repo, "k", "latest").unwrap();
+    (dir, repo, ov)
+}
+
+fn write(ov: &UpperOverlay, path: &str, data: &[u8]) {
+    let p = ov.upper_dir().join(path);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+fn whiteout(ov: &UpperOverlay, path: &str) {
+    let p = ov.upper_dir().join(path);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &p,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
+}
+
+fn dir_with_xattr(ov: &UpperOverlay, path: &str, name: &str, value: &[u8]) {
+    let p = ov.upper_dir().join(path);
+    fs::create_dir_all(&p).unwrap();
+    rustix::fs::setxattr(&p, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+fn status(ov: &UpperOverlay) -> String {
+    ov.status_text().unwrap()
+}
+
+#[test]
+fn files_whiteouts_and_json_become_status_and_a_commit() {
+    if !root() {
+        return;
+    }
+    let (_d, repo, mut ov) = sample();
+    assert_eq!(status(&ov), "");
+    write(&ov, "new.txt", b"new");
+    write(&ov, "a.txt", b"changed");
+    write(&ov, "conf.json", br#"{"k": [1, 2]}"#); // same value, other bytes: unchanged
+    whiteout(&ov, "d/b.txt");
+    assert_eq!(status(&ov), "A new.txt\nD d/b.txt\nC a.txt\n");
+    let report = ov.commit("one").unwrap();
+    assert_eq!(report.revision.rev, 2);
+    let head = repo.head_state().unwrap();
+    assert_eq!(
+        head.get("new.txt"),
+        Some(&Entry::Object(ObjectId::hash_bytes(b"new")))
+    );
+    assert!(head.get("d/b.txt").is_none() && head.get("d/e/c.txt").is_some());
+    assert_eq!(status(&ov), "");
+    // A file created in the upper layer and removed again leaves no trace there: the
+    // committed roots still show its deletion against the head.
+    fs::remove_file(ov.upper_dir().join("new.txt")).unwrap();
+    assert_eq!(status(&ov), "D new.txt\n");
+    ov.commit("two").unwrap();
+    assert!(repo.head_state().unwrap().get("new.txt").is_none());
+    // Reopening keeps the head and the committed roots.
+    drop(ov);
+    let ov = UpperOverlay::open_or_create(&repo, "k", "latest").unwrap();
+    assert_eq!((ov.head_rev(), ov.lower_revision().rev), (3, 1));
+    assert_eq!(status(&ov), "");
+}
+
+#[test]
+fn renamed_and_opaque_directories_follow_overlayfs_xattrs() {
+    if !root() {
+        return;
+    }
+    let (_d, _repo, ov) = sample();
+    // `mv d dd`: a redirect to the lower `d` (relative) and a whiteout at `d`.
+    dir_with_xattr(&ov, "dd", REDIRECT, b"d");
+    whiteout(&ov, "d");
+    // inside the moved directory, `mv dd/e x/e2`: an absolute redirect
+    whiteout(&ov, "dd/e");
+    dir_with_xattr(&ov, "x/e2", REDIRECT, b"/d/e");
+    assert_eq!(
+        status(&ov),
+        "A dd/b.txt\nA x/e2/c.txt\nD d/b.txt\nD d/e/c.txt\n"
+    );
+    let state = ov.view_state().unwrap();
+    assert_eq!(
+        state.get("x/e2/c.txt"),
+        Some(&Entry::Object(ObjectId::hash_bytes(b"gamma")))
+    );
+    // An opaque directory hides the lower one of its name.
+    dir_with_xattr(&ov, "dd", OPAQUE, b"y");
+    write(&ov, "dd/only.txt", b"only");
+    let st = status(&ov);
+    assert!(
+        st.contains("A dd/only.txt\n") && !st.contains("dd/b.txt"),
+        "{st}"
+    );
+}
+
+#[test]
+fn what_the_format_cannot_hold_is_a_warning() {
+    if !root() {
+        return;
+    }
+    let (_d, _repo, ov) = sample();
+    whiteout(&ov, "d/e/c.txt");
+    write(&ov, "run.sh", b"#!/bin/sh\n");
+    fs::set_permissions(
+        ov.upper_dir().join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    fs::create_dir_all(ov.upper_dir().join(".pvr")).unwrap();
+    fs::create_dir_all(ov.upper_dir().join("empty")).unwrap();
+    std::os::unix::fs::symlink("a.txt", ov.upper_dir().join("link")).unwrap();
+    let warnings = ov.warnings().unwrap().join("\n");
+    for w in [
+        "empty directory 'd/e' is not stored",
+        "mode 0755 of 'run.sh' is not stored",
+        "'.pvr' at the top is not stored",
+        "empty directory 'empty' is not stored",
+        "symlink 'link' -> 'a.txt'",
+    ] {
+        assert!(warnings.contains(w), "{w}: {warnings}");
+    }
+    // Without the mounted view the symlink cannot be followed; with it, it is a copy.
+    assert!(!status(&ov).contains("link"));
+}
+
+#[test]
+fn commit_costs_the_change_not_the_tree() {
+    if !root() {
+        return;
+    }
+    // Remove the object of an untouched base file: a commit that read or hashed the whole tree
+    // would fail on it; one that visits only the upper layer does not.
+    let (_d, repo, mut ov) = sample();
+    let gamma = ObjectId::hash_bytes(b"gamma");
+    fs::remove_file(repo.store().path_of(&gamma)).unwrap();
+    write(&ov, "a.txt", b"changed");
+    ov.commit("small").unwrap();
+    assert_eq!(
+        repo.head_state().unwrap().get("d/e/c.txt"),
+        Some(&Entry::Object(gamma))
+    );
+}
+
+#[test]
+fn an_interrupted_commit_is_recorded_at_the_next_open_and_reset_starts_on_the_head() {
+    if !root() {
+        return;
+    }
+    let (_d, repo, mut ov) = sample();
+    write(&ov, "a.txt", b"changed");
+    let header_before = fs::read(ov.dir.join(HEADER)).unwrap();
+    ov.commit("one").unwrap();
+    // As if the daemon died between the repository's commit point and the header.
+    fs::write(ov.dir.join(HEADER), &header_before).unwrap();
+    drop(ov);
+    let mut ov = UpperOverlay::open_or_create(&repo, "k", "latest").unwrap();
+    assert_eq!(ov.head_rev(), 2);
+    assert_eq!(status(&ov), "");
+    // A head that is not the view's (pvr committed meanwhile) is not adopted: commit refuses.
+    write(&ov, "b.txt", b"b");
+    let lock = repo.lock().unwrap();
+    let mut other = repo.head_state().unwrap();
+    other
+        .insert(
+            "pvr.txt",
+            Entry::Object(repo.store().put_bytes(b"p").unwrap()),
+        )
+        .unwrap();
+    repo.commit_state(&lock, &other, "by pvr", None).unwrap();
+    drop(lock);
+    let err = ov.commit("mine").unwrap_err().to_string();
+    assert!(err.contains("reset --mount"), "{err}");
+    // Reset: a fresh layer on our head (the lower moves to it).
+    ov.reset().unwrap();
+    assert_eq!(ov.lower_revision().rev, 2);
+    assert!(fs::read_dir(ov.upper_dir()).unwrap().next().is_none());
+    assert_eq!(status(&ov), "");
+}
