@@ -153,6 +153,18 @@ pub fn mount_overlay(
     for (k, v) in OVERLAY_OPTIONS {
         set(k, v)?;
     }
+    // Measurement only (docs/ARCHITECTURE.md): other options, `k=v,k=v`, set after ours.
+    if let Ok(extra) = std::env::var("PVRFS_OVERLAYFS_OPTIONS") {
+        for kv in extra.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            if v.is_empty() {
+                fsconfig_set_flag(&fsfd, k)
+                    .map_err(|e| mount_api(&format!("fsconfig(overlay, {k})"), e))?;
+            } else {
+                set(k, v)?;
+            }
+        }
+    }
     fsconfig_set_fd(&fsfd, "lowerdir+", lower.as_fd())
         .map_err(|e| mount_api("fsconfig(overlay, lowerdir+)", e))?;
     fsconfig_set_fd(&fsfd, "upperdir", &up).map_err(|e| mount_api("fsconfig(upperdir)", e))?;
