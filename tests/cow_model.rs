@@ -17,6 +17,13 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pvrfs_testkit::cow_tests!(
+    random_operations_on_a_mount_match_a_plain_directory,
+    one_file_under_random_io_matches_memory,
+    crash_at_every_point_of_writes_and_commit_loses_nothing_acknowledged,
+    sigkill_during_commit_is_all_or_nothing,
+);
+
 /// Even seeds run with kernel passthrough (where the kernel has it), odd ones through the daemon.
 fn mode(seed: u64) -> &'static [&'static str] {
     if seed % 2 == 0 {
@@ -50,7 +57,7 @@ fn run(seed: u64, steps: usize) {
         );
         if i % 50 == 49 || i + 1 == steps {
             assert_eq!(
-                dump_dir(&mnt),
+                merged_dirs_as_overlayfs(dump_dir(&mnt), dump_dir(&plain)),
                 dump_dir(&plain),
                 "seed {seed} step {i}\nlast steps:\n{}",
                 tail()
@@ -102,15 +109,20 @@ fn run(seed: u64, steps: usize) {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert_eq!(t.repo.latest().unwrap().rev, head + 1);
-            assert_eq!(dump_dir(&mnt), dump_dir(&plain));
+            assert_eq!(
+                merged_dirs_as_overlayfs(dump_dir(&mnt), dump_dir(&plain)),
+                dump_dir(&plain)
+            );
             drop(m.take());
             m = Some(Mount::new(t.path(), "latest", mode(seed)));
-            assert_eq!(dump_dir(m.as_ref().unwrap().path()), dump_dir(&plain));
+            assert_eq!(
+                merged_dirs_as_overlayfs(dump_dir(m.as_ref().unwrap().path()), dump_dir(&plain)),
+                dump_dir(&plain)
+            );
         }
     }
 }
 
-#[test]
 fn random_operations_on_a_mount_match_a_plain_directory() {
     if !fuse_available() {
         return;
@@ -120,7 +132,6 @@ fn random_operations_on_a_mount_match_a_plain_directory() {
     }
 }
 
-#[test]
 fn one_file_under_random_io_matches_memory() {
     if !fuse_available() {
         return;
@@ -216,7 +227,31 @@ fn assert_repo_clean(repo: &pvrfs::repo::Repo) {
 }
 
 fn daemon_alive(mnt: &Path) -> bool {
-    rustix::fs::statfs(mnt).is_ok()
+    // (statfs of a kernel-backend mount is answered by its upper file system, daemon or not)
+    rustix::fs::statfs(mnt).is_ok() && pvrfs_testkit::daemon_pid(mnt).is_some()
+}
+
+/// On the kernel backend a directory merged with a base directory reports one link (overlayfs
+/// does not count them; docs/SEMANTICS.md): where the mount says 1 for a directory, take the
+/// plain directory's count. Every other line must match as it is.
+fn merged_dirs_as_overlayfs(got: Vec<String>, want: Vec<String>) -> Vec<String> {
+    if pvrfs_testkit::cow() != "kernel" {
+        return got;
+    }
+    got.into_iter()
+        .map(|g| {
+            let Some(prefix) = g.strip_suffix(" 1 dir") else {
+                return g;
+            };
+            want.iter()
+                .find(|w| {
+                    w.strip_prefix(prefix)
+                        .is_some_and(|rest| rest.ends_with(" dir") && rest.len() > 4)
+                })
+                .cloned()
+                .unwrap_or(g)
+        })
+        .collect()
 }
 
 fn clear(mnt: &Path) {
@@ -227,7 +262,6 @@ fn clear(mnt: &Path) {
 /// commit point, the overlay's rebase and compaction) while files are written, fsynced and
 /// committed; after each crash a remount must show everything acknowledged, the revision must be
 /// either fully committed or not at all, and the repository must be fsck-clean.
-#[test]
 fn crash_at_every_point_of_writes_and_commit_loses_nothing_acknowledged() {
     if !fuse_available() {
         return;
@@ -248,6 +282,8 @@ fn crash_at_every_point_of_writes_and_commit_loses_nothing_acknowledged() {
             .arg("latest")
             .arg(m.path())
             .arg("--rw")
+            .arg("--cow")
+            .arg(pvrfs_testkit::cow())
             .env("PVRFS_CRASH_AT", &crash)
             .run()
             .success();
@@ -321,7 +357,6 @@ fn crash_at_every_point_of_writes_and_commit_loses_nothing_acknowledged() {
 }
 
 /// A real SIGKILL at random moments of a bigger commit: all or nothing, overlay intact, clean.
-#[test]
 fn sigkill_during_commit_is_all_or_nothing() {
     if !fuse_available() {
         return;

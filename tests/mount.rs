@@ -335,7 +335,8 @@ fn two_revisions_mounted_side_by_side() {
         assert!(text.contains(&*canon.to_string_lossy()), "{text}");
     }
     assert!(
-        text.lines().any(|l| l.ends_with("\t1")) && text.lines().any(|l| l.ends_with("\t2")),
+        text.lines().any(|l| l.ends_with("\t1\tro"))
+            && text.lines().any(|l| l.ends_with("\t2\tro")),
         "{text}"
     );
 }

@@ -9,6 +9,11 @@ use common::{fuse_available, pvrfs, Content, Mount, TestRepo};
 use pvrfs::json;
 use std::fs;
 
+pvrfs_testkit::cow_tests!(
+    diff_formats_and_revisions_inside_a_rw_mount,
+    read_only_commands_inside_mounts_use_the_mounted_repository,
+);
+
 /// Two revisions: 1 = {c.json {"a":1}, f.txt "one"}, 2 = f.txt "two".
 fn two_revisions() -> TestRepo {
     let mut t = TestRepo::new();
@@ -24,7 +29,6 @@ fn oid(bytes: &[u8]) -> String {
     pvrfs::oid::ObjectId::hash_bytes(bytes).to_hex()
 }
 
-#[test]
 fn diff_formats_and_revisions_inside_a_rw_mount() {
     if !fuse_available() {
         return;
@@ -83,7 +87,6 @@ fn diff_formats_and_revisions_inside_a_rw_mount() {
     assert_eq!(t.repo.latest().unwrap().rev, 2);
 }
 
-#[test]
 fn read_only_commands_inside_mounts_use_the_mounted_repository() {
     if !fuse_available() {
         return;

@@ -20,6 +20,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pvrfs_testkit::cow_tests!(
+    pjdfstest_passes_on_a_rw_allow_other_mount,
+    fsx_passes_with_and_without_passthrough,
+);
+
 /// Cases pjdfstest skips on this mount, and why. Anything else skipped fails the test.
 const EXPECTED_SKIPS: &[(&str, &str)] = &[
     // allow_remount = false: a test may not remount the file system read-only.
@@ -90,7 +95,6 @@ fn outcome(line: &str) -> Option<(&str, &str)> {
     (name.contains("::") && words.next().is_none()).then_some((name, result))
 }
 
-#[test]
 fn pjdfstest_passes_on_a_rw_allow_other_mount() {
     if !fuse_available() {
         return;
@@ -145,8 +149,34 @@ fn pjdfstest_passes_on_a_rw_allow_other_mount() {
         .find(|l| l.starts_with("Summary:"))
         .unwrap_or("no summary");
     eprintln!("pjdfstest on a --rw --allow-other mount: {summary}");
+    // overlayfs refuses to create a character device 0/0 (its whiteout) with EPERM, and
+    // pjdfstest makes its character devices as 0/0: on the kernel backend exactly the `::char`
+    // variants fail that way (docs/SEMANTICS.md; `char_device_0_0_is_a_whiteout_on_kernel`
+    // pins it directly).
+    if pvrfs_testkit::cow() == "kernel" {
+        let char_only: Vec<String> = failed
+            .iter()
+            .filter(|n| !n.ends_with("::char"))
+            .cloned()
+            .collect();
+        assert!(
+            char_only.is_empty(),
+            "pjdfstest on the kernel backend: failures other than 0/0 character devices:\n  {}\n\n{stdout}\n{stderr}",
+            char_only.join("\n  ")
+        );
+        assert!(
+            (30..=50).contains(&failed.len()),
+            "{} ::char failures: {summary}",
+            failed.len()
+        );
+        eprintln!(
+            "  kernel backend: {} '::char' cases fail as documented (overlayfs: mknod 0/0 is EPERM)",
+            failed.len()
+        );
+        failed.clear();
+    }
     assert!(
-        failed.is_empty() && out.status.success(),
+        failed.is_empty() && (out.status.success() || pvrfs_testkit::cow() == "kernel"),
         "pjdfstest: {} failed ({summary}, exit {}):\n  {}\n\nfull output:\n{stdout}\n{stderr}",
         failed.len(),
         out.status,
@@ -166,8 +196,13 @@ fn pjdfstest_passes_on_a_rw_allow_other_mount() {
         }
     }
     // The suite really ran (0.2.2 has 398 cases; 14 are skipped here).
+    let least = if pvrfs_testkit::cow() == "kernel" {
+        340
+    } else {
+        350
+    };
     assert!(
-        passed >= 350,
+        passed >= least,
         "only {passed} cases passed: {summary}\n{stdout}"
     );
     assert!(m.is_mounted(), "the mount survived the suite");
@@ -176,7 +211,6 @@ fn pjdfstest_passes_on_a_rw_allow_other_mount() {
 /// fsx: random reads, writes, truncates, mmap reads/writes, fallocate... of one file, checked
 /// against fsx's own copy after every operation; then the file is committed and the stored
 /// object must hold the same bytes.
-#[test]
 fn fsx_passes_with_and_without_passthrough() {
     if !fuse_available() {
         return;

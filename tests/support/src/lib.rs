@@ -25,7 +25,10 @@ pub mod repos;
 pub mod trees;
 
 pub use bin::{pvrfs, Pvrfs, Run};
-pub use mounts::{daemon_pid, fuse_available, is_mount_point, kill_daemon, wait_exited, Mount};
+pub use mounts::{
+    cow, daemon_pid, fuse_available, is_mount_point, kernel_cow_available, kill_daemon,
+    wait_exited, with_cow, Mount,
+};
 pub use nginx::{free_port, Nginx};
 pub use repos::{commit, repo_with, value, vectors, Content, Dir, TestRepo};
 pub use trees::{copy_tree, dump_dir, dump_overlay, fast_tempdir, files, names};

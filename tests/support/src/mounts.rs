@@ -18,6 +18,58 @@ pub fn fuse_available() -> bool {
     }
 }
 
+thread_local! {
+    /// The copy-on-write backend (`--cow`) that `Mount` gives `--rw` mounts made on this
+    /// thread (set by `with_cow`; `fuse` elsewhere: the tests of FUSE itself, io_uring...).
+    static COW: std::cell::Cell<&'static str> = const { std::cell::Cell::new("fuse") };
+}
+
+/// The backend `--rw` mounts of this test use (`fuse` or `kernel`).
+pub fn cow() -> &'static str {
+    COW.with(|c| c.get())
+}
+
+/// Whether this machine can run the kernel backend (root, overlayfs); says why not otherwise.
+pub fn kernel_cow_available() -> bool {
+    match pvrfs::fuse::kernel::can_mount_overlayfs() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("SKIPPED: the kernel copy-on-write backend cannot run here: {why}");
+            false
+        }
+    }
+}
+
+/// Run `test` with `--rw` mounts on `backend` (`fuse` or `kernel`; skipped with a message
+/// where FUSE is absent, or for `kernel` where overlayfs cannot be mounted).
+pub fn with_cow(backend: &'static str, test: impl FnOnce()) {
+    if !fuse_available() || (backend == "kernel" && !kernel_cow_available()) {
+        return;
+    }
+    COW.with(|c| c.set(backend));
+    test();
+}
+
+/// `cow_tests!(f, g)`: for each function, a module with the tests `fuse` and `kernel` that run
+/// it with `--rw` mounts on that backend (`f::fuse`, `f::kernel` in the test list).
+#[macro_export]
+macro_rules! cow_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn fuse() {
+                    $crate::with_cow("fuse", super::$name)
+                }
+                #[test]
+                fn kernel() {
+                    $crate::with_cow("kernel", super::$name)
+                }
+            }
+        )*
+    };
+}
+
 /// A live mount; dropping it unmounts (lazily, if it has to) and removes the mountpoint dir.
 pub struct Mount {
     pub dir: tempfile::TempDir,
@@ -40,6 +92,9 @@ impl Mount {
         ]);
         for a in extra {
             cmd = cmd.arg(a);
+        }
+        if extra.contains(&"--rw") && !extra.contains(&"--cow") {
+            cmd = cmd.arg("--cow").arg(cow());
         }
         for (k, v) in env {
             cmd = cmd.env(k, v);
