@@ -191,7 +191,7 @@ fn mount_kernel(
     let canon = mounts::check_mountpoint(mnt)?;
     let repo = Repo::open(repo_dir)?;
     let ov = fs::upper::UpperOverlay::open_for_mount(&repo, &args.overlay, &args.rev)?;
-    let listener = control::bind(&canon)?;
+    let listener = control::bind(repo.workdir(), &canon)?;
     let (daemon, ended) = crate::fuse::kernel::KernelDaemon::mount(
         ov,
         &canon,

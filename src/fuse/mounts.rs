@@ -8,7 +8,6 @@
 //! but the (dead) mount itself, which `unmount` clears.
 
 use crate::error::{Error, IoContext, Result};
-use std::os::linux::net::SocketAddrExt;
 use std::path::{Path, PathBuf};
 
 /// The mount table type of a pvrfs mount made through fusermount3 (`fuse.` + subtype); a
@@ -120,10 +119,22 @@ fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     let mut r = right.split(' ');
     let fstype = unescape(r.next()?);
     let source = unescape(r.next()?);
-    let user_id = r.next().and_then(|opts| {
+    let superopts = r.next();
+    let mut user_id = superopts.and_then(|opts| {
         opts.split(',')
             .find_map(|o| o.strip_prefix("user_id=")?.parse().ok())
     });
+    // A kernel-backend mount (overlayfs) has no user_id: its daemon's user is the owner of the
+    // upper directory it made (`upperdir=`, under the repository's `.pvr/pvrfs/overlay/`).
+    if user_id.is_none() && fstype == OVERLAY_FSTYPE.as_bytes() && source.starts_with(b"pvrfs:") {
+        user_id = superopts.and_then(|opts| {
+            let upper = opts.split(',').find_map(|o| o.strip_prefix("upperdir="))?;
+            let path = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                unescape(upper),
+            );
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).ok()?).into()
+        });
+    }
     Some(MountInfo {
         user_id,
         mountpoint: PathBuf::from(
@@ -242,7 +253,7 @@ fn unmount_overlay(abs: &Path) -> Result<()> {
     use rustix::mount::{unmount, UnmountFlags};
     match unmount(abs, UnmountFlags::empty()) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::BUSY) if !daemon_alive(abs) => {
+        Err(rustix::io::Errno::BUSY) if !daemon_running(abs) => {
             unmount(abs, UnmountFlags::DETACH).map_err(|e| Error::io("detach", abs, e.into()))
         }
         Err(rustix::io::Errno::BUSY) => Err(Error::Other(format!(
@@ -253,12 +264,19 @@ fn unmount_overlay(abs: &Path) -> Result<()> {
     }
 }
 
-/// Whether the daemon of the `--rw` mount at `mnt` still answers on its control socket.
-fn daemon_alive(mnt: &Path) -> bool {
-    let name = super::control::socket_name(mnt);
-    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-        .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
-        .is_ok()
+/// Whether a pvrfs daemon serving `mnt` still runs: a process whose command line is
+/// `pvrfs mount ... MNT --foreground ...` (how `cmd::daemon` starts every daemon).
+fn daemon_running(mnt: &Path) -> bool {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true; // cannot tell: treat as alive (never detach a served mount)
+    };
+    dir.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            args.contains(&b"--foreground".as_slice()) && args.contains(&want)
+        })
+    })
 }
 
 /// The pvrfs mount to talk to: `explicit` (`--mount MNT`) or the innermost pvrfs mount that
