@@ -29,13 +29,26 @@ pub fn mount(args: MountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     mounts::check_mountpoint(&mnt)?;
     daemon::spawn(&args, &repo, &repo_dir, &mnt)?;
     if !ctx.quiet {
+        // Which backend `--cow auto` chose, as the daemon says.
+        let how = if args.rw {
+            let backend = std::fs::canonicalize(&mnt).ok().and_then(|m| {
+                crate::fuse::control::request(&m, &crate::fuse::control::Request::new("backend"))
+                    .ok()
+            });
+            match backend.as_ref().map(|a| a.text.as_str()) {
+                Some("kernel") => " (copy-on-write: kernel overlayfs)",
+                Some("fuse") => " (copy-on-write: FUSE overlay)",
+                _ => " (copy-on-write)",
+            }
+        } else {
+            ""
+        };
         writeln!(
             ctx.err,
-            "mounted revision {} of {} at {}{}",
+            "mounted revision {} of {} at {}{how}",
             rev.rev,
             repo_dir.display(),
             mnt.display(),
-            if args.rw { " (copy-on-write)" } else { "" }
         )?;
     }
     Ok(())
