@@ -9,7 +9,7 @@
 //!    `fuser::Session::from_fd` answers; `fsmount` gives a *detached* mount (an fd);
 //! 2. the session's workers start serving (overlayfs looks at its lower layer while mounting);
 //! 3. `fsopen("overlay")` with `lowerdir+` = that mount's fd, `upperdir`/`workdir` = fds of the
-//!    overlay's directories, the options of [`OverlayOptions`], `source` = the mount's
+//!    overlay's directories, the options of [`OVERLAY_OPTIONS`], `source` = the mount's
 //!    `pvrfs:<repo>@rw:<overlay>` name; `fsmount`; `move_mount` onto the mountpoint. Our fd of
 //!    the lower mount is then closed: overlayfs holds its own private clone.
 //!
