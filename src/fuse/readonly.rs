@@ -27,6 +27,23 @@ use std::time::Duration;
 /// "Forever" for the kernel's caches: the revision cannot change under the mount.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Attributes sent with a negative entry (only its node id 0 and TTL matter to the kernel).
+fn negative_attr() -> Attr {
+    Attr {
+        ino: 0,
+        kind: Kind::File,
+        size: 0,
+        mode: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        rdev: 0,
+    }
+}
+
 /// Passthrough backing ids. The kernel wants one backing file per inode while it is open, so
 /// ids are shared through `by_ino`; `by_fh` keeps them alive per open handle, and `recent`
 /// keeps the hot ones registered after the last close (reopening costs no ioctl).
@@ -176,6 +193,15 @@ impl Filesystem for ReadOnlyFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            // A name the revision lacks will never appear: answer with node id 0, which the
+            // kernel keeps as a negative entry for the TTL. Under the kernel backend's overlayfs
+            // every new name in a base directory is first looked up here; without this each
+            // create would wait for one round trip.
+            Err(FsError::NotFound) => {
+                let mut attr = file_attr(&negative_attr());
+                attr.ino = INodeNo(0);
+                reply.entry(&TTL, &attr, Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
