@@ -707,3 +707,31 @@ fn sigterm_to_the_daemon_unmounts_cleanly() {
     }
     assert!(!m.is_mounted(), "SIGTERM must unmount");
 }
+
+/// A name the revision lacks is answered once and then kept by the kernel as a negative entry
+/// (the kernel backend's overlayfs asks the lower layer about every new name it creates).
+#[test]
+fn missing_names_are_cached_as_negative_entries() {
+    if !fuse_available() {
+        return;
+    }
+    let (t, _) = fixture();
+    {
+        let m = Mount::with_env(
+            t.path(),
+            "latest",
+            &[],
+            &[("RUST_LOG", "fuser::request=debug")],
+        );
+        for _ in 0..3 {
+            let e = std::fs::metadata(m.join("no-such-name")).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        }
+    }
+    let log = daemon_log(&t);
+    let lookups = log
+        .lines()
+        .filter(|l| l.contains("LOOKUP") && l.contains("no-such-name"))
+        .count();
+    assert_eq!(lookups, 1, "{log}");
+}
