@@ -41,8 +41,8 @@
 use crate::error::{Error, IoContext, Result};
 use crate::fs::change::CommitReport;
 use crate::fs::cow::{CowFs, Invalidate};
-use crate::state::State;
 use crate::oid::ObjectId;
+use crate::state::State;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -129,9 +129,8 @@ fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     if user_id.is_none() && fstype == OVERLAY_FSTYPE.as_bytes() && source.starts_with(b"pvrfs:") {
         user_id = superopts.and_then(|opts| {
             let upper = opts.split(',').find_map(|o| o.strip_prefix("upperdir="))?;
-            let path = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-                unescape(upper),
-            );
+            let path =
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(unescape(upper));
             std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).ok()?).into()
         });
     }
