@@ -86,8 +86,11 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = fs::read_to_string(&log).unwrap_or_default();
-            if let Some(start) = text.find("http://") {
-                let url: String = text[start..]
+            // Only a whole line: the server may be halfway through writing it.
+            let line_start = text.find("http://");
+            let whole = line_start.and_then(|s| text[s..].find('\n').map(|e| (s, s + e)));
+            if let Some((start, end)) = whole {
+                let url: String = text[start..end]
                     .chars()
                     .take_while(|c| !c.is_whitespace())
                     .collect();
