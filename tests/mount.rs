@@ -547,7 +547,7 @@ fn blob_reads_bypass_the_daemon_with_passthrough_and_go_through_it_without() {
                 t.path(),
                 "latest",
                 &["--passthrough", mode],
-                &[("RUST_LOG", "fuser::request=debug")],
+                &[("RUST_LOG", "fuser::request=debug,pvrfs::fuse::uring=debug")],
             );
             let big = m.join("blobs/big.img");
             ino = std::fs::metadata(&big).unwrap().ino();

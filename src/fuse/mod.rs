@@ -6,6 +6,7 @@
 //! - `session`: mount options, mounting, the serving loop and its signals (set up once for
 //!   both kinds of mount);
 //! - `uring`: FUSE over io_uring, the per-CPU transport offered at INIT when the kernel has it;
+//! - `readahead`: the readahead window of a mount whose blob data comes through the daemon;
 //! - `mounts`: the mount table (finding, checking and unmounting pvrfs mounts);
 //! - `control`: the control socket through which `pvrfs commit/status/diff/reset` reach a
 //!   `--rw` mount's daemon.
@@ -20,6 +21,7 @@ pub mod control;
 pub mod cow;
 pub mod kernel;
 pub mod mounts;
+pub mod readahead;
 pub mod readonly;
 pub mod session;
 pub mod uring;

@@ -65,6 +65,8 @@ pub struct MountInfo {
     pub fstype: String,
     /// The uid of the process that mounted it (FUSE's `user_id=` super option): the daemon's.
     pub user_id: Option<u32>,
+    /// The device number `major:minor` (a FUSE mount's names its connection and its bdi).
+    pub device: String,
 }
 
 impl MountInfo {
@@ -115,6 +117,7 @@ pub fn list_mounts() -> Result<Vec<MountInfo>> {
 fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
     let (left, right) = line.split_once(" - ")?;
+    let device = left.split(' ').nth(2)?.to_string();
     let mountpoint = unescape(left.split(' ').nth(4)?);
     let mut r = right.split(' ');
     let fstype = unescape(r.next()?);
@@ -141,6 +144,7 @@ fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
         ),
         source: String::from_utf8_lossy(&source).into_owned(),
         fstype: String::from_utf8_lossy(&fstype).into_owned(),
+        device,
     })
 }
 
@@ -314,6 +318,7 @@ mod tests {
         assert_eq!(m.fstype, FSTYPE);
         assert_eq!(m.repo_and_rev(), Some(("/r x", "3")));
         assert_eq!(m.user_id, Some(0));
+        assert_eq!(m.device, "0:42");
         let line = "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw";
         assert_eq!(parse_mountinfo_line(line).unwrap().fstype, "ext4");
     }

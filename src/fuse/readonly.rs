@@ -11,7 +11,7 @@
 
 use super::{errno, file_attr, file_type, negotiate_passthrough, Passthrough};
 use crate::fs::readonly::{DirectoryReplier, FileSource, ReadOnlyFs, RECENT_OBJECT_FILES};
-use crate::fs::{Attr, FsError, Kind};
+use crate::fs::{Attr, FsError, Kind, ToErrno};
 use fuser::{
     BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
@@ -65,18 +65,25 @@ impl Default for Backing {
     }
 }
 
+/// What INIT settled about file reads, shared by the adapter and its `DirectReader`.
+#[derive(Debug, Default)]
+struct ReadMode {
+    /// The kernel granted passthrough (and `--passthrough` asked for it): blob opens hand the
+    /// object file to the kernel.
+    passthrough: AtomicBool,
+    /// Files are opened without asking the daemon (FUSE no-open mode): the kernel keeps their
+    /// page cache across opens, and reads name the inode only.
+    no_open: AtomicBool,
+}
+
 /// The FUSE face of a `ReadOnlyFs`.
 pub struct ReadOnlyFuse {
     fs: Arc<ReadOnlyFs>,
     mode: Passthrough,
-    /// Set at INIT when the kernel granted passthrough.
-    passthrough: AtomicBool,
+    read_mode: Arc<ReadMode>,
     /// Set at INIT when the kernel can open directories without asking us (then it also caches
     /// their entries across opens: no round trip at all for a warm `readdir`).
     no_opendir: AtomicBool,
-    /// Without passthrough, files have no per-open state either: when the kernel can, it opens
-    /// them without asking (keeping their page cache), and reads name the inode only.
-    no_open: AtomicBool,
     backing: Mutex<Backing>,
     /// Stacking depth to ask for (1, or 2 when the store itself is on a stacked fs).
     stack_depth: u32,
@@ -94,9 +101,8 @@ impl ReadOnlyFuse {
         ReadOnlyFuse {
             fs,
             mode,
-            passthrough: AtomicBool::new(false),
+            read_mode: Arc::default(),
             no_opendir: AtomicBool::new(false),
-            no_open: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             stack_depth,
             uring: None,
@@ -107,6 +113,18 @@ impl ReadOnlyFuse {
     pub fn with_uring(mut self, offer: Option<super::uring::Offer>) -> ReadOnlyFuse {
         self.uring = offer;
         self
+    }
+
+    /// The reader that answers READ requests coming by the io_uring rings (see `DirectReader`).
+    pub fn direct_reader(&self) -> DirectReader {
+        DirectReader {
+            fs: self.fs.clone(),
+            read_mode: self.read_mode.clone(),
+        }
+    }
+
+    fn no_open(&self) -> bool {
+        self.read_mode.no_open.load(Ordering::Relaxed)
     }
 
     fn backing_for(
@@ -171,15 +189,25 @@ impl Filesystem for ReadOnlyFuse {
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
         self.no_opendir.store(no_opendir, Ordering::Relaxed);
-        if self.mode == Passthrough::Never {
-            let no_open = config
+        // The default serves both small files and blobs from the kernel's page cache: files
+        // are opened without a round trip (no-open mode; the kernel allows it per connection
+        // only, never per inode), blob data comes once through the daemon in large requests
+        // (`readahead::widen`). Passthrough needs an OPEN per file, so it is used only when
+        // forced, or when the kernel cannot open without asking anyway.
+        let no_open = self.mode != Passthrough::Always
+            && config
                 .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
                 .is_ok();
-            self.no_open.store(no_open, Ordering::Relaxed);
-        }
-        let granted = negotiate_passthrough(config, self.mode, self.stack_depth)?;
-        self.passthrough.store(granted, Ordering::Relaxed);
-        // Large reads: fewer round trips when passthrough is not in use.
+        self.read_mode.no_open.store(no_open, Ordering::Relaxed);
+        let mode = if no_open {
+            Passthrough::Never
+        } else {
+            self.mode
+        };
+        let granted = negotiate_passthrough(config, mode, self.stack_depth)?;
+        self.read_mode.passthrough.store(granted, Ordering::Relaxed);
+        // Large reads: fewer round trips when passthrough is not in use (the kernel caps this
+        // at the mount's readahead, 128 KiB unless `readahead::widen` raises it).
         let _ = config.set_max_readahead(1 << 20);
         if let Some(offer) = &self.uring {
             // A read-only mount gets no WRITE; a small max_write keeps the ring's payload
@@ -214,7 +242,7 @@ impl Filesystem for ReadOnlyFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if self.no_open.load(Ordering::Relaxed) {
+        if self.no_open() {
             // Zero-message opens from now on; the `ro` mount makes the kernel refuse write
             // opens itself, and reads check the object (EIO) instead of this open.
             return reply.error(Errno::ENOSYS);
@@ -227,7 +255,7 @@ impl Filesystem for ReadOnlyFuse {
         // Immutable content: keep the page cache across opens; nothing to flush on close.
         let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
         match &opened.source {
-            FileSource::Object(of) if self.passthrough.load(Ordering::Relaxed) => {
+            FileSource::Object(of) if self.read_mode.passthrough.load(Ordering::Relaxed) => {
                 match self.backing_for(ino.0, &reply, of.file()) {
                     Ok(id) => {
                         reply.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, &id);
@@ -268,7 +296,7 @@ impl Filesystem for ReadOnlyFuse {
                 r.data(data)
             }
         };
-        let result = if self.no_open.load(Ordering::Relaxed) {
+        let result = if self.no_open() {
             self.fs.read_inode(ino.0, offset, size, send)
         } else {
             self.fs.read(fh.0, offset, size, send)
@@ -289,7 +317,7 @@ impl Filesystem for ReadOnlyFuse {
         reply: ReplyEmpty,
     ) {
         self.backing.lock().by_fh.remove(&fh.0);
-        if self.no_open.load(Ordering::Relaxed) {
+        if self.no_open() {
             return reply.ok();
         }
         match self.fs.release(fh.0) {
@@ -544,5 +572,37 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
         reply.error(Errno::ERANGE);
     } else {
         reply.data(value);
+    }
+}
+
+/// Answers READ requests that come by the io_uring rings: the bytes are copied once, from the
+/// object's mapping straight into the ring's payload buffer (`uring::DirectRead`), instead of
+/// into a reply that fuser captures and the ring code copies again.
+pub struct DirectReader {
+    fs: Arc<ReadOnlyFs>,
+    read_mode: Arc<ReadMode>,
+}
+
+impl DirectReader {
+    /// Blob data goes through the daemon (passthrough was not granted): the mount's readahead
+    /// decides how large the READ requests are.
+    pub fn reads_through_daemon(&self) -> bool {
+        !self.read_mode.passthrough.load(Ordering::Relaxed)
+    }
+}
+
+impl super::uring::DirectRead for DirectReader {
+    fn read_into(&self, ino: u64, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, i32> {
+        let size = buf.len() as u32;
+        let copy = |data: &[u8]| {
+            buf[..data.len()].copy_from_slice(data);
+            data.len()
+        };
+        let result = if self.read_mode.no_open.load(Ordering::Relaxed) {
+            self.fs.read_inode(ino, offset, size, copy)
+        } else {
+            self.fs.read(fh, offset, size, copy)
+        };
+        result.map_err(|e| e.errno())
     }
 }

@@ -12,11 +12,12 @@
 
 use super::cow::CowFuse;
 use super::readonly::ReadOnlyFuse;
-use super::uring::{RingTransport, Rings};
+use super::uring::{DirectRead, RingTransport, Rings};
 use super::Passthrough;
 use crate::error::{Error, Result};
 use crate::repo::{Repo, Revision};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Options of the FUSE session (how the kernel may use the mount), as opposed to what the
 /// filesystem shows (`fs::readonly::Options`).
@@ -42,6 +43,8 @@ pub fn fsname_rw(repo: &Repo, overlay: &str) -> String {
 pub struct Mounted<FS: fuser::Filesystem> {
     session: fuser::Session<FS>,
     rings: Option<Rings>,
+    /// Answers READ requests that come by the rings without fuser's dispatch.
+    direct_read: Option<Arc<dyn DirectRead>>,
 }
 
 impl<FS: fuser::Filesystem> Mounted<FS> {
@@ -90,7 +93,11 @@ fn mount_with<FS: fuser::Filesystem>(
     // the state parse left behind; give those pages back now that it is freed.
     crate::sys::trim_heap();
     let session = session.map_err(|e| mount_error(mnt, e))?;
-    Ok(Mounted { session, rings })
+    Ok(Mounted {
+        session,
+        rings,
+        direct_read: None,
+    })
 }
 
 /// Mount a prepared read-only revision at `mnt`.
@@ -100,9 +107,20 @@ pub fn mount_readonly(
     opts: &SessionOptions,
 ) -> Result<Mounted<ReadOnlyFuse>> {
     let config = config(fsname(&prepared.repo, &prepared.rev), false, opts);
-    mount_with(mnt, &config, |offer| {
-        ReadOnlyFuse::new(prepared.fs.clone(), opts.passthrough).with_uring(offer)
-    })
+    let mut reader = None;
+    let mut mounted = mount_with(mnt, &config, |offer| {
+        let fs = ReadOnlyFuse::new(prepared.fs.clone(), opts.passthrough).with_uring(offer);
+        reader = Some(fs.direct_reader());
+        fs
+    })?;
+    // INIT has been answered: the read mode is settled.
+    if let Some(reader) = reader {
+        if reader.reads_through_daemon() {
+            super::readahead::widen(mnt);
+        }
+        mounted.direct_read = Some(Arc::new(reader));
+    }
+    Ok(mounted)
 }
 
 /// Mount a prepared `--rw` filesystem (overlay `overlay`) at `mnt`.
@@ -142,7 +160,11 @@ pub fn block_stop_signals() {
 /// fuser's `/dev/fuse` workers, plus one io_uring queue thread per CPU when INIT granted it.
 pub fn serve<FS: fuser::Filesystem>(mounted: Mounted<FS>) -> Result<()> {
     use std::os::fd::{AsFd, AsRawFd};
-    let Mounted { mut session, rings } = mounted;
+    let Mounted {
+        mut session,
+        rings,
+        direct_read,
+    } = mounted;
     let mut unmounter = session.unmount_callable();
     // Only the waiter below receives the stop signals (a no-op if already blocked).
     block_stop_signals();
@@ -160,7 +182,7 @@ pub fn serve<FS: fuser::Filesystem>(mounted: Mounted<FS>) -> Result<()> {
     let fuse_fd = session.as_fd().as_raw_fd();
     session
         .run_with(move |dispatcher| match rings {
-            Some(r) => r.start(fuse_fd, dispatcher),
+            Some(r) => r.start(fuse_fd, dispatcher, direct_read),
             None => Ok(RingTransport::none()),
         })
         .map_err(|e| Error::io("serve FUSE requests for", "the mount", e))

@@ -76,6 +76,11 @@ const COMMIT_ID: usize = ENT_IN_OUT + 8;
 const PAYLOAD_SZ: usize = ENT_IN_OUT + 16;
 const IN_HEADER: usize = 40;
 const OUT_HEADER: usize = 16;
+/// `fuse_in_header`: len u32, opcode u32, unique u64, nodeid u64, ...
+const OPCODE: usize = IN_OUT + 4;
+const NODEID: usize = IN_OUT + 16;
+/// `FUSE_READ`, whose `fuse_read_in` (in `op_in`) starts with fh u64, offset u64, size u32.
+const FUSE_READ: u32 = 15;
 /// Entries per queue: while one request is handled the next can already be copied in.
 const DEPTH: usize = 2;
 /// `user_data` of the stop eventfd's poll.
@@ -172,6 +177,16 @@ impl Offer {
     }
 }
 
+/// A shortcut for `READ`: the file system copies the data straight into the ring entry's
+/// payload buffer, which the kernel then copies into the page cache. Through fuser's dispatch
+/// the bytes would be copied twice more (into a captured reply, then into the payload).
+pub trait DirectRead: Send + Sync {
+    /// Fill `buf` (its length is the size asked for, at most the payload) with the bytes of
+    /// inode `ino` (open handle `fh`; 0 when files are opened without the daemon) at `offset`;
+    /// returns how many (fewer at the end of the file) or an errno.
+    fn read_into(&self, ino: u64, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, i32>;
+}
+
 fn page_size() -> usize {
     rustix::param::page_size()
 }
@@ -259,10 +274,12 @@ impl Rings {
 
     /// Start one thread per queue, pinned to its CPU, serving requests through `dispatcher`;
     /// `fuse_fd` is the session's `/dev/fuse` fd. Nothing runs if INIT did not grant the ring.
+    /// `direct_read`, when given, answers `READ` requests (`DirectRead`).
     pub fn start<FS: fuser::Filesystem>(
         self,
         fuse_fd: RawFd,
         dispatcher: fuser::RawDispatcher<FS>,
+        direct_read: Option<Arc<dyn DirectRead>>,
     ) -> io::Result<RingTransport> {
         if !self.granted.load(Ordering::Relaxed) {
             return Ok(RingTransport::none());
@@ -302,6 +319,7 @@ impl Rings {
                 fail_register: fail == "1",
                 placement: if idle_commit { Placement::new() } else { None },
                 idle: false,
+                direct_read: direct_read.clone(),
             };
             let d = dispatcher.clone();
             let spawned = std::thread::Builder::new()
@@ -421,6 +439,8 @@ struct Queue {
     placement: Option<Placement>,
     /// The thread is in SCHED_IDLE now.
     idle: bool,
+    /// Answers `READ` without fuser's dispatch (`DirectRead`).
+    direct_read: Option<Arc<dyn DirectRead>>,
 }
 
 /// Whether other tasks are runnable, from `/proc/loadavg`'s `running/total` field (the running
@@ -679,6 +699,32 @@ impl Queue {
         let unique = u64_at(header, IN_OUT + 8);
         let len = u32_at(header, IN_OUT) as usize;
         let payload_sz = u32_at(header, PAYLOAD_SZ) as usize;
+        if let Some(reader) = &self.direct_read {
+            // fuse_read_in: fh, offset, size (24 bytes of op_in at least).
+            if u32_at(header, OPCODE) == FUSE_READ && len >= IN_HEADER + 24 + payload_sz {
+                let ino = u64_at(header, NODEID);
+                let fh = u64_at(header, OP_IN);
+                let offset = u64_at(header, OP_IN + 8);
+                let size = (u32_at(header, OP_IN + 16) as usize).min(e.payload.len());
+                log::debug!(
+                    "FUSE({unique:3}) ino {ino:#018x} READ fh FileHandle({fh}), offset {offset}, size {size} (io_uring, direct)"
+                );
+                let buf = &mut e.payload[..size];
+                let (error, n) =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        reader.read_into(ino, fh, offset, buf)
+                    })) {
+                        Ok(Ok(n)) => (0, n.min(size)),
+                        Ok(Err(errno)) => (-errno, 0),
+                        Err(_) => {
+                            log::error!("io_uring queue {}: read handler panicked", self.qid);
+                            (-libc::EIO, 0)
+                        }
+                    };
+                finish(e, unique, error, n);
+                return commit_id;
+            }
+        }
         let reply = match len
             .checked_sub(IN_HEADER + payload_sz)
             .filter(|&op| op <= 128 && payload_sz <= e.payload.len())
@@ -729,14 +775,18 @@ impl Queue {
             _ => (-libc::EIO, &[]),
         };
         e.payload[..body.len()].copy_from_slice(body);
-        let header = e.header.bytes();
-        header[IN_OUT..IN_OUT + 4]
-            .copy_from_slice(&((OUT_HEADER + body.len()) as u32).to_ne_bytes());
-        header[IN_OUT + 4..IN_OUT + 8].copy_from_slice(&error.to_ne_bytes());
-        header[IN_OUT + 8..IN_OUT + 16].copy_from_slice(&unique.to_ne_bytes());
-        header[PAYLOAD_SZ..PAYLOAD_SZ + 4].copy_from_slice(&(body.len() as u32).to_ne_bytes());
+        finish(e, unique, error, body.len());
         commit_id
     }
+}
+
+/// Write the reply header of entry `e`, whose payload holds `body_len` bytes of reply body.
+fn finish(e: &mut Entry, unique: u64, error: i32, body_len: usize) {
+    let header = e.header.bytes();
+    header[IN_OUT..IN_OUT + 4].copy_from_slice(&((OUT_HEADER + body_len) as u32).to_ne_bytes());
+    header[IN_OUT + 4..IN_OUT + 8].copy_from_slice(&error.to_ne_bytes());
+    header[IN_OUT + 8..IN_OUT + 16].copy_from_slice(&unique.to_ne_bytes());
+    header[PAYLOAD_SZ..PAYLOAD_SZ + 4].copy_from_slice(&(body_len as u32).to_ne_bytes());
 }
 
 /// Run the calling thread on `cpu` only (a queue's requests come from tasks on that CPU).
