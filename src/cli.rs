@@ -403,12 +403,15 @@ pub struct ImportArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum PassthroughMode {
-    /// Use kernel passthrough for blob files when the kernel allows it.
+    /// Read-only mounts: open files without asking the daemon and fill the page cache from it,
+    /// fast for many small files and for blobs (passthrough only on kernels that cannot open
+    /// without asking); --rw mounts: passthrough for files opened for writing.
     #[default]
     Auto,
-    /// Fail to open blob files if passthrough is refused.
+    /// Hand every opened blob to the kernel (FUSE passthrough; one daemon round trip per
+    /// open); fail to open where passthrough is refused.
     Always,
-    /// Serve blob reads from the daemon (mmap).
+    /// Never use passthrough: all file data comes through the daemon.
     Never,
 }
 
@@ -472,7 +475,8 @@ pub struct MountArgs {
     /// Check each object's hash once before serving it (EIO when it does not match).
     #[arg(long)]
     pub verify: bool,
-    /// Kernel passthrough for blob reads.
+    /// How file data reaches readers: the page cache filled by the daemon, or kernel
+    /// passthrough to the object files.
     #[arg(long, value_enum, default_value_t)]
     pub passthrough: PassthroughMode,
 }

@@ -571,6 +571,173 @@ fn blob_reads_bypass_the_daemon_with_passthrough_and_go_through_it_without() {
     }
 }
 
+/// The READ requests of inode `ino` in a daemon log (either transport), as (offset, size).
+fn reads_of(log: &str, ino: u64) -> Vec<(u64, u64)> {
+    let tag = format!("ino {ino:#018x} READ ");
+    log.lines()
+        .filter_map(|l| l.split_once(&tag).map(|(_, rest)| rest))
+        .map(|rest| {
+            let field = |name: &str| -> u64 {
+                let v = rest.split(name).nth(1).expect(rest);
+                let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().expect(rest)
+            };
+            (field("offset "), field("size "))
+        })
+        .collect()
+}
+
+/// The default (`--passthrough auto`) serves both workloads: blobs of 1 MiB or more are handed
+/// to the kernel (passthrough: their reads never reach the daemon) while files are opened at a
+/// low rate; once small files are opened fast (`fs::opens::SWITCH_OPENS` within a second) the
+/// mount switches to no-open mode for good: no OPEN reaches the daemon any more, and blob data
+/// then comes through it into the page cache, once.
+#[test]
+fn auto_passes_blobs_through_until_small_files_are_opened_fast() {
+    use pvrfs::fs::opens::SWITCH_OPENS;
+    if !fuse_available() {
+        return;
+    }
+    let (t, _) = fixture();
+    let big_bytes;
+    let (readme, big);
+    let opens_before_switch;
+    {
+        let m = Mount::with_env(
+            t.path(),
+            "latest",
+            &[],
+            &[("RUST_LOG", "fuser::request=debug,pvrfs::fuse::uring=debug")],
+        );
+        readme = std::fs::metadata(m.join("README")).unwrap().ino();
+        big = std::fs::metadata(m.join("blobs/big.img")).unwrap().ino();
+        big_bytes = std::fs::read(m.join("blobs/big.img")).unwrap();
+        assert_eq!(big_bytes.len(), 3_000_000);
+        let log = daemon_log(&t);
+        assert!(
+            reads_of(&log, big).is_empty(),
+            "the blob was not passed through"
+        );
+        // A burst of small-file opens: the first SWITCH_OPENS reach the daemon, then none.
+        for _ in 0..2 * SWITCH_OPENS {
+            assert_eq!(std::fs::read(m.join("README")).unwrap(), b"hello\n");
+        }
+        opens_before_switch = daemon_log(&t).matches(" OPEN ").count();
+        for _ in 0..50 {
+            assert_eq!(
+                std::fs::read(m.join("app/bin/tool")).unwrap(),
+                b"#!/bin/sh\necho tool\n"
+            );
+        }
+        // After the switch the blob comes through the daemon, the same bytes.
+        assert_eq!(std::fs::read(m.join("blobs/big.img")).unwrap(), big_bytes);
+        assert_eq!(std::fs::read(m.join("blobs/big.img")).unwrap(), big_bytes);
+    }
+    let log = daemon_log(&t);
+    let opens = log.matches(" OPEN ").count();
+    // 1 blob open, SWITCH_OPENS - 1 cached README opens, the one answered ENOSYS
+    assert_eq!(opens_before_switch, 1 + SWITCH_OPENS as usize, "{log}");
+    assert_eq!(
+        opens, opens_before_switch,
+        "OPEN reached the daemon after the switch"
+    );
+    assert_eq!(
+        reads_of(&log, readme).len(),
+        1,
+        "README read once, then cached"
+    );
+    let bytes: u64 = reads_of(&log, big).iter().map(|r| r.1).sum();
+    assert!(
+        (3_000_000..3_000_000 + (1 << 20)).contains(&bytes),
+        "after the switch the blob came through the daemon once ({bytes} bytes)"
+    );
+}
+
+/// The kernel refuses cached reads of an inode while a passthrough open of it is alive (EIO, or
+/// an empty read), so an auto mount does not switch to no-open mode while a blob opened with
+/// passthrough is still open: other readers keep getting its bytes, and the switch comes with
+/// the first burst of small opens after it was closed.
+#[test]
+fn a_blob_held_open_keeps_readable_and_delays_the_switch() {
+    use pvrfs::fs::opens::SWITCH_OPENS;
+    if !fuse_available() {
+        return;
+    }
+    let (t, _) = fixture();
+    let m = Mount::with_env(
+        t.path(),
+        "latest",
+        &[],
+        &[("RUST_LOG", "fuser::request=debug,pvrfs::fs::opens=info")],
+    );
+    let want = std::fs::read(m.join("blobs/big.img")).unwrap();
+    let held = std::fs::File::open(m.join("blobs/big.img")).unwrap();
+    let burst = || {
+        for _ in 0..2 * SWITCH_OPENS {
+            assert_eq!(std::fs::read(m.join("README")).unwrap(), b"hello\n");
+        }
+    };
+    burst();
+    assert_eq!(std::fs::read(m.join("blobs/big.img")).unwrap(), want);
+    assert!(
+        !daemon_log(&t).contains("no-open mode"),
+        "switched while a blob was held"
+    );
+    drop(held);
+    // RELEASE reaches the daemon asynchronously after close.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    burst();
+    assert!(
+        daemon_log(&t).contains("no-open mode"),
+        "no switch after the blob closed"
+    );
+    assert_eq!(std::fs::read(m.join("blobs/big.img")).unwrap(), want);
+}
+
+/// As root, the mount's readahead window is widened (`fuse::readahead`), so that blob data
+/// comes in READ requests of 1 MiB (FUSE's `max_pages`) instead of the kernel default of
+/// 128 KiB.
+#[test]
+fn blob_reads_come_in_large_requests() {
+    if !fuse_available() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: only root may widen a mount's readahead (/sys/class/bdi)");
+        return;
+    }
+    let (t, _) = fixture();
+    let big;
+    {
+        let m = Mount::with_env(
+            t.path(),
+            "latest",
+            &["--passthrough", "never"],
+            &[("RUST_LOG", "fuser::request=debug,pvrfs::fuse::uring=debug")],
+        );
+        let dev = std::fs::metadata(m.path()).unwrap().dev();
+        let knob = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            rustix::fs::major(dev),
+            rustix::fs::minor(dev)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&knob).unwrap().trim(),
+            pvrfs::fuse::readahead::READAHEAD_KB.to_string()
+        );
+        big = std::fs::metadata(m.join("blobs/big.img")).unwrap().ino();
+        assert_eq!(
+            std::fs::read(m.join("blobs/big.img")).unwrap().len(),
+            3_000_000
+        );
+    }
+    let reads = reads_of(&daemon_log(&t), big);
+    assert!(
+        reads.iter().any(|r| r.1 == 1 << 20),
+        "no 1 MiB READ request: {reads:?}"
+    );
+}
+
 /// pvr's own repositories: `.pvr/json` as pvr wrote it, objects in a pool outside the repo
 /// (found through `ObjectsDir`), no pvrfs history. Inline files must read back exactly as the
 /// reference pvr's checkout wrote them (tests/fixtures/.../repo-renderings).

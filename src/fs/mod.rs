@@ -2,7 +2,9 @@
 //!
 //! Two filesystems answer the kernel's questions through the same vocabulary:
 //! - [`readonly::ReadOnlyFs`]: one revision, immutable (`tree` is its directory index);
-//! - [`cow::CowFs`]: a revision plus the copy-on-write [`overlay`] of a `--rw` mount.
+//! - [`cow::CowFs`]: a revision plus the copy-on-write [`overlay`] of a `--rw` mount;
+//! - [`opens::OpenPolicy`]: how a read-only mount answers OPEN (passthrough, cached, or no-open
+//!   mode from then on).
 //!
 //! The vocabulary both speak lives here: node kinds ([`Kind`]), attributes ([`Attr`]), the root
 //! inode ([`ROOT_INO`]), name and block sizes, and the one error type with the one errno table
@@ -19,6 +21,7 @@ use std::time::SystemTime;
 pub mod change;
 pub mod cow;
 mod error;
+pub mod opens;
 pub mod overlay;
 pub mod readonly;
 pub mod tree;

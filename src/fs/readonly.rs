@@ -263,6 +263,18 @@ impl ReadOnlyFs {
         Ok(())
     }
 
+    /// What an open of `ino` would read: `Some(size)` of its object for a blob (0 when the
+    /// object is missing: the open reports that), `None` for inline JSON.
+    pub fn object_size(&self, ino: u64) -> Result<Option<u64>, FsError> {
+        match self.tree.kind(ino).ok_or(FsError::NotFound)? {
+            NodeKind::Dir { .. } => Err(FsError::IsDir),
+            NodeKind::File { file } => Ok(match self.tree.file_data(file) {
+                FileData::Inline(_) => None,
+                FileData::Object(_) => Some(self.tree.file_size(file, &self.store).unwrap_or(0)),
+            }),
+        }
+    }
+
     /// Open a file for reading. Write access fails with EROFS.
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
@@ -423,15 +435,20 @@ impl ReadOnlyFs {
         size: u32,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, FsError> {
+        let handle = self.source_of_inode(ino)?;
+        self.read_handle(&handle, offset, size, f)
+    }
+
+    /// What a file reads from, without an open handle.
+    fn source_of_inode(&self, ino: u64) -> Result<FileSource, FsError> {
         let file = match self.tree.kind(ino).ok_or(FsError::NotFound)? {
             NodeKind::Dir { .. } => return Err(FsError::IsDir),
             NodeKind::File { file } => file,
         };
-        let handle = match self.tree.file_data(file) {
+        Ok(match self.tree.file_data(file) {
             FileData::Inline(_) => FileSource::Inline(self.tree.rendered(file)),
             FileData::Object(id) => FileSource::Object(self.open_object(file, *id)?),
-        };
-        self.read_handle(&handle, offset, size, f)
+        })
     }
 
     /// Forget an open handle.

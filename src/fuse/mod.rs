@@ -30,10 +30,12 @@ pub mod uring;
 /// file in the kernel (FUSE passthrough, Linux 6.9+) instead of through the daemon.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Passthrough {
-    /// Use passthrough where the kernel offers it.
+    /// Read-only mounts: no passthrough but no-open mode (files open without a round trip; the
+    /// page cache is filled by the daemon), unless the kernel cannot open without asking, then
+    /// passthrough. `--rw` mounts: passthrough where the kernel offers it.
     #[default]
     Auto,
-    /// Fail to mount (or open) where passthrough is not available.
+    /// Passthrough for every blob open; fail to mount (or open) where it is not available.
     Always,
     /// Never; on read-only mounts files are then opened without a round trip (no-open mode).
     Never,

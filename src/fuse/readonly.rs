@@ -3,13 +3,18 @@
 //!
 //! What lives here is only what needs FUSE types: the capabilities asked for at INIT
 //! (passthrough, readdirplus, parallel dirops, no-open and no-opendir, FUSE over io_uring when
-//! `uring` made its rings: then requests come by per-CPU rings), the reply flags
-//! (passthrough or KEEP_CACHE, NOFLUSH), and the backing ids of passthrough opens: one per inode,
-//! shared by its concurrent opens and dropped with the last of them.
+//! `uring` made its rings: then requests come by per-CPU rings), the reply to OPEN that
+//! `fs::opens::OpenPolicy` chooses (passthrough, KEEP_CACHE, or ENOSYS for no-open mode; always
+//! NOFLUSH), the backing ids of passthrough opens (one per inode, shared by its concurrent opens
+//! and dropped with the last of them), and the `DirectReader` the io_uring rings read through.
+//!
+//! Reads carry the handle of a daemon-answered open, or none (fh 0) for files the kernel opened
+//! without asking: those are read by inode.
 //!
 //! The tree is immutable, so entries and attributes are given an effectively infinite TTL.
 
 use super::{errno, file_attr, file_type, negotiate_passthrough, Passthrough};
+use crate::fs::opens::{OpenMode, OpenPolicy, OpenReply};
 use crate::fs::readonly::{DirectoryReplier, FileSource, ReadOnlyFs, RECENT_OBJECT_FILES};
 use crate::fs::{Attr, FsError, Kind, ToErrno};
 use fuser::{
@@ -21,8 +26,8 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// "Forever" for the kernel's caches: the revision cannot change under the mount.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -44,13 +49,21 @@ fn negative_attr() -> Attr {
     }
 }
 
+/// Reply flags of an open through the page cache: the content is immutable, so its pages are
+/// kept across opens, and nothing is ever dirty, so there is nothing to flush on close.
+const CACHED: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+
 /// Passthrough backing ids. The kernel wants one backing file per inode while it is open, so
 /// ids are shared through `by_ino`; `by_fh` keeps them alive per open handle, and `recent`
-/// keeps the hot ones registered after the last close (reopening costs no ioctl).
+/// keeps the hot ones registered after the last close (reopening costs no ioctl). `by_fh` and
+/// `opening` together count the passthrough files alive, which the OPEN policy must know
+/// before it switches the mount to no-open mode (`fs::opens`).
 struct Backing {
     by_ino: HashMap<u64, Weak<BackingId>>,
     by_fh: HashMap<u64, Arc<BackingId>>,
     recent: lru::LruCache<u64, Arc<BackingId>>,
+    /// Opens answered `Passthrough` whose reply is not sent yet.
+    opening: usize,
 }
 
 impl Default for Backing {
@@ -61,26 +74,17 @@ impl Default for Backing {
             recent: lru::LruCache::new(
                 std::num::NonZeroUsize::new(RECENT_OBJECT_FILES).expect("non-zero"),
             ),
+            opening: 0,
         }
     }
-}
-
-/// What INIT settled about file reads, shared by the adapter and its `DirectReader`.
-#[derive(Debug, Default)]
-struct ReadMode {
-    /// The kernel granted passthrough (and `--passthrough` asked for it): blob opens hand the
-    /// object file to the kernel.
-    passthrough: AtomicBool,
-    /// Files are opened without asking the daemon (FUSE no-open mode): the kernel keeps their
-    /// page cache across opens, and reads name the inode only.
-    no_open: AtomicBool,
 }
 
 /// The FUSE face of a `ReadOnlyFs`.
 pub struct ReadOnlyFuse {
     fs: Arc<ReadOnlyFs>,
     mode: Passthrough,
-    read_mode: Arc<ReadMode>,
+    /// How OPEN is answered; made at INIT from what the kernel granted.
+    policy: Arc<OnceLock<OpenPolicy>>,
     /// Set at INIT when the kernel can open directories without asking us (then it also caches
     /// their entries across opens: no round trip at all for a warm `readdir`).
     no_opendir: AtomicBool,
@@ -101,7 +105,7 @@ impl ReadOnlyFuse {
         ReadOnlyFuse {
             fs,
             mode,
-            read_mode: Arc::default(),
+            policy: Arc::default(),
             no_opendir: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             stack_depth,
@@ -119,12 +123,37 @@ impl ReadOnlyFuse {
     pub fn direct_reader(&self) -> DirectReader {
         DirectReader {
             fs: self.fs.clone(),
-            read_mode: self.read_mode.clone(),
+            policy: self.policy.clone(),
         }
     }
 
-    fn no_open(&self) -> bool {
-        self.read_mode.no_open.load(Ordering::Relaxed)
+    /// Open `ino` and hand its object file to the kernel; inline files (and, unless forced,
+    /// objects the kernel refuses) are opened cached instead.
+    fn open_passthrough(&self, ino: u64, flags: i32, reply: ReplyOpen) {
+        let opened = match self.fs.open(ino, flags) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let fh = FileHandle(opened.fh);
+        let FileSource::Object(of) = &opened.source else {
+            return reply.opened(fh, CACHED);
+        };
+        match self.backing_for(ino, &reply, of.file()) {
+            Ok(id) => {
+                // Counted alive before the reply: a switch to no-open mode must not race it.
+                self.backing.lock().by_fh.insert(opened.fh, id.clone());
+                reply.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, &id);
+            }
+            Err(e) if self.mode == Passthrough::Always => {
+                log::error!("passthrough refused for inode {ino}: {e}");
+                let _ = self.fs.release(opened.fh);
+                reply.error(Errno::EIO);
+            }
+            Err(e) => {
+                log::warn!("passthrough refused for inode {ino} ({e}); serving reads");
+                reply.opened(fh, CACHED);
+            }
+        }
     }
 
     fn backing_for(
@@ -189,24 +218,21 @@ impl Filesystem for ReadOnlyFuse {
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
         self.no_opendir.store(no_opendir, Ordering::Relaxed);
-        // The default serves both small files and blobs from the kernel's page cache: files
-        // are opened without a round trip (no-open mode; the kernel allows it per connection
-        // only, never per inode), blob data comes once through the daemon in large requests
-        // (`readahead::widen`). Passthrough needs an OPEN per file, so it is used only when
-        // forced, or when the kernel cannot open without asking anyway.
-        let no_open = self.mode != Passthrough::Always
+        // Passthrough and no-open mode are both asked for (unless forced off): the OPEN
+        // policy picks per file, and may switch the mount to no-open mode later
+        // (`fs::opens`). A kernel without no-open support asks at every open regardless.
+        let can_stop = self.mode != Passthrough::Always
             && config
                 .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
                 .is_ok();
-        self.read_mode.no_open.store(no_open, Ordering::Relaxed);
-        let mode = if no_open {
-            Passthrough::Never
-        } else {
-            self.mode
+        let granted = negotiate_passthrough(config, self.mode, self.stack_depth)?;
+        let mode = match self.mode {
+            Passthrough::Auto => OpenMode::Auto,
+            Passthrough::Always => OpenMode::Always,
+            Passthrough::Never => OpenMode::Never,
         };
-        let granted = negotiate_passthrough(config, mode, self.stack_depth)?;
-        self.read_mode.passthrough.store(granted, Ordering::Relaxed);
-        // Large reads: fewer round trips when passthrough is not in use (the kernel caps this
+        let _ = self.policy.set(OpenPolicy::new(mode, granted, can_stop));
+        // Large reads: fewer round trips for data served by the daemon (the kernel caps this
         // at the mount's readahead, 128 KiB unless `readahead::widen` raises it).
         let _ = config.set_max_readahead(1 << 20);
         if let Some(offer) = &self.uring {
@@ -242,40 +268,37 @@ impl Filesystem for ReadOnlyFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if self.no_open() {
+        let Some(policy) = self.policy.get() else {
+            return reply.error(Errno::EIO); // no OPEN comes before INIT
+        };
+        let size = match self.fs.object_size(ino.0) {
+            Ok(s) => s,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let answer = {
+            // Decided under the lock that counts live passthrough files, so that none starts
+            // while the policy switches to no-open mode.
+            let mut b = self.backing.lock();
+            let alive = b.opening + b.by_fh.len() > 0;
+            let answer = policy.decide(size, Instant::now(), alive);
+            if answer == OpenReply::Passthrough {
+                b.opening += 1;
+            }
+            answer
+        };
+        if answer == OpenReply::Passthrough {
+            self.open_passthrough(ino.0, flags.0, reply);
+            self.backing.lock().opening -= 1;
+            return;
+        }
+        if answer == OpenReply::StopAsking {
             // Zero-message opens from now on; the `ro` mount makes the kernel refuse write
             // opens itself, and reads check the object (EIO) instead of this open.
             return reply.error(Errno::ENOSYS);
         }
-        let opened = match self.fs.open(ino.0, flags.0) {
-            Ok(o) => o,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let fh = FileHandle(opened.fh);
-        // Immutable content: keep the page cache across opens; nothing to flush on close.
-        let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
-        match &opened.source {
-            FileSource::Object(of) if self.read_mode.passthrough.load(Ordering::Relaxed) => {
-                match self.backing_for(ino.0, &reply, of.file()) {
-                    Ok(id) => {
-                        reply.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, &id);
-                        self.backing.lock().by_fh.insert(opened.fh, id);
-                    }
-                    Err(e) if self.mode == Passthrough::Always => {
-                        log::error!("passthrough refused for inode {}: {e}", ino.0);
-                        let _ = self.fs.release(opened.fh);
-                        reply.error(Errno::EIO);
-                    }
-                    Err(e) => {
-                        log::warn!(
-                            "passthrough refused for inode {} ({e}); serving reads",
-                            ino.0
-                        );
-                        reply.opened(fh, flags);
-                    }
-                }
-            }
-            _ => reply.opened(fh, flags),
+        match self.fs.open(ino.0, flags.0) {
+            Ok(o) => reply.opened(FileHandle(o.fh), CACHED),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -296,7 +319,7 @@ impl Filesystem for ReadOnlyFuse {
                 r.data(data)
             }
         };
-        let result = if self.no_open() {
+        let result = if fh.0 == 0 {
             self.fs.read_inode(ino.0, offset, size, send)
         } else {
             self.fs.read(fh.0, offset, size, send)
@@ -316,10 +339,11 @@ impl Filesystem for ReadOnlyFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.backing.lock().by_fh.remove(&fh.0);
-        if self.no_open() {
+        if fh.0 == 0 {
+            // Opened by the kernel without asking: nothing to forget.
             return reply.ok();
         }
+        self.backing.lock().by_fh.remove(&fh.0);
         match self.fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -580,14 +604,17 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
 /// into a reply that fuser captures and the ring code copies again.
 pub struct DirectReader {
     fs: Arc<ReadOnlyFs>,
-    read_mode: Arc<ReadMode>,
+    policy: Arc<OnceLock<OpenPolicy>>,
 }
 
 impl DirectReader {
-    /// Blob data goes through the daemon (passthrough was not granted): the mount's readahead
-    /// decides how large the READ requests are.
+    /// Blob data may come through the daemon on this mount (unless every blob is passed
+    /// through): the mount's readahead decides how large the READ requests are. Known once
+    /// INIT was answered.
     pub fn reads_through_daemon(&self) -> bool {
-        !self.read_mode.passthrough.load(Ordering::Relaxed)
+        self.policy
+            .get()
+            .is_none_or(OpenPolicy::reads_through_daemon)
     }
 }
 
@@ -598,7 +625,7 @@ impl super::uring::DirectRead for DirectReader {
             buf[..data.len()].copy_from_slice(data);
             data.len()
         };
-        let result = if self.read_mode.no_open.load(Ordering::Relaxed) {
+        let result = if fh == 0 {
             self.fs.read_inode(ino, offset, size, copy)
         } else {
             self.fs.read(fh, offset, size, copy)
