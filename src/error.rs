@@ -37,6 +37,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A metadata document of a state (`.pvrfs-meta.json`, see `state::meta`) says something
+    /// about a path that the format does not allow.
+    #[error("invalid metadata for '{path}' in {origin} (document '{doc}'): {reason}")]
+    BadMeta {
+        origin: String,
+        doc: String,
+        path: String,
+        reason: String,
+    },
+
     /// A tracked `.json` file does not parse. Display matches pvr's `JSON Unmarshal (path): msg`.
     #[error("JSON Unmarshal ({path}): {source}")]
     InvalidJson {
@@ -106,7 +116,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
-            Error::InvalidJson { .. } | Error::CorruptState { .. } | Error::BadEntry { .. } => 3,
+            Error::InvalidJson { .. }
+            | Error::CorruptState { .. }
+            | Error::BadEntry { .. }
+            | Error::BadMeta { .. } => 3,
             Error::MissingObject { .. } | Error::CorruptObject { .. } => 4,
             Error::Locked { .. } => 5,
             Error::Remote { code, .. } => *code,

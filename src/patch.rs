@@ -76,8 +76,9 @@ pub fn state_json_patch(old: &State, new: &State) -> Value {
             (None, None) => {}
         }
     }
-    let mut a = old.iter().peekable();
-    let mut b = new.iter().peekable();
+    // Metadata documents are diffed like any inline file: that is how pvr sees them.
+    let mut a = old.iter_with_docs().peekable();
+    let mut b = new.iter_with_docs().peekable();
     loop {
         let order = match (a.peek(), b.peek()) {
             (None, None) => break,

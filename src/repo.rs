@@ -551,6 +551,9 @@ impl Repo {
                 )));
             }
         }
+        // The last check before publishing: metadata that no longer fits the files (a builder
+        // removed a file and forgot its mode) must never reach a revision.
+        new_state.check_meta("the new state")?;
         let canonical = new_state.to_canonical_bytes();
         let state_id = self.store.put_bytes(&canonical)?;
         let diff = match &parent {

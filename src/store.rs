@@ -146,7 +146,11 @@ impl Store {
 
     /// Store the file at `path`, hashing while copying.
     pub fn put_file(&self, path: &Path) -> Result<(ObjectId, u64)> {
-        let f = File::open(path).ctx("open", path)?;
+        self.put_opened(path, File::open(path).ctx("open", path)?)
+    }
+
+    /// Store the open file `f` (found at `path`, for messages), hashing while copying.
+    pub fn put_opened(&self, path: &Path, f: File) -> Result<(ObjectId, u64)> {
         self.put_reader(f).map_err(|e| match e {
             Error::Io {
                 op: "read input for",
@@ -161,11 +165,21 @@ impl Store {
     /// the copy when the object is present. The copy is still hashed; a mismatch (the file changed
     /// since it was hashed) is an error rather than a mislabelled object.
     pub fn put_file_expecting(&self, path: &Path, expected: &ObjectId) -> Result<u64> {
+        self.put_opened_expecting(path, expected, || File::open(path).ctx("open", path))
+    }
+
+    /// `put_file_expecting` for a file the caller opens (only when the object is missing).
+    pub fn put_opened_expecting(
+        &self,
+        path: &Path,
+        expected: &ObjectId,
+        open: impl FnOnce() -> Result<File>,
+    ) -> Result<u64> {
         if let Ok(meta) = fs::metadata(self.path_of(expected)) {
             self.touch(*expected);
             return Ok(meta.len());
         }
-        let (id, len) = self.put_file(path)?;
+        let (id, len) = self.put_opened(path, open()?)?;
         if id != *expected {
             return Err(Error::Other(format!(
                 "'{}' changed while it was being stored (expected {expected}, got {id}); run the command again",

@@ -53,9 +53,21 @@ pub fn init(args: InitArgs, ctx: &mut Ctx<'_>) -> Result<()> {
 pub fn add(args: AddArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let repo = open(ctx)?;
     let lock = repo.lock()?;
-    WorkTree::open(&repo)
+    let added = WorkTree::open(&repo)
         .with_progress(ctx.interactive && !ctx.quiet)
         .add(&lock, &ctx.cwd, &args.paths, args.raw)?;
+    warn_unstorable(&added.unstorable, "not added", ctx)?;
+    Ok(())
+}
+
+/// One warning line per entry a state cannot hold (never skipped silently).
+fn warn_unstorable(list: &[(String, &str)], outcome: &str, ctx: &mut Ctx<'_>) -> Result<()> {
+    for (path, what) in list {
+        writeln!(
+            ctx.err,
+            "pvrfs: warning: '{path}' is {what}, which a pvr state cannot hold; {outcome}"
+        )?;
+    }
     Ok(())
 }
 
@@ -72,6 +84,7 @@ pub fn status(_args: StatusArgs, ctx: &mut Ctx<'_>) -> Result<()> {
             writeln!(ctx.out, "{tag} {p}")?;
         }
     }
+    warn_unstorable(&scan.unstorable, "not tracked", ctx)?;
     // Freeing a 100k-entry head costs milliseconds that the answer does not wait for: hand it
     // to a thread (which a CLI process does not wait for when it exits). If no thread can be
     // had, it is freed here.
@@ -232,6 +245,7 @@ pub fn reset(args: ResetArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         .with_progress(ctx.interactive && !ctx.quiet)
         .checkout(&lock, &head, &opts)?;
     worktree::save_staged(&repo, &Default::default())?;
+    worktree::save_staged_meta(&repo, &Default::default())?;
     if !ctx.quiet {
         writeln!(
             ctx.err,

@@ -45,7 +45,7 @@ pub(crate) use limits::RateGuard;
 use crate::error::{Error, Result};
 use crate::oid::ObjectId;
 use crate::repo::Repo;
-use crate::state::{Entry, State};
+use crate::state::{Entry, State, TreeMeta};
 use crate::store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, HashSet};
@@ -244,8 +244,13 @@ pub fn split_fragment(spec: &str) -> Result<(&str, Parts)> {
     }
 }
 
-/// The remote state restricted to the selected keys (`#spec` kept).
+/// The remote state restricted to the selected keys (`#spec` kept), with the metadata of the
+/// selected paths (modes, symlinks, empty directories go with their path, wherever their
+/// document is).
 pub fn select(remote: &State, parts: &Parts) -> State {
+    if parts.is_empty() {
+        return remote.clone(); // byte for byte, documents included
+    }
     let mut out = State::default();
     out.spec = remote.spec.clone();
     for (k, e) in remote.iter() {
@@ -254,6 +259,28 @@ pub fn select(remote: &State, parts: &Parts) -> State {
             out.insert(k, e.clone()).expect("subset of a valid state");
         }
     }
+    let m = remote.meta();
+    let mut meta = TreeMeta {
+        links: m.links.clone(),
+        dirs: m.dirs.clone(),
+        modes: m.modes.clone(),
+    };
+    meta.links.retain(|k, _| parts.selects(k));
+    meta.dirs.retain(|k| parts.selects(k));
+    meta.modes.retain(|k, _| parts.selects(k));
+    // A directory whose content was all left out is not in the subset: nor is its mode.
+    let files = out.entries_map();
+    let gone: Vec<String> = meta
+        .modes
+        .keys()
+        .filter(|k| !files.contains_key(*k) && !meta.is_dir(files, k))
+        .cloned()
+        .collect();
+    for k in gone {
+        meta.modes.remove(&k);
+    }
+    out.set_meta(meta)
+        .expect("the metadata of a subset of a valid state fits the subset");
     out
 }
 
@@ -285,30 +312,99 @@ pub fn combine(local: &State, remote: &State, parts: &Parts, mode: Mode) -> Resu
     } else {
         local.spec.clone()
     };
+    let verb = if mode == Mode::Get { "get" } else { "merge" };
+    let conflict = |err: Error| match err {
+        Error::BadEntry { key, reason, .. }
+        | Error::BadMeta {
+            path: key, reason, ..
+        } => Error::Conflict(format!(
+            "cannot {verb} '{key}': {reason} in the local state; nothing was changed"
+        )),
+        other => other,
+    };
+    let dropped = |k: &str| match mode {
+        Mode::Get => {
+            parts.include.is_empty()
+                || parts.include.iter().any(|p| under(k, p))
+                || parts.exclude.iter().any(|p| under(k, p))
+        }
+        Mode::Merge => parts.exclude.iter().any(|p| under(k, p)),
+    };
+    // A path the remote part has (as a file, symlink or empty directory) replaces the local one.
+    let sm = selected.meta();
+    let in_selected =
+        |k: &str| selected.contains(k) || sm.links.contains_key(k) || sm.dirs.contains(k);
     let mut out = State::default();
     out.spec = spec;
     for (k, e) in local.iter() {
-        let dropped = match mode {
-            Mode::Get => {
-                parts.include.is_empty()
-                    || parts.include.iter().any(|p| under(k, p))
-                    || parts.exclude.iter().any(|p| under(k, p))
-            }
-            Mode::Merge => parts.exclude.iter().any(|p| under(k, p)),
-        };
-        if !dropped && !selected.contains(k) {
-            out.insert(k, e.clone())?;
+        if !dropped(k) && !in_selected(k) {
+            out.insert(k, e.clone()).map_err(conflict)?;
         }
     }
     for (k, e) in selected.iter() {
-        out.insert(k, e.clone()).map_err(|err| match err {
-            Error::BadEntry { key, reason, .. } => Error::Conflict(format!(
-                "cannot {} '{key}': {reason} in the local state; nothing was changed",
-                if mode == Mode::Get { "get" } else { "merge" }
-            )),
-            other => other,
-        })?;
+        out.insert(k, e.clone()).map_err(conflict)?;
     }
+    // The metadata travels with its paths, as the files do.
+    let lm = local.meta();
+    let mut meta = TreeMeta::default();
+    for (k, t) in &lm.links {
+        if !dropped(k) && !in_selected(k) {
+            meta.links.insert(k.clone(), t.clone());
+        }
+    }
+    for k in &lm.dirs {
+        if !dropped(k) && !in_selected(k) {
+            meta.dirs.insert(k.clone());
+        }
+    }
+    for (k, m) in &lm.modes {
+        if !dropped(k) && !in_selected(k) && !sm.modes.contains_key(k) {
+            meta.modes.insert(k.clone(), *m);
+        }
+    }
+    meta.links
+        .extend(sm.links.iter().map(|(k, t)| (k.clone(), t.clone())));
+    meta.dirs.extend(sm.dirs.iter().cloned());
+    meta.modes
+        .extend(sm.modes.iter().map(|(k, m)| (k.clone(), *m)));
+    // A local empty directory that received content is no longer empty; a local file replaced
+    // by a remote symlink or directory leaves no stale mode.
+    let files = out.entries_map();
+    let filled: Vec<String> = meta
+        .dirs
+        .iter()
+        .filter(|d| {
+            let prefix = format!("{d}/");
+            files
+                .range(prefix.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&prefix))
+                || meta
+                    .links
+                    .range(prefix.clone()..)
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(&prefix))
+                || meta
+                    .dirs
+                    .range(prefix.clone()..)
+                    .next()
+                    .is_some_and(|k| k.starts_with(&prefix))
+        })
+        .cloned()
+        .collect();
+    for d in filled {
+        meta.dirs.remove(&d);
+    }
+    let gone: Vec<String> = meta
+        .modes
+        .keys()
+        .filter(|k| !files.contains_key(*k) && !meta.is_dir(files, k))
+        .cloned()
+        .collect();
+    for k in gone {
+        meta.modes.remove(&k);
+    }
+    out.set_meta(meta).map_err(conflict)?;
     Ok(out)
 }
 

@@ -1,56 +1,88 @@
 //! `add` (stage files, store their objects) and `commit` of a work tree.
 
-use super::scan::probe;
+use super::beneath::Beneath;
+use super::scan::{probe, Was};
 use super::*;
 
+/// What `add` staged, and what it found that a state cannot hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Added {
+    /// Files, symlinks and empty directories staged, sorted.
+    pub paths: Vec<String>,
+    /// Entries under the given directories that were left out, with what they are.
+    pub unstorable: Vec<(String, &'static str)>,
+}
+
 impl WorkTree<'_> {
-    /// Stage files (`add`). `paths` are as the user typed them, relative to `cwd`; empty means
-    /// the whole tree. A directory or the whole tree stages the files not yet tracked; a file
-    /// named explicitly (or matched by a glob) is staged even when tracked. Objects are stored
-    /// right away. Returns the staged paths.
+    /// Stage files, symlinks and empty directories (`add`). `paths` are as the user typed
+    /// them, relative to `cwd`; empty means the whole tree. A directory or the whole tree
+    /// stages what is not yet tracked under it; a file named explicitly (or matched by a glob)
+    /// is staged even when tracked. File objects are stored right away. What a state cannot
+    /// hold is refused when named, and reported in `Added::unstorable` when found under a
+    /// directory.
     pub fn add(
         &mut self,
         _lock: &RepoLock,
         cwd: &Path,
         paths: &[String],
         raw: bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Added> {
         let root = self.repo.workdir().to_path_buf();
         let head = self.repo.head_state()?;
+        let hm = head.meta();
+        let tracked = |p: &str| head.contains(p) || hm.links.contains_key(p);
         let mut picked: BTreeSet<String> = BTreeSet::new();
-        let untracked_under = |start: &Path, picked: &mut BTreeSet<String>| -> Result<()> {
-            for f in walk_files(&root, start)? {
-                if !head.contains(&f) {
-                    picked.insert(f);
-                }
-            }
+        let mut picked_meta: BTreeSet<String> = BTreeSet::new();
+        let mut unstorable: Vec<(String, &'static str)> = Vec::new();
+        let mut untracked_under = |start: &Path,
+                                   picked: &mut BTreeSet<String>,
+                                   picked_meta: &mut BTreeSet<String>|
+         -> Result<()> {
+            let listing = walk_entries(&root, start)?;
+            picked.extend(listing.files.into_iter().filter(|f| !tracked(f)));
+            picked_meta.extend(listing.links.into_iter().filter(|l| !tracked(l)));
+            picked_meta.extend(
+                listing
+                    .empty_dirs
+                    .into_iter()
+                    .filter(|d| !hm.dirs.contains(d)),
+            );
+            unstorable.extend(listing.unstorable);
             Ok(())
         };
         if paths.is_empty() {
-            untracked_under(&root, &mut picked)?;
+            untracked_under(&root, &mut picked, &mut picked_meta)?;
         }
-        let mut all_files: Option<Vec<String>> = None;
+        let mut everything: Option<walk::Listing> = None;
         for arg in paths {
             if arg.contains(['*', '?', '[', '{']) {
                 let pattern = repo_relative_pattern(&root, cwd, arg)?;
                 let glob = globset::Glob::new(&pattern)
                     .map_err(|e| Error::Usage(format!("bad glob '{arg}': {e}")))?
                     .compile_matcher();
-                let files = match &all_files {
-                    Some(f) => f,
-                    None => all_files.insert(walk_files(&root, &root)?),
+                let all = match &everything {
+                    Some(l) => l,
+                    None => everything.insert(walk_entries(&root, &root)?),
                 };
-                let before = picked.len();
-                picked.extend(files.iter().filter(|f| glob.is_match(f)).cloned());
-                if picked.len() == before && !files.iter().any(|f| glob.is_match(f)) {
+                let files: Vec<&String> = all.files.iter().filter(|f| glob.is_match(f)).collect();
+                let links: Vec<&String> = all.links.iter().filter(|f| glob.is_match(f)).collect();
+                if files.is_empty() && links.is_empty() {
                     return Err(Error::Usage(format!("'{arg}' did not match any files")));
                 }
+                picked.extend(files.into_iter().cloned());
+                picked_meta.extend(links.into_iter().cloned());
                 continue;
             }
             let abs = cwd.join(arg);
             let meta = fs::symlink_metadata(&abs)
                 .map_err(|_| Error::Usage(format!("'{arg}' did not match any files")))?;
-            let canon = fs::canonicalize(&abs).ctx("resolve", &abs)?;
+            // Resolve the directories, never the entry itself: `add link` stages the symlink.
+            let canon = match (abs.parent(), abs.file_name()) {
+                (Some(parent), Some(name)) => {
+                    fs::canonicalize(parent).ctx("resolve", parent)?.join(name)
+                }
+                _ => fs::canonicalize(&abs).ctx("resolve", &abs)?,
+            };
             let rel = canon.strip_prefix(&root).map_err(|_| {
                 Error::Usage(format!(
                     "'{arg}' is outside the repository {}",
@@ -65,18 +97,37 @@ impl WorkTree<'_> {
                     "'{arg}' is inside .pvr, which is not part of the tree"
                 )));
             }
-            if meta.is_dir() {
-                untracked_under(&canon, &mut picked)?;
-            } else if meta.is_file() {
-                picked.insert(rel.to_string());
-            } else {
+            if crate::state::meta::has_reserved_component(rel) {
                 return Err(Error::Usage(format!(
-                    "'{arg}' is not a regular file or directory (pvr states hold regular files only)"
+                    "'{arg}' is {}: pvrfs keeps its metadata there and does not store such a file",
+                    walk::RESERVED
+                )));
+            }
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                untracked_under(&canon, &mut picked, &mut picked_meta)?;
+            } else if ft.is_file() {
+                picked.insert(rel.to_string());
+            } else if ft.is_symlink() {
+                picked_meta.insert(rel.to_string());
+            } else {
+                let what = stat::kind_of(rustix::fs::FileType::from_raw_mode(
+                    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) as _,
+                ))
+                .and_then(stat::unstorable)
+                .unwrap_or("not a regular file, symlink or directory");
+                return Err(Error::Usage(format!(
+                    "'{arg}' is {what}, which a pvr state cannot hold (files, symlinks and directories only)"
                 )));
             }
         }
+        // A path staged as a file is not also staged as a symlink (and the other way round:
+        // the last look decides at commit anyway).
+        picked_meta.retain(|p| !picked.contains(p));
         let mut staged = load_staged(self.repo)?;
+        let mut staged_meta = load_staged_meta(self.repo)?;
         let store = self.repo.store();
+        let tree = Beneath::open(&root)?;
         self.load_cache();
         let cache = self.cache.as_ref().expect("loaded");
         let bar = Progress::new(self.progress, picked.len(), "adding");
@@ -86,15 +137,19 @@ impl WorkTree<'_> {
             .map(|path| {
                 let abs = root.join(&path);
                 let vanished = || Error::Other(format!("'{path}' vanished while adding it"));
+                let Some(st) = tree.lstat(&path)? else {
+                    return Err(vanished());
+                };
+                let key = StatKey::from_stat(&st);
+                let cached = |k: &StatKey| cache.lookup(&path, k);
                 if !raw && is_inline_path(&path) {
                     // inline: only its hash is staged; the value is read at commit
-                    let p = probe(&root, &path, false, &|k| cache.lookup(&path, k), None, None)?
-                        .ok_or_else(vanished)?;
-                    return Ok((path, p));
+                    return match probe(&tree, &path, false, &cached, Was::New, Some(key))? {
+                        Found::File(p) => Ok((path, p)),
+                        _ => Err(vanished()),
+                    };
                 }
-                let meta = fs::symlink_metadata(&abs).map_err(|_| vanished())?;
-                let key = StatKey::of(&meta);
-                if let Some(hit) = cache.lookup(&path, &key) {
+                if let Some(hit) = cached(&key) {
                     if store.contains(&hit.sha) {
                         let p = Probe {
                             key: Some(key),
@@ -102,26 +157,31 @@ impl WorkTree<'_> {
                             value: None,
                             value_sha: hit.value_sha,
                             cached: true,
+                            mode: key.permissions(),
                         };
                         return Ok((path, p));
                     }
                 }
                 // Hash while copying into the store: one read per file.
-                let (sha, _) = store.put_file(&abs)?;
-                let stable = fs::symlink_metadata(&abs).is_ok_and(|m| StatKey::of(&m) == key);
+                let file = tree.open_file(&path)?.ok_or_else(vanished)?;
+                let (sha, _) = store.put_opened(&abs, file)?;
+                let stable = tree
+                    .lstat(&path)?
+                    .is_some_and(|st| StatKey::from_stat(&st) == key);
                 let p = Probe {
                     key: stable.then_some(key),
                     sha,
                     value: None,
                     value_sha: None,
                     cached: false,
+                    mode: key.permissions(),
                 };
                 Ok((path, p))
             })
             .collect::<Result<_>>()?;
         bar.finish();
         store.sync()?;
-        let mut added = Vec::with_capacity(results.len());
+        let mut added = Vec::with_capacity(results.len() + picked_meta.len());
         let mut cache_updates = Vec::new();
         for (path, p) in results {
             staged.insert(
@@ -131,17 +191,29 @@ impl WorkTree<'_> {
                     sha: p.sha,
                 },
             );
+            staged_meta.remove(&path);
             if let Some(c) = p.cache_entry() {
                 cache_updates.push((path.clone(), c));
             }
             added.push(path);
         }
+        for path in picked_meta {
+            staged.remove(&path);
+            added.push(path.clone());
+            staged_meta.insert(path);
+        }
+        added.sort();
         save_staged(self.repo, &staged)?;
+        save_staged_meta(self.repo, &staged_meta)?;
         self.load_cache().update_and_save(cache_updates);
-        Ok(added)
+        Ok(Added {
+            paths: added,
+            unstorable,
+        })
     }
 
-    /// Record the working view as a new revision. `log` receives pvr's per-file lines.
+    /// Record the working view as a new revision. `log` receives pvr's per-file lines (and
+    /// pvrfs's for symlinks, directories and modes).
     pub fn commit(
         &mut self,
         lock: &RepoLock,
@@ -150,6 +222,7 @@ impl WorkTree<'_> {
     ) -> Result<crate::repo::Revision> {
         let scan = self.scan()?;
         let store = self.repo.store();
+        let tree = Beneath::open(self.repo.workdir())?;
         // Store the objects of new and changed entries (unchanged ones are already stored).
         let to_store: Vec<(&String, ObjectId)> = scan
             .updates
@@ -159,7 +232,17 @@ impl WorkTree<'_> {
         let bar = Progress::new(self.progress, to_store.len(), "storing");
         to_store.par_iter().try_for_each(|(p, id)| {
             bar.inc();
-            store.put_file_expecting(&self.abs(p), id).map(|_| ())
+            let abs = self.abs(p);
+            store
+                .put_opened_expecting(&abs, id, || {
+                    tree.open_file(p)?.ok_or_else(|| {
+                        Error::Other(format!(
+                            "'{}' vanished or stopped being a regular file while it was committed; run the command again",
+                            abs.display()
+                        ))
+                    })
+                })
+                .map(|_| ())
         })?;
         bar.finish();
         let state = scan.state()?;
@@ -168,6 +251,7 @@ impl WorkTree<'_> {
             .commit_state_on(lock, Some(&scan.head), &state, message, None)?;
         fsutil::crash_point("commit:before-clearing-new");
         save_staged(self.repo, &StagedMap::new())?;
+        save_staged_meta(self.repo, &BTreeSet::new())?;
         self.set_tree_base(&state)?;
         let _ = write_commit_log(&scan, self.repo.workdir(), log);
         Ok(rev)
@@ -180,30 +264,48 @@ fn write_commit_log(scan: &Scan, workdir: &Path, log: &mut dyn Write) -> std::io
         Some(Entry::Inline(_)) => "inline",
         _ => "raw",
     };
-    let mut committing: Vec<String> = scan
-        .changed
-        .iter()
-        .filter(|p| !scan.staged.contains_key(*p))
-        .map(|p| format!("Committing ({}): {repo}/{p}", kind(p)))
-        .collect();
-    let mut adding: Vec<String> = scan
-        .added
-        .iter()
-        .chain(scan.changed.iter().filter(|p| scan.staged.contains_key(*p)))
-        .map(|p| match scan.updates.get(p) {
-            Some(Entry::Object(id)) => format!("Adding raw {repo}/{p} with {id}"),
-            _ => format!("Adding inline {p}"),
-        })
-        .collect();
+    let (mut committing, mut adding, mut removing) = (Vec::new(), Vec::new(), Vec::new());
+    let link = |p: &str| scan.meta.links.get(p);
+    for p in &scan.changed {
+        if let Some(dir) = p.strip_suffix('/') {
+            committing.push(format!(
+                "Committing mode {} of {repo}/{dir}/",
+                crate::state::meta::format_mode(scan.meta.dir_mode(dir))
+            ));
+        } else if let Some(t) = link(p) {
+            committing.push(format!("Committing symlink {repo}/{p} -> {t}"));
+        } else if scan.staged.contains_key(p) {
+            adding.push(match scan.updates.get(p) {
+                Some(Entry::Object(id)) => format!("Adding raw {repo}/{p} with {id}"),
+                _ => format!("Adding inline {p}"),
+            });
+        } else if scan.updates.contains_key(p) {
+            committing.push(format!("Committing ({}): {repo}/{p}", kind(p)));
+        } else {
+            committing.push(format!(
+                "Committing mode {} of {repo}/{p}",
+                crate::state::meta::format_mode(scan.meta.file_mode(p))
+            ));
+        }
+    }
+    for p in &scan.added {
+        if let Some(dir) = p.strip_suffix('/') {
+            adding.push(format!("Adding directory {repo}/{dir}/"));
+        } else if let Some(t) = link(p) {
+            adding.push(format!("Adding symlink {repo}/{p} -> {t}"));
+        } else {
+            adding.push(match scan.updates.get(p) {
+                Some(Entry::Object(id)) => format!("Adding raw {repo}/{p} with {id}"),
+                _ => format!("Adding inline {p}"),
+            });
+        }
+    }
+    for p in &scan.deleted {
+        removing.push(format!("Removing {p}"));
+    }
     committing.sort();
     adding.sort();
-    for line in committing.iter().chain(&adding).chain(
-        &scan
-            .deleted
-            .iter()
-            .map(|p| format!("Removing {p}"))
-            .collect::<Vec<_>>(),
-    ) {
+    for line in committing.iter().chain(&adding).chain(&removing) {
         writeln!(log, "{line}")?;
     }
     Ok(())

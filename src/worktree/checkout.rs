@@ -1,8 +1,56 @@
-//! `checkout`: make the work tree equal to a state, file by file through `.pvr/pvrfs/tmp/`.
+//! `checkout`: make the work tree equal to a state — files through `.pvr/pvrfs/tmp/`, symlinks,
+//! permission bits and empty directories — never writing or deleting through a symlink found in
+//! the tree (every parent is resolved by `beneath`).
+//!
+//! Order: plan (refuse before touching anything when unsaved work would be lost) → remove files
+//! and symlinks the target does not have → remove directories the target does not have (when
+//! empty) → create the target's directories (a symlink, file or special file in the way is
+//! either planned for removal or a refusal) → write files and symlinks, each by a rename over
+//! the old entry, grouped by directory → set the directories' modes, deepest first (last, so
+//! that a read-only directory is filled before it becomes read-only).
 
 use super::add::merge_sorted;
-use super::scan::{entry_of, probe, stored_as_object};
+use super::beneath::{chmod_fd, Beneath};
+use super::scan::{entry_of, parents_of, probe, stored_as_object, Was};
 use super::*;
+use rustix::fs::{AtFlags, FileType};
+use rustix::io::Errno;
+
+/// What a state has at a path (files and symlinks; directories are handled apart).
+#[derive(Debug, Clone, PartialEq)]
+enum Node<'a> {
+    File(&'a Entry, u32),
+    Link(&'a str),
+}
+
+fn node<'s>(state: &'s State, path: &str) -> Option<Node<'s>> {
+    if let Some(e) = state.get(path) {
+        return Some(Node::File(e, state.meta().file_mode(path)));
+    }
+    state.meta().links.get(path).map(|t| Node::Link(t))
+}
+
+/// Every directory of a state's tree (empty ones included), without the root.
+fn tree_dirs(state: &State) -> stat::HashSet<String> {
+    let m = state.meta();
+    let mut dirs = stat::HashSet::default();
+    parents_of(
+        state
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .chain(m.links.keys().map(String::as_str))
+            .chain(m.dirs.iter().map(String::as_str)),
+        &mut dirs,
+    );
+    dirs.extend(m.dirs.iter().cloned());
+    dirs
+}
+
+/// What to put at one path.
+enum Put {
+    File(Planned),
+    Link(String),
+}
 
 impl WorkTree<'_> {
     /// Make the work tree equal to `target` (see `CheckoutOptions`). The head is not moved.
@@ -13,15 +61,21 @@ impl WorkTree<'_> {
         opts: &CheckoutOptions,
     ) -> Result<CheckoutReport> {
         let repo = self.repo;
+        let tree = Beneath::open(repo.workdir())?;
         let head = repo.head_state()?;
         let base = self.tree_base().unwrap_or_default();
         let staged = load_staged(repo)?;
+        let staged_meta = load_staged_meta(repo)?;
         // Usually these are (nearly) the same 100k keys: a linear merge, not a set of 400k.
         let mut paths: Vec<&String> = head.entries_map().keys().collect();
         for keys in [
             base.entries_map().keys().collect::<Vec<_>>(),
             target.entries_map().keys().collect(),
             staged.keys().collect(),
+            head.meta().links.keys().collect(),
+            base.meta().links.keys().collect(),
+            target.meta().links.keys().collect(),
+            staged_meta.iter().collect(),
         ] {
             paths = merge_sorted(&paths, &keys);
         }
@@ -29,133 +83,331 @@ impl WorkTree<'_> {
         let cache = self.cache.as_ref().expect("loaded");
         // What is on disk now, and whether it holds work that neither the head nor the last
         // checked-out state has (only such work is protected).
-        let current: Vec<(&String, Option<Probe>, bool)> = paths
+        let current: Vec<(&String, Found, bool)> = paths
             .into_par_iter()
             .map(|path| {
-                let known = head.get(path).or(base.get(path));
-                let as_object = stored_as_object(path, known, None);
-                let hv = match known {
-                    Some(Entry::Inline(v)) => Some(v),
-                    _ => None,
+                let known = node(&head, path).or_else(|| node(&base, path));
+                let (was, known_entry) = match known {
+                    Some(Node::File(e, _)) => (Was::File(e), Some(e)),
+                    Some(Node::Link(t)) => (Was::Link(t), None),
+                    None => (Was::New, None),
                 };
-                let p = probe(
-                    self.repo.workdir(),
+                let as_object = stored_as_object(path, known_entry, None);
+                let found = probe(
+                    &tree,
                     path,
                     !as_object,
                     &|k| cache.lookup(path, k),
-                    hv,
+                    was,
                     None,
                 )?;
-                let unsaved = match &p {
-                    None => false,
-                    Some(p) => entry_of(path, as_object, p).map_or(true, |e| {
-                        head.get(path) != Some(&e) && base.get(path) != Some(&e)
-                    }),
+                let on_disk = match &found {
+                    Found::File(p) => match entry_of(path, as_object, p) {
+                        Ok(e) => Some((Some(e), p.mode, None)),
+                        Err(_) => Some((None, p.mode, None)), // invalid JSON: unsaved work
+                    },
+                    Found::Link { target, .. } => Some((None, 0, Some(target.as_str()))),
+                    _ => None,
                 };
-                Ok((path, p, unsaved))
+                let unsaved = match on_disk {
+                    None => false,
+                    Some((entry, mode, link)) => {
+                        let here = match (&entry, link) {
+                            (Some(e), _) => Some(Node::File(e, mode)),
+                            (None, Some(t)) => Some(Node::Link(t)),
+                            (None, None) => None,
+                        };
+                        here.is_none_or(|h| {
+                            node(&head, path).as_ref() != Some(&h)
+                                && node(&base, path).as_ref() != Some(&h)
+                        })
+                    }
+                };
+                Ok((path, found, unsaved))
             })
             .collect::<Result<_>>()?;
-        let mut writes: Vec<(String, Planned)> = Vec::new();
+        let tm = target.meta();
+        let old_tree_dirs: stat::HashSet<String> = tree_dirs(&head)
+            .into_iter()
+            .chain(tree_dirs(&base))
+            .collect();
+        let mut writes: Vec<(String, Put)> = Vec::new();
         let mut removes: Vec<String> = Vec::new();
         let mut conflicts: Vec<String> = Vec::new();
         let mut skipped: Vec<(String, CacheEntry)> = Vec::new();
-        for (path, p, unsaved) in current {
-            match target.get(path) {
-                Some(entry) => {
-                    let plan = Planned::new(entry, opts.canonical);
-                    match &p {
-                        Some(p) if p.sha == plan.sha => {
+        for (path, found, unsaved) in current {
+            let blocked = unsaved && !opts.force;
+            match node(target, path) {
+                Some(Node::File(entry, mode)) => {
+                    let plan = Planned::new(entry, mode, opts.canonical);
+                    match &found {
+                        Found::File(p) if p.sha == plan.sha && p.mode == mode => {
                             if let Some(key) = p.key {
                                 skipped.push((path.clone(), plan.cache_entry(key)));
                             }
                         }
-                        _ if unsaved && !opts.force => conflicts.push(path.clone()),
-                        _ => writes.push((path.clone(), plan)),
+                        Found::Unstorable(_) if !opts.force => conflicts.push(path.clone()),
+                        Found::Dir { .. } if !opts.force && !old_tree_dirs.contains(path) => {
+                            conflicts.push(path.clone())
+                        }
+                        _ if blocked => conflicts.push(path.clone()),
+                        _ => writes.push((path.clone(), Put::File(plan))),
                     }
                 }
-                None if (head.contains(path) || base.contains(path)) && p.is_some() => {
-                    if unsaved && !opts.force {
-                        conflicts.push(path.clone());
-                    } else {
-                        removes.push(path.clone());
+                Some(Node::Link(t)) => match &found {
+                    Found::Link { target, cache, .. } if target == t => {
+                        skipped.push((path.clone(), *cache))
+                    }
+                    Found::Unstorable(_) if !opts.force => conflicts.push(path.clone()),
+                    Found::Dir { .. } if !opts.force && !old_tree_dirs.contains(path) => {
+                        conflicts.push(path.clone())
+                    }
+                    _ if blocked => conflicts.push(path.clone()),
+                    _ => writes.push((path.clone(), Put::Link(t.to_string()))),
+                },
+                None => {
+                    let tracked = node(&head, path).is_some() || node(&base, path).is_some();
+                    let present = matches!(found, Found::File(_) | Found::Link { .. });
+                    if tracked && present {
+                        if blocked {
+                            conflicts.push(path.clone());
+                        } else {
+                            removes.push(path.clone());
+                        }
                     }
                 }
-                None => {}
+            }
+        }
+        // The target's directories: what is in the way of each (a symlink, a file) must be a
+        // tracked entry this checkout removes, or is unsaved work (removed only with --force).
+        let target_dirs = tree_dirs(target);
+        let mut dirs_sorted: Vec<&String> = target_dirs.iter().collect();
+        dirs_sorted.sort_unstable();
+        let removing: stat::HashSet<&str> = removes.iter().map(String::as_str).collect();
+        let mut missing: stat::HashSet<&str> = stat::HashSet::default();
+        let mut in_the_way: Vec<String> = Vec::new();
+        for d in &dirs_sorted {
+            let parent_missing = d.rsplit_once('/').is_some_and(|(p, _)| missing.contains(p));
+            if parent_missing {
+                missing.insert(d);
+                continue;
+            }
+            match tree.lstat(d)? {
+                None => {
+                    missing.insert(d);
+                }
+                Some(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::Directory => {}
+                Some(_) if removing.contains(d.as_str()) => {
+                    missing.insert(d);
+                }
+                Some(_) if opts.force => {
+                    missing.insert(d);
+                    in_the_way.push(d.to_string());
+                }
+                Some(_) => conflicts.push(d.to_string()),
             }
         }
         if !conflicts.is_empty() {
+            conflicts.sort();
             let shown: Vec<&str> = conflicts.iter().take(10).map(String::as_str).collect();
             return Err(Error::WouldLoseChanges(format!(
-                "checkout would overwrite uncommitted changes in {} file(s): {}{}; commit them, or use --force to discard them",
+                "checkout would overwrite uncommitted changes in {} path(s): {}{}; commit them, or use --force to discard them",
                 conflicts.len(),
                 shown.join(", "),
                 if conflicts.len() > 10 { ", ..." } else { "" }
             )));
         }
         // Every object must be there before anything is touched.
-        for (path, plan) in &writes {
-            if let Some(id) = plan.object {
-                if !repo.store().contains(&id) {
-                    return Err(repo.store().missing(&id, Some(path)));
+        for (path, w) in &writes {
+            if let Put::File(Planned {
+                object: Some(id), ..
+            }) = w
+            {
+                if !repo.store().contains(id) {
+                    return Err(repo.store().missing(id, Some(path)));
                 }
             }
         }
         let tmp_dir = repo.ext_dir().join("tmp");
         fs::create_dir_all(&tmp_dir).ctx("create", &tmp_dir)?;
         fsutil::clean_temp_files(&tmp_dir, std::time::Duration::ZERO);
-        for path in &removes {
-            let abs = self.abs(path);
-            match fs::remove_file(&abs) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", &abs, e)),
-            }
+        let tmp_fd = rustix::fs::open(
+            &tmp_dir,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| Error::io("open directory", &tmp_dir, e.into()))?;
+
+        // Removals: files and symlinks, then the directories the target does not have.
+        for path in removes.iter().chain(&in_the_way) {
+            remove_entry(&tree, path)?;
             fsutil::crash_point("checkout:removed");
-            remove_empty_parents(repo.workdir(), &abs);
         }
-        let dirs: BTreeSet<PathBuf> = writes
+        let mut old_dirs: Vec<&String> = old_tree_dirs
             .iter()
-            .filter_map(|(p, _)| self.abs(p).parent().map(Path::to_path_buf))
+            .filter(|d| !target_dirs.contains(*d))
             .collect();
-        for d in &dirs {
-            fs::create_dir_all(d).ctx("create directory", d)?;
+        old_dirs.sort_unstable_by(|a, b| b.cmp(a)); // children first
+        old_dirs.dedup();
+        for d in &old_dirs {
+            remove_empty_dir(&tree, d)?;
         }
+        // The target's directories, parents first; writable while this checkout fills them.
+        let root_uid = rustix::process::geteuid().is_root();
+        for d in &dirs_sorted {
+            if missing.contains(d.as_str()) {
+                make_dir(&tree, d)?;
+            } else if !root_uid {
+                ensure_writable(&tree, d)?;
+            }
+        }
+        // Files and symlinks, by directory (one open directory per group, groups in parallel).
+        let mut groups: BTreeMap<&str, Vec<&(String, Put)>> = BTreeMap::new();
+        for w in &writes {
+            let dir = w.0.rsplit_once('/').map_or("", |(d, _)| d);
+            groups.entry(dir).or_default().push(w);
+        }
+        let groups: Vec<(&str, Vec<&(String, Put)>)> = groups.into_iter().collect();
         let bar = Progress::new(self.progress, writes.len(), "checkout");
-        let written: Vec<(String, CacheEntry)> = writes
+        let written: Vec<Vec<(String, Option<CacheEntry>)>> = groups
             .par_iter()
-            .map(|(path, plan)| {
-                let dest = self.abs(path);
-                let key = write_file(repo, &tmp_dir, &dest, path, plan, opts.hardlink)?;
-                fsutil::crash_point("checkout:file-written");
-                bar.inc();
-                Ok((path.clone(), plan.cache_entry(key)))
+            .map(|(dir, items)| {
+                let parent = tree.dir(dir)?.ok_or_else(|| not_a_dir(&tree, dir))?;
+                items
+                    .iter()
+                    .map(|(path, w)| {
+                        let name = path.rsplit_once('/').map_or(path.as_str(), |(_, n)| n);
+                        let entry = match w {
+                            Put::File(plan) => {
+                                let key = write_file(
+                                    repo,
+                                    &tmp_dir,
+                                    &tmp_fd,
+                                    &parent,
+                                    name,
+                                    path,
+                                    plan,
+                                    opts.hardlink,
+                                    &tree,
+                                )?;
+                                Some(plan.cache_entry(key))
+                            }
+                            Put::Link(target) => {
+                                write_link(&tmp_dir, &tmp_fd, &parent, name, path, target, &tree)?;
+                                None
+                            }
+                        };
+                        fsutil::crash_point("checkout:file-written");
+                        bar.inc();
+                        Ok((path.clone(), entry))
+                    })
+                    .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
         bar.finish();
+        // Modes of the directories, deepest first (a read-only parent is set after its
+        // children).
+        for d in dirs_sorted.iter().rev() {
+            set_dir_mode(&tree, d, tm.dir_mode(d))?;
+        }
         // Work-tree files are not fsynced (git does not either): after a power cut a file may
         // come back empty, which the next checkout sees as an unsaved change and refuses to
         // overwrite without --force, so nothing is lost silently.
         self.set_tree_base(target)?;
+        let written: Vec<(String, Option<CacheEntry>)> = written.into_iter().flatten().collect();
         let report = CheckoutReport {
             written: written.len(),
             removed: removes.len(),
             unchanged: skipped.len(),
         };
-        self.load_cache()
-            .update_and_save(written.into_iter().chain(skipped));
+        self.load_cache().update_and_save(
+            written
+                .into_iter()
+                .filter_map(|(p, c)| c.map(|c| (p, c)))
+                .chain(skipped),
+        );
         Ok(report)
     }
 }
 
-/// Remove now-empty directories from `file`'s parent up to (not including) `root`.
-fn remove_empty_parents(root: &Path, file: &Path) {
-    let mut dir = file.parent();
-    while let Some(d) = dir {
-        if d == root || !d.starts_with(root) || fs::remove_dir(d).is_err() {
-            break;
-        }
-        dir = d.parent();
+fn not_a_dir(tree: &Beneath, dir: &str) -> Error {
+    Error::Other(format!(
+        "'{}' is not a directory (a symlink or a file is in the way); checkout never writes through it",
+        tree.root_path().join(dir).display()
+    ))
+}
+
+/// Remove the file, symlink or special file at `path` (never following anything). Absent, or
+/// under something that is not a directory: nothing to do.
+fn remove_entry(tree: &Beneath, path: &str) -> Result<()> {
+    let Some((dir, name)) = tree.parent(path)? else {
+        return Ok(());
+    };
+    match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        // A directory now stands there: it is not ours to remove.
+        Err(Errno::ISDIR | Errno::PERM) => Ok(()),
+        Err(e) => Err(Error::io("remove", tree.root_path().join(path), e.into())),
     }
+}
+
+/// Remove the directory `path` if it is empty (and a real directory).
+fn remove_empty_dir(tree: &Beneath, path: &str) -> Result<()> {
+    let Some((dir, name)) = tree.parent(path)? else {
+        return Ok(());
+    };
+    match rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) => Ok(()),
+        Err(Errno::NOENT | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR | Errno::BUSY) => Ok(()),
+        Err(e) => Err(Error::io(
+            "remove directory",
+            tree.root_path().join(path),
+            e.into(),
+        )),
+    }
+}
+
+/// Create the directory `path`, whose parent exists (or a concurrent checkout made it).
+fn make_dir(tree: &Beneath, path: &str) -> Result<()> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let dir = tree.dir(parent)?.ok_or_else(|| not_a_dir(tree, parent))?;
+    match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o755)) {
+        Ok(()) => Ok(()),
+        Err(Errno::EXIST) => match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::Directory => Ok(()),
+            _ => Err(not_a_dir(tree, path)),
+        },
+        Err(e) => Err(Error::io(
+            "create directory",
+            tree.root_path().join(path),
+            e.into(),
+        )),
+    }
+}
+
+/// Give the owner write and search permission on an existing directory (a read-only one from an
+/// earlier checkout), so that this checkout can fill it; the final pass sets its mode.
+fn ensure_writable(tree: &Beneath, path: &str) -> Result<()> {
+    let Some(fd) = tree.dir(path)? else {
+        return Ok(());
+    };
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| Error::io("stat", tree.root_path().join(path), e.into()))?;
+    let mode = st.st_mode as u32 & 0o7777;
+    if mode & 0o300 != 0o300 {
+        chmod_fd(&fd, mode | 0o300, &tree.root_path().join(path))?;
+    }
+    Ok(())
+}
+
+fn set_dir_mode(tree: &Beneath, path: &str, mode: u32) -> Result<()> {
+    let fd = tree.dir(path)?.ok_or_else(|| not_a_dir(tree, path))?;
+    let abs = tree.root_path().join(path);
+    let st = rustix::fs::fstat(&fd).map_err(|e| Error::io("stat", &abs, e.into()))?;
+    if st.st_mode as u32 & 0o7777 != mode {
+        chmod_fd(&fd, mode, &abs)?;
+    }
+    Ok(())
 }
 
 /// How `checkout` writes inline JSON and whether it copies or links objects.
@@ -163,7 +415,8 @@ fn remove_empty_parents(root: &Path, file: &Path) {
 pub struct CheckoutOptions {
     /// Canonical JSON instead of pvr's default 4-space rendering.
     pub canonical: bool,
-    /// Hard-link objects instead of copying them.
+    /// Hard-link objects instead of copying them (files whose mode is not the object file's
+    /// are copied: a link shares the mode).
     pub hardlink: bool,
     /// Overwrite or remove files with uncommitted changes.
     pub force: bool,
@@ -176,20 +429,22 @@ pub struct CheckoutReport {
     pub unchanged: usize,
 }
 
-/// The bytes one file should have after checkout.
+/// The bytes and mode one file should have after checkout.
 struct Planned {
     object: Option<ObjectId>,
     inline: Option<(Vec<u8>, ObjectId)>,
     sha: ObjectId,
+    mode: u32,
 }
 
 impl Planned {
-    fn new(entry: &Entry, canonical: bool) -> Planned {
+    fn new(entry: &Entry, mode: u32, canonical: bool) -> Planned {
         match entry {
             Entry::Object(id) => Planned {
                 object: Some(*id),
                 inline: None,
                 sha: *id,
+                mode,
             },
             Entry::Inline(v) => {
                 let bytes = if canonical {
@@ -203,6 +458,7 @@ impl Planned {
                     object: None,
                     inline: Some((bytes, value_sha)),
                     sha,
+                    mode,
                 }
             }
         }
@@ -217,28 +473,54 @@ impl Planned {
     }
 }
 
-/// Write one file via a temp file in `tmp_dir`; objects are hashed while copied and refused
-/// when they do not match their id. Returns the new file's stat key.
+/// Move the temp entry `tmp` (in the temp directory) to `name` in `parent`, replacing what is
+/// there (a rename never follows the entry it replaces).
+fn rename_into(
+    tmp_fd: &rustix::fd::OwnedFd,
+    tmp: &Path,
+    parent: &rustix::fd::OwnedFd,
+    name: &str,
+    tree: &Beneath,
+    path: &str,
+) -> Result<()> {
+    let tmp_name = tmp.file_name().expect("a temp file has a name");
+    rustix::fs::renameat(tmp_fd, tmp_name, parent, name)
+        .map_err(|e| Error::io("rename into place", tree.root_path().join(path), e.into()))
+}
+
+/// Write one file via a temp file in `tmp_dir`, with its mode; objects are hashed while copied
+/// and refused when they do not match their id. Returns the new file's stat key.
+#[allow(clippy::too_many_arguments)]
 fn write_file(
     repo: &Repo,
     tmp_dir: &Path,
-    dest: &Path,
+    tmp_fd: &rustix::fd::OwnedFd,
+    parent: &rustix::fd::OwnedFd,
+    name: &str,
     path: &str,
     plan: &Planned,
     hardlink: bool,
+    tree: &Beneath,
 ) -> Result<StatKey> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = fsutil::temp_path_in(tmp_dir);
     let result = (|| {
+        let mut linked = false;
         if let Some((bytes, _)) = &plan.inline {
             fs::write(&tmp, bytes).ctx("write", &tmp)?;
         } else if let Some(id) = plan.object {
             let store = repo.store();
             let mut src = store.open_required(&id, Some(path))?;
-            let actual = if hardlink {
+            // A hard link shares the object file's mode: only when that is the wanted one.
+            let same_mode = src
+                .metadata()
+                .is_ok_and(|m| m.permissions().mode() & 0o7777 == plan.mode);
+            let actual = if hardlink && same_mode {
                 let (actual, _) =
                     ObjectId::hash_reader(&mut src).ctx("read object", store.path_of(&id))?;
                 if actual == id {
                     fs::hard_link(store.path_of(&id), &tmp).ctx("hard-link object to", &tmp)?;
+                    linked = true;
                 }
                 actual
             } else {
@@ -263,10 +545,34 @@ fn write_file(
                 });
             }
         }
+        if !linked {
+            // Exact bits, whatever the umask; set before the file appears in the tree.
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(plan.mode)).ctx("chmod", &tmp)?;
+        }
         let meta = fs::symlink_metadata(&tmp).ctx("stat", &tmp)?;
-        fs::rename(&tmp, dest).ctx("rename into place", dest)?;
+        rename_into(tmp_fd, &tmp, parent, name, tree, path)?;
         Ok(StatKey::of(&meta))
     })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Create one symlink via a temp name in `tmp_dir` and rename it into place.
+fn write_link(
+    tmp_dir: &Path,
+    tmp_fd: &rustix::fd::OwnedFd,
+    parent: &rustix::fd::OwnedFd,
+    name: &str,
+    path: &str,
+    target: &str,
+    tree: &Beneath,
+) -> Result<()> {
+    let tmp = fsutil::temp_path_in(tmp_dir);
+    let result = std::os::unix::fs::symlink(target, &tmp)
+        .ctx("create symlink", &tmp)
+        .and_then(|()| rename_into(tmp_fd, &tmp, parent, name, tree, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

@@ -19,6 +19,22 @@
 //! - Deliberate difference from pvr (quirk 5): an inline file whose value is a 64-hex string
 //!   would read back as an object id, so pvrfs stores such a file as an object instead.
 //!
+//! # Whole trees
+//!
+//! Beyond files, the view holds what the state's metadata documents record (`state::meta`):
+//! - the permission bits of every file and directory of the view (a `chmod` is a change);
+//! - symlinks: a tracked path (file or symlink) that is a symlink on disk is one, with its
+//!   target; new symlinks are staged by `add` (in `.pvr/pvrfs/new-meta`, since pvr's
+//!   `.pvr/new` holds file hashes only) and then tracked like files;
+//! - empty directories: one the head records, one `add` staged, or a directory that held
+//!   tracked content which is gone while the directory is still there (as a snapshot of the
+//!   tree would have it). "Empty" means nothing but ignored entries in it.
+//!
+//! What a state cannot hold (sockets, FIFOs, devices, entries named `.pvrfs-meta.json`) is
+//! listed by `status` and `add` (`Scan::unstorable`), never stored and never skipped silently.
+//! Every path is resolved without following symlinks (`beneath`): a symlink where a directory
+//! was makes what lay under it absent, and checkout never writes or deletes through one.
+//!
 //! # Speed
 //!
 //! One parallel walk (`walk`) lists untracked files and `fstatat`s the tracked ones; files are
@@ -39,6 +55,7 @@
 //! place, so a file is either old or new; the head is not moved by a checkout.
 
 mod add;
+pub mod beneath;
 mod checkout;
 mod scan;
 pub mod stat;
@@ -48,7 +65,7 @@ mod tests;
 pub mod walk;
 
 pub use checkout::{CheckoutOptions, CheckoutReport};
-pub use scan::{walk_files, walk_order, Probe, Scan};
+pub use scan::{walk_entries, walk_order, Found, Probe, Scan};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -130,6 +147,58 @@ pub fn save_staged(repo: &Repo, staged: &StagedMap) -> Result<()> {
         map.insert(k.clone(), Value::Object(e));
     }
     fsutil::atomic_write(&path, &json::to_canonical(&Value::Object(map)), 0o644)
+}
+
+/// Where `add` stages symlinks and empty directories (paths; what they are is read at commit).
+fn staged_meta_path(repo: &Repo) -> PathBuf {
+    repo.ext_dir().join("new-meta")
+}
+
+/// The symlinks and empty directories staged by `add` (absent file = none): a canonical JSON
+/// array of paths.
+pub fn load_staged_meta(repo: &Repo) -> Result<BTreeSet<String>> {
+    let path = staged_meta_path(repo);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let origin = path.display().to_string();
+    let corrupt = |detail: String| Error::CorruptState {
+        origin: origin.clone(),
+        detail,
+    };
+    let Value::Array(items) = json::parse(&bytes).map_err(|e| corrupt(e.to_string()))? else {
+        return Err(corrupt("not a JSON array of paths".into()));
+    };
+    let mut out = BTreeSet::new();
+    for item in items {
+        let Value::String(key) = item else {
+            return Err(corrupt("not a JSON array of paths".into()));
+        };
+        crate::state::validate_path(&key).map_err(|reason| Error::BadEntry {
+            origin: origin.clone(),
+            key: key.clone(),
+            reason: reason.into(),
+        })?;
+        out.insert(key);
+    }
+    Ok(out)
+}
+
+/// Write the staged symlinks and empty directories; an empty set removes the file.
+pub fn save_staged_meta(repo: &Repo, staged: &BTreeSet<String>) -> Result<()> {
+    let path = staged_meta_path(repo);
+    if staged.is_empty() {
+        return match fs::remove_file(&path) {
+            Ok(()) => fsutil::sync_dir(&repo.ext_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path, e)),
+        };
+    }
+    fs::create_dir_all(repo.ext_dir()).ctx("create", repo.ext_dir())?;
+    let list = Value::Array(staged.iter().map(|p| Value::String(p.clone())).collect());
+    fsutil::atomic_write(&path, &json::to_canonical(&list), 0o644)
 }
 
 /// A repository's work tree with its stat cache (loaded on first use: `scan` loads it while

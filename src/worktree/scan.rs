@@ -1,7 +1,10 @@
-//! The working view: one walk of the tree, probes of tracked and staged files (stat cache first),
-//! and the resulting `Scan` (see the `worktree` module docs, "Speed").
+//! The working view: one walk of the tree, probes of tracked and staged paths (stat cache
+//! first), and the resulting `Scan` (see the `worktree` module docs, "Speed" and "Whole trees").
 
+use super::beneath::Beneath;
 use super::*;
+use crate::state::meta::check_link_target;
+use crate::state::TreeMeta;
 
 /// Path order of a directory walk that sorts names within each directory (Go's
 /// `filepath.Walk`, hence pvr's `?` order): compare segment by segment.
@@ -9,13 +12,13 @@ pub fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
     a.split('/').cmp(b.split('/'))
 }
 
-/// Every regular file under `start` (inside the work dir `root`), as repo-relative paths in walk
-/// order (see `walk`).
-pub fn walk_files(root: &Path, start: &Path) -> Result<Vec<String>> {
-    walk::files(root, start)
+/// Every regular file, symlink, empty directory and unstorable entry under `start` (inside the
+/// work dir `root`), as repo-relative paths in walk order (see `walk`).
+pub fn walk_entries(root: &Path, start: &Path) -> Result<walk::Listing> {
+    walk::entries(root, start)
 }
 
-/// What is on disk at one path.
+/// What is on disk at one regular file.
 #[derive(Debug, Clone)]
 pub struct Probe {
     pub key: Option<StatKey>,
@@ -27,6 +30,8 @@ pub struct Probe {
     pub value_sha: Option<ObjectId>,
     /// Answered by a trusted stat-cache entry (nothing was read).
     pub cached: bool,
+    /// The permission bits.
+    pub mode: u32,
 }
 
 impl Probe {
@@ -39,70 +44,125 @@ impl Probe {
     }
 }
 
-/// Look at one file: `None` when it is absent or not a regular file. `inline` asks for the parsed
-/// value; `head_value` (the committed value of the path) lets a cache hit skip reading it.
-/// `pre` is the file's stat key when the caller already has it (from `walk`); `cached` answers
-/// with the trusted stat-cache entry for the file's key, if any.
+/// What is on disk at one path (parents resolved without following symlinks, see `beneath`).
+#[derive(Debug, Clone)]
+pub enum Found {
+    Absent,
+    File(Probe),
+    /// A symlink; `cache` is its stat-cache entry (sha256 of the target), `cached` when the
+    /// target came from a trusted entry instead of `readlink`.
+    Link {
+        target: String,
+        cache: CacheEntry,
+        cached: bool,
+    },
+    Dir {
+        mode: u32,
+    },
+    /// Something a state cannot hold, and what it is.
+    Unstorable(&'static str),
+}
+
+impl Found {
+    pub(super) fn cache_entry(&self) -> Option<CacheEntry> {
+        match self {
+            Found::File(p) => p.cache_entry(),
+            Found::Link { cache, .. } => Some(*cache),
+            _ => None,
+        }
+    }
+
+    fn cached(&self) -> bool {
+        match self {
+            Found::File(p) => p.cached,
+            Found::Link { cached, .. } => *cached,
+            _ => true,
+        }
+    }
+}
+
+/// What the head (or the last checked-out state) has at a path, as the probes use it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Was<'a> {
+    File(&'a Entry),
+    Link(&'a str),
+    New,
+}
+
+/// Look at one path. `inline` asks for the parsed value of a regular file; `was` (what the head
+/// has there) lets a cache hit skip reading an inline file or a symlink. `pre` is the entry's
+/// stat key when the caller already has it (from `walk`); `cached` answers with the trusted
+/// stat-cache entry for a key, if any.
 pub(super) fn probe(
-    root: &Path,
+    tree: &Beneath,
     rel: &str,
     inline: bool,
     cached: &dyn Fn(&StatKey) -> Option<CacheEntry>,
-    head_value: Option<&Value>,
+    was: Was<'_>,
     pre: Option<StatKey>,
-) -> Result<Option<Probe>> {
-    // The absolute path is joined only when the file has to be touched: on 100k clean files
-    // with a walk-provided key and a cache hit, it never is.
+) -> Result<Found> {
+    // The path is resolved only when the entry has to be touched: on 100k clean files with a
+    // walk-provided key and a cache hit, it never is.
     let key = match pre {
         Some(k) => k,
-        None => match fs::symlink_metadata(root.join(rel)) {
-            Ok(m) if m.is_file() => StatKey::of(&m),
-            Ok(_) => return Ok(None),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(Error::io("stat", root.join(rel), e)),
+        None => match tree.lstat(rel)? {
+            Some(st) => StatKey::from_stat(&st),
+            None => return Ok(Found::Absent),
         },
+    };
+    use rustix::fs::FileType as T;
+    match key.file_type() {
+        T::RegularFile => {}
+        T::Symlink => return probe_link(tree, rel, key, cached, was),
+        T::Directory => {
+            return Ok(Found::Dir {
+                mode: key.permissions(),
+            })
+        }
+        t => {
+            let what = stat::kind_of(t).and_then(stat::unstorable);
+            return Ok(Found::Unstorable(what.unwrap_or("of an unknown file type")));
+        }
+    }
+    let mode = key.permissions();
+    let head_value = match was {
+        Was::File(Entry::Inline(v)) => Some(v),
+        _ => None,
     };
     if let Some(hit) = cached(&key) {
         if !inline {
-            return Ok(Some(Probe {
+            return Ok(Found::File(Probe {
                 key: Some(key),
                 sha: hit.sha,
                 value: None,
                 value_sha: hit.value_sha,
                 cached: true,
+                mode,
             }));
         }
         if let (Some(vs), Some(hv)) = (hit.value_sha, head_value) {
             if vs == ObjectId::hash_bytes(&json::to_canonical(hv)) {
-                return Ok(Some(Probe {
+                return Ok(Found::File(Probe {
                     key: Some(key),
                     sha: hit.sha,
                     value: Some(Ok(hv.clone())),
                     value_sha: Some(vs),
                     cached: true,
+                    mode,
                 }));
             }
         }
     }
-    let abs = &root.join(rel);
-    let mut file = match File::open(abs) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("open", abs, e)),
+    let Some(mut file) = tree.open_file(rel)? else {
+        return Ok(Found::Absent);
     };
+    let abs = || tree.root_path().join(rel);
     let (sha, value) = if inline {
         let mut bytes = Vec::with_capacity(key.size as usize);
-        file.read_to_end(&mut bytes).ctx("read", abs)?;
+        file.read_to_end(&mut bytes).ctx("read", abs())?;
         (ObjectId::hash_bytes(&bytes), Some(json::parse(&bytes)))
     } else {
-        let (sha, _) = ObjectId::hash_reader(&mut file).ctx("read", abs)?;
+        let (sha, _) = ObjectId::hash_reader(&mut file).ctx("read", abs())?;
         (sha, None)
     };
     let value_sha = match &value {
@@ -110,14 +170,56 @@ pub(super) fn probe(
         _ => None,
     };
     // A file that changed while it was read is not cached (its key may not match its bytes).
-    let stable = fs::symlink_metadata(abs).is_ok_and(|m| StatKey::of(&m) == key);
-    Ok(Some(Probe {
+    let stable = file.metadata().is_ok_and(|m| StatKey::of(&m) == key);
+    Ok(Found::File(Probe {
         key: stable.then_some(key),
         sha,
         value,
         value_sha,
         cached: false,
+        mode,
     }))
+}
+
+fn probe_link(
+    tree: &Beneath,
+    rel: &str,
+    key: StatKey,
+    cached: &dyn Fn(&StatKey) -> Option<CacheEntry>,
+    was: Was<'_>,
+) -> Result<Found> {
+    // A symlink is never changed in place (only replaced, which changes its key), so a trusted
+    // entry whose target hash is the head's vouches for the head's target.
+    if let (Some(hit), Was::Link(t)) = (cached(&key), was) {
+        if hit.sha == ObjectId::hash_bytes(t.as_bytes()) {
+            return Ok(Found::Link {
+                target: t.to_string(),
+                cache: hit,
+                cached: true,
+            });
+        }
+    }
+    let Some(bytes) = tree.readlink(rel)? else {
+        return Ok(Found::Absent); // replaced meanwhile
+    };
+    let Ok(target) = String::from_utf8(bytes) else {
+        return Ok(Found::Unstorable(
+            "a symlink whose target is not UTF-8 (a state holds targets as JSON strings)",
+        ));
+    };
+    if check_link_target(&target).is_err() {
+        return Ok(Found::Unstorable("a symlink with an empty target"));
+    }
+    let cache = CacheEntry {
+        key,
+        sha: ObjectId::hash_bytes(target.as_bytes()),
+        value_sha: None,
+    };
+    Ok(Found::Link {
+        target,
+        cache,
+        cached: false,
+    })
 }
 
 /// Does `path` go in as an object (true) or inline (false)? See the module docs.
@@ -153,48 +255,60 @@ pub(super) fn entry_of(path: &str, as_object: bool, p: &Probe) -> Result<Entry> 
 pub struct Scan {
     pub head: State,
     pub staged: StagedMap,
-    /// New entries of added and changed paths.
+    /// Symlinks and empty directories staged by `add` (`.pvr/pvrfs/new-meta`).
+    pub staged_meta: BTreeSet<String>,
+    /// New entries of added and changed files.
     pub updates: BTreeMap<String, Entry>,
-    /// Staged, present, not in the head (`A`).
+    /// Files of the head that are no longer regular files (gone, or now a symlink or a
+    /// directory).
+    pub removed: Vec<String>,
+    /// The working view's modes, symlinks and empty directories.
+    pub meta: TreeMeta,
+    /// Status lines, each sorted: added (`A`), deleted (`D`), changed (`C`: content, symlink
+    /// target, type or mode). Directories end in `/`.
     pub added: Vec<String>,
-    /// In the head, gone from disk (`D`).
     pub deleted: Vec<String>,
-    /// In the head, present, different (`C`).
     pub changed: Vec<String>,
-    /// Files neither tracked nor staged, in walk order (only from `scan_all`); a name that is
-    /// not UTF-8 appears lossily converted (it cannot be added).
+    /// Files, symlinks and empty directories (ending in `/`) neither tracked nor staged, in
+    /// walk order (only from `scan_all`); a name that is not UTF-8 appears lossily converted
+    /// (it cannot be added).
     pub untracked: Vec<String>,
+    /// What a state cannot hold (sockets, FIFOs, devices, the reserved name), with what it is
+    /// (only from `scan_all`, plus tracked paths that became such things).
+    pub unstorable: Vec<(String, &'static str)>,
 }
 
 impl Scan {
-    /// What a commit would record now: the head with the updates and deletions applied.
-    /// (Built on demand: `status` never needs it, and cloning a big head is not free.)
+    /// What a commit would record now: the head with the updates, removals and the working
+    /// metadata applied. (Built on demand: `status` never needs it, and cloning a big head is
+    /// not free.)
     pub fn state(&self) -> Result<State> {
         let mut state = self.head.clone();
-        for p in &self.deleted {
+        for p in &self.removed {
             state.remove(p);
         }
         for (p, e) in &self.updates {
             state.insert(p, e.clone())?;
         }
+        state.set_meta(self.meta.clone())?;
         Ok(state)
     }
 
     /// True when the work tree holds no change to commit.
     pub fn is_clean(&self) -> bool {
-        self.updates.is_empty() && self.deleted.is_empty()
+        self.updates.is_empty() && self.removed.is_empty() && self.meta == *self.head.meta()
     }
 }
 
 /// Turn a walk made with the stat cache's paths as the tracked set into one made with the real
 /// set, `paths` (`positions[i]` = the cache index of `paths[i]`; the cache holds `cached`
-/// paths): indices are mapped, and files the walk saw as untracked but that are tracked are
-/// dropped from the untracked list (they are stat'ed apart, as files the walk did not report).
-/// `None` when a file the cache knew is present but no longer tracked: it must appear among
-/// the untracked files in walk order, which only a new walk gives.
+/// paths): indices are mapped, and entries the walk saw as untracked but that are tracked are
+/// dropped from the untracked list (they are stat'ed apart, as entries the walk did not
+/// report). `None` when an entry the cache knew is present but no longer tracked: it must
+/// appear among the untracked entries in walk order, which only a new walk gives.
 pub(super) fn reconcile(
     mut w: walk::Walk,
-    paths: &[(&String, Option<&Entry>)],
+    paths: &[(&String, Was<'_>)],
     positions: &[Option<usize>],
     cached: usize,
 ) -> Option<walk::Walk> {
@@ -216,14 +330,42 @@ pub(super) fn reconcile(
         .map(|((p, _), _)| p.as_str())
         .collect();
     if !unknown.is_empty() {
-        w.found
-            .retain(|f| !matches!(f, walk::Walked::Other(p) if unknown.contains(p.as_str())));
+        w.found.retain(|f| {
+            !matches!(f, walk::Walked::Other(p) | walk::Walked::OtherLink(p) if unknown.contains(p.as_str()))
+        });
     }
     Some(w)
 }
 
+/// Every directory holding one of `paths` (sorted runs), without repeating work for siblings.
+pub(super) fn parents_of<'p>(
+    paths: impl Iterator<Item = &'p str>,
+    into: &mut stat::HashSet<String>,
+) {
+    let mut last_parent: Option<&str> = None;
+    for p in paths {
+        let Some((parent, _)) = p.rsplit_once('/') else {
+            continue;
+        };
+        if last_parent == Some(parent) {
+            continue;
+        }
+        last_parent = Some(parent);
+        let mut dir = parent;
+        loop {
+            if !into.insert(dir.to_string()) {
+                break; // it and its parents are known already
+            }
+            match dir.rsplit_once('/') {
+                Some((up, _)) => dir = up,
+                None => break,
+            }
+        }
+    }
+}
+
 impl WorkTree<'_> {
-    /// Compute the working view (tracked and staged files only). Fails with `InvalidJson` when
+    /// Compute the working view (tracked and staged paths only). Fails with `InvalidJson` when
     /// an inline file does not parse.
     pub fn scan(&mut self) -> Result<Scan> {
         // The walk is also the cheapest way to stat every tracked file (fstatat per directory
@@ -233,7 +375,8 @@ impl WorkTree<'_> {
         Ok(scan)
     }
 
-    /// `scan` plus the untracked files, in one walk of the tree (what `status` needs).
+    /// `scan` plus the untracked and unstorable entries, in one walk of the tree (what
+    /// `status` needs).
     pub fn scan_all(&mut self) -> Result<Scan> {
         self.scan_inner()
     }
@@ -241,6 +384,7 @@ impl WorkTree<'_> {
     fn scan_inner(&mut self) -> Result<Scan> {
         let repo = self.repo;
         let root = repo.workdir();
+        let tree = Beneath::open(root)?;
         let cache: &StatCache = self.load_cache();
         let use_dirs = walk::dircache_supported(root);
         let dircache = walk::DirCache {
@@ -250,31 +394,41 @@ impl WorkTree<'_> {
         let dircache = use_dirs.then_some(&dircache);
         // The walk needs the tracked paths, and parsing the head that holds them is the longest
         // step before it. The stat cache's paths are almost always the same set (a scan leaves
-        // exactly the tracked and staged files in it), so the walk starts from them while the
-        // head parses, and is checked against the real set afterwards (see `reconcile`).
-        let (head, staged, early) = if cache.is_empty() {
-            (repo.head_state()?, load_staged(repo)?, None)
+        // exactly the tracked and staged files and symlinks in it), so the walk starts from
+        // them while the head parses, and is checked against the real set afterwards (see
+        // `reconcile`).
+        let load = || -> Result<(State, StagedMap, BTreeSet<String>)> {
+            Ok((
+                repo.head_state()?,
+                load_staged(repo)?,
+                load_staged_meta(repo)?,
+            ))
+        };
+        let (loaded, early) = if cache.is_empty() {
+            (load()?, None)
         } else {
             let predicted = walk::Tracked::new(cache.paths());
-            let ((head, staged), walked) = rayon::join(
-                || (repo.head_state(), load_staged(repo)),
-                || walk::walk(root, root, &predicted, dircache),
-            );
-            (head?, staged?, Some(walked?))
+            let (loaded, walked) =
+                rayon::join(load, || walk::walk(root, root, &predicted, dircache));
+            (loaded?, Some(walked?))
         };
-        // Head entries (sorted) then staged-only paths (sorted): the lists below come out sorted.
-        let paths: Vec<(&String, Option<&Entry>)> = head
-            .iter()
-            .map(|(k, e)| (k, Some(e)))
-            .chain(
-                staged
-                    .keys()
-                    .filter(|k| !head.contains(k))
-                    .map(|k| (k, None)),
-            )
-            .collect();
+        let (head, staged, staged_meta) = loaded;
+        let hm = head.meta();
+        // Tracked and staged paths, in sorted runs: head files, head symlinks, staged-only
+        // files, staged-only symlinks or directories. The lists below come out sorted anyway.
+        let mut paths: Vec<(&String, Was<'_>)> =
+            head.iter().map(|(k, e)| (k, Was::File(e))).collect();
+        paths.extend(hm.links.iter().map(|(k, t)| (k, Was::Link(t.as_str()))));
+        let known = |k: &String| head.contains(k) || hm.links.contains_key(k);
+        paths.extend(staged.keys().filter(|k| !known(k)).map(|k| (k, Was::New)));
+        paths.extend(
+            staged_meta
+                .iter()
+                .filter(|k| !known(k) && !staged.contains_key(*k))
+                .map(|k| (k, Was::New)),
+        );
         let positions = cache.positions(paths.iter().map(|(p, _)| p.as_str()));
-        // With a walk, tracked files get their stat key from it (fstatat, cheap); the others
+        // With a walk, tracked entries get their stat key from it (fstatat, cheap); the others
         // (ignored by .pvrignore, or gone) are looked up one by one below. Directories that did
         // not change since the last walk are not read again (`walk`'s directory cache).
         let walked = match early.and_then(|w| reconcile(w, &paths, &positions, cache.len())) {
@@ -284,13 +438,26 @@ impl WorkTree<'_> {
                 walk::walk(root, root, &tracked, dircache)?
             }
         };
-        let mut untracked = Vec::new();
+        // Untracked entries in walk order; `true` marks an empty directory (listed only if the
+        // view does not hold it).
+        let mut untracked: Vec<(String, bool)> = Vec::new();
+        let mut unstorable: Vec<(String, &'static str)> = Vec::new();
+        let mut dir_modes: HashMap<String, u32> = HashMap::default();
         let mut keys: Vec<Option<StatKey>> = vec![None; paths.len()];
         for w in walked.found {
             match w {
                 walk::Walked::Known(i, k) => keys[i] = Some(k),
-                walk::Walked::Other(p) => untracked.push(p),
-                walk::Walked::NotUtf8(p) => untracked.push(p.to_string_lossy().into_owned()),
+                walk::Walked::Other(p) | walk::Walked::OtherLink(p) => untracked.push((p, false)),
+                walk::Walked::Dir { path, mode, empty } => {
+                    if empty {
+                        untracked.push((path.clone(), true));
+                    }
+                    dir_modes.insert(path, mode);
+                }
+                walk::Walked::Unstorable(p, what) => unstorable.push((p, what)),
+                walk::Walked::NotUtf8(p) => {
+                    untracked.push((p.to_string_lossy().into_owned(), false))
+                }
             }
         }
         let cache = self.cache.as_mut().expect("loaded above");
@@ -313,71 +480,200 @@ impl WorkTree<'_> {
         }
         let cache_ref: &StatCache = cache;
         let bar = Progress::new(self.progress, paths.len(), "checking");
-        let probes: Vec<(&String, Option<&Entry>, bool, Option<Probe>)> = paths
+        let probes: Vec<(&String, Was<'_>, bool, Found)> = paths
             .into_par_iter()
             .zip(keys)
             .zip(positions)
-            .map(|(((path, h), pre), pos)| {
+            .map(|(((path, was), pre), pos)| {
                 let s = if staged.is_empty() {
                     None
                 } else {
                     staged.get(path)
                 };
-                let as_object = stored_as_object(path, h, s);
-                let head_value = match h {
-                    Some(Entry::Inline(v)) => Some(v),
+                let head_entry = match was {
+                    Was::File(e) => Some(e),
                     _ => None,
                 };
+                let as_object = stored_as_object(path, head_entry, s);
                 let cached = |k: &StatKey| pos.and_then(|i| cache_ref.trusted(i, k));
-                let p = probe(repo.workdir(), path, !as_object, &cached, head_value, pre)?;
+                let found = probe(&tree, path, !as_object, &cached, was, pre)?;
                 bar.inc();
-                Ok((path, h, as_object, p))
+                Ok((path, was, as_object, found))
             })
             .collect::<Result<_>>()?;
         bar.finish();
         let mut updates = BTreeMap::new();
+        let mut removed = Vec::new();
+        let mut meta = TreeMeta::default();
         let (mut added, mut deleted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut staged_dirs: Vec<&String> = Vec::new();
+        // Files and symlinks of the view, in the probes' order (sorted runs).
+        let mut present: Vec<&str> = Vec::new();
         let mut cache_dirty = false;
-        let mut present = 0;
-        for (path, in_head, as_object, p) in &probes {
-            let Some(p) = p else {
-                if in_head.is_some() {
-                    deleted.push((*path).clone());
-                }
-                continue;
-            };
-            present += 1;
-            cache_dirty |= !p.cached;
-            let entry = entry_of(path, *as_object, p)?;
-            match in_head {
-                None => added.push((*path).clone()),
-                Some(h) if **h != entry => changed.push((*path).clone()),
-                Some(_) => continue,
+        let mut cached_entries = 0;
+        for (path, was, as_object, found) in &probes {
+            let path: &String = path;
+            if found.cache_entry().is_some() {
+                cached_entries += 1;
+                cache_dirty |= !found.cached();
             }
-            updates.insert((*path).clone(), entry);
+            if matches!(found, Found::File(_) | Found::Link { .. }) {
+                present.push(path);
+            }
+            match found {
+                Found::File(p) => {
+                    let entry = entry_of(path, *as_object, p)?;
+                    meta.set_mode(path, p.mode, false);
+                    let differs = match was {
+                        Was::New => {
+                            added.push(path.clone());
+                            true
+                        }
+                        Was::Link(_) => {
+                            changed.push(path.clone());
+                            true
+                        }
+                        Was::File(h) => {
+                            let differs = **h != entry;
+                            if differs || hm.file_mode(path) != p.mode {
+                                changed.push(path.clone());
+                            }
+                            differs
+                        }
+                    };
+                    if differs {
+                        updates.insert(path.clone(), entry);
+                    }
+                }
+                Found::Link { target, .. } => {
+                    match was {
+                        Was::New => added.push(path.clone()),
+                        Was::File(_) => {
+                            removed.push(path.clone());
+                            changed.push(path.clone());
+                        }
+                        Was::Link(t) if *t != target => changed.push(path.clone()),
+                        Was::Link(_) => {}
+                    }
+                    meta.links.insert(path.clone(), target.clone());
+                }
+                other => {
+                    match was {
+                        Was::File(_) => {
+                            removed.push(path.clone());
+                            deleted.push(path.clone());
+                        }
+                        Was::Link(_) => deleted.push(path.clone()),
+                        Was::New => {}
+                    }
+                    match other {
+                        Found::Dir { .. } if staged_meta.contains(path) => staged_dirs.push(path),
+                        Found::Unstorable(what) => unstorable.push((path.clone(), what)),
+                        _ => {}
+                    }
+                }
+            }
         }
+        // Directories. The view holds every directory of a present file or symlink; an empty
+        // one is recorded when it was an empty directory of the head, was staged as one, or
+        // held tracked content that is gone while the directory itself is still there.
+        let mut view_dirs: stat::HashSet<String> = stat::HashSet::default();
+        parents_of(present.iter().copied(), &mut view_dirs);
+        let mut head_dirs: stat::HashSet<String> = stat::HashSet::default();
+        parents_of(
+            head.iter()
+                .map(|(k, _)| k.as_str())
+                .chain(hm.links.keys().map(String::as_str))
+                .chain(hm.dirs.iter().map(String::as_str)),
+            &mut head_dirs,
+        );
+        head_dirs.extend(hm.dirs.iter().cloned());
+        let mut candidates: Vec<&String> = head_dirs.iter().chain(staged_dirs).collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a)); // children before their parents
+        candidates.dedup();
+        let is_dir_on_disk = |d: &str| -> Result<bool> {
+            if dir_modes.contains_key(d) {
+                return Ok(true);
+            }
+            Ok(tree.lstat(d)?.is_some_and(|st| {
+                rustix::fs::FileType::from_raw_mode(st.st_mode as _)
+                    == rustix::fs::FileType::Directory
+            }))
+        };
+        for d in candidates {
+            if view_dirs.contains(d.as_str()) || !is_dir_on_disk(d)? {
+                continue;
+            }
+            meta.dirs.insert(d.clone());
+            parents_of(std::iter::once(d.as_str()), &mut view_dirs);
+        }
+        let all_dirs: Vec<String> = view_dirs.iter().chain(meta.dirs.iter()).cloned().collect();
+        for d in &all_dirs {
+            let mode = match dir_modes.get(d) {
+                Some(m) => *m,
+                None => match tree.lstat(d)? {
+                    Some(st) => StatKey::from_stat(&st).permissions(),
+                    None => continue,
+                },
+            };
+            meta.set_mode(d, mode, true);
+        }
+        for d in &meta.dirs {
+            if !hm.dirs.contains(d) {
+                added.push(format!("{d}/"));
+            }
+        }
+        for d in &hm.dirs {
+            if !meta.dirs.contains(d) && !view_dirs.contains(d) {
+                deleted.push(format!("{d}/"));
+            }
+        }
+        let mode_paths: BTreeSet<&String> = hm.modes.keys().chain(meta.modes.keys()).collect();
+        for d in mode_paths {
+            let in_view = view_dirs.contains(d.as_str()) || meta.dirs.contains(d);
+            if in_view && head_dirs.contains(d.as_str()) && hm.dir_mode(d) != meta.dir_mode(d) {
+                changed.push(format!("{d}/"));
+            }
+        }
+        for list in [&mut added, &mut deleted, &mut changed] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        let untracked: Vec<String> = untracked
+            .into_iter()
+            .filter(|(p, is_dir)| {
+                !*is_dir || !(meta.dirs.contains(p) || view_dirs.contains(p.as_str()))
+            })
+            .map(|(p, is_dir)| if is_dir { format!("{p}/") } else { p })
+            .collect();
+        unstorable.sort_unstable();
+        unstorable.dedup();
         // Rewrite the cache only when it learned something (or lost entries).
         let mut save = dirs_changed;
-        if cache_dirty || present != cache.len() {
-            cache.replace(probes.iter().filter_map(|(path, _, _, p)| {
-                p.as_ref()
-                    .and_then(Probe::cache_entry)
-                    .map(|c| (path.as_str(), c))
-            }));
+        if cache_dirty || cached_entries != cache.len() {
+            cache.replace(
+                probes
+                    .iter()
+                    .filter_map(|(path, _, _, f)| f.cache_entry().map(|c| (path.as_str(), c))),
+            );
             save = true;
         }
         if save {
             cache.save_now();
         }
-
+        drop(probes);
         Ok(Scan {
             head,
             staged,
+            staged_meta,
             updates,
+            removed,
+            meta,
             added,
             deleted,
             changed,
             untracked,
+            unstorable,
         })
     }
 }

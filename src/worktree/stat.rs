@@ -34,7 +34,8 @@ pub type FxBuild = BuildHasherDefault<FxHasher>;
 pub type HashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
 pub type HashSet<K> = std::collections::HashSet<K, FxBuild>;
 
-/// The part of `lstat` that tells whether a file may have changed.
+/// The part of `lstat` that tells whether a file may have changed, and what it is (`mode`:
+/// the file type and permission bits of `st_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatKey {
     pub size: u64,
@@ -42,6 +43,7 @@ pub struct StatKey {
     pub ctime_ns: i64,
     pub ino: u64,
     pub dev: u64,
+    pub mode: u32,
 }
 
 impl StatKey {
@@ -52,6 +54,7 @@ impl StatKey {
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
             ino: meta.ino(),
             dev: meta.dev(),
+            mode: meta.mode(),
         }
     }
 
@@ -64,7 +67,21 @@ impl StatKey {
             ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
             ino: st.st_ino as u64,
             dev: st.st_dev as u64,
+            mode: st.st_mode as u32,
         }
+    }
+
+    pub fn file_type(&self) -> rustix::fs::FileType {
+        rustix::fs::FileType::from_raw_mode(self.mode as _)
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.file_type() == rustix::fs::FileType::Symlink
+    }
+
+    /// The 12 permission bits.
+    pub fn permissions(&self) -> u32 {
+        self.mode & crate::state::meta::PERMISSION_BITS
     }
 }
 
@@ -83,7 +100,39 @@ pub struct DirRecord {
 
 pub const KIND_FILE: u8 = b'f';
 pub const KIND_DIR: u8 = b'd';
+pub const KIND_LINK: u8 = b'l';
 pub const KIND_NOT_UTF8: u8 = b'n';
+/// Kinds of entries a state cannot hold (reported, never stored).
+pub const KIND_SOCKET: u8 = b's';
+pub const KIND_FIFO: u8 = b'p';
+pub const KIND_CHAR_DEVICE: u8 = b'c';
+pub const KIND_BLOCK_DEVICE: u8 = b'b';
+
+/// The listing kind of an entry of type `t` (`None` for types that cannot occur).
+pub fn kind_of(t: rustix::fs::FileType) -> Option<u8> {
+    use rustix::fs::FileType as T;
+    Some(match t {
+        T::RegularFile => KIND_FILE,
+        T::Directory => KIND_DIR,
+        T::Symlink => KIND_LINK,
+        T::Socket => KIND_SOCKET,
+        T::Fifo => KIND_FIFO,
+        T::CharacterDevice => KIND_CHAR_DEVICE,
+        T::BlockDevice => KIND_BLOCK_DEVICE,
+        T::Unknown => return None,
+    })
+}
+
+/// What an entry of a kind a state cannot hold is, for messages (`None` for storable kinds).
+pub fn unstorable(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        KIND_SOCKET => "a socket",
+        KIND_FIFO => "a FIFO",
+        KIND_CHAR_DEVICE => "a character device",
+        KIND_BLOCK_DEVICE => "a block device",
+        _ => return None,
+    })
+}
 
 /// The stat key recorded for a `.pvrignore` entry that is not a regular file.
 pub const NO_FILE: StatKey = StatKey {
@@ -92,6 +141,7 @@ pub const NO_FILE: StatKey = StatKey {
     ctime_ns: 0,
     ino: 0,
     dev: 0,
+    mode: 0,
 };
 
 impl DirRecord {

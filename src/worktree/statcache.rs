@@ -3,18 +3,20 @@
 //! and about each directory, so that `status` reads only directories that changed (git's
 //! untracked cache; the rules are in `walk`).
 //!
-//! Per path it keeps the `lstat` key (size, mtime ns, ctime ns, inode, device), the sha256 of the
-//! file's bytes and, for a `.json` file that parsed, the sha256 of its value's canonical bytes.
-//! Per directory it keeps a `walk::DirRecord`.
+//! Per path it keeps the `lstat` key (size, mtime ns, ctime ns, inode, device, mode), the
+//! sha256 of the file's bytes and, for a `.json` file that parsed, the sha256 of its value's
+//! canonical bytes. Per directory it keeps a `walk::DirRecord`.
 //!
 //! Format (little-endian), written to a temp file and renamed:
-//! `b"PVRFSSC2"`, `checksum u64` (of everything after it), `files u32`, then per file, in
+//! `b"PVRFSSC3"`, `checksum u64` (of everything after it), `files u32`, then per file, in
 //! strictly ascending path order (so lookups binary-search and scans merge, no hash map):
-//! `size u64, mtime i64, ctime i64, ino u64, dev u64, sha [32], has_value u8, value_sha [32]
-//! (only when has_value = 1), path_len u32, path bytes`; then `dirs u32` and per directory:
-//! `size u64, mtime i64, ctime i64, ino u64, dev u64, flags u8 (1 = stable, 2 = has an ignore
-//! entry), the ignore entry's five u64 (only with flag 2), path_len u32, path, listing_len u32,
-//! listing`. A file that does not decode, fails its checksum, or has trailing bytes makes the
+//! `size u64, mtime i64, ctime i64, ino u64, dev u64, mode u32, sha [32], has_value u8,
+//! value_sha [32] (only when has_value = 1), path_len u32, path bytes`; then `dirs u32` and per
+//! directory: `size u64, mtime i64, ctime i64, ino u64, dev u64, mode u32, flags u8 (1 =
+//! stable, 2 = has an ignore entry), the ignore entry's key (only with flag 2), path_len u32,
+//! path, listing_len u32, listing` (a listing entry is a kind byte — `f` file, `d` directory,
+//! `l` symlink, `s` socket, `p` FIFO, `c`/`b` device, `n` name not UTF-8 — the name, a NUL).
+//! Version 2 (without modes and symlinks) is not read: such a cache is empty. A file that does not decode, fails its checksum, or has trailing bytes makes the
 //! whole cache empty (status then reads everything): it is only a cache.
 //!
 //! Racy entries (git's "racily clean" problem): a file written in the same timestamp tick as the
@@ -30,7 +32,7 @@ use std::fs;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"PVRFSSC2";
+const MAGIC: &[u8; 8] = b"PVRFSSC3";
 
 /// What the cache knows about one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +327,7 @@ fn put_key(out: &mut Vec<u8>, k: &StatKey) {
     out.extend_from_slice(&k.ctime_ns.to_le_bytes());
     out.extend_from_slice(&k.ino.to_le_bytes());
     out.extend_from_slice(&k.dev.to_le_bytes());
+    out.extend_from_slice(&k.mode.to_le_bytes());
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -410,6 +413,7 @@ impl<'a> Reader<'a> {
             ctime_ns: self.u64()? as i64,
             ino: self.u64()?,
             dev: self.u64()?,
+            mode: self.u32()?,
         })
     }
     fn bytes(&mut self) -> Option<&'a [u8]> {
@@ -493,6 +497,7 @@ mod tests {
                 ctime_ns: 6,
                 ino: 7,
                 dev: 8,
+                mode: 0o100644,
             },
             sha: ObjectId::hash_bytes(&n.to_le_bytes()),
             value_sha: (n % 2 == 0).then(|| ObjectId::hash_bytes(b"v")),

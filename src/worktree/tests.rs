@@ -20,6 +20,7 @@ fn add_all(repo: &Repo, raw: bool, paths: &[&str]) -> Vec<String> {
     WorkTree::open(repo)
         .add(&lock, repo.workdir(), &paths, raw)
         .unwrap()
+        .paths
 }
 
 fn commit(repo: &Repo) -> String {
@@ -194,7 +195,7 @@ fn checkout_writes_removes_and_protects_changes() {
     add_all(&repo, false, &[]);
     commit(&repo);
     let first = repo.head_state().unwrap();
-    fs::remove_file(repo.workdir().join("a/b.txt")).unwrap();
+    fs::remove_dir_all(repo.workdir().join("a")).unwrap();
     write(&repo, "new.txt", "n");
     add_all(&repo, false, &[]);
     commit(&repo);

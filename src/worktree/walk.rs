@@ -5,19 +5,23 @@
 //! file. Both happen in one pass, with `fstatat` relative to an open directory (one path component
 //! to resolve instead of the whole path).
 //!
-//! Rules: only regular files are reported (symlinks and special files are skipped, directories
-//! are entered without following symlinks); `W/.pvr` is never entered; `.pvrignore` files
-//! (gitignore syntax) apply to the directory holding them and everything below, inner files
-//! first, `!pattern` re-includes. Tracked files are reported with their stat key even when
-//! ignored. Untracked files come in walk order (names sorted within each directory, bytewise),
-//! the order of pvr's `?` lines. Non-UTF-8 names are reported apart, since a state key is a JSON
-//! string and cannot hold them.
+//! Rules: regular files and symlinks are reported (a symlink is never followed: directories are
+//! entered by `openat(O_NOFOLLOW)`), every directory visited is reported with its mode and
+//! whether it has anything in it, and what a state cannot hold (sockets, FIFOs, devices) is
+//! reported as such, never skipped silently. `W/.pvr` is never entered; an entry named
+//! `.pvrfs-meta.json` is reported apart (the name is reserved for metadata documents).
+//! `.pvrignore` files (gitignore syntax) apply to the directory holding them and everything
+//! below, inner files first, `!pattern` re-includes; an ignored entry is not reported and does
+//! not count as content of its directory. Tracked names (files or symlinks) are reported with
+//! their stat key even when ignored. Untracked entries come in walk order (names sorted within
+//! each directory, bytewise), the order of pvr's `?` lines. Non-UTF-8 names are reported apart,
+//! since a state key is a JSON string and cannot hold them.
 //!
 //! # The directory cache
 //!
 //! With a `DirCache`, every directory read produces a `DirRecord`: the directory's stat key, the
 //! stat key of its `.pvrignore` (if it has an entry of that name), and its *listing* — the names
-//! of its non-ignored regular files, subdirectories and non-UTF-8 entries (tracked or not). The
+//! and kinds of its non-ignored entries (tracked or not). The
 //! next walk reuses a record instead of reading the directory when all of these hold:
 //! - the directory's stat key (mtime, ctime, inode, device, size) is unchanged: adding, removing
 //!   or renaming an entry changes the directory's mtime;
@@ -34,8 +38,12 @@
 //! mtimes (the caller decides, see `dircache_supported`), and only for directories on the
 //! device of the work tree's root.
 
-use super::stat::{DirRecord, HashMap, StatKey, KIND_DIR, KIND_FILE, KIND_NOT_UTF8, NO_FILE};
+use super::stat::{
+    kind_of, unstorable, DirRecord, HashMap, StatKey, KIND_DIR, KIND_FILE, KIND_LINK,
+    KIND_NOT_UTF8, NO_FILE,
+};
 use crate::error::{Error, Result};
+use crate::state::META_NAME;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -49,13 +57,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub const IGNORE_FILE: &str = ".pvrignore";
 
-/// One regular file found by the walk.
+/// One entry found by the walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Walked {
-    /// A file the caller does not track: its repo-relative, `/`-separated path.
+    /// A regular file the caller does not track: its repo-relative, `/`-separated path.
     Other(String),
-    /// A tracked file (by the caller's index) and its `lstat` key. Such files are reported
-    /// even when `.pvrignore` matches them: tracked files stay tracked.
+    /// A symlink the caller does not track.
+    OtherLink(String),
+    /// A directory (not the root), reported before what is in it: its permission bits, and
+    /// whether nothing (but ignored entries) is in it.
+    Dir {
+        path: String,
+        mode: u32,
+        empty: bool,
+    },
+    /// Something a state cannot hold (tracked or not): its path and what it is.
+    Unstorable(String, &'static str),
+    /// A tracked file or symlink (by the caller's index) and its `lstat` key. Such entries are
+    /// reported even when `.pvrignore` matches them: tracked files stay tracked.
     Known(usize, StatKey),
     /// A file or directory whose name is not UTF-8 (a state key is a JSON string, so it cannot
     /// be tracked); directories of that kind are not entered.
@@ -351,16 +370,12 @@ impl Walker<'_> {
         &self,
         fd: BorrowedFd<'_>,
         rel: &str,
+        key: StatKey,
         rules_changed: bool,
-    ) -> Result<Option<Check<'_>>> {
-        let Some(cache) = self.cache else {
-            return Ok(None);
-        };
-        let st =
-            rustix::fs::fstat(fd).map_err(|e| Error::io("stat", self.root.join(rel), e.into()))?;
-        let key = StatKey::from_stat(&st);
+    ) -> Option<Check<'_>> {
+        let cache = self.cache?;
         if key.dev != self.root_dev {
-            return Ok(None);
+            return None;
         }
         let old = cache.old.get(rel);
         // An unchanged directory that had no `.pvrignore` entry still has none.
@@ -370,12 +385,12 @@ impl Walker<'_> {
         };
         let same_rules = !rules_changed && old.is_some_and(|r| r.stable && r.ignore == ignore);
         let reuse = old.filter(|r| same_rules && r.key == key);
-        Ok(Some(Check {
+        Some(Check {
             key,
             ignore,
             reuse,
             same_rules,
-        }))
+        })
     }
 
     fn record(&self, rel: &str, outcome: DirOutcome) {
@@ -394,17 +409,25 @@ impl Walker<'_> {
     ) -> Result<Vec<Walked>> {
         let tracked = self.tracked.in_dir(&rel);
         let mut out = Vec::new();
-        // Tracked files are stat'ed by name, whether the directory is read or not.
+        // Tracked names are stat'ed by name, whether the directory is read or not.
         for &(name, i) in tracked {
             match stat_name(fd.as_fd(), name.as_bytes(), false) {
-                Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::RegularFile => {
+                Ok(st)
+                    if matches!(
+                        FileType::from_raw_mode(st.st_mode as _),
+                        FileType::RegularFile | FileType::Symlink
+                    ) =>
+                {
                     out.push(Walked::Known(i, StatKey::from_stat(&st)))
                 }
-                Ok(_) | Err(rustix::io::Errno::NOENT) => {} // not a file (any more)
+                Ok(_) | Err(rustix::io::Errno::NOENT) => {} // not a file or symlink (any more)
                 Err(e) => return Err(Error::io("stat", self.root.join(&rel).join(name), e.into())),
             }
         }
-        let check = self.check(fd.as_fd(), &rel, rules_changed)?;
+        let st = rustix::fs::fstat(&fd)
+            .map_err(|e| Error::io("stat", self.root.join(&rel), e.into()))?;
+        let key = StatKey::from_stat(&st);
+        let check = self.check(fd.as_fd(), &rel, key, rules_changed);
         if let Some(record) = check.as_ref().and_then(|c| c.reuse) {
             self.record(&rel, DirOutcome::Reused);
             let ignores = match record.ignore {
@@ -412,9 +435,23 @@ impl Walker<'_> {
                 _ => ignores,
             };
             let items = listed_items(&rel, tracked, record);
+            if !rel.is_empty() {
+                out.push(Walked::Dir {
+                    path: rel.clone(),
+                    mode: key.permissions(),
+                    empty: record.listing.is_empty(),
+                });
+            }
             return self.enter(fd, items, ignores, false, true, out);
         }
-        let (items, ignores, listing) = self.read(fd.as_fd(), &rel, tracked, ignores)?;
+        let (items, ignores, listing, empty) = self.read(fd.as_fd(), &rel, tracked, ignores)?;
+        if !rel.is_empty() {
+            out.push(Walked::Dir {
+                path: rel.clone(),
+                mode: key.permissions(),
+                empty,
+            });
+        }
         let children_rules_changed = rules_changed || check.as_ref().is_some_and(|c| !c.same_rules);
         if let (Some(c), Some(cache)) = (check, self.cache) {
             let old = |k: &StatKey| {
@@ -433,7 +470,8 @@ impl Walker<'_> {
     }
 
     /// Read the directory: its items in name order (tracked files left out), the ignore chain
-    /// for below it, and its listing for a `DirRecord` (empty without a cache).
+    /// for below it, its listing for a `DirRecord` (empty without a cache), and whether nothing
+    /// but ignored entries is in it.
     #[allow(clippy::type_complexity)]
     fn read(
         &self,
@@ -441,7 +479,7 @@ impl Walker<'_> {
         rel: &str,
         tracked: &[(&str, usize)],
         ignores: Option<Arc<IgnNode>>,
-    ) -> Result<(Vec<Item>, Option<Arc<IgnNode>>, Vec<u8>)> {
+    ) -> Result<(Vec<Item>, Option<Arc<IgnNode>>, Vec<u8>, bool)> {
         let abs_dir = self.root.join(rel);
         let mut names: Vec<(Vec<u8>, FileType)> = Vec::new();
         let mut buf = [MaybeUninit::<u8>::uninit(); 16384];
@@ -469,6 +507,7 @@ impl Walker<'_> {
             ignores
         };
         let keep_listing = self.cache.is_some();
+        let mut empty = true;
         let mut t = 0;
         let mut items = Vec::with_capacity(names.len());
         let mut listing = Vec::new();
@@ -490,9 +529,14 @@ impl Walker<'_> {
                     }
                 };
             }
-            let is_dir = ftype == FileType::Directory;
-            if !is_dir && ftype != FileType::RegularFile || (is_tracked && !is_dir && !keep_listing)
-            {
+            let Some(kind) = kind_of(ftype) else {
+                continue;
+            };
+            let is_dir = kind == KIND_DIR;
+            // A tracked file or symlink was stat'ed by name already; without a listing to keep,
+            // only its existence matters here.
+            if is_tracked && (kind == KIND_FILE || kind == KIND_LINK) && !keep_listing {
+                empty = false;
                 continue;
             }
             if ignores.is_some()
@@ -500,10 +544,10 @@ impl Walker<'_> {
             {
                 continue;
             }
+            empty = false;
             let kind = match std::str::from_utf8(&name) {
                 Err(_) => KIND_NOT_UTF8,
-                Ok(_) if is_dir => KIND_DIR,
-                Ok(_) => KIND_FILE,
+                Ok(_) => kind,
             };
             if keep_listing {
                 listing.push(kind);
@@ -514,7 +558,7 @@ impl Walker<'_> {
                 items.push(item);
             }
         }
-        Ok((items, ignores, listing))
+        Ok((items, ignores, listing, empty))
     }
 
     /// Walk the subdirectories (in parallel) and emit everything in walk order.
@@ -566,23 +610,32 @@ impl Walker<'_> {
     }
 }
 
-/// The item an entry of kind `kind` becomes (`None` for a tracked file: reported apart).
+/// The item an entry of kind `kind` becomes (`None` for a tracked file or symlink: reported
+/// apart).
 fn item(rel: &str, kind: u8, name: Vec<u8>, is_tracked: bool) -> Option<Item> {
-    match kind {
-        KIND_NOT_UTF8 => Some(Item::File(Walked::NotUtf8(
+    if kind == KIND_NOT_UTF8 {
+        return Some(Item::File(Walked::NotUtf8(
             Path::new(rel).join(OsStr::from_bytes(&name)),
-        ))),
-        KIND_DIR => {
-            let path = join(rel, std::str::from_utf8(&name).ok()?);
-            Some(Item::Dir(path, name))
-        }
+        )));
+    }
+    let path = join(rel, std::str::from_utf8(&name).ok()?);
+    if name == META_NAME.as_bytes() {
+        return Some(Item::File(Walked::Unstorable(path, RESERVED)));
+    }
+    if let Some(what) = unstorable(kind) {
+        return Some(Item::File(Walked::Unstorable(path, what)));
+    }
+    match kind {
+        KIND_DIR => Some(Item::Dir(path, name)),
         _ if is_tracked => None,
-        _ => Some(Item::File(Walked::Other(join(
-            rel,
-            std::str::from_utf8(&name).ok()?,
-        )))),
+        KIND_LINK => Some(Item::File(Walked::OtherLink(path))),
+        _ => Some(Item::File(Walked::Other(path))),
     }
 }
+
+/// What an entry named `.pvrfs-meta.json` is, for messages.
+pub const RESERVED: &str =
+    "named .pvrfs-meta.json, a name reserved for pvrfs's metadata documents (docs/FORMAT.md)";
 
 /// The items of a reused directory record (tracked files left out).
 fn listed_items(rel: &str, tracked: &[(&str, usize)], record: &DirRecord) -> Vec<Item> {
@@ -598,21 +651,39 @@ fn listed_items(rel: &str, tracked: &[(&str, usize)], record: &DirRecord) -> Vec
     items
 }
 
-/// Every regular file under `start`, in walk order (no stats). A name that is not UTF-8 is an
-/// error naming it.
-pub fn files(root: &Path, start: &Path) -> Result<Vec<String>> {
-    walk(root, start, &Tracked::default(), None)?
-        .found
-        .into_iter()
-        .filter_map(|w| match w {
-            Walked::Other(p) => Some(Ok(p)),
-            Walked::Known(..) => None,
-            Walked::NotUtf8(p) => Some(Err(Error::Other(format!(
-                "'{}' has a name that is not UTF-8; pvr states can only hold UTF-8 paths (rename it or list it in .pvrignore)",
-                root.join(p).display()
-            )))),
-        })
-        .collect::<Result<_>>()
+/// What lies under a directory, as `add` stages it: every list in walk order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub files: Vec<String>,
+    pub links: Vec<String>,
+    /// Directories with nothing (but ignored entries) in them.
+    pub empty_dirs: Vec<String>,
+    /// What a state cannot hold, and what it is.
+    pub unstorable: Vec<(String, &'static str)>,
+}
+
+/// Everything under `start` (no stats). A name that is not UTF-8 is an error naming it.
+pub fn entries(root: &Path, start: &Path) -> Result<Listing> {
+    let mut out = Listing::default();
+    for w in walk(root, start, &Tracked::default(), None)?.found {
+        match w {
+            Walked::Other(p) => out.files.push(p),
+            Walked::OtherLink(p) => out.links.push(p),
+            Walked::Dir { path, empty, .. } if empty => out.empty_dirs.push(path),
+            Walked::Unstorable(p, what) => out.unstorable.push((p, what)),
+            Walked::Dir { .. } | Walked::Known(..) => {}
+            Walked::NotUtf8(p) => return Err(not_utf8(root, &p)),
+        }
+    }
+    Ok(out)
+}
+
+/// The error for a name a state key cannot hold.
+pub fn not_utf8(root: &Path, rel: &Path) -> Error {
+    Error::Other(format!(
+        "'{}' has a name that is not UTF-8; pvr states can only hold UTF-8 paths (rename it or list it in .pvrignore)",
+        root.join(rel).display()
+    ))
 }
 
 #[cfg(test)]
@@ -663,10 +734,11 @@ mod tests {
             .iter()
             .filter_map(|w| match w {
                 Walked::Other(p) => Some(p.as_str()),
-                Walked::Known(..) => None,
                 Walked::NotUtf8(_) => unreachable!(),
+                _ => None,
             })
             .collect();
+        assert!(all.contains(&Walked::OtherLink("link".into())), "{all:?}");
         assert_eq!(
             paths,
             vec![
@@ -680,7 +752,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            files(&root, &root.join("sub")).unwrap(),
+            entries(&root, &root.join("sub")).unwrap().files,
             vec!["sub/.pvrignore", "sub/keep.o", "sub/y.c"]
         );
     }
@@ -728,7 +800,10 @@ mod dircache_tests {
         for f in w.found {
             match f {
                 Walked::Known(i, k) => known.push((i, k.size)),
-                Walked::Other(p) => other.push(p),
+                Walked::Other(p) | Walked::OtherLink(p) => other.push(p),
+                Walked::Unstorable(p, _) => other.push(format!("{p}!")),
+                Walked::Dir { path, empty, .. } if empty => other.push(format!("{path}/")),
+                Walked::Dir { .. } => {}
                 Walked::NotUtf8(p) => other.push(p.to_string_lossy().into_owned()),
             }
         }
@@ -800,7 +875,11 @@ mod dircache_tests {
         );
         same(&root, &tracked, &mut records);
         let (_, other, _) = run(&root, &tracked, Some((&mut records, i64::MAX)));
-        assert_eq!(other, vec!["a/.pvrignore", "a/sub2/z", "keep.txt"]);
+        // (an empty directory is listed: a/sub2/deep holds only ignored names, c lost its file)
+        assert_eq!(
+            other,
+            vec!["a/.pvrignore", "a/sub2/deep/", "a/sub2/z", "c/", "keep.txt"]
+        );
         // ... and removed again
         fs::remove_file(root.join("a/.pvrignore")).unwrap();
         same(&root, &tracked, &mut records);

@@ -1,14 +1,25 @@
-//! The state of a revision: `#spec` plus one entry per regular file.
+//! The state of a revision: `#spec`, one entry per regular file, and the tree's metadata.
 //!
 //! Model (DESIGN §1): a flat JSON object whose keys are `/`-separated paths relative to the work
 //! directory. A key ending in `.json` holds the file's parsed JSON inline, unless its value is a
 //! 64-hex string (then it names an object, as `add --raw` makes it); every other key holds an
-//! object id.
+//! object id. Keys whose last component is `.pvrfs-meta.json` are not files: they are the
+//! metadata documents of the tree (permission bits, symlinks, empty directories; see `meta`).
+//! A `State` keeps them apart (`docs`), parsed into one [`TreeMeta`] (`meta`): `iter`, `get`,
+//! `insert` and friends see files only; `to_value`, the canonical bytes and diffs see both.
 //!
-//! Invariants of a `State` value (enforced by `State::from_value` and `State::insert`, the only
-//! ways in): every key is a valid `RepoPath`; no key is a directory prefix of another; object ids
-//! are 64 lowercase hex. Entries are kept in a `BTreeMap`, i.e. in code-point order, which is the
-//! canonical order, so serialising is a single ordered walk.
+//! Invariants of a `State` value (enforced by `State::from_value`, `State::insert` and
+//! `State::set_meta`, the only ways in): every key is a valid relative path; no key is a
+//! directory prefix of another; object ids are 64 lowercase hex; the documents parse and agree
+//! with the files (`meta` module docs), and `meta` is what they say. Entries are kept in a
+//! `BTreeMap`, i.e. in code-point order, which is the canonical order, so serialising is a
+//! single ordered walk. Removing a file can leave `meta` describing it: whoever removes files
+//! sets the metadata again (`set_meta`), and `Repo` checks every state it commits
+//! (`check_meta`).
+
+pub mod meta;
+
+pub use meta::{is_meta_key, TreeMeta, META_NAME};
 
 use crate::error::{Error, Result};
 use crate::json::{self, MemberValue, Value};
@@ -92,7 +103,12 @@ pub fn validate_path(key: &str) -> std::result::Result<(), &'static str> {
 pub struct State {
     /// `#spec`; `None` only for a state that came without one (pvr always writes it).
     pub spec: Option<String>,
+    /// Regular files.
     entries: BTreeMap<String, Entry>,
+    /// Metadata documents (`.pvrfs-meta.json` keys), as stored.
+    docs: BTreeMap<String, Entry>,
+    /// What the documents say.
+    meta: TreeMeta,
 }
 
 impl State {
@@ -100,7 +116,7 @@ impl State {
     pub fn empty(spec: &str) -> Self {
         State {
             spec: Some(spec.to_string()),
-            entries: BTreeMap::new(),
+            ..Default::default()
         }
     }
 
@@ -178,11 +194,25 @@ impl State {
         entries: Vec<(String, Entry)>,
         origin: &str,
     ) -> Result<Self> {
-        let state = State {
+        let mut files = BTreeMap::new();
+        let mut docs = BTreeMap::new();
+        for (key, entry) in entries {
+            if is_meta_key(&key) {
+                docs.insert(key, entry);
+            } else {
+                files.insert(key, entry);
+            }
+        }
+        let mut state = State {
             spec,
-            entries: entries.into_iter().collect(),
+            entries: files,
+            docs,
+            meta: TreeMeta::default(),
         };
         state.check_no_file_dir_conflicts(origin)?;
+        if !state.docs.is_empty() {
+            state.meta = meta::parse(&state.entries, &state.docs, origin)?;
+        }
         Ok(state)
     }
 
@@ -234,6 +264,9 @@ impl State {
         if let Entry::Inline(v) = &entry {
             check_inline_depth(v).map_err(|reason| bad(origin, key, &reason))?;
         }
+        if meta::has_reserved_component(key) {
+            return Err(bad(origin, key, RESERVED));
+        }
         let mut prefix = key;
         while let Some(pos) = prefix.rfind('/') {
             prefix = &key[..pos];
@@ -261,6 +294,60 @@ impl State {
 
     pub fn remove(&mut self, key: &str) -> Option<Entry> {
         self.entries.remove(key)
+    }
+
+    /// The tree's metadata: modes, symlinks, empty directories.
+    pub fn meta(&self) -> &TreeMeta {
+        &self.meta
+    }
+
+    /// The metadata documents, as stored (state key → inline value).
+    pub fn docs(&self) -> &BTreeMap<String, Entry> {
+        &self.docs
+    }
+
+    /// Replace the tree's metadata. It is checked against the files (nothing changes when it
+    /// does not fit them); when it differs from the current metadata, the documents are written
+    /// anew in writer placement (`meta` module docs), otherwise they stay byte for byte.
+    pub fn set_meta(&mut self, new: TreeMeta) -> Result<()> {
+        let mut new = new;
+        // Normalise: a default mode is recorded as nothing.
+        new.modes.retain(|path, mode| {
+            let default = if self.entries.contains_key(path) {
+                meta::DEFAULT_FILE_MODE
+            } else {
+                meta::DEFAULT_DIR_MODE
+            };
+            *mode != default
+        });
+        let docs: BTreeMap<String, Entry> = new
+            .documents()
+            .into_iter()
+            .map(|(k, v)| (k, Entry::Inline(v)))
+            .collect();
+        meta::check(&new, &self.entries, docs.keys(), "the new state")?;
+        if new != self.meta {
+            self.docs = docs;
+            self.meta = new;
+        }
+        Ok(())
+    }
+
+    /// Check that the metadata still fits the files (after `remove`/`insert`): the last check
+    /// before a state is published.
+    pub fn check_meta(&self, origin: &str) -> Result<()> {
+        meta::check(&self.meta, &self.entries, self.docs.keys(), origin)
+    }
+
+    /// Files and documents together, in canonical order: the state as pvr sees it.
+    pub fn iter_with_docs(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        let mut files = self.entries.iter().peekable();
+        let mut docs = self.docs.iter().peekable();
+        std::iter::from_fn(move || match (files.peek(), docs.peek()) {
+            (Some((kf, _)), Some((kd, _))) if kd < kf => docs.next(),
+            (Some(_), _) => files.next(),
+            (None, _) => docs.next(),
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Entry> {
@@ -305,9 +392,19 @@ impl State {
     fn check_no_file_dir_conflicts(&self, origin: &str) -> Result<()> {
         // Every proper prefix ending before a '/' is a directory; none may also be a file.
         // Keys are sorted, so siblings are mostly adjacent: only check a parent directory's
-        // prefixes when it differs from the previous key's.
+        // prefixes when it differs from the previous key's. Documents count as files of the
+        // directory they describe (pvr sees them so), and the reserved name is never a
+        // directory.
         let mut previous_parent: Option<&str> = None;
-        for key in self.entries.keys() {
+        for key in self.entries.keys().chain(self.docs.keys()) {
+            let dir = if is_meta_key(key) {
+                meta::doc_dir(key)
+            } else {
+                key
+            };
+            if meta::has_reserved_component(dir) {
+                return Err(bad(origin, key, RESERVED));
+            }
             let Some(pos) = key.rfind('/') else {
                 previous_parent = None;
                 continue;
@@ -336,7 +433,7 @@ impl State {
         if let Some(spec) = &self.spec {
             map.insert(SPEC_KEY.to_string(), Value::String(spec.clone()));
         }
-        for (k, e) in &self.entries {
+        for (k, e) in self.iter_with_docs() {
             map.insert(k.clone(), e.to_value());
         }
         Value::Object(map)
@@ -350,7 +447,7 @@ impl State {
         out.push(b'{');
         let mut first = true;
         let mut spec_written = self.spec.is_none();
-        for (key, entry) in &self.entries {
+        for (key, entry) in self.iter_with_docs() {
             if !spec_written && key.as_str() > SPEC_KEY {
                 write_member(&mut out, &mut first, SPEC_KEY, |o| {
                     json::write_canonical_string(self.spec.as_deref().unwrap_or_default(), o)
@@ -389,6 +486,9 @@ fn write_member(out: &mut Vec<u8>, first: &mut bool, key: &str, value: impl FnOn
     out.push(b':');
     value(out);
 }
+
+const RESERVED: &str =
+    "'.pvrfs-meta.json' is reserved for pvrfs's metadata documents (docs/FORMAT.md)";
 
 fn bad(origin: &str, key: &str, reason: &str) -> Error {
     Error::BadEntry {
