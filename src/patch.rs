@@ -481,6 +481,33 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("\"path\""));
     }
 
+    /// Metadata documents diff like any inline file, apply as patches, and a patch that
+    /// makes them invalid is refused naming the path.
+    #[test]
+    fn metadata_documents_diff_and_apply() {
+        let id = crate::oid::ObjectId::hash_bytes(b"x");
+        let old =
+            State::from_json_bytes(format!(r#"{{"run.sh":"{id}"}}"#).as_bytes(), "o").unwrap();
+        let new = State::from_json_bytes(
+            format!(r#"{{"run.sh":"{id}",".pvrfs-meta.json":{{"modes":{{"run.sh":"0755"}}}}}}"#)
+                .as_bytes(),
+            "n",
+        )
+        .unwrap();
+        let merge = state_merge_diff(&old, &new);
+        assert_eq!(
+            merge,
+            v(r#"{".pvrfs-meta.json":{"modes":{"run.sh":"0755"}}}"#)
+        );
+        for p in [merge, state_json_patch(&old, &new)] {
+            assert_eq!(apply_to_state(&old, &p, "p").unwrap(), new);
+        }
+        let bad = v(r#"{".pvrfs-meta.json":{"links":{"run.sh":"x"}}}"#);
+        let err = apply_to_state(&old, &bad, "p").unwrap_err();
+        assert!(matches!(err, Error::BadMeta { .. }), "{err}");
+        assert!(err.to_string().contains("'run.sh'"), "{err}");
+    }
+
     #[test]
     fn bad_patches_fail_cleanly() {
         let s = State::empty("s");

@@ -347,6 +347,9 @@ pub fn fsck(_args: FsckArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     if let Err(e) = worktree::load_staged(&repo) {
         problems.push(format!(".pvr/new: {e}"));
     }
+    if let Err(e) = worktree::load_staged_meta(&repo) {
+        problems.push(format!(".pvr/pvrfs/new-meta: {e}"));
+    }
     let store = repo.store();
     let mut object_problems: Vec<String> = needed
         .par_iter()

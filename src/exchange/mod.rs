@@ -1041,6 +1041,59 @@ mod tests {
         assert_eq!(all, remote);
     }
 
+    /// Modes, symlinks and empty directories travel with their paths, wherever their document
+    /// sits; a part's metadata replaces the local metadata of that part.
+    #[test]
+    fn metadata_travels_with_its_paths() {
+        let local = state(&format!(
+            r#"{{"bsp/old":"{A}","bsp/x":"{A}","run.sh":"{A}","tmp/.keep":"{A}",
+               ".pvrfs-meta.json":{{"modes":{{"run.sh":"0755","bsp":"0700"}},"links":{{"sh":"run.sh"}}}},
+               "bsp/.pvrfs-meta.json":{{"modes":{{"x":"0700"}},"links":{{"l":"old"}},"dirs":["e"]}}}}"#
+        ));
+        // the remote's bsp metadata is (oddly) in its root document
+        let remote = state(&format!(
+            r#"{{"bsp/x":"{A}","bsp/new":"{A}","app/a":"{A}",
+               ".pvrfs-meta.json":{{"modes":{{"bsp/x":"4755","app":"0711"}},"links":{{"bsp/l":"new","app/l":"a"}},"dirs":["bsp/empty"]}}}}"#
+        ));
+        let got = combine(&local, &remote, &Parts::parse("bsp").unwrap(), Mode::Get).unwrap();
+        let m = got.meta();
+        assert_eq!(m.file_mode("bsp/x"), 0o4755);
+        assert_eq!(m.links.get("bsp/l").map(String::as_str), Some("new"));
+        assert!(m.dirs.contains("bsp/empty") && !m.dirs.contains("bsp/e"));
+        // local metadata outside the part stays; the remote's outside the part does not come
+        assert_eq!(m.file_mode("run.sh"), 0o755);
+        assert_eq!(m.links.get("sh").map(String::as_str), Some("run.sh"));
+        assert!(!m.links.contains_key("app/l") && !got.contains("app/a"));
+        // `bsp` itself is in the part: the remote says nothing about it, so it is 0755 now
+        assert_eq!(m.dir_mode("bsp"), 0o755);
+        // written back in writer placement: bsp's metadata in bsp's document
+        let docs: Vec<&String> = got.docs().keys().collect();
+        assert_eq!(docs, [".pvrfs-meta.json", "bsp/.pvrfs-meta.json"]);
+        // merge keeps local metadata the part does not mention
+        let merged = combine(&local, &remote, &Parts::parse("bsp").unwrap(), Mode::Merge).unwrap();
+        assert_eq!(merged.meta().dir_mode("bsp"), 0o700);
+        assert!(merged.meta().dirs.contains("bsp/e") && merged.meta().dirs.contains("bsp/empty"));
+        assert!(merged.contains("bsp/old"));
+        // a whole get is the remote, byte for byte
+        let all = combine(&local, &remote, &Parts::default(), Mode::Get).unwrap();
+        assert_eq!(all.to_canonical_bytes(), remote.to_canonical_bytes());
+        // selecting a part (export #bsp) keeps its metadata too
+        let part = select(&remote, &Parts::parse("bsp").unwrap());
+        assert_eq!(part.meta().file_mode("bsp/x"), 0o4755);
+        assert!(!part.meta().modes.contains_key("app"));
+        // a remote symlink where the local state has files under that path: refused, named
+        let clash = state(&format!(
+            r#"{{"z":"{A}",".pvrfs-meta.json":{{"links":{{"tmp":"/tmp"}}}}}}"#
+        ));
+        let err = combine(&local, &clash, &Parts::default(), Mode::Merge)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'tmp'") && err.contains("nothing was changed"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn combine_refuses_file_directory_clashes_naming_the_key() {
         let local = state(&format!(r#"{{"app":"{A}"}}"#));

@@ -730,6 +730,60 @@ mod tests {
         }
     }
 
+    /// Documents are kept apart from the files, byte for byte, and parsed into `meta`.
+    #[test]
+    fn metadata_documents_are_not_files() {
+        let text = format!(
+            r##"{{"#spec":"s","a/.pvrfs-meta.json":{{"modes":{{"b":"0755"}}}},"a/b":"{ID}",".pvrfs-meta.json":{{"links":{{"l":"a/b"}},"dirs":["e"]}}}}"##
+        );
+        let s = parse(&text).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            s.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["a/b"]
+        );
+        assert!(!s.contains(".pvrfs-meta.json") && s.get("a/.pvrfs-meta.json").is_none());
+        assert_eq!(s.docs().len(), 2);
+        assert_eq!(s.meta().file_mode("a/b"), 0o755);
+        assert_eq!(s.meta().links["l"], "a/b");
+        // canonical bytes and the value agree, documents included, at their sorted places
+        assert_eq!(s.to_canonical_bytes(), json::to_canonical(&s.to_value()));
+        let again = State::from_json_bytes(&s.to_canonical_bytes(), "x").unwrap();
+        assert_eq!(again, s);
+        // setting the same metadata changes nothing; new metadata rewrites the documents
+        let mut t = s.clone();
+        t.set_meta(s.meta().clone()).unwrap();
+        assert_eq!(t.to_canonical_bytes(), s.to_canonical_bytes());
+        let mut m = s.meta().clone();
+        m.dirs.clear();
+        t.set_meta(m).unwrap();
+        assert!(t.meta().dirs.is_empty());
+        // metadata that does not fit the files is refused, and nothing changes
+        let mut bad = t.meta().clone();
+        bad.links.insert("a/b".into(), "x".into());
+        let before = t.clone();
+        assert!(matches!(t.set_meta(bad), Err(Error::BadMeta { .. })));
+        assert_eq!(t, before);
+        // documents cannot be inserted as files, nor the reserved name used as a directory
+        let id = ObjectId::from_hex(ID).unwrap();
+        assert!(t.insert(".pvrfs-meta.json", Entry::Object(id)).is_err());
+        assert!(t.insert("x/.pvrfs-meta.json/y", Entry::Object(id)).is_err());
+        assert!(parse(&format!(r#"{{".pvrfs-meta.json/y":"{ID}"}}"#)).is_err());
+        assert!(parse(&format!(r#"{{".pvrfs-meta.json":"{ID}"}}"#)).is_err());
+        // a file removed under its mode: caught before publishing
+        let mut stale = s.clone();
+        stale.remove("a/b");
+        assert!(stale.check_meta("x").is_err());
+        // a plain tree has no document: exactly pvr's bytes
+        let mut plain = State::empty("s");
+        plain.insert("f", Entry::Object(id)).unwrap();
+        plain.set_meta(TreeMeta::default()).unwrap();
+        assert_eq!(
+            plain.to_canonical_bytes(),
+            format!(r##"{{"#spec":"s","f":"{ID}"}}"##).into_bytes()
+        );
+    }
+
     #[test]
     fn insert_keeps_invariants() {
         let id = ObjectId::from_hex(ID).unwrap();

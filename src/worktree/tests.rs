@@ -283,3 +283,324 @@ fn walk_order_is_per_directory() {
     v.sort_by(|a, b| walk_order(a, b));
     assert_eq!(v, vec!["a/b", "a b/c", "a.txt", "ab"]);
 }
+
+mod whole_trees {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn chmod(repo: &Repo, rel: &str, mode: u32) {
+        fs::set_permissions(repo.workdir().join(rel), fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn mode(repo: &Repo, rel: &str) -> u32 {
+        fs::symlink_metadata(repo.workdir().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    fn checkout(repo: &Repo, state: &State, force: bool) -> Result<CheckoutReport> {
+        let lock = repo.lock().unwrap();
+        let opts = CheckoutOptions {
+            force,
+            ..Default::default()
+        };
+        WorkTree::open(repo).checkout(&lock, state, &opts)
+    }
+
+    /// Exec bits, setuid, a sticky directory, symlinks of every kind and empty directories go
+    /// into the state's documents and come back out of a checkout exactly.
+    #[test]
+    fn modes_symlinks_and_empty_dirs_round_trip() {
+        let (_d, repo) = setup();
+        write(&repo, "run.sh", "#!/bin/sh\n");
+        chmod(&repo, "run.sh", 0o755);
+        write(&repo, "bin/busybox", "bb");
+        chmod(&repo, "bin/busybox", 0o4755);
+        symlink("busybox", repo.workdir().join("bin/sh")).unwrap();
+        symlink("/etc/passwd", repo.workdir().join("abs")).unwrap();
+        symlink("no/where", repo.workdir().join("dangling")).unwrap();
+        symlink("bin", repo.workdir().join("bindir")).unwrap();
+        fs::create_dir_all(repo.workdir().join("tmp")).unwrap();
+        chmod(&repo, "tmp", 0o1777);
+        fs::create_dir_all(repo.workdir().join("bsp/empty")).unwrap();
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert_eq!(
+            scan.untracked,
+            [
+                "abs",
+                "bin/busybox",
+                "bin/sh",
+                "bindir",
+                "bsp/empty/",
+                "dangling",
+                "run.sh",
+                "tmp/"
+            ]
+        );
+        let added = add_all(&repo, false, &[]);
+        assert_eq!(added.len(), 8, "{added:?}");
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert_eq!(
+            scan.added,
+            [
+                "abs",
+                "bin/busybox",
+                "bin/sh",
+                "bindir",
+                "bsp/empty/",
+                "dangling",
+                "run.sh",
+                "tmp/"
+            ]
+        );
+        assert!(scan.untracked.is_empty(), "{:?}", scan.untracked);
+        commit(&repo);
+        let head = repo.head_state().unwrap();
+        let docs: Vec<(String, String)> = head
+            .docs()
+            .iter()
+            .map(|(k, e)| {
+                (
+                    k.clone(),
+                    String::from_utf8(json::to_canonical(&e.to_value())).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            docs,
+            [
+                (
+                    ".pvrfs-meta.json".to_string(),
+                    r#"{"dirs":["tmp"],"links":{"abs":"/etc/passwd","bindir":"bin","dangling":"no/where"},"modes":{"run.sh":"0755","tmp":"1777"}}"#.to_string()
+                ),
+                (
+                    "bin/.pvrfs-meta.json".to_string(),
+                    r#"{"links":{"sh":"busybox"},"modes":{"busybox":"4755"}}"#.to_string()
+                ),
+                (
+                    "bsp/.pvrfs-meta.json".to_string(),
+                    r#"{"dirs":["empty"]}"#.to_string()
+                ),
+            ]
+        );
+        assert!(WorkTree::open(&repo).scan_all().unwrap().is_clean());
+        // Into an empty work tree: everything comes back, exactly.
+        for entry in fs::read_dir(repo.workdir()).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name().unwrap() != ".pvr" {
+                match fs::symlink_metadata(&p).unwrap().is_dir() {
+                    true => fs::remove_dir_all(&p).unwrap(),
+                    false => fs::remove_file(&p).unwrap(),
+                }
+            }
+        }
+        checkout(&repo, &head, false).unwrap();
+        assert_eq!(mode(&repo, "run.sh"), 0o755);
+        assert_eq!(mode(&repo, "bin/busybox"), 0o4755);
+        assert_eq!(mode(&repo, "tmp"), 0o1777);
+        assert_eq!(mode(&repo, "bin"), 0o755);
+        assert!(repo.workdir().join("bsp/empty").is_dir());
+        for (link, target) in [
+            ("bin/sh", "busybox"),
+            ("abs", "/etc/passwd"),
+            ("dangling", "no/where"),
+            ("bindir", "bin"),
+        ] {
+            assert_eq!(
+                fs::read_link(repo.workdir().join(link)).unwrap(),
+                Path::new(target)
+            );
+        }
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert!(scan.is_clean() && scan.untracked.is_empty(), "{scan:?}");
+    }
+
+    /// A chmod, a new symlink target, a symlink replacing a file, a removed empty directory
+    /// and a directory left empty are all changes, shown and committed.
+    #[test]
+    fn metadata_changes_are_changes() {
+        let (_d, repo) = setup();
+        write(&repo, "a.sh", "a");
+        write(&repo, "d/f", "f");
+        write(&repo, "plain", "p");
+        symlink("a.sh", repo.workdir().join("l")).unwrap();
+        fs::create_dir(repo.workdir().join("e")).unwrap();
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        chmod(&repo, "a.sh", 0o700);
+        chmod(&repo, "d", 0o750);
+        fs::remove_file(repo.workdir().join("l")).unwrap();
+        symlink("plain", repo.workdir().join("l")).unwrap();
+        fs::remove_file(repo.workdir().join("plain")).unwrap();
+        symlink("a.sh", repo.workdir().join("plain")).unwrap();
+        fs::remove_dir(repo.workdir().join("e")).unwrap();
+        fs::remove_file(repo.workdir().join("d/f")).unwrap();
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert_eq!(scan.added, ["d/"]);
+        assert_eq!(scan.deleted, ["d/f", "e/"]);
+        assert_eq!(scan.changed, ["a.sh", "d/", "l", "plain"]);
+        assert!(scan.untracked.is_empty(), "{:?}", scan.untracked);
+        let log = commit(&repo);
+        assert!(log.contains("Committing mode 0700 of"), "{log}");
+        assert!(log.contains("Committing symlink"), "{log}");
+        let head = repo.head_state().unwrap();
+        let m = head.meta();
+        assert_eq!(m.file_mode("a.sh"), 0o700);
+        assert_eq!(m.dir_mode("d"), 0o750);
+        assert_eq!(m.links["l"], "plain");
+        assert_eq!(m.links["plain"], "a.sh");
+        assert!(!head.contains("plain"));
+        assert_eq!(m.dirs.iter().collect::<Vec<_>>(), ["d"]);
+        assert!(WorkTree::open(&repo).scan_all().unwrap().is_clean());
+    }
+
+    /// Sockets, FIFOs and the reserved name are listed, never stored; named explicitly, `add`
+    /// refuses them.
+    #[test]
+    fn what_cannot_be_stored_is_listed() {
+        let (_d, repo) = setup();
+        write(&repo, "a", "a");
+        write(&repo, "sub/.pvrfs-meta.json", "{}");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &repo.workdir().join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(repo.workdir().join("sock")).unwrap();
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        let listed: Vec<(&str, &str)> = scan
+            .unstorable
+            .iter()
+            .map(|(p, w)| (p.as_str(), *w))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("fifo", "a FIFO"),
+                ("sock", "a socket"),
+                ("sub/.pvrfs-meta.json", walk::RESERVED)
+            ]
+        );
+        assert_eq!(scan.untracked, ["a"]);
+        let lock = repo.lock().unwrap();
+        let added = WorkTree::open(&repo)
+            .add(&lock, repo.workdir(), &[], false)
+            .unwrap();
+        assert_eq!(added.paths, ["a"]);
+        assert_eq!(added.unstorable.len(), 3);
+        for (name, want) in [("fifo", "a FIFO"), ("sub/.pvrfs-meta.json", "reserved")] {
+            let err = WorkTree::open(&repo)
+                .add(&lock, repo.workdir(), &[name.to_string()], false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains(want), "{err}");
+        }
+    }
+
+    /// Issue 11.3: a directory replaced by a symlink to somewhere outside the tree is never
+    /// written or deleted through, by status, checkout or checkout --force.
+    #[test]
+    fn checkout_never_writes_or_deletes_through_a_planted_symlink() {
+        let (_d, repo) = setup();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let outside = elsewhere.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        write(&repo, "dir/file", "mine");
+        write(&repo, "keep", "k");
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        let head = repo.head_state().unwrap();
+        fs::remove_dir_all(repo.workdir().join("dir")).unwrap();
+        fs::write(outside.join("file"), "precious").unwrap();
+        symlink(&outside, repo.workdir().join("dir")).unwrap();
+        // status does not look through it: dir/file is gone, dir is an untracked symlink
+        let scan = WorkTree::open(&repo).scan_all().unwrap();
+        assert_eq!(
+            (scan.deleted.as_slice(), scan.untracked.as_slice()),
+            (&["dir/file".to_string()][..], &["dir".to_string()][..])
+        );
+        // checkout refuses (the symlink is unsaved work), writes nothing
+        let err = checkout(&repo, &head, false).unwrap_err();
+        assert!(matches!(err, Error::WouldLoseChanges(_)), "{err}");
+        assert_eq!(
+            fs::read_to_string(outside.join("file")).unwrap(),
+            "precious"
+        );
+        // a state without dir/file: the file "under" the symlink is not deleted
+        let mut without = head.clone();
+        without.remove("dir/file");
+        checkout(&repo, &without, true).unwrap();
+        assert_eq!(
+            fs::read_to_string(outside.join("file")).unwrap(),
+            "precious"
+        );
+        // --force replaces the symlink by a directory; outside is untouched
+        checkout(&repo, &head, true).unwrap();
+        assert!(fs::symlink_metadata(repo.workdir().join("dir"))
+            .unwrap()
+            .is_dir());
+        assert_eq!(
+            fs::read_to_string(repo.workdir().join("dir/file")).unwrap(),
+            "mine"
+        );
+        assert_eq!(
+            fs::read_to_string(outside.join("file")).unwrap(),
+            "precious"
+        );
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+        // a tracked file replaced by a symlink to an outside file: --force replaces the
+        // symlink, the outside file keeps its bytes
+        fs::remove_file(repo.workdir().join("keep")).unwrap();
+        symlink(outside.join("file"), repo.workdir().join("keep")).unwrap();
+        checkout(&repo, &head, true).unwrap();
+        assert_eq!(
+            fs::read_to_string(repo.workdir().join("keep")).unwrap(),
+            "k"
+        );
+        assert!(!fs::symlink_metadata(repo.workdir().join("keep"))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(
+            fs::read_to_string(outside.join("file")).unwrap(),
+            "precious"
+        );
+    }
+
+    /// A state whose documents hold bad metadata cannot be checked out: the error names the
+    /// path, and nothing is written.
+    #[test]
+    fn bad_metadata_fails_checkout_naming_the_path() {
+        let (_d, repo) = setup();
+        let id = repo.store().put_bytes(b"x").unwrap();
+        let text =
+            format!(r#"{{"a/passwd":"{id}",".pvrfs-meta.json":{{"links":{{"a":"/etc"}}}}}}"#);
+        let err = State::from_json_bytes(text.as_bytes(), "the test state").unwrap_err();
+        assert!(err.to_string().contains("'a'"), "{err}");
+        assert_eq!(err.exit_code(), 3);
+    }
+
+    /// Read-only directories are filled before they become read-only.
+    #[test]
+    fn read_only_directories_check_out() {
+        let (_d, repo) = setup();
+        write(&repo, "ro/f", "f");
+        chmod(&repo, "ro", 0o555);
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        let head = repo.head_state().unwrap();
+        chmod(&repo, "ro", 0o755);
+        fs::remove_dir_all(repo.workdir().join("ro")).unwrap();
+        checkout(&repo, &head, false).unwrap();
+        assert_eq!(mode(&repo, "ro"), 0o555);
+        assert_eq!(
+            fs::read_to_string(repo.workdir().join("ro/f")).unwrap(),
+            "f"
+        );
+        chmod(&repo, "ro", 0o755);
+    }
+}
