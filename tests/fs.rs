@@ -254,3 +254,89 @@ fn statfs_counts_the_tree() {
     assert_eq!((s.bfree, s.bavail, s.ffree, s.namelen), (0, 0, 0, 255));
     assert_eq!(s.blocks, 1);
 }
+
+/// Symlinks, empty directories and modes of the state: readlink, kinds in listings, the
+/// recorded permission bits, and `st_nlink` counting subdirectories (empty ones too).
+#[test]
+fn symlinks_modes_and_empty_directories() {
+    let mut t = TestRepo::new();
+    t.set("bin/busybox", Content::Blob(b"bb"))
+        .set("run.sh", Content::Blob(b"#!/bin/sh"));
+    let mut meta = pvrfs::state::TreeMeta::default();
+    meta.links.insert("bin/sh".into(), "busybox".into());
+    meta.links.insert("abs".into(), "/no/where".into());
+    meta.dirs.insert("tmp".into());
+    meta.dirs.insert("bin/empty".into());
+    meta.set_mode("tmp", 0o1777, true);
+    meta.set_mode("bin", 0o700, true);
+    meta.set_mode("bin/busybox", 0o4755, false);
+    meta.set_mode("run.sh", 0o755, false);
+    t.set_meta(meta);
+    t.commit("whole");
+    let fs = fs_of(&t, false);
+    let root = fs.getattr(ROOT_INO).unwrap();
+    // ., .., and the subdirectories bin and tmp
+    assert_eq!(root.nlink, 4);
+    let bin = lookup_path(&fs, "bin").unwrap();
+    assert_eq!((bin.kind, bin.mode, bin.nlink), (Kind::Dir, 0o700, 3));
+    let sh = lookup_path(&fs, "bin/sh").unwrap();
+    assert_eq!(
+        (sh.kind, sh.size, sh.mode, sh.nlink),
+        (Kind::Symlink, 7, 0o777, 1)
+    );
+    assert_eq!(fs.readlink(sh.ino).unwrap(), b"busybox");
+    assert_eq!(
+        fs.readlink(lookup_path(&fs, "abs").unwrap().ino).unwrap(),
+        b"/no/where"
+    );
+    assert_eq!(fs.readlink(bin.ino).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(
+        fs.open(sh.ino, libc::O_RDONLY).unwrap_err().errno(),
+        libc::ELOOP
+    );
+    assert_eq!(
+        fs.lookup(sh.ino, OsStr::new("x")).unwrap_err().errno(),
+        libc::ENOTDIR
+    );
+    assert_eq!(lookup_path(&fs, "bin/busybox").unwrap().mode, 0o4755);
+    assert_eq!(lookup_path(&fs, "run.sh").unwrap().mode, 0o755);
+    let tmp = lookup_path(&fs, "tmp").unwrap();
+    assert_eq!((tmp.kind, tmp.mode, tmp.nlink), (Kind::Dir, 0o1777, 2));
+    let mut c = Collect {
+        room: 100,
+        got: Vec::new(),
+    };
+    fs.readdir(tmp.ino, 0, &mut c).unwrap();
+    assert_eq!(c.got.len(), 2, "only . and ..");
+    let mut c = Collect {
+        room: 100,
+        got: Vec::new(),
+    };
+    fs.readdir(bin.ino, 0, &mut c).unwrap();
+    let kinds: Vec<(String, Kind)> = c
+        .got
+        .iter()
+        .map(|(_, _, k, n)| (n.to_string_lossy().into_owned(), *k))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (".".to_string(), Kind::Dir),
+            ("..".to_string(), Kind::Dir),
+            ("busybox".to_string(), Kind::File),
+            ("empty".to_string(), Kind::Dir),
+            ("sh".to_string(), Kind::Symlink),
+        ]
+    );
+    // the reserved documents are not files of the tree
+    assert_eq!(
+        lookup_path(&fs, ".pvrfs-meta.json").unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(
+        lookup_path(&fs, "bin/.pvrfs-meta.json")
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+}

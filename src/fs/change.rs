@@ -7,6 +7,14 @@
 //! building nor committing copies or walks the base (O(change)). Content is turned into entries
 //! by the inline rule of `pvr add` ([`file_entry_from_bytes`], [`blob_entry`]).
 //!
+//! The tree's metadata (`state::meta`: permission bits, symlinks, empty directories) travels
+//! the same way. The backend's walk records the view's metadata under the roots in
+//! [`Built::view_meta`]; [`Built::finish`] makes the new state's metadata from the base's
+//! outside the roots and the view's under them, settles the directories a change can empty or
+//! fill without being under a root itself (the parents of roots, asked of the backend through
+//! [`View`]), and computes `status` (a symlink or mode change is a change; a directory's path
+//! ends in `/`). The documents are written anew only when the metadata changed.
+//!
 //! [`commit_built`] writes the revision under the repository lock: the base is edited in place
 //! into the new state, `Repo::commit_state_with_diff` commits it with the RFC 6902 diff made
 //! from the changed keys alone, and on any error the base is put back as it was.
@@ -15,11 +23,12 @@ use crate::error::{Error, Result};
 use crate::json::{self, Value};
 use crate::oid::ObjectId;
 use crate::repo::{Repo, RepoLock, Revision};
-use crate::state::{Entry, State};
+use crate::state::meta::has_reserved_component;
+use crate::state::{Entry, State, TreeMeta, META_NAME};
 use crate::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One line of `status`: `A` added, `D` deleted, `C` changed.
+/// One line of `status`: `A` added, `D` deleted, `C` changed (a directory's path ends in `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusLine {
     pub code: char,
@@ -34,9 +43,10 @@ pub struct CommitReport {
     pub warnings: Vec<String>,
 }
 
-/// The change from a base to a view, as state entries under the changed roots, plus what the
-/// format could not hold.
-#[derive(Debug, Default)]
+/// The change from a base to a view, as state entries and metadata under the changed roots,
+/// plus what the format could not hold. Made by [`Built::new`], filled by a backend's walk,
+/// completed by [`Built::finish`].
+#[derive(Debug)]
 pub struct Built {
     /// The base's entries under the affected roots (what the view replaces).
     pub old: BTreeMap<String, Entry>,
@@ -47,9 +57,84 @@ pub struct Built {
     pub warnings: Vec<String>,
     /// Paths whose view the new state cannot reproduce (the FUSE overlay keeps them).
     pub retain: Vec<String>,
+    /// The view's metadata under the roots, as the backend's walk found it.
+    pub view_meta: TreeMeta,
+    /// The new state's metadata (the base's until `finish`).
+    meta: TreeMeta,
+    /// The base's metadata and documents, and the new documents (the old ones when the
+    /// metadata did not change).
+    old_meta: TreeMeta,
+    old_docs: BTreeMap<String, Entry>,
+    new_docs: BTreeMap<String, Entry>,
+    /// What `status` shows (computed by `finish`, against the base it was built on).
+    status: Vec<StatusLine>,
+}
+
+/// What a backend's view is, where [`Built::finish`] needs it outside the walked roots.
+pub trait View {
+    /// Whether the view has a directory at `path`.
+    fn is_dir(&self, path: &str) -> Result<bool>;
+    /// Whether the view has a directory at `path` holding nothing a state stores (nothing, or
+    /// only special files); false when `path` is no directory.
+    fn stores_nothing_under(&self, path: &str) -> Result<bool>;
+}
+
+/// Does `path` equal `root` or lie under it (`""` is the root of everything)?
+pub fn under(path: &str, root: &str) -> bool {
+    root.is_empty()
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Remove from `meta` everything at or under `root` (O(what is removed)).
+fn remove_under(meta: &mut TreeMeta, root: &str) {
+    fn keys_under<'a, I: Iterator<Item = &'a String>>(root: &str, range: I) -> Vec<String> {
+        range.take_while(|k| under(k, root)).cloned().collect()
+    }
+    for k in keys_under(root, meta.modes.range(root.to_string()..).map(|(k, _)| k)) {
+        meta.modes.remove(&k);
+    }
+    for k in keys_under(root, meta.links.range(root.to_string()..).map(|(k, _)| k)) {
+        meta.links.remove(&k);
+    }
+    for k in keys_under(root, meta.dirs.range(root.to_string()..)) {
+        meta.dirs.remove(&k);
+    }
+}
+
+/// What a state has at a path, as `status` compares it.
+#[derive(PartialEq)]
+enum Leaf<'a> {
+    File(&'a Entry, u32),
+    Link(&'a str),
+}
+
+fn leaf<'a>(files: &'a BTreeMap<String, Entry>, m: &'a TreeMeta, k: &str) -> Option<Leaf<'a>> {
+    match files.get(k) {
+        Some(e) => Some(Leaf::File(e, m.file_mode(k))),
+        None => m.links.get(k).map(|t| Leaf::Link(t)),
+    }
 }
 
 impl Built {
+    /// An empty change against `base`.
+    pub fn new(base: &State) -> Built {
+        Built {
+            old: BTreeMap::new(),
+            new: BTreeMap::new(),
+            keys: BTreeSet::new(),
+            warnings: Vec::new(),
+            retain: Vec::new(),
+            view_meta: TreeMeta::default(),
+            meta: base.meta().clone(),
+            old_meta: base.meta().clone(),
+            old_docs: base.docs().clone(),
+            new_docs: base.docs().clone(),
+            status: Vec::new(),
+        }
+    }
+
     /// Record that everything `base` has at or under `root` is replaced by the view.
     pub fn replace_under(&mut self, base: &State, root: &str) {
         for (k, e) in entries_under(base, root) {
@@ -58,10 +143,48 @@ impl Built {
         }
     }
 
-    /// The view holds `entry` at `path`.
-    pub fn insert(&mut self, path: &str, entry: Entry) {
+    /// Whether `path` is one the tree cannot hold (a reserved name in it); if so, it is
+    /// reported and kept out of the change.
+    fn refused(&mut self, path: &str) -> bool {
+        if !has_reserved_component(path) {
+            return false;
+        }
+        self.unstorable(
+            path,
+            format!("'{path}' is not stored ('{META_NAME}' is a reserved name: pvrfs keeps a tree's metadata there)"),
+        );
+        true
+    }
+
+    /// The view holds `entry` at `path` (a regular file) with permission bits `mode`.
+    pub fn insert(&mut self, path: &str, entry: Entry, mode: u32) {
+        if self.refused(path) {
+            return;
+        }
         self.keys.insert(path.to_string());
         self.new.insert(path.to_string(), entry);
+        self.view_meta.set_mode(path, mode, false);
+    }
+
+    /// The view holds a symlink to `target` at `path`.
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        if !self.refused(path) {
+            self.view_meta
+                .links
+                .insert(path.to_string(), target.to_string());
+        }
+    }
+
+    /// The view holds a directory at `path` with permission bits `mode`; `empty`: nothing
+    /// under it is stored.
+    pub fn dir(&mut self, path: &str, mode: u32, empty: bool) {
+        if path.is_empty() || self.refused(path) {
+            return;
+        }
+        self.view_meta.set_mode(path, mode, true);
+        if empty {
+            self.view_meta.dirs.insert(path.to_string());
+        }
     }
 
     /// A warning about something the format cannot hold at `path`.
@@ -70,8 +193,98 @@ impl Built {
         self.retain.push(path.to_string());
     }
 
-    /// Turn `state` (the base) into the built state: remove `old`, insert `new` (validated;
-    /// on error `state` is left part-way, see [`Built::revert`]).
+    /// Complete the change once the backend has walked `roots` (the minimal roots it replaced
+    /// with `replace_under`): the new metadata, its documents, and `status`.
+    pub fn finish(&mut self, base: &State, roots: &[String], view: &dyn View) -> Result<()> {
+        let in_roots = |p: &str| roots.iter().any(|r| under(p, r));
+        let view_meta = std::mem::take(&mut self.view_meta);
+        let mut meta = self.old_meta.clone();
+        for r in roots {
+            remove_under(&mut meta, r);
+        }
+        meta.links.extend(view_meta.links);
+        meta.dirs.extend(view_meta.dirs);
+        meta.modes.extend(view_meta.modes);
+        // A directory emptied by removing what was under it is itself unaffected, and so is one
+        // that received its first entry: only their parent-of-a-root position reveals them.
+        let parents: BTreeSet<&str> = roots
+            .iter()
+            .filter_map(|r| r.rsplit_once('/').map(|(p, _)| p))
+            .collect();
+        for p in parents {
+            if in_roots(p) {
+                continue;
+            }
+            if view.stores_nothing_under(p)? {
+                meta.dirs.insert(p.to_string());
+            } else {
+                meta.dirs.remove(p);
+            }
+        }
+        self.new_docs = if meta == self.old_meta {
+            self.old_docs.clone()
+        } else {
+            meta.documents()
+                .into_iter()
+                .map(|(k, v)| (k, Entry::Inline(v)))
+                .collect()
+        };
+        self.meta = meta;
+        self.status = self.status_lines(base, view)?;
+        Ok(())
+    }
+
+    /// The status lines against `base` (before a commit applies the change): A, then D, then
+    /// C, each sorted; a kind change (file ↔ symlink) or a mode change is a change.
+    fn status_lines(&self, base: &State, view: &dyn View) -> Result<Vec<StatusLine>> {
+        let (old_m, new_m) = (&self.old_meta, &self.meta);
+        let mut groups: [BTreeSet<String>; 3] = Default::default();
+        let link_paths: BTreeSet<&String> = old_m
+            .links
+            .iter()
+            .chain(&new_m.links)
+            .filter(|(k, _)| old_m.links.get(*k) != new_m.links.get(*k))
+            .map(|(k, _)| k)
+            .collect();
+        for k in self.keys.iter().chain(link_paths) {
+            match (leaf(&self.old, old_m, k), leaf(&self.new, new_m, k)) {
+                (None, Some(_)) => groups[0].insert(k.clone()),
+                (Some(_), None) => groups[1].insert(k.clone()),
+                (Some(x), Some(y)) if x != y => groups[2].insert(k.clone()),
+                _ => false,
+            };
+        }
+        for d in new_m.dirs.difference(&old_m.dirs) {
+            groups[0].insert(format!("{d}/"));
+        }
+        for d in old_m.dirs.difference(&new_m.dirs) {
+            if !view.is_dir(d)? {
+                groups[1].insert(format!("{d}/"));
+            }
+        }
+        let base_files = base.entries_map();
+        let mode_paths: BTreeSet<&String> = old_m
+            .modes
+            .iter()
+            .chain(&new_m.modes)
+            .filter(|(k, _)| old_m.modes.get(*k) != new_m.modes.get(*k))
+            .map(|(k, _)| k)
+            .collect();
+        for d in mode_paths {
+            let was_dir = !base_files.contains_key(d.as_str()) && old_m.is_dir(base_files, d);
+            if was_dir && old_m.dir_mode(d) != new_m.dir_mode(d) && view.is_dir(d)? {
+                groups[2].insert(format!("{d}/"));
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .zip(['A', 'D', 'C'])
+            .flat_map(|(paths, code)| paths.into_iter().map(move |path| StatusLine { code, path }))
+            .collect())
+    }
+
+    /// Turn `state` (the base) into the built state: remove `old`, insert `new`, set the
+    /// metadata (validated; on error `state` is left part-way, see [`Built::revert`]).
     pub fn apply_to(&self, state: &mut State) -> Result<()> {
         for k in self.old.keys() {
             state.remove(k);
@@ -79,7 +292,7 @@ impl Built {
         for (k, e) in &self.new {
             state.insert(k, e.clone())?;
         }
-        Ok(())
+        state.set_meta(self.meta.clone())
     }
 
     /// Undo `apply_to` (also after a partial one).
@@ -93,40 +306,39 @@ impl Built {
                 .insert(k, e.clone())
                 .expect("a base entry is valid in its base");
         }
+        state.restore_meta(self.old_docs.clone(), self.old_meta.clone());
     }
 
     /// The changed paths, as `pvrfs status` prints them (A, then D, then C; sorted in each).
     pub fn status(&self) -> Vec<StatusLine> {
-        let mut groups: [Vec<String>; 3] = Default::default();
-        for k in &self.keys {
-            match (self.old.get(k), self.new.get(k)) {
-                (None, Some(_)) => groups[0].push(k.clone()),
-                (Some(_), None) => groups[1].push(k.clone()),
-                (Some(a), Some(b)) if a != b => groups[2].push(k.clone()),
-                _ => {}
-            }
-        }
-        groups
-            .into_iter()
-            .zip(['A', 'D', 'C'])
-            .flat_map(|(paths, code)| paths.into_iter().map(move |path| StatusLine { code, path }))
-            .collect()
+        self.status.clone()
+    }
+
+    /// The files and metadata documents before and after, in one map each.
+    fn with_docs(&self) -> [BTreeMap<&String, &Entry>; 2] {
+        [
+            self.old.iter().chain(&self.old_docs).collect(),
+            self.new.iter().chain(&self.new_docs).collect(),
+        ]
     }
 
     /// The RFC 7396 merge patch from the base to the view (`{}` when clean).
     pub fn merge_diff(&self) -> Value {
-        let pick = |m: &BTreeMap<String, Entry>| {
-            Value::Object(m.iter().map(|(k, e)| (k.clone(), e.to_value())).collect())
+        let pick = |m: &BTreeMap<&String, &Entry>| {
+            Value::Object(m.iter().map(|(k, e)| ((*k).clone(), e.to_value())).collect())
         };
-        crate::patch::merge_diff(&pick(&self.old), &pick(&self.new))
+        let [old, new] = self.with_docs();
+        crate::patch::merge_diff(&pick(&old), &pick(&new))
     }
 
-    /// The RFC 6902 patch from the base to the built state, from the changed keys only
-    /// (O(change); whole values are replaced where `json_patch::diff` would descend into them,
-    /// equally valid).
+    /// The RFC 6902 patch from the base to the built state, from the changed keys and
+    /// documents only (O(change); whole values are replaced where `json_patch::diff` would
+    /// descend into them, equally valid).
     pub fn json_patch(&self) -> Value {
+        let [old, new] = self.with_docs();
+        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).copied().collect();
         let mut ops = Vec::new();
-        for k in &self.keys {
+        for k in keys {
             let path = format!("/{}", k.replace('~', "~0").replace('/', "~1"));
             let op = |op: &str, value: Option<&Entry>| {
                 let mut m = serde_json::Map::new();
@@ -137,7 +349,7 @@ impl Built {
                 }
                 Value::Object(m)
             };
-            match (self.old.get(k), self.new.get(k)) {
+            match (old.get(k), new.get(k)) {
                 (Some(_), None) => ops.push(op("remove", None)),
                 (None, Some(e)) => ops.push(op("add", Some(e))),
                 (Some(a), Some(b)) if a != b => ops.push(op("replace", Some(b))),

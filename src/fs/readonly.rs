@@ -180,7 +180,7 @@ impl ReadOnlyFs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
         match self.tree.kind(parent) {
             None => return Err(FsError::NotFound),
-            Some(NodeKind::File { .. }) => return Err(FsError::NotDir),
+            Some(NodeKind::File { .. } | NodeKind::Symlink { .. }) => return Err(FsError::NotDir),
             Some(NodeKind::Dir { .. }) => {}
         }
         let ino = self
@@ -193,13 +193,19 @@ impl ReadOnlyFs {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let kind = self.tree.kind(ino).ok_or(FsError::NotFound)?;
-        let (kind, size, mode, nlink) = match kind {
-            NodeKind::Dir { subdirs, .. } => (Kind::Dir, 0, 0o755, 2 + subdirs),
+        let mode = self.tree.mode(ino).ok_or(FsError::NotFound)?;
+        let (kind, size, nlink) = match kind {
+            // `.`, the entry in the parent, and each subdirectory's `..`
+            NodeKind::Dir { subdirs, .. } => (Kind::Dir, 0, 2 + subdirs),
             NodeKind::File { file } => {
                 // A missing object still lists, with a 1-byte placeholder size: a reader must
                 // reach us (open or read) and get EIO, never see a plausible empty file.
                 let size = self.tree.file_size(file, &self.store).unwrap_or(1);
-                (Kind::File, size, 0o644, 1)
+                (Kind::File, size, 1)
+            }
+            NodeKind::Symlink { .. } => {
+                let len = self.tree.link_target(ino).map_or(0, <[u8]>::len);
+                (Kind::Symlink, len as u64, 1)
             }
         };
         Ok(Attr {
@@ -226,7 +232,7 @@ impl ReadOnlyFs {
     ) -> Result<(), FsError> {
         match self.tree.kind(ino) {
             None => return Err(FsError::NotFound),
-            Some(NodeKind::File { .. }) => return Err(FsError::NotDir),
+            Some(NodeKind::File { .. } | NodeKind::Symlink { .. }) => return Err(FsError::NotDir),
             Some(NodeKind::Dir { .. }) => {}
         }
         let children = self.tree.children(ino);
@@ -252,6 +258,7 @@ impl ReadOnlyFs {
             } else {
                 let kind = match self.tree.kind(child) {
                     Some(NodeKind::File { .. }) => Kind::File,
+                    Some(NodeKind::Symlink { .. }) => Kind::Symlink,
                     _ => Kind::Dir,
                 };
                 replier.add(child, off + 1, kind, OsStr::from_bytes(name), None)
@@ -266,13 +273,11 @@ impl ReadOnlyFs {
     /// What an open of `ino` would read: `Some(size)` of its object for a blob (0 when the
     /// object is missing: the open reports that), `None` for inline JSON.
     pub fn object_size(&self, ino: u64) -> Result<Option<u64>, FsError> {
-        match self.tree.kind(ino).ok_or(FsError::NotFound)? {
-            NodeKind::Dir { .. } => Err(FsError::IsDir),
-            NodeKind::File { file } => Ok(match self.tree.file_data(file) {
-                FileData::Inline(_) => None,
-                FileData::Object(_) => Some(self.tree.file_size(file, &self.store).unwrap_or(0)),
-            }),
-        }
+        let file = self.file_of(ino)?;
+        Ok(match self.tree.file_data(file) {
+            FileData::Inline(_) => None,
+            FileData::Object(_) => Some(self.tree.file_size(file, &self.store).unwrap_or(0)),
+        })
     }
 
     /// Open a file for reading. Write access fails with EROFS.
@@ -280,10 +285,7 @@ impl ReadOnlyFs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Err(FsError::ReadOnly);
         }
-        let file = match self.tree.kind(ino).ok_or(FsError::NotFound)? {
-            NodeKind::Dir { .. } => return Err(FsError::IsDir),
-            NodeKind::File { file } => file,
-        };
+        let file = self.file_of(ino)?;
         let handle = match self.tree.file_data(file) {
             FileData::Inline(_) => FileSource::Inline(self.tree.rendered(file)),
             FileData::Object(id) => FileSource::Object(self.open_object(file, *id)?),
@@ -291,6 +293,32 @@ impl ReadOnlyFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, handle.clone());
         Ok(Opened { fh, source: handle })
+    }
+
+    /// The file-table index of a file inode; a directory or symlink cannot be opened as one
+    /// (the kernel resolves symlinks itself; one opened with `O_NOFOLLOW` is `ELOOP`).
+    fn file_of(&self, ino: u64) -> Result<u32, FsError> {
+        match self.tree.kind(ino).ok_or(FsError::NotFound)? {
+            NodeKind::Dir { .. } => Err(FsError::IsDir),
+            NodeKind::File { file } => Ok(file),
+            NodeKind::Symlink { .. } => Err(FsError::Errno {
+                op: "open",
+                path: self.tree.path(ino),
+                errno: libc::ELOOP,
+            }),
+        }
+    }
+
+    /// The target of a symlink (`EINVAL` for anything else, as readlink(2)).
+    pub fn readlink(&self, ino: u64) -> Result<&[u8], FsError> {
+        match self.tree.kind(ino).ok_or(FsError::NotFound)? {
+            NodeKind::Symlink { .. } => Ok(self.tree.link_target(ino).unwrap_or_default()),
+            _ => Err(FsError::Errno {
+                op: "readlink",
+                path: self.tree.path(ino),
+                errno: libc::EINVAL,
+            }),
+        }
     }
 
     fn open_object(&self, file: u32, id: ObjectId) -> Result<Arc<ObjectFile>, FsError> {
@@ -441,10 +469,7 @@ impl ReadOnlyFs {
 
     /// What a file reads from, without an open handle.
     fn source_of_inode(&self, ino: u64) -> Result<FileSource, FsError> {
-        let file = match self.tree.kind(ino).ok_or(FsError::NotFound)? {
-            NodeKind::Dir { .. } => return Err(FsError::IsDir),
-            NodeKind::File { file } => file,
-        };
+        let file = self.file_of(ino)?;
         Ok(match self.tree.file_data(file) {
             FileData::Inline(_) => FileSource::Inline(self.tree.rendered(file)),
             FileData::Object(id) => FileSource::Object(self.open_object(file, *id)?),
@@ -464,7 +489,7 @@ impl ReadOnlyFs {
     pub fn opendir(&self, ino: u64, flags: i32) -> Result<(), FsError> {
         match self.tree.kind(ino) {
             None => Err(FsError::NotFound),
-            Some(NodeKind::File { .. }) => Err(FsError::NotDir),
+            Some(NodeKind::File { .. } | NodeKind::Symlink { .. }) => Err(FsError::NotDir),
             Some(NodeKind::Dir { .. }) if flags & libc::O_ACCMODE != libc::O_RDONLY => {
                 Err(FsError::ReadOnly)
             }

@@ -1,8 +1,10 @@
 //! The directory index of one revision: what a mount serves before it touches any object.
 //!
-//! Model: a revision's state is a flat list of file paths; directories exist only as prefixes.
-//! `Tree::build` turns that list into an arena of nodes in one pass over the (sorted) keys plus a
-//! sort of each directory's children, i.e. O(paths · log fan-out), without a `PathBuf` per node:
+//! Model: a revision's state is a flat list of file paths plus its metadata (`state::meta`):
+//! symlinks, empty directories and permission bits; other directories exist only as prefixes.
+//! `Tree::build` turns the files, symlinks and empty directories (one sorted list of leaves)
+//! into an arena of nodes in one pass over the keys plus a sort of each directory's children,
+//! i.e. O(paths · log fan-out), without a `PathBuf` per node:
 //!
 //! - every name lives once in one byte buffer (`names`), a node stores an offset and a length;
 //! - nodes sit in one `Vec` in breadth-first order, so the children of a directory are one
@@ -12,7 +14,9 @@
 //! - file contents are described, not loaded: an object id whose size is read from the store on
 //!   first use (then cached), or an inline JSON value rendered on first use with the same
 //!   renderer `checkout` uses; rendered bytes sit in a bounded LRU, their size is kept forever
-//!   (getattr must be exact, and rendering again on every stat would be wasteful).
+//!   (getattr must be exact, and rendering again on every stat would be wasteful);
+//! - a symlink's target lives in one byte buffer (`targets`); every node carries its 12
+//!   permission bits (the state's, or the defaults 0644/0755; 0777 for a symlink).
 //!
 //! Invariants: node 0 is the root; `parent` of the root is the root; a directory's children are
 //! strictly increasing by name; `.pvr` cannot appear (state validation refuses no such key, but
@@ -45,6 +49,8 @@ pub enum NodeKind {
     },
     /// Index into the tree's file table.
     File { file: u32 },
+    /// Index into the tree's symlink targets.
+    Symlink { link: u32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +59,19 @@ struct Node {
     name_len: u32,
     parent: u32,
     kind: NodeKind,
+    /// Permission bits.
+    mode: u16,
 }
+
+/// A leaf of the tree as the build sees it.
+enum Leaf {
+    File(Entry),
+    Link(String),
+    EmptyDir,
+}
+
+/// The permission bits of a symlink (what Linux shows; they are never checked).
+const LINK_MODE: u16 = 0o777;
 
 /// Where a file's bytes come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +101,9 @@ pub struct Tree {
     inline: Vec<u8>,
     inline_spans: Vec<(usize, usize)>,
     sizes: Vec<AtomicU64>,
+    /// Symlink targets back to back, and each one's span in it.
+    targets: Vec<u8>,
+    target_spans: Vec<(u32, u32)>,
     rendering: Rendering,
     rendered: Mutex<LruCache<u32, Arc<[u8]>>>,
 }
@@ -99,11 +120,38 @@ impl std::fmt::Debug for Tree {
 impl Tree {
     /// Build the index of `state`. Consumes the state: entries move into the tree.
     pub fn build(state: State, rendering: Rendering) -> Tree {
-        let keys: Vec<(String, Entry)> = state
+        let meta = state.meta().clone();
+        let skip = |k: &str| k == ".pvr" || k.starts_with(".pvr/");
+        let mut keys: Vec<(String, Leaf)> = state
             .into_entries()
             .into_iter()
-            .filter(|(k, _)| k.as_str() != ".pvr" && !k.starts_with(".pvr/"))
+            .filter(|(k, _)| !skip(k))
+            .map(|(k, e)| (k, Leaf::File(e)))
             .collect();
+        if !meta.links.is_empty() || !meta.dirs.is_empty() {
+            // Validation keeps symlinks, empty directories and files apart: one sorted list.
+            keys.extend(
+                meta.links
+                    .iter()
+                    .filter(|(k, _)| !skip(k))
+                    .map(|(k, t)| (k.clone(), Leaf::Link(t.clone()))),
+            );
+            keys.extend(
+                meta.dirs
+                    .iter()
+                    .filter(|k| !skip(k))
+                    .map(|k| (k.clone(), Leaf::EmptyDir)),
+            );
+            keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        let mode_of = |path: &str, is_dir: bool| -> u16 {
+            let m = if is_dir {
+                meta.dir_mode(path)
+            } else {
+                meta.file_mode(path)
+            };
+            m as u16
+        };
         let mut tree = Tree {
             names: Vec::new(),
             nodes: Vec::with_capacity(keys.len() + keys.len() / 8 + 1),
@@ -111,6 +159,8 @@ impl Tree {
             inline: Vec::new(),
             inline_spans: Vec::new(),
             sizes: Vec::with_capacity(keys.len()),
+            targets: Vec::new(),
+            target_spans: Vec::new(),
             rendering,
             rendered: Mutex::new(LruCache::new(
                 NonZeroUsize::new(RENDER_CACHE_ENTRIES).expect("non-zero"),
@@ -125,10 +175,12 @@ impl Tree {
                 count: 0,
                 subdirs: 0,
             },
+            mode: crate::state::meta::DEFAULT_DIR_MODE as u16,
         });
         // Breadth-first: (dir node, its keys as a range of `keys`, byte length of its prefix).
         // The keys under one directory are a contiguous run of the sorted key list, and so are
-        // the keys under each of its children (all start with "prefix/child/").
+        // the keys under each of its children (all start with "prefix/child/"). An empty
+        // directory is a leaf key with an empty run.
         let mut queue = std::collections::VecDeque::new();
         queue.push_back((0usize, 0..keys.len(), 0usize));
         let mut children: Vec<(&str, bool, std::ops::Range<usize>)> = Vec::new();
@@ -139,17 +191,21 @@ impl Tree {
                 let rest = &keys[i].0[prefix_len..];
                 let (name, is_dir) = match rest.find('/') {
                     Some(p) => (&rest[..p], true),
-                    None => (rest, false),
+                    None => (rest, matches!(keys[i].1, Leaf::EmptyDir)),
                 };
                 let mut j = i + 1;
-                if is_dir {
+                let mut sub = i..j;
+                if is_dir && rest.len() > name.len() {
                     let dir_prefix_len = prefix_len + name.len() + 1;
                     let dir_prefix = &keys[i].0[..dir_prefix_len];
                     while j < range.end && keys[j].0.starts_with(dir_prefix) {
                         j += 1;
                     }
+                    sub = i..j;
+                } else if is_dir {
+                    sub = j..j; // an empty directory
                 }
-                children.push((name, is_dir, i..j));
+                children.push((name, is_dir, sub));
                 i = j;
             }
             children.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -159,35 +215,59 @@ impl Tree {
                 let name_off = tree.names.len() as u32;
                 tree.names.extend_from_slice(name.as_bytes());
                 let index = tree.nodes.len();
-                let kind = if *is_dir {
+                let dir_path_len = prefix_len + name.len();
+                let (kind, mode) = if *is_dir {
                     subdirs += 1;
                     queue.push_back((index, sub.clone(), prefix_len + name.len() + 1));
-                    NodeKind::Dir {
+                    // an empty directory's run is empty: its own key is the one before it
+                    let key = &keys[if sub.is_empty() {
+                        sub.start - 1
+                    } else {
+                        sub.start
+                    }]
+                    .0;
+                    let kind = NodeKind::Dir {
                         first: 0,
                         count: 0,
                         subdirs: 0,
-                    }
-                } else {
-                    let file = tree.files.len() as u32;
-                    let data = match &keys[sub.start].1 {
-                        Entry::Object(id) => FileData::Object(*id),
-                        Entry::Inline(v) => {
-                            // Kept as canonical bytes (compact); parsed again only to render.
-                            let start = tree.inline.len();
-                            json::write_canonical(v, &mut tree.inline);
-                            tree.inline_spans.push((start, tree.inline.len()));
-                            FileData::Inline(tree.inline_spans.len() as u32 - 1)
-                        }
                     };
-                    tree.files.push((data, index as u32));
-                    tree.sizes.push(AtomicU64::new(UNKNOWN));
-                    NodeKind::File { file }
+                    (kind, mode_of(&key[..dir_path_len], true))
+                } else {
+                    let (key, leaf) = &keys[sub.start];
+                    match leaf {
+                        Leaf::Link(target) => {
+                            let start = tree.targets.len() as u32;
+                            tree.targets.extend_from_slice(target.as_bytes());
+                            tree.target_spans.push((start, target.len() as u32));
+                            let link = tree.target_spans.len() as u32 - 1;
+                            (NodeKind::Symlink { link }, LINK_MODE)
+                        }
+                        Leaf::File(entry) => {
+                            let file = tree.files.len() as u32;
+                            let data = match entry {
+                                Entry::Object(id) => FileData::Object(*id),
+                                Entry::Inline(v) => {
+                                    // Kept as canonical bytes (compact); parsed again only to
+                                    // render.
+                                    let start = tree.inline.len();
+                                    json::write_canonical(v, &mut tree.inline);
+                                    tree.inline_spans.push((start, tree.inline.len()));
+                                    FileData::Inline(tree.inline_spans.len() as u32 - 1)
+                                }
+                            };
+                            tree.files.push((data, index as u32));
+                            tree.sizes.push(AtomicU64::new(UNKNOWN));
+                            (NodeKind::File { file }, mode_of(key, false))
+                        }
+                        Leaf::EmptyDir => unreachable!("empty directories are directories"),
+                    }
                 };
                 tree.nodes.push(Node {
                     name_off,
                     name_len: name.len() as u32,
                     parent: dir as u32,
                     kind,
+                    mode,
                 });
             }
             tree.nodes[dir].kind = NodeKind::Dir {
@@ -201,10 +281,26 @@ impl Tree {
         tree.nodes.shrink_to_fit();
         tree.inline.shrink_to_fit();
         tree.inline_spans.shrink_to_fit();
+        tree.targets.shrink_to_fit();
+        tree.target_spans.shrink_to_fit();
         tree
     }
 
-    /// Number of inodes (directories and files).
+    /// The permission bits of `ino`.
+    pub fn mode(&self, ino: u64) -> Option<u32> {
+        self.node(ino).map(|n| u32::from(n.mode))
+    }
+
+    /// The target of symlink `ino` (`None` for anything else).
+    pub fn link_target(&self, ino: u64) -> Option<&[u8]> {
+        let NodeKind::Symlink { link } = self.node(ino)?.kind else {
+            return None;
+        };
+        let (start, len) = self.target_spans[link as usize];
+        Some(&self.targets[start as usize..(start + len) as usize])
+    }
+
+    /// Number of inodes (directories, files and symlinks).
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -270,7 +366,7 @@ impl Tree {
     pub fn file_index(&self, ino: u64) -> Option<u32> {
         match self.node(ino)?.kind {
             NodeKind::File { file } => Some(file),
-            NodeKind::Dir { .. } => None,
+            NodeKind::Dir { .. } | NodeKind::Symlink { .. } => None,
         }
     }
 

@@ -267,6 +267,13 @@ impl Filesystem for ReadOnlyFuse {
         }
     }
 
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let Some(policy) = self.policy.get() else {
             return reply.error(Errno::EIO); // no OPEN comes before INIT

@@ -333,6 +333,13 @@ impl State {
         Ok(())
     }
 
+    /// Put back documents and metadata taken from this state earlier (`docs()`, `meta()`),
+    /// unchecked and byte for byte: undoing an in-place edit that failed.
+    pub fn restore_meta(&mut self, docs: BTreeMap<String, Entry>, meta: TreeMeta) {
+        self.docs = docs;
+        self.meta = meta;
+    }
+
     /// Check that the metadata still fits the files (after `remove`/`insert`): the last check
     /// before a state is published.
     pub fn check_meta(&self, origin: &str) -> Result<()> {

@@ -192,7 +192,13 @@ impl Overlay {
                 gid,
             } => {
                 let (parent, name) = self.parent_of("symlink", path)?;
-                let ino = self.new_node(*ino, Body::Symlink(target.clone()), 0o777, *uid, *gid);
+                let ino = self.new_node(
+                    *ino,
+                    Body::Symlink(target.clone()),
+                    SYMLINK_MODE,
+                    *uid,
+                    *gid,
+                );
                 self.attach(parent, &name, ino);
                 self.mark(path);
             }

@@ -5,22 +5,48 @@
 //! stored on commit); base content that moved keeps its object id without reading it, except when
 //! it crosses the inline rule (`x.txt` ↔ `x.json`), where it is converted as `pvr add` would.
 //!
+//! The tree's metadata (`state::meta`) is carried the same way: under each root, the view's
+//! permission bits, symlinks and empty directories replace the base's (`fs::change` settles
+//! the directories a change empties or fills, and the documents).
+//!
 //! What the pvr format cannot hold is reported as a warning and stays in the overlay, so the
-//! view never changes under the user: empty directories, modes other than 0644/0755, owners,
-//! symlinks (a symlink to a file inside the tree is *also* stored as a copy of the file's
-//! content, as pvr does; a dangling symlink or one to a directory is not stored), hard links
-//! (each name is stored with the same content), FIFOs, sockets and device nodes (not stored at
-//! all; a symlink to one is not stored either). Special files never show in `status` or
-//! `diff`; one that took the place of a stored file shows as that file's deletion.
+//! view never changes under the user: the mode of the top directory, owners other than the
+//! mounting user, hard links (each name is stored with the same content), FIFOs, sockets and
+//! device nodes (not stored at all; a directory holding nothing else is stored empty). Special
+//! files never show in `status` or `diff`; one that took the place of a stored file shows as
+//! that file's deletion.
 
-use super::{Body, Content, Overlay, DIR_MODE, FILE_MODE, ROOT_INO};
+use super::{Body, Content, Overlay, DIR_MODE, ROOT_INO};
 use crate::error::{Error, Result};
-use crate::fs::change::{self, Built};
+use crate::fs::change::{self, Built, View};
 pub use crate::fs::change::{CommitReport, StatusLine};
 use crate::json::{self, Value};
 use crate::repo::Revision;
 use crate::state::{is_inline_path, Entry, State};
 use std::collections::{BTreeSet, HashMap};
+
+/// The overlay's view, as `Built::finish` asks it.
+struct OverlayView<'o>(&'o Overlay);
+
+impl View for OverlayView<'_> {
+    fn is_dir(&self, path: &str) -> Result<bool> {
+        let ov = self.0;
+        Ok(matches!(
+            ov.resolve(path).map(|i| &ov.nodes[&i].body),
+            Some(Body::Dir(_))
+        ))
+    }
+
+    fn stores_nothing_under(&self, path: &str) -> Result<bool> {
+        let ov = self.0;
+        Ok(match ov.resolve(path).map(|i| &ov.nodes[&i].body) {
+            Some(Body::Dir(children)) => children
+                .values()
+                .all(|c| matches!(ov.nodes[c].body, Body::Special(..))),
+            _ => false,
+        })
+    }
+}
 use std::fs;
 
 struct Walk<'a> {
@@ -34,7 +60,7 @@ impl Overlay {
     /// Compute the new state; `store` puts new content into the object store (commit) instead of
     /// only hashing it (status, diff).
     pub(super) fn build(&self, store: bool) -> Result<Built> {
-        let mut built = Built::default();
+        let mut built = Built::new(&self.base);
         let roots = self.roots();
         for r in &roots {
             built.replace_under(&self.base, r);
@@ -42,7 +68,7 @@ impl Overlay {
         let root = &self.nodes[&ROOT_INO];
         if root.mode != DIR_MODE {
             built.warnings.push(format!(
-                "mode {:04o} of the top directory is not stored (the pvr format has no modes)",
+                "mode {:04o} of the top directory is not stored (a tree's top directory has no recorded mode)",
                 root.mode
             ));
         }
@@ -56,91 +82,72 @@ impl Overlay {
                 self.collect(ino, r, &mut walk)?;
             }
         }
-        // A directory emptied by removing what was under it is itself unaffected: only its
-        // parent-of-a-root position reveals it.
-        let mut parents = BTreeSet::new();
-        for r in &roots {
-            if let Some((parent, _)) = r.rsplit_once('/') {
-                parents.insert(parent);
-            }
-        }
-        for p in parents {
-            let empty = self
-                .resolve(p)
-                .is_some_and(|i| matches!(&self.nodes[&i].body, Body::Dir(c) if c.is_empty()));
-            if empty && !walk.built.retain.iter().any(|r| r == p) {
-                self.unstorable(
-                    &mut walk,
-                    p,
-                    format!(
-                        "empty directory '{p}' is not stored (the pvr format has no directories)"
-                    ),
-                );
-            }
-        }
+        built.finish(&self.base, &roots, &OverlayView(self))?;
         Ok(built)
     }
 
-    fn collect(&self, ino: u64, path: &str, w: &mut Walk<'_>) -> Result<()> {
+    /// Add the view of `ino` at `path` to the walk. Returns false when nothing was stored for it
+    /// (a special file).
+    fn collect(&self, ino: u64, path: &str, w: &mut Walk<'_>) -> Result<bool> {
         let node = &self.nodes[&ino];
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
         if node.uid != euid || node.gid != egid {
-            w.built.retain.push(path.to_string());
-        }
-        match &node.body {
-            Body::Dir(children) => {
-                if node.mode != DIR_MODE {
-                    self.unstorable(w, path, format!("mode {:04o} of directory '{path}' is not stored (the pvr format has no modes)", node.mode));
-                }
-                if children.is_empty() {
-                    self.unstorable(
-                        w,
-                        path,
-                        format!("empty directory '{path}' is not stored (the pvr format has no directories)"),
-                    );
-                }
-                for (name, child) in children {
-                    self.collect(*child, &super::join(path, name), w)?;
-                }
-            }
-            Body::File(_) => {
-                if node.mode != FILE_MODE {
-                    self.unstorable(w, path, format!("mode {:04o} of '{path}' is not stored (the pvr format has no modes)", node.mode));
-                }
-                if node.links.len() > 1 {
-                    self.unstorable(w, path, format!("'{path}' is a hard link; it is stored as a separate copy"));
-                }
-                let entry = self.file_entry(ino, path, w)?;
-                self.insert(w, path, entry)?;
-            }
-            Body::Symlink(target) => match self.follow(path, target) {
-                Some(file) => {
-                    self.unstorable(w, path, format!("symlink '{path}' -> '{target}' is stored as a copy of its target's content"));
-                    let entry = self.file_entry(file, path, w)?;
-                    self.insert(w, path, entry)?;
-                }
-                None => self.unstorable(w, path, format!("symlink '{path}' -> '{target}' is not stored (it does not point to a file in the tree)")),
-            },
-            Body::Special(kind, _) => self.unstorable(
+            self.unstorable(
                 w,
                 path,
                 format!(
-                    "{} '{path}' is not stored (the pvr format has no special files)",
-                    kind.describe()
+                    "owner {}:{} of '{path}' is not stored (pvrfs records no owners; a mount shows its --uid/--gid)",
+                    node.uid, node.gid
                 ),
-            ),
+            );
         }
-        Ok(())
+        match &node.body {
+            Body::Dir(children) => {
+                let mut stored = false;
+                for (name, child) in children {
+                    stored |= self.collect(*child, &super::join(path, name), w)?;
+                }
+                w.built.dir(path, node.mode, !stored);
+            }
+            Body::File(_) => {
+                if node.links.len() > 1 {
+                    self.unstorable(
+                        w,
+                        path,
+                        format!("'{path}' is a hard link; it is stored as a separate copy"),
+                    );
+                }
+                let entry = self.file_entry(ino, path, w)?;
+                w.built.insert(path, entry, node.mode);
+            }
+            Body::Symlink(target) => {
+                if node.links.len() > 1 {
+                    self.unstorable(
+                        w,
+                        path,
+                        format!("'{path}' is a hard link; it is stored as a separate copy"),
+                    );
+                }
+                w.built.symlink(path, target);
+            }
+            Body::Special(kind, _) => {
+                self.unstorable(
+                    w,
+                    path,
+                    format!(
+                        "{} '{path}' is not stored (the pvr format has no special files)",
+                        kind.describe()
+                    ),
+                );
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn unstorable(&self, w: &mut Walk<'_>, path: &str, warning: String) {
         w.built.unstorable(path, warning);
-    }
-
-    fn insert(&self, w: &mut Walk<'_>, path: &str, entry: Entry) -> Result<()> {
-        w.built.insert(path, entry);
-        Ok(())
     }
 
     /// The entry of the file `ino` stored at `path` (which decides the inline rule).
@@ -177,56 +184,6 @@ impl Overlay {
 
     fn blob_entry(&self, bytes: &[u8], store: bool) -> Result<Entry> {
         change::blob_entry(store.then(|| self.repo.store()), bytes)
-    }
-
-    /// Follow a symlink inside the tree to a regular file (`None`: dangling, a directory, a
-    /// loop, or leaving the tree).
-    fn follow(&self, link_path: &str, target: &str) -> Option<u64> {
-        let mut stack = vec![ROOT_INO];
-        for seg in super::split(link_path)
-            .0
-            .split('/')
-            .filter(|s| !s.is_empty())
-        {
-            stack.push(self.resolve_child(*stack.last()?, seg)?);
-        }
-        let mut todo: Vec<String> = Vec::new();
-        let mut hops = 0;
-        push_target(&mut todo, target)?;
-        while let Some(seg) = todo.pop() {
-            match seg.as_str() {
-                "" | "." => {}
-                ".." => {
-                    if stack.len() < 2 {
-                        return None;
-                    }
-                    stack.pop();
-                }
-                name => {
-                    let child = self.resolve_child(*stack.last()?, name)?;
-                    match &self.nodes[&child].body {
-                        Body::Dir(_) => stack.push(child),
-                        Body::File(_) => return todo.is_empty().then_some(child),
-                        Body::Special(..) => return None,
-                        Body::Symlink(t) => {
-                            hops += 1;
-                            if hops > 40 {
-                                return None;
-                            }
-                            push_target(&mut todo, t)?;
-                        }
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    fn resolve_child(&self, dir: u64, name: &str) -> Option<u64> {
-        match &self.nodes.get(&dir)?.body {
-            Body::Dir(c) => c.get(name).copied(),
-            _ => None,
-        }
     }
 
     /// The changed paths, as `pvrfs status` prints them (A, then D, then C; sorted in each).
@@ -384,12 +341,4 @@ impl Overlay {
         }
         Ok(())
     }
-}
-
-fn push_target(todo: &mut Vec<String>, target: &str) -> Option<()> {
-    if target.starts_with('/') {
-        return None; // absolute: outside the tree, whatever the mount point
-    }
-    todo.extend(target.split('/').rev().map(str::to_string));
-    Some(())
 }

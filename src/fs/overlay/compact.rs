@@ -18,9 +18,14 @@ impl Overlay {
         roots
     }
 
-    /// True when the base has `path` or anything under it.
+    /// True when the base has `path` or anything under it (files, symlinks, empty
+    /// directories).
     pub(super) fn base_has(&self, path: &str) -> bool {
-        if self.base.contains(path) {
+        let meta = self.base.meta();
+        if self.base.contains(path) || meta.links.contains_key(path) {
+            return true;
+        }
+        if meta.is_dir(self.base.entries_map(), path) {
             return true;
         }
         let prefix = format!("{path}/");

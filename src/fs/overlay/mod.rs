@@ -25,9 +25,10 @@
 //!
 //! # Inode model
 //!
-//! - Inode 1 is the root. Base directories and files get 2, 3, … in the order they first appear
-//!   while walking the base state's keys in their sorted (code point) order — each directory just
-//!   before its first descendant — so a revision always numbers the same.
+//! - Inode 1 is the root. Base directories, files and symlinks get 2, 3, … in the order they
+//!   first appear while walking the base's files, symlinks and empty directories in their
+//!   sorted (code point) order — each directory just before its first descendant — so a
+//!   revision always numbers the same. Base nodes carry the base's modes (`state::meta`).
 //! - New nodes (and upper files) take ids from one counter, `next_id`, which starts above the base
 //!   numbering and is persisted in the header; the id a record allocated is in the record, so a
 //!   new node keeps its inode across remounts.
@@ -95,8 +96,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const DIR_MODE: u32 = 0o755;
-const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = crate::state::meta::DEFAULT_DIR_MODE;
+/// What a symlink's mode shows (Linux never checks it).
+const SYMLINK_MODE: u32 = 0o777;
 /// Compact the journal into a new snapshot once it grows past this many bytes (and twice the
 /// snapshot: `Journal::wants_compaction`).
 const COMPACT_AT: u64 = 4 << 20;
@@ -484,7 +486,22 @@ impl Overlay {
         let mut dirs: HashMap<String, u64> = HashMap::new();
         dirs.insert(String::new(), ROOT_INO);
         let mut next = ROOT_INO + 1;
-        for (key, entry) in base.iter() {
+        // Files, symlinks and empty directories in one sorted walk (the metadata of `base`).
+        let meta = base.meta();
+        let mut leaves: Vec<(&String, Body)> = base
+            .iter()
+            .map(|(k, e)| (k, Body::File(Content::Base(e.clone()))))
+            .collect();
+        if !meta.links.is_empty() || !meta.dirs.is_empty() {
+            leaves.extend(
+                meta.links
+                    .iter()
+                    .map(|(k, t)| (k, Body::Symlink(t.clone()))),
+            );
+            leaves.extend(meta.dirs.iter().map(|k| (k, Body::Dir(BTreeMap::new()))));
+            leaves.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        for (key, body) in leaves {
             let mut parent = ROOT_INO;
             let mut at = 0;
             // Create missing ancestors first, in order: they take the lower numbers.
@@ -496,7 +513,9 @@ impl Overlay {
                         let ino = next;
                         next += 1;
                         let name = split(prefix).1.to_string();
-                        nodes.insert(ino, dir_node(vec![(parent, name.clone())]));
+                        let mut node = dir_node(vec![(parent, name.clone())]);
+                        node.mode = meta.dir_mode(prefix);
+                        nodes.insert(ino, node);
                         dir_children(&mut nodes, parent).insert(name, ino);
                         dirs.insert(prefix.to_string(), ino);
                         ino
@@ -507,11 +526,19 @@ impl Overlay {
             let ino = next;
             next += 1;
             let name = key[at..].to_string();
+            let mode = match &body {
+                Body::Dir(_) => {
+                    dirs.insert(key.clone(), ino);
+                    meta.dir_mode(key)
+                }
+                Body::Symlink(_) => SYMLINK_MODE,
+                _ => meta.file_mode(key),
+            };
             nodes.insert(
                 ino,
                 Node {
-                    body: Body::File(Content::Base(entry.clone())),
-                    mode: FILE_MODE,
+                    body,
+                    mode,
                     uid: 0,
                     gid: 0,
                     atime: base_time,

@@ -857,32 +857,44 @@ fn commit_reports_what_the_format_cannot_hold() {
     .unwrap();
     ov.symlink(ROOT_INO, "to-pipe", "pipe", uid(), uid())
         .unwrap();
-    // status and diff do not show what cannot be stored
-    assert_eq!(ov.status_text().unwrap(), "A d/up\nA to-b\n");
+    // Symlinks, the empty directory and the mode are changes; special files are not shown.
+    assert_eq!(
+        ov.status_text().unwrap(),
+        "A abs\nA d/up\nA dangling\nA empty/\nA to-b\nA to-pipe\nC a.txt\n"
+    );
     let report = ov.commit("odd").unwrap();
     let w = report.warnings.join("\n");
     for needle in [
-        "empty directory 'empty'",
-        "symlink 'to-b' -> 'd/b.txt' is stored as a copy",
-        "symlink 'd/up' -> '../a.txt' is stored as a copy",
-        "symlink 'dangling' -> 'nowhere' is not stored",
-        "symlink 'abs' -> '/etc/passwd' is not stored",
-        "mode 0755 of 'a.txt'",
         "fifo 'pipe' is not stored (the pvr format has no special files)",
         "character device 'd/null' is not stored (the pvr format has no special files)",
         "socket 'd/sock' is not stored (the pvr format has no special files)",
         "block device 'disk' is not stored (the pvr format has no special files)",
-        "symlink 'to-pipe' -> 'pipe' is not stored",
     ] {
         assert!(w.contains(needle), "missing {needle:?} in:\n{w}");
     }
+    assert_eq!(report.warnings.len(), 4, "{w}");
     let head = repo.head_state().unwrap();
-    assert_eq!(head.get("to-b"), head.get("d/b.txt"));
-    assert_eq!(head.get("d/up"), head.get("a.txt"));
-    assert!(head.get("dangling").is_none() && head.get("empty").is_none());
-    for p in ["pipe", "d/null", "d/sock", "disk", "to-pipe"] {
+    let m = head.meta();
+    for (link, target) in [
+        ("to-b", "d/b.txt"),
+        ("d/up", "../a.txt"),
+        ("dangling", "nowhere"),
+        ("abs", "/etc/passwd"),
+        ("to-pipe", "pipe"),
+    ] {
+        assert_eq!(
+            m.links.get(link).map(String::as_str),
+            Some(target),
+            "{link}"
+        );
+        assert!(head.get(link).is_none());
+    }
+    assert!(m.dirs.contains("empty"));
+    assert_eq!(m.file_mode("a.txt"), 0o755);
+    for p in ["pipe", "d/null", "d/sock", "disk"] {
         assert!(head.get(p).is_none(), "{p} stored");
     }
+    assert!(ov.status_text().unwrap().is_empty());
     // They stay in the view and the overlay, across a reload too.
     let mut ov = reload(&repo, ov);
     assert_eq!(ov.lookup(ROOT_INO, "pipe").unwrap().kind, Kind::Fifo);
@@ -1179,4 +1191,80 @@ fn pooled_upper_files_survive_compaction_commit_and_crash() {
 
 fn journal_free_upper(repo: &Repo, id: u64) -> std::path::PathBuf {
     overlay_dir(repo, "m").join("upper").join(format!("u{id}"))
+}
+
+/// Modes, symlinks and empty directories of a `--rw` mount go into the revision as such, come
+/// back from the base after a reload, and a directory emptied or filled changes with it.
+#[test]
+fn whole_trees_commit_and_come_back() {
+    let (_d, repo, mut ov) = sample();
+    let chmod = |ov: &mut Overlay, path: &str, mode: u32| {
+        let set = SetAttr {
+            mode: Some(mode),
+            ..Default::default()
+        };
+        ov.setattr(ino(ov, path), &set).unwrap();
+    };
+    write_file(&mut ov, "run.sh", b"#!/bin/sh\n");
+    chmod(&mut ov, "run.sh", 0o4755);
+    chmod(&mut ov, "d", 0o700);
+    ov.mkdir(ROOT_INO, "tmp", 0o1777, uid(), uid()).unwrap();
+    ov.symlink(ROOT_INO, "sh", "run.sh", uid(), uid()).unwrap();
+    ov.mkdir(ino(&ov, "d"), "sub", 0o755, uid(), uid()).unwrap();
+    ov.symlink(ino(&ov, "d/sub"), "x", "../../no", uid(), uid())
+        .unwrap();
+    // d/e loses its only file: it stays, empty
+    ov.unlink(ino(&ov, "d/e"), "c.txt").unwrap();
+    assert_eq!(
+        ov.status_text().unwrap(),
+        "A d/e/\nA d/sub/x\nA run.sh\nA sh\nA tmp/\nD d/e/c.txt\nC d/\n"
+    );
+    let diff = ov.diff_text().unwrap();
+    assert!(
+        diff.contains("\"modes\"") && diff.contains("\"4755\""),
+        "{diff}"
+    );
+    ov.commit("whole").unwrap();
+    let head = repo.head_state().unwrap();
+    let m = head.meta();
+    assert_eq!(m.file_mode("run.sh"), 0o4755);
+    assert_eq!(m.dir_mode("d"), 0o700);
+    assert_eq!(m.dir_mode("tmp"), 0o1777);
+    assert_eq!(m.links["sh"], "run.sh");
+    assert_eq!(m.links["d/sub/x"], "../../no");
+    assert_eq!(m.dirs.iter().collect::<Vec<_>>(), ["d/e", "tmp"]);
+    // the documents are where a writer puts them
+    let docs: Vec<&String> = head.docs().keys().collect();
+    assert_eq!(docs, [".pvrfs-meta.json", "d/.pvrfs-meta.json"]);
+    // the stored diff turns the parent into the new state
+    let rev = repo.latest().unwrap();
+    let parent = repo.load_state(&repo.resolve("latest~1").unwrap()).unwrap();
+    let stored = repo.load_diff(&rev).unwrap().unwrap();
+    assert_eq!(
+        crate::patch::apply_to_state(&parent, &stored, "d").unwrap(),
+        head
+    );
+    assert!(ov.status_text().unwrap().is_empty());
+    // A fresh overlay on the new revision shows it all from the base.
+    drop(ov);
+    Overlay::discard(&repo, "m").unwrap();
+    let mut ov = Overlay::load_or_create(&repo, "m", "latest", Options::default()).unwrap();
+    assert_eq!(ov.getattr(ino(&ov, "run.sh")).unwrap().mode, 0o4755);
+    assert_eq!(ov.getattr(ino(&ov, "d")).unwrap().mode, 0o700);
+    assert_eq!(ov.getattr(ino(&ov, "tmp")).unwrap().mode, 0o1777);
+    assert_eq!(ov.readlink(ino(&ov, "sh")).unwrap(), "run.sh");
+    assert_eq!(ov.readdir(ino(&ov, "d/e")).unwrap().len(), 0);
+    assert!(ov.status_text().unwrap().is_empty());
+    // A file into an empty directory: it is no longer one. A symlink renamed over a file.
+    write_file(&mut ov, "tmp/f", b"f");
+    ov.rename(ROOT_INO, "sh", ROOT_INO, "a.txt", RenameFlags::default())
+        .unwrap();
+    assert_eq!(ov.status_text().unwrap(), "A tmp/f\nD sh\nC a.txt\n");
+    ov.commit("more").unwrap();
+    let head = repo.head_state().unwrap();
+    assert!(!head.meta().dirs.contains("tmp"));
+    assert_eq!(head.meta().links["a.txt"], "run.sh");
+    assert!(head.get("a.txt").is_none());
+    let ov = reload(&repo, ov);
+    assert!(ov.status_text().unwrap().is_empty());
 }

@@ -444,7 +444,7 @@ impl UpperOverlay {
     /// Compute the change from the head to the view; `store` puts new content into the object
     /// store (commit) instead of only hashing it.
     pub fn build(&self, store: bool) -> Result<Built> {
-        let mut built = Built::default();
+        let mut built = Built::new(&self.head);
         let mut warnings = Vec::new();
         let upper_roots = self.upper_roots(&mut warnings)?;
         let roots = minimal(upper_roots.iter().chain(&self.header.committed));
@@ -457,6 +457,8 @@ impl UpperOverlay {
             }
         }
         built.warnings.splice(0..0, warnings);
+        let roots: Vec<String> = roots.into_iter().collect();
+        built.finish(&self.head, &roots, &KernelView(self))?;
         Ok(built)
     }
 
@@ -471,7 +473,7 @@ impl UpperOverlay {
         match found {
             Found::LowerFile(lp) => {
                 let entry = self.lower_entry(&lp, path, store)?;
-                built.insert(path, entry);
+                built.insert(path, entry, 0o644);
             }
             Found::UpperFile(disk) => {
                 let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
@@ -498,7 +500,7 @@ impl UpperOverlay {
                 } else {
                     change::stable_file_entry(&disk, path, store)?
                 };
-                built.insert(path, entry);
+                built.insert(path, entry, 0o644);
             }
             Found::UpperOther(disk) => self.collect_other(&disk, path, store, built)?,
             Found::Dir { upper, lower } => {
@@ -544,7 +546,7 @@ impl UpperOverlay {
                         }
                         let vp = join(path, rest);
                         let entry = self.lower_entry(k, &vp, store)?;
-                        built.insert(&vp, entry);
+                        built.insert(&vp, entry, 0o644);
                     }
                 }
                 if built.new.len() == before && built.warnings.len() == warned && !path.is_empty() {
@@ -593,7 +595,7 @@ impl UpperOverlay {
                     format!("symlink '{path}' -> '{target}' is stored as a copy of its target's content"),
                 );
                 let entry = change::file_entry_from_bytes(store, &bytes, path)?;
-                built.insert(path, entry);
+                built.insert(path, entry, 0o644);
             }
             None => built.unstorable(
                 path,
@@ -756,6 +758,19 @@ impl UpperOverlay {
         }
         built.revert(&mut self.head);
         Ok(())
+    }
+}
+
+/// The kernel backend's view, as `Built::finish` asks it.
+struct KernelView<'o>(&'o UpperOverlay);
+
+impl change::View for KernelView<'_> {
+    fn is_dir(&self, path: &str) -> Result<bool> {
+        Ok(matches!(self.0.find(path)?, Some(Found::Dir { .. })))
+    }
+
+    fn stores_nothing_under(&self, _path: &str) -> Result<bool> {
+        Ok(false)
     }
 }
 

@@ -81,6 +81,12 @@ impl TestRepo {
         self
     }
 
+    /// Set the tree's metadata (modes, symlinks, empty directories) for the next commit.
+    pub fn set_meta(&mut self, meta: pvrfs::state::TreeMeta) -> &mut Self {
+        self.state.set_meta(meta).expect("valid metadata");
+        self
+    }
+
     pub fn commit(&mut self, msg: &str) -> Revision {
         let lock = self.repo.lock().expect("lock");
         self.repo
