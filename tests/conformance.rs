@@ -129,6 +129,17 @@ fn case_01_basic_lifecycle() {
     let c = Case::new("01-basic-lifecycle", true);
     fs::create_dir(c.dir.path("emptydir")).unwrap();
     c.step("01", &["init"]);
+    // Deliberate difference (docs/FORMAT.md): pvrfs keeps empty directories, so status lists
+    // one pvr ignores. Without it, every step is pvr's, byte for byte; with it, a commit adds
+    // one metadata document to pvr's state (checked at the end).
+    let status = c.dir.pvrfs(&["status"]);
+    status.ok();
+    let expected = c.expected_string("02", "status.txt").unwrap();
+    assert_eq!(
+        status.stdout(),
+        expected.replace("? empty.txt\n", "? empty.txt\n? emptydir/\n")
+    );
+    fs::remove_dir(c.dir.path("emptydir")).unwrap();
     c.step("02", &["status"]);
     c.step("03", &["add"]);
     c.step("04", &["status"]);
@@ -174,6 +185,22 @@ fn case_01_basic_lifecycle() {
     // a canonical checkout is clean too
     c.dir.pvrfs(&["status"]).ok();
     assert_eq!(c.dir.pvrfs(&["status"]).stdout(), "");
+    // the empty directory: pvr's state plus one document, nothing else
+    c.checkout("20", &["checkout"], "checkout-default");
+    fs::create_dir(c.dir.path("emptydir")).unwrap();
+    c.dir.pvrfs(&["add"]).ok();
+    assert_eq!(c.dir.pvrfs(&["status"]).ok().stdout(), "A emptydir/\n");
+    c.dir.pvrfs(&["commit", "-m", "an empty directory"]).ok();
+    let pvr = String::from_utf8(c.expected("18", "json").unwrap()).unwrap();
+    let spec = r##""#spec":"pantavisor-service-system@1","##;
+    assert!(pvr.contains(spec));
+    assert_eq!(
+        String::from_utf8(c.dir.read(".pvr/json")).unwrap(),
+        pvr.replace(
+            spec,
+            &format!(r#"{spec}".pvrfs-meta.json":{{"dirs":["emptydir"]}},"#)
+        )
+    );
 }
 
 #[test]
