@@ -302,7 +302,7 @@ fn commit_status_diff_and_reset_from_the_cli() {
     fs::write(m.join("config.json"), br#"{"a":2}"#).unwrap();
     fs::create_dir(m.join("empty")).unwrap();
     let status = ok(cli(&m.join("app"), &["status"]));
-    assert_eq!(status, "A app/new.txt\nD README\nC config.json\n");
+    assert_eq!(status, "A app/new.txt\nA empty/\nD README\nC config.json\n");
     let diff = ok(cli(m.path(), &["diff"]));
     assert!(diff.contains("\"README\": null"), "{diff}");
     // invalid JSON: refused, nothing committed, overlay intact
@@ -316,10 +316,11 @@ fn commit_status_diff_and_reset_from_the_cli() {
     let out = cli(&m.join("app"), &["commit", "-m", "from the mount"]);
     let text = ok_with_err(out);
     assert!(text.0.contains("Committed revision 2"), "{text:?}");
-    assert!(text.1.contains("empty directory 'empty'"), "{text:?}");
+    assert!(!text.1.contains("warning"), "{text:?}");
     let head = t.repo.latest().unwrap();
     assert_eq!(head.rev, 2);
     let state = t.repo.head_state().unwrap();
+    assert!(state.meta().dirs.contains("empty"));
     assert!(state.get("README").is_none());
     assert!(matches!(state.get("app/new.txt"), Some(Entry::Object(_))));
     assert_eq!(ok(cli(m.path(), &["status"])), "");
@@ -853,16 +854,30 @@ fn allow_other_enforces_modes_and_owners() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("only the user who mounted"));
-    // nothing changed that a revision can hold: no empty revision
+    // a file owned by another user: stored, its owner reported (pvrfs records no owners)
     let before = t.repo.latest().unwrap().rev;
-    ok(cli(m.path(), &["commit", "-m", "x"]));
+    let out = cli(m.path(), &["commit", "-m", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(
+        err.contains("owner 65534:65534 of 'shared/mine' is not stored"),
+        "{err}"
+    );
+    // modes and empty directories are stored
     fs::set_permissions(m.join("public"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::create_dir(m.join("empty-dir")).unwrap();
+    ok(cli(m.path(), &["commit", "-m", "modes"]));
+    let state = t.repo.head_state().unwrap();
+    assert_eq!(state.meta().file_mode("public"), 0o600);
+    assert_eq!(state.meta().dir_mode("shared"), 0o777);
+    assert!(state.meta().dirs.contains("empty-dir"));
+    // nothing changed that a revision can hold (the owner stays in the overlay): no empty
+    // revision
     let out = cli(m.path(), &["commit", "-m", "empty"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(ok(out), "Nothing to commit\n");
-    assert!(err.contains("empty directory 'empty-dir'"), "{err}");
-    assert_eq!(t.repo.latest().unwrap().rev, before + 1);
+    assert!(err.contains("owner 65534:65534"), "{err}");
+    assert_eq!(t.repo.latest().unwrap().rev, before + 2);
 }
 
 /// Files open across a reset keep working on their discarded data, and do not disturb the new

@@ -286,6 +286,11 @@ impl Model {
                 let got: Vec<_> = head.iter().collect();
                 let want: Vec<_> = state.iter().collect();
                 assert_eq!(got, want, "committed state vs plain tree");
+                assert_eq!(
+                    head.meta(),
+                    state.meta(),
+                    "committed metadata vs plain tree"
+                );
                 assert_eq!(self.ov().status_text().unwrap(), "");
                 format!("commit -> {}", report.revision.rev)
             }
@@ -306,27 +311,44 @@ impl Model {
     }
 }
 
-/// The state pvr would record for a plain tree (symlinks to files inside it as content), or the
+/// The state a commit records for a plain tree — regular files, symlinks as symlinks, empty
+/// directories (holding nothing but special files counts as empty), non-default modes — or the
 /// `.json` files that do not parse.
 fn expected_state(plain: &Path) -> Result<State, Vec<String>> {
-    let root = plain.canonicalize().unwrap();
     let mut state = State::empty(pvrfs::state::DEFAULT_SPEC);
+    let mut meta = pvrfs::state::TreeMeta::default();
     let mut bad = Vec::new();
+    let mut dirs = Vec::new();
+    let mut stored_under: std::collections::BTreeSet<String> = Default::default();
+    let mut stored = |path: &str, set: &mut std::collections::BTreeSet<String>| {
+        let mut p = path;
+        while let Some((up, _)) = p.rsplit_once('/') {
+            set.insert(up.to_string());
+            p = up;
+        }
+    };
     for line in dump_dir(plain) {
         let path = line.split(' ').next().unwrap().to_string();
         let full = plain.join(&path);
         let md = fs::symlink_metadata(&full).unwrap();
-        let target = if md.file_type().is_symlink() {
-            match full.canonicalize() {
-                Ok(t) if t.starts_with(&root) && t.is_file() => t,
-                _ => continue,
-            }
-        } else if md.is_file() {
-            full
-        } else {
+        let mode = md.permissions().mode() & 0o7777;
+        if md.file_type().is_symlink() {
+            let target = fs::read_link(&full).unwrap();
+            meta.links
+                .insert(path.clone(), target.to_str().unwrap().to_string());
+            stored(&path, &mut stored_under);
             continue;
-        };
-        let bytes = fs::read(&target).unwrap();
+        }
+        if md.is_dir() {
+            meta.set_mode(&path, mode, true);
+            dirs.push(path.clone());
+            stored(&path, &mut stored_under);
+            continue;
+        }
+        if !md.is_file() {
+            continue; // special files are not stored
+        }
+        let bytes = fs::read(&full).unwrap();
         let entry = if path.ends_with(".json") {
             match json::parse(&bytes) {
                 Err(_) => {
@@ -341,13 +363,20 @@ fn expected_state(plain: &Path) -> Result<State, Vec<String>> {
         } else {
             Entry::Object(ObjectId::hash_bytes(&bytes))
         };
+        meta.set_mode(&path, mode, false);
+        stored(&path, &mut stored_under);
         state.insert(&path, entry).unwrap();
     }
-    if bad.is_empty() {
-        Ok(state)
-    } else {
-        Err(bad)
+    for d in dirs {
+        if !stored_under.contains(&d) {
+            meta.dirs.insert(d);
+        }
     }
+    if !bad.is_empty() {
+        return Err(bad);
+    }
+    state.set_meta(meta).unwrap();
+    Ok(state)
 }
 
 fn run(seed: u64, steps: usize) {
