@@ -39,18 +39,23 @@ pub enum Command {
     /// object store `.pvr/objects` (pvr's default is a global pool; pass `--objects` for one).
     /// Refuses to touch an existing repository.
     Init(InitArgs),
-    /// Stage files for the next commit (all untracked files when no path is given).
+    /// Stage files, symlinks and empty directories for the next commit (all untracked ones
+    /// when no path is given).
     ///
-    /// A directory adds the untracked files under it (changes to tracked files are committed
-    /// without staging). A file named explicitly, or matched by a glob such as '*.json', is
-    /// staged even when tracked (so `add --raw x.json` switches a tracked file to an object).
-    /// `.pvrignore` (gitignore syntax) is honoured. Objects are stored right away, so a later
-    /// commit only records them.
+    /// A directory adds the untracked files, symlinks and empty directories under it (changes to
+    /// tracked ones — content, link targets, modes — are committed without staging). A file
+    /// named explicitly, or matched by a glob such as '*.json', is staged even when tracked (so
+    /// `add --raw x.json` switches a tracked file to an object). A symlink is stored as a
+    /// symlink, never followed. Sockets, FIFOs and devices cannot be stored: named, they are
+    /// refused; under a directory, each is listed with a warning. `.pvrignore` (gitignore
+    /// syntax) is honoured. Objects are stored right away, so a later commit only records them.
     Add(AddArgs),
     /// Show what changed in the work tree since the last commit.
     ///
-    /// One line per path, as pvr prints them: `A` added (staged), `D` deleted, `C` changed,
-    /// `?` untracked; sorted within each group.
+    /// One line per path, as pvr prints them: `A` added (staged), `D` deleted, `C` changed
+    /// (content, symlink target, type or mode), `?` untracked; sorted within each group.
+    /// Directories (empty ones, or a changed directory mode) end in `/`. What a state cannot
+    /// hold (sockets, FIFOs, devices) is listed on stderr as a warning.
     Status(StatusArgs),
     /// Show the changes as a JSON patch.
     ///
@@ -70,8 +75,10 @@ pub enum Command {
     Show(ShowArgs),
     /// Make the work tree equal to a revision (latest by default).
     ///
-    /// Writes every file of the revision (verifying object hashes), removes tracked files the
-    /// revision does not have, and refuses to overwrite uncommitted changes without `--force`.
+    /// Writes every file of the revision (verifying object hashes) with its recorded mode,
+    /// creates its symlinks and empty directories, removes tracked ones the revision does not
+    /// have, and refuses to overwrite uncommitted changes without `--force`. Nothing is ever
+    /// written or deleted through a symlink found in the work tree.
     /// The head (`.pvr/json`) does not move: after `checkout 3`, `status` shows how the tree
     /// differs from the latest revision, and `commit` records revision 3's content anew.
     #[command(visible_alias = "co")]

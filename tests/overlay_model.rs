@@ -320,7 +320,7 @@ fn expected_state(plain: &Path) -> Result<State, Vec<String>> {
     let mut bad = Vec::new();
     let mut dirs = Vec::new();
     let mut stored_under: std::collections::BTreeSet<String> = Default::default();
-    let mut stored = |path: &str, set: &mut std::collections::BTreeSet<String>| {
+    let stored = |path: &str, set: &mut std::collections::BTreeSet<String>| {
         let mut p = path;
         while let Some((up, _)) = p.rsplit_once('/') {
             set.insert(up.to_string());

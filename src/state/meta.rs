@@ -620,7 +620,8 @@ mod tests {
     #[test]
     fn bad_metadata_is_refused_naming_document_and_path() {
         let f = files(&["a/passwd", "file", "bsp/x"]);
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
             (
                 &[(".pvrfs-meta.json", r#"{"modes":{"file":"9"}}"#)],
                 "'file'",

@@ -465,7 +465,7 @@ mod whole_trees {
         write(&repo, "sub/.pvrfs-meta.json", "{}");
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &repo.workdir().join("fifo"),
+            repo.workdir().join("fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o644),
             0,
