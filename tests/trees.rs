@@ -484,3 +484,56 @@ fn checkout_never_writes_or_deletes_through_a_planted_symlink() {
     );
     assert_eq!(fs::read_to_string(w.join("dir/file")).unwrap(), "tracked\n");
 }
+
+/// Bad metadata (item 4) is refused everywhere with the path named, and nothing is written:
+/// a state that holds it cannot be checked out, mounted, applied, fetched or imported, and fsck
+/// reports it.
+#[test]
+fn bad_metadata_is_refused_naming_the_path() {
+    let (_t, base) = workspace();
+    let w = base.join("w");
+    fs::create_dir_all(w.join("a")).unwrap();
+    fs::write(w.join("a/passwd"), "x\n").unwrap();
+    pvrfs_ok(&w, &["init"]);
+    pvrfs_ok(&w, &["add"]);
+    pvrfs_ok(&w, &["commit", "-m", "one"]);
+    let good = fs::read(w.join(".pvr/json")).unwrap();
+    // a patch that plants a symlink over a directory: refused, no revision
+    let patch = base.join("bad.json");
+    fs::write(&patch, r#"{".pvrfs-meta.json":{"links":{"a":"/etc"}}}"#).unwrap();
+    let err = pvrfs_err(&w, &["apply", patch.to_str().unwrap()]);
+    assert!(
+        err.contains("'a'") && err.contains("directory of 'a/passwd'"),
+        "{err}"
+    );
+    assert_eq!(fs::read(w.join(".pvr/json")).unwrap(), good);
+    // a mode out of range published by someone else: get and import refuse it
+    let other = base.join("other");
+    fs::create_dir_all(other.join("objects")).unwrap();
+    let text = String::from_utf8(good.clone()).unwrap().replacen(
+        "{",
+        r#"{".pvrfs-meta.json":{"modes":{"a/passwd":"99999"}},"#,
+        1,
+    );
+    fs::write(other.join("json"), &text).unwrap();
+    let err = pvrfs_err(&w, &["get", other.to_str().unwrap()]);
+    assert!(err.contains("'a/passwd'") && err.contains("07777"), "{err}");
+    assert_eq!(fs::read(w.join(".pvr/json")).unwrap(), good);
+    // the same state as the head (pvr or a hand edit put it there): checkout, mount and fsck
+    // name the path, and the work tree is left alone
+    fs::write(w.join(".pvr/json"), &text).unwrap();
+    fs::write(w.join("a/passwd"), "edited\n").unwrap();
+    let err = pvrfs_err(&w, &["checkout", "--force"]);
+    assert!(err.contains("'a/passwd'"), "{err}");
+    assert_eq!(fs::read_to_string(w.join("a/passwd")).unwrap(), "edited\n");
+    let out = pvrfs(&w, &["fsck"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("'a/passwd'"));
+    if fuse_available() {
+        let mnt = tempfile::tempdir().unwrap();
+        let out = pvrfs(&w, &["mount", ".", "latest", mnt.path().to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("'a/passwd'"));
+        assert!(!is_mount_point(mnt.path()));
+    }
+}

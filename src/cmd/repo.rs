@@ -326,7 +326,15 @@ fn check_revision(repo: &Repo, rev: &Revision, problems: &mut Vec<String>) -> Op
 pub fn fsck(_args: FsckArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let repo = open_for_reading(ctx)?;
     let mut problems = Vec::new();
-    let revs = repo.revisions()?;
+    // A head that does not load (hostile, or bad metadata) is a problem to list, not a reason
+    // to stop: the recorded revisions are still checked.
+    let (revs, head_ok) = match repo.revisions() {
+        Ok(revs) => (revs, true),
+        Err(e) => {
+            problems.push(format!(".pvr/json: {e}"));
+            (repo.recorded_revisions()?, false)
+        }
+    };
     // object id -> first path/revision needing it
     let mut needed: std::collections::BTreeMap<ObjectId, String> = Default::default();
     for rev in &revs {
@@ -340,9 +348,10 @@ pub fn fsck(_args: FsckArgs, ctx: &mut Ctx<'_>) -> Result<()> {
             }
         }
     }
-    match repo.head_state() {
-        Ok(_) => {}
-        Err(e) => problems.push(format!(".pvr/json: {e}")),
+    if head_ok {
+        if let Err(e) = repo.head_state() {
+            problems.push(format!(".pvr/json: {e}"));
+        }
     }
     if let Err(e) = worktree::load_staged(&repo) {
         problems.push(format!(".pvr/new: {e}"));
