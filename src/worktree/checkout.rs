@@ -254,9 +254,16 @@ impl WorkTree<'_> {
         }
         // The target's directories, parents first; writable while this checkout fills them.
         let root_uid = rustix::process::geteuid().is_root();
+        let umask = process_umask();
+        // Directories made here with their final mode need no second look at the end.
+        let mut exact: stat::HashSet<&str> = stat::HashSet::default();
         for d in &dirs_sorted {
             if missing.contains(d.as_str()) {
-                make_dir(&tree, d)?;
+                let mode = tm.dir_mode(d);
+                make_dir(&tree, d, mode | 0o700)?;
+                if umask.is_some_and(|u| (mode | 0o700) & !u == mode) {
+                    exact.insert(d);
+                }
             } else if !root_uid {
                 ensure_writable(&tree, d)?;
             }
@@ -281,13 +288,12 @@ impl WorkTree<'_> {
                             Put::File(plan) => {
                                 let key = write_file(
                                     repo,
-                                    &tmp_dir,
-                                    &tmp_fd,
-                                    &parent,
-                                    name,
+                                    (&tmp_dir, &tmp_fd),
+                                    (&parent, name),
                                     path,
                                     plan,
                                     opts.hardlink,
+                                    umask,
                                     &tree,
                                 )?;
                                 Some(plan.cache_entry(key))
@@ -308,7 +314,9 @@ impl WorkTree<'_> {
         // Modes of the directories, deepest first (a read-only parent is set after its
         // children).
         for d in dirs_sorted.iter().rev() {
-            set_dir_mode(&tree, d, tm.dir_mode(d))?;
+            if !exact.contains(d.as_str()) {
+                set_dir_mode(&tree, d, tm.dir_mode(d))?;
+            }
         }
         // Work-tree files are not fsynced (git does not either): after a power cut a file may
         // come back empty, which the next checkout sees as an unsaved change and refuses to
@@ -367,11 +375,23 @@ fn remove_empty_dir(tree: &Beneath, path: &str) -> Result<()> {
     }
 }
 
-/// Create the directory `path`, whose parent exists (or a concurrent checkout made it).
-fn make_dir(tree: &Beneath, path: &str) -> Result<()> {
+/// The process's umask, from `/proc/self/status` (reading it with umask(2) would change it for
+/// every thread for a moment); `None` when unknown.
+fn process_umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+    })
+}
+
+/// Create the directory `path` with `mode` (before the umask), whose parent exists (or a
+/// concurrent checkout made it).
+fn make_dir(tree: &Beneath, path: &str, mode: u32) -> Result<()> {
     let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
     let dir = tree.dir(parent)?.ok_or_else(|| not_a_dir(tree, parent))?;
-    match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(0o755)) {
+    match rustix::fs::mkdirat(&dir, name, rustix::fs::Mode::from_raw_mode(mode as _)) {
         Ok(()) => Ok(()),
         Err(Errno::EXIST) => match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::Directory => Ok(()),
@@ -488,26 +508,36 @@ fn rename_into(
         .map_err(|e| Error::io("rename into place", tree.root_path().join(path), e.into()))
 }
 
-/// Write one file via a temp file in `tmp_dir`, with its mode; objects are hashed while copied
+/// Write one file via a temp file in the temp directory `tmp` (path and descriptor), with its
+/// mode, and rename it to `dest` (parent descriptor and name); objects are hashed while copied
 /// and refused when they do not match their id. Returns the new file's stat key.
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     repo: &Repo,
-    tmp_dir: &Path,
-    tmp_fd: &rustix::fd::OwnedFd,
-    parent: &rustix::fd::OwnedFd,
-    name: &str,
+    tmp: (&Path, &rustix::fd::OwnedFd),
+    dest: (&rustix::fd::OwnedFd, &str),
     path: &str,
     plan: &Planned,
     hardlink: bool,
+    umask: Option<u32>,
     tree: &Beneath,
 ) -> Result<StatKey> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let (tmp_dir, tmp_fd) = tmp;
     let tmp = fsutil::temp_path_in(tmp_dir);
+    let create = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(plan.mode)
+            .open(&tmp)
+            .ctx("create", &tmp)
+    };
     let result = (|| {
-        let mut linked = false;
-        if let Some((bytes, _)) = &plan.inline {
-            fs::write(&tmp, bytes).ctx("write", &tmp)?;
+        let file = if let Some((bytes, _)) = &plan.inline {
+            let mut out = create()?;
+            out.write_all(bytes).ctx("write", &tmp)?;
+            Some(out)
         } else if let Some(id) = plan.object {
             let store = repo.store();
             let mut src = store.open_required(&id, Some(path))?;
@@ -515,16 +545,15 @@ fn write_file(
             let same_mode = src
                 .metadata()
                 .is_ok_and(|m| m.permissions().mode() & 0o7777 == plan.mode);
-            let actual = if hardlink && same_mode {
+            let (actual, file) = if hardlink && same_mode {
                 let (actual, _) =
                     ObjectId::hash_reader(&mut src).ctx("read object", store.path_of(&id))?;
                 if actual == id {
                     fs::hard_link(store.path_of(&id), &tmp).ctx("hard-link object to", &tmp)?;
-                    linked = true;
                 }
-                actual
+                (actual, None)
             } else {
-                let mut out = File::create(&tmp).ctx("create", &tmp)?;
+                let mut out = create()?;
                 let mut hasher = crate::oid::Hasher::new();
                 let mut buf = vec![0u8; 128 * 1024];
                 loop {
@@ -535,7 +564,7 @@ fn write_file(
                     hasher.update(&buf[..n]);
                     out.write_all(&buf[..n]).ctx("write", &tmp)?;
                 }
-                hasher.finish().0
+                (hasher.finish().0, Some(out))
             };
             if actual != id {
                 return Err(Error::CorruptObject {
@@ -544,13 +573,22 @@ fn write_file(
                     path: Some(path.to_string()),
                 });
             }
-        }
-        if !linked {
-            // Exact bits, whatever the umask; set before the file appears in the tree.
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(plan.mode)).ctx("chmod", &tmp)?;
-        }
-        let meta = fs::symlink_metadata(&tmp).ctx("stat", &tmp)?;
-        rename_into(tmp_fd, &tmp, parent, name, tree, path)?;
+            file
+        } else {
+            None
+        };
+        let meta = match &file {
+            Some(f) => {
+                // Exact bits, whatever the umask (and setuid/setgid, which open(2) drops).
+                if umask.is_none_or(|u| plan.mode & !u != plan.mode) || plan.mode > 0o777 {
+                    f.set_permissions(fs::Permissions::from_mode(plan.mode))
+                        .ctx("chmod", &tmp)?;
+                }
+                f.metadata().ctx("stat", &tmp)?
+            }
+            None => fs::symlink_metadata(&tmp).ctx("stat", &tmp)?,
+        };
+        rename_into(tmp_fd, &tmp, dest.0, dest.1, tree, path)?;
         Ok(StatKey::of(&meta))
     })();
     if result.is_err() {

@@ -79,7 +79,7 @@ use stat::HashMap;
 use stat::StatKey;
 use statcache::{CacheEntry, StatCache};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
