@@ -19,7 +19,7 @@ use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 struct Model {

@@ -526,14 +526,14 @@ fn bad_metadata_is_refused_naming_the_path() {
     let err = pvrfs_err(&w, &["checkout", "--force"]);
     assert!(err.contains("'a/passwd'"), "{err}");
     assert_eq!(fs::read_to_string(w.join("a/passwd")).unwrap(), "edited\n");
-    let out = pvrfs(&w, &["fsck"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("'a/passwd'"));
+    let out = pvrfs_run(&w, &["fsck"]);
+    assert!(!out.success());
+    assert!(out.stdout().contains("'a/passwd'"), "{}", out.stdout());
     if fuse_available() {
         let mnt = tempfile::tempdir().unwrap();
-        let out = pvrfs(&w, &["mount", ".", "latest", mnt.path().to_str().unwrap()]);
-        assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("'a/passwd'"));
+        let out = pvrfs_run(&w, &["mount", ".", "latest", mnt.path().to_str().unwrap()]);
+        assert!(!out.success());
+        assert!(out.stderr().contains("'a/passwd'"), "{}", out.stderr());
         assert!(!is_mount_point(mnt.path()));
     }
 }
