@@ -83,49 +83,44 @@ impl WorkTree<'_> {
         let cache = self.cache.as_ref().expect("loaded");
         // What is on disk now, and whether it holds work that neither the head nor the last
         // checked-out state has (only such work is protected).
-        let current: Vec<(&String, Found, bool)> = paths
+        // By directory: one descriptor per directory (resolved without following symlinks),
+        // and nothing more to ask about the files of a directory that is not there.
+        let mut by_dir: Vec<(&str, Vec<&String>)> = Vec::new();
+        let mut dir_index: HashMap<&str, usize> = HashMap::default();
+        for path in paths {
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+            let i = *dir_index.entry(dir).or_insert_with(|| {
+                by_dir.push((dir, Vec::new()));
+                by_dir.len() - 1
+            });
+            by_dir[i].1.push(path);
+        }
+        let current: Vec<Vec<(&String, Found, bool)>> = by_dir
             .into_par_iter()
-            .map(|path| {
-                let known = node(&head, path).or_else(|| node(&base, path));
-                let (was, known_entry) = match known {
-                    Some(Node::File(e, _)) => (Was::File(e), Some(e)),
-                    Some(Node::Link(t)) => (Was::Link(t), None),
-                    None => (Was::New, None),
-                };
-                let as_object = stored_as_object(path, known_entry, None);
-                let found = probe(
-                    &tree,
-                    path,
-                    !as_object,
-                    &|k| cache.lookup(path, k),
-                    was,
-                    None,
-                )?;
-                let on_disk = match &found {
-                    Found::File(p) => match entry_of(path, as_object, p) {
-                        Ok(e) => Some((Some(e), p.mode, None)),
-                        Err(_) => Some((None, p.mode, None)), // invalid JSON: unsaved work
-                    },
-                    Found::Link { target, .. } => Some((None, 0, Some(target.as_str()))),
-                    _ => None,
-                };
-                let unsaved = match on_disk {
-                    None => false,
-                    Some((entry, mode, link)) => {
-                        let here = match (&entry, link) {
-                            (Some(e), _) => Some(Node::File(e, mode)),
-                            (None, Some(t)) => Some(Node::Link(t)),
-                            (None, None) => None,
+            .map(|(dir, paths)| {
+                let fd = tree.dir(dir)?;
+                paths
+                    .into_iter()
+                    .map(|path| {
+                        let name = path.rsplit_once('/').map_or(path.as_str(), |(_, n)| n);
+                        let key = match &fd {
+                            None => None,
+                            Some(fd) => {
+                                match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                                    Ok(st) => Some(StatKey::from_stat(&st)),
+                                    Err(Errno::NOENT | Errno::NOTDIR) => None,
+                                    Err(e) => {
+                                        return Err(Error::io("stat", self.abs(path), e.into()))
+                                    }
+                                }
+                            }
                         };
-                        here.is_none_or(|h| {
-                            node(&head, path).as_ref() != Some(&h)
-                                && node(&base, path).as_ref() != Some(&h)
-                        })
-                    }
-                };
-                Ok((path, found, unsaved))
+                        self.probe_for_checkout(&tree, cache, &head, &base, path, key)
+                    })
+                    .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
+        let current = current.into_iter().flatten();
         let tm = target.meta();
         let old_tree_dirs: stat::HashSet<String> = tree_dirs(&head)
             .into_iter()
@@ -338,6 +333,61 @@ impl WorkTree<'_> {
     }
 }
 
+impl WorkTree<'_> {
+    /// What is at `path` now (`key`: its `lstat`, `None` when absent), and whether it holds work
+    /// that neither the head nor the last checked-out state has (only such work is protected).
+    fn probe_for_checkout<'p>(
+        &self,
+        tree: &Beneath,
+        cache: &StatCache,
+        head: &State,
+        base: &State,
+        path: &'p String,
+        key: Option<StatKey>,
+    ) -> Result<(&'p String, Found, bool)> {
+        let Some(key) = key else {
+            return Ok((path, Found::Absent, false));
+        };
+        let known = node(head, path).or_else(|| node(base, path));
+        let (was, known_entry) = match known {
+            Some(Node::File(e, _)) => (Was::File(e), Some(e)),
+            Some(Node::Link(t)) => (Was::Link(t), None),
+            None => (Was::New, None),
+        };
+        let as_object = stored_as_object(path, known_entry, None);
+        let found = probe(
+            tree,
+            path,
+            !as_object,
+            &|k| cache.lookup(path, k),
+            was,
+            Some(key),
+        )?;
+        let here = match &found {
+            Found::File(p) => match entry_of(path, as_object, p) {
+                Ok(e) => Some(Some((e, p.mode))),
+                Err(_) => Some(None), // invalid JSON: unsaved work
+            },
+            Found::Link { target, .. } => {
+                let t = target.as_str();
+                let unsaved = node(head, path) != Some(Node::Link(t))
+                    && node(base, path) != Some(Node::Link(t));
+                return Ok((path, found.clone(), unsaved));
+            }
+            _ => None,
+        };
+        let unsaved = match here {
+            None => false,
+            Some(None) => true,
+            Some(Some((e, mode))) => {
+                let h = Node::File(&e, mode);
+                node(head, path).as_ref() != Some(&h) && node(base, path).as_ref() != Some(&h)
+            }
+        };
+        Ok((path, found, unsaved))
+    }
+}
+
 fn not_a_dir(tree: &Beneath, dir: &str) -> Error {
     Error::Other(format!(
         "'{}' is not a directory (a symlink or a file is in the way); checkout never writes through it",
@@ -542,10 +592,11 @@ fn write_file(
             let store = repo.store();
             let mut src = store.open_required(&id, Some(path))?;
             // A hard link shares the object file's mode: only when that is the wanted one.
-            let same_mode = src
-                .metadata()
-                .is_ok_and(|m| m.permissions().mode() & 0o7777 == plan.mode);
-            let (actual, file) = if hardlink && same_mode {
+            let same_mode = || {
+                src.metadata()
+                    .is_ok_and(|m| m.permissions().mode() & 0o7777 == plan.mode)
+            };
+            let (actual, file) = if hardlink && same_mode() {
                 let (actual, _) =
                     ObjectId::hash_reader(&mut src).ctx("read object", store.path_of(&id))?;
                 if actual == id {
