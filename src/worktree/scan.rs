@@ -588,7 +588,12 @@ impl WorkTree<'_> {
             &mut head_dirs,
         );
         head_dirs.extend(hm.dirs.iter().cloned());
-        let mut candidates: Vec<&String> = head_dirs.iter().chain(staged_dirs).collect();
+        // Only directories with nothing of the view under them can be empty ones (usually none).
+        let mut candidates: Vec<&String> = head_dirs
+            .iter()
+            .chain(staged_dirs)
+            .filter(|d| !view_dirs.contains(d.as_str()))
+            .collect();
         candidates.sort_unstable_by(|a, b| b.cmp(a)); // children before their parents
         candidates.dedup();
         let is_dir_on_disk = |d: &str| -> Result<bool> {
