@@ -157,34 +157,40 @@ impl Built {
     }
 
     /// The view holds `entry` at `path` (a regular file) with permission bits `mode`.
-    pub fn insert(&mut self, path: &str, entry: Entry, mode: u32) {
+    /// Returns whether it is stored (not a reserved name).
+    pub fn insert(&mut self, path: &str, entry: Entry, mode: u32) -> bool {
         if self.refused(path) {
-            return;
+            return false;
         }
         self.keys.insert(path.to_string());
         self.new.insert(path.to_string(), entry);
         self.view_meta.set_mode(path, mode, false);
+        true
     }
 
-    /// The view holds a symlink to `target` at `path`.
-    pub fn symlink(&mut self, path: &str, target: &str) {
-        if !self.refused(path) {
-            self.view_meta
-                .links
-                .insert(path.to_string(), target.to_string());
+    /// The view holds a symlink to `target` at `path`. Returns whether it is stored.
+    pub fn symlink(&mut self, path: &str, target: &str) -> bool {
+        if self.refused(path) {
+            return false;
         }
+        self.view_meta
+            .links
+            .insert(path.to_string(), target.to_string());
+        true
     }
 
     /// The view holds a directory at `path` with permission bits `mode`; `empty`: nothing
-    /// under it is stored.
-    pub fn dir(&mut self, path: &str, mode: u32, empty: bool) {
+    /// under it is stored. Returns whether it is stored (the top directory is not: a tree's
+    /// top has no recorded mode).
+    pub fn dir(&mut self, path: &str, mode: u32, empty: bool) -> bool {
         if path.is_empty() || self.refused(path) {
-            return;
+            return false;
         }
         self.view_meta.set_mode(path, mode, true);
         if empty {
             self.view_meta.dirs.insert(path.to_string());
         }
+        true
     }
 
     /// A warning about something the format cannot hold at `path`.
@@ -325,7 +331,11 @@ impl Built {
     /// The RFC 7396 merge patch from the base to the view (`{}` when clean).
     pub fn merge_diff(&self) -> Value {
         let pick = |m: &BTreeMap<&String, &Entry>| {
-            Value::Object(m.iter().map(|(k, e)| ((*k).clone(), e.to_value())).collect())
+            Value::Object(
+                m.iter()
+                    .map(|(k, e)| ((*k).clone(), e.to_value()))
+                    .collect(),
+            )
         };
         let [old, new] = self.with_docs();
         crate::patch::merge_diff(&pick(&old), &pick(&new))

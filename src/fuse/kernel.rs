@@ -226,7 +226,6 @@ impl KernelDaemon {
         canonical: bool,
     ) -> Result<(Arc<KernelDaemon>, std::sync::mpsc::Receiver<u64>)> {
         let (tx, rx) = std::sync::mpsc::channel();
-        ov.set_view_root(Some(mnt.to_path_buf()));
         ov.set_canonical(canonical);
         let d = Arc::new(KernelDaemon {
             inner: parking_lot::Mutex::new(Inner { ov, generation: 1 }),

@@ -108,7 +108,7 @@ impl Overlay {
                 for (name, child) in children {
                     stored |= self.collect(*child, &super::join(path, name), w)?;
                 }
-                w.built.dir(path, node.mode, !stored);
+                return Ok(w.built.dir(path, node.mode, !stored));
             }
             Body::File(_) => {
                 if node.links.len() > 1 {
@@ -119,7 +119,7 @@ impl Overlay {
                     );
                 }
                 let entry = self.file_entry(ino, path, w)?;
-                w.built.insert(path, entry, node.mode);
+                return Ok(w.built.insert(path, entry, node.mode));
             }
             Body::Symlink(target) => {
                 if node.links.len() > 1 {
@@ -129,7 +129,7 @@ impl Overlay {
                         format!("'{path}' is a hard link; it is stored as a separate copy"),
                     );
                 }
-                w.built.symlink(path, target);
+                return Ok(w.built.symlink(path, target));
             }
             Body::Special(kind, _) => {
                 self.unstorable(
@@ -140,10 +140,9 @@ impl Overlay {
                         kind.describe()
                     ),
                 );
-                return Ok(false);
+                Ok(false)
             }
         }
-        Ok(true)
     }
 
     fn unstorable(&self, w: &mut Walk<'_>, path: &str, warning: String) {

@@ -43,6 +43,18 @@
 //! - any other directory merges with the lower directory of the same name, if there is one;
 //! - regular files are whole (no metacopy): only they are hashed. A file that changes while it
 //!   is hashed is read again (up to 5 times); never a torn object in a revision.
+//!
+//! # Metadata (modes, symlinks, empty directories)
+//!
+//! The lower layer serves the lower revision's metadata (`state::meta`), so the lower state
+//! is read with it: a lower directory is one of its tree (files, symlinks or empty directories
+//! under it), a lower path may be a symlink. In the upper layer a file's or directory's mode
+//! is its permission bits (a chmod copies the object up), a symlink is stored with its target,
+//! and a directory in which nothing stored remains is an empty directory of the state. A
+//! merged directory (one the upper layer merges with the lower directory of its own path) is
+//! a root only when its mode differs from the lower one's: otherwise only what changed under it
+//! is read. A directory emptied or filled by a change under it is settled by `fs::change`
+//! (`Built::finish`), which asks this view.
 
 use super::change::{self, Built, CommitReport, StatusLine};
 use crate::error::{Error, IoContext, Result};
@@ -86,8 +98,6 @@ pub struct UpperOverlay {
     lower: State,
     /// The head's state (equal to `lower` until the first commit).
     head: State,
-    /// Where the view is mounted, for following symlinks inside it (commit of a symlink).
-    view_root: Option<PathBuf>,
     /// Inline JSON is rendered as `checkout --canonical` (the mount's `--canonical`).
     canonical: bool,
 }
@@ -117,6 +127,8 @@ enum Found {
     UpperOther(PathBuf),
     /// A file of the lower revision, at this lower path.
     LowerFile(String),
+    /// A symlink of the lower revision, with its target.
+    LowerLink(String),
 }
 
 impl UpperOverlay {
@@ -177,7 +189,6 @@ impl UpperOverlay {
             lower_rev,
             lower,
             head,
-            view_root: None,
             canonical: false,
         };
         ov.finish_interrupted_commit()?;
@@ -264,11 +275,6 @@ impl UpperOverlay {
         self.canonical = canonical;
     }
 
-    /// Where the view is mounted (symlinks are followed there when committing).
-    pub fn set_view_root(&mut self, mnt: Option<PathBuf>) {
-        self.view_root = mnt;
-    }
-
     /// Start a fresh, empty upper layer on the head, which becomes the lower. The overlayfs
     /// mount of the old layer must be gone (or detached) first.
     pub fn reset(&mut self) -> Result<()> {
@@ -290,8 +296,8 @@ impl UpperOverlay {
         Ok(())
     }
 
-    /// The roots of what the upper layer changes (minimal prefixes), plus warnings about
-    /// directories (modes, emptied directories) that are not under a root.
+    /// The roots of what the upper layer changes (minimal prefixes), plus warnings about what
+    /// the upper layer holds that a state cannot.
     fn upper_roots(&self, warnings: &mut Vec<String>) -> Result<BTreeSet<String>> {
         let mut roots = BTreeSet::new();
         self.roots_in(&self.upper_dir(), "", Some(""), &mut roots, warnings)?;
@@ -306,15 +312,12 @@ impl UpperOverlay {
         roots: &mut BTreeSet<String>,
         warnings: &mut Vec<String>,
     ) -> Result<()> {
-        let mut shown = 0usize;
-        let mut names = BTreeSet::new();
         for e in fs::read_dir(dir).ctx("read upper directory", dir)? {
             let e = e.ctx("read upper directory", dir)?;
             let name = e.file_name().to_string_lossy().into_owned();
             let disk = e.path();
             let vp = join(view, &name);
             let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
-            names.insert(name.clone());
             if view.is_empty() && name == ".pvr" {
                 // overlayfs cannot refuse it as the FUSE overlay does (EPERM); a state cannot
                 // hold it (it is the repository's own metadata).
@@ -323,40 +326,16 @@ impl UpperOverlay {
                 );
                 continue;
             }
-            if is_whiteout(&meta) {
-                roots.insert(vp);
-                continue;
-            }
-            shown += 1;
-            if meta.is_dir() {
+            if meta.is_dir() && !is_whiteout(&meta) {
                 let child_lower = self.child_lower(&disk, lower, &name)?;
-                if child_lower.as_deref() == Some(vp.as_str()) {
-                    if meta.mode() & 0o7777 != 0o755 {
-                        warnings.push(format!(
-                            "mode {:04o} of directory '{vp}' is not stored (the pvr format has no modes)",
-                            meta.mode() & 0o7777
-                        ));
-                    }
+                let merged = child_lower.as_deref() == Some(vp.as_str());
+                // A copied-up directory keeps the lower mode; a chmod changes it.
+                if merged && meta.mode() & 0o7777 == self.lower.meta().dir_mode(&vp) {
                     self.roots_in(&disk, &vp, child_lower.as_deref(), roots, warnings)?;
-                } else {
-                    roots.insert(vp);
+                    continue;
                 }
-            } else {
-                roots.insert(vp);
             }
-        }
-        // A base directory whose every entry was removed is empty in the view.
-        if shown == 0 && !view.is_empty() {
-            let lower_left = lower.is_some_and(|l| {
-                child_names(&self.lower, l)
-                    .iter()
-                    .any(|n| !names.contains(n))
-            });
-            if !lower_left {
-                warnings.push(format!(
-                    "empty directory '{view}' is not stored (the pvr format has no directories)"
-                ));
-            }
+            roots.insert(vp);
         }
         Ok(())
     }
@@ -381,11 +360,17 @@ impl UpperOverlay {
                     None => return Ok(None),
                 },
             };
-            return Ok(change::has_dir(&self.lower, &target).then_some(target));
+            return Ok(self.lower_is_dir(&target).then_some(target));
         }
         Ok(parent_lower
             .map(|p| join(p, name))
-            .filter(|l| change::has_dir(&self.lower, l)))
+            .filter(|l| self.lower_is_dir(l)))
+    }
+
+    /// Whether the lower tree has a directory at `path` (files, symlinks or empty directories
+    /// under it, or an empty directory itself).
+    fn lower_is_dir(&self, path: &str) -> bool {
+        self.lower.meta().is_dir(self.lower.entries_map(), path)
     }
 
     /// Find view path `path` (`""`: the root).
@@ -431,7 +416,10 @@ impl UpperOverlay {
                     if self.lower.get(&lp).is_some() {
                         return Ok(last.then_some(Found::LowerFile(lp)));
                     }
-                    if !change::has_dir(&self.lower, &lp) {
+                    if let Some(target) = self.lower.meta().links.get(&lp) {
+                        return Ok(last.then(|| Found::LowerLink(target.clone())));
+                    }
+                    if !self.lower_is_dir(&lp) {
                         return Ok(None);
                     }
                     lower = Some(lp);
@@ -447,13 +435,22 @@ impl UpperOverlay {
         let mut built = Built::new(&self.head);
         let mut warnings = Vec::new();
         let upper_roots = self.upper_roots(&mut warnings)?;
+        let top = self.upper_dir();
+        let top_mode = fs::symlink_metadata(&top).ctx("stat", &top)?.mode() & 0o7777;
+        if top_mode != crate::state::meta::DEFAULT_DIR_MODE {
+            warnings.push(format!(
+                "mode {top_mode:04o} of the top directory is not stored (a tree's top directory has no recorded mode)"
+            ));
+        }
         let roots = minimal(upper_roots.iter().chain(&self.header.committed));
         let store = store.then(|| self.repo.store());
         for r in &roots {
             built.replace_under(&self.head, r);
             match self.find(r)? {
                 None => {}
-                Some(found) => self.collect(found, r, store, &mut built)?,
+                Some(found) => {
+                    self.collect(found, r, store, &mut built)?;
+                }
             }
         }
         built.warnings.splice(0..0, warnings);
@@ -462,30 +459,24 @@ impl UpperOverlay {
         Ok(built)
     }
 
-    /// Every file of the view at or under `path` (which is `found`) into `built.new`.
+    /// Every file, symlink and directory of the view at or under `path` (which is `found`)
+    /// into `built`. Returns false when nothing was stored for it (a special file, or a
+    /// directory of such: its parent may be empty).
     fn collect(
         &self,
         found: Found,
         path: &str,
         store: Option<&Store>,
         built: &mut Built,
-    ) -> Result<()> {
-        match found {
+    ) -> Result<bool> {
+        Ok(match found {
             Found::LowerFile(lp) => {
                 let entry = self.lower_entry(&lp, path, store)?;
-                built.insert(path, entry, 0o644);
+                built.insert(path, entry, self.lower.meta().file_mode(&lp))
             }
+            Found::LowerLink(target) => built.symlink(path, &target),
             Found::UpperFile(disk) => {
                 let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
-                if meta.mode() & 0o7777 != 0o644 {
-                    built.unstorable(
-                        path,
-                        format!(
-                            "mode {:04o} of '{path}' is not stored (the pvr format has no modes)",
-                            meta.mode() & 0o7777
-                        ),
-                    );
-                }
                 if meta.nlink() > 1 {
                     built.unstorable(
                         path,
@@ -500,13 +491,17 @@ impl UpperOverlay {
                 } else {
                     change::stable_file_entry(&disk, path, store)?
                 };
-                built.insert(path, entry, 0o644);
+                built.insert(path, entry, meta.mode())
             }
-            Found::UpperOther(disk) => self.collect_other(&disk, path, store, built)?,
+            Found::UpperOther(disk) => self.collect_other(&disk, path, built)?,
             Found::Dir { upper, lower } => {
-                let before = built.new.len();
-                let warned = built.warnings.len();
+                let mut stored = false;
                 let mut names = BTreeSet::new();
+                let mode = match (&upper, &lower) {
+                    (Some(u), _) => fs::symlink_metadata(u).ctx("stat", u)?.mode(),
+                    (None, Some(l)) => self.lower.meta().dir_mode(l),
+                    (None, None) => crate::state::meta::DEFAULT_DIR_MODE,
+                };
                 if let Some(u) = &upper {
                     for e in fs::read_dir(u).ctx("read upper directory", u)? {
                         let e = e.ctx("read upper directory", u)?;
@@ -517,10 +512,9 @@ impl UpperOverlay {
                         let vp = join(path, &name);
                         let found = if is_whiteout(&meta) {
                             continue;
+                        } else if path.is_empty() && name == ".pvr" {
+                            continue; // warned about by `upper_roots`
                         } else if meta.is_dir() {
-                            if meta.mode() & 0o7777 != 0o755 {
-                                built.unstorable(&vp, format!("mode {:04o} of directory '{vp}' is not stored (the pvr format has no modes)", meta.mode() & 0o7777));
-                            }
                             Found::Dir {
                                 lower: self.child_lower(&disk, lower.as_deref(), &name)?,
                                 upper: Some(disk),
@@ -530,44 +524,84 @@ impl UpperOverlay {
                         } else {
                             Found::UpperOther(disk)
                         };
-                        self.collect(found, &vp, store, built)?;
+                        stored |= self.collect(found, &vp, store, built)?;
                     }
                 }
                 if let Some(l) = &lower {
-                    for (k, _) in change::entries_under(&self.lower, l) {
-                        let rest = if l.is_empty() {
-                            k.as_str()
-                        } else {
-                            &k[l.len() + 1..]
-                        };
-                        let first = rest.split('/').next().unwrap_or(rest);
-                        if names.contains(first) {
-                            continue;
-                        }
-                        let vp = join(path, rest);
-                        let entry = self.lower_entry(k, &vp, store)?;
-                        built.insert(&vp, entry, 0o644);
-                    }
+                    stored |= self.collect_lower_dir(l, path, &names, store, built)?;
                 }
-                if built.new.len() == before && built.warnings.len() == warned && !path.is_empty() {
-                    built.unstorable(
-                        path,
-                        format!("empty directory '{path}' is not stored (the pvr format has no directories)"),
-                    );
+                built.dir(path, mode, !stored)
+            }
+        })
+    }
+
+    /// What the lower directory `l` holds, seen at view path `path` where the upper directory
+    /// there has `names` (those hide the lower entries of their names): files, symlinks,
+    /// empty directories and modes. Returns whether anything was stored.
+    fn collect_lower_dir(
+        &self,
+        l: &str,
+        path: &str,
+        names: &BTreeSet<String>,
+        store: Option<&Store>,
+        built: &mut Built,
+    ) -> Result<bool> {
+        // `rest`: a lower path under `l`, relative to it; `None` when an upper name hides it.
+        let visible = |k: &str| -> Option<String> {
+            let rest = if l.is_empty() { k } else { &k[l.len() + 1..] };
+            let first = rest.split('/').next().unwrap_or(rest);
+            (!names.contains(first)).then(|| join(path, rest))
+        };
+        let lower_meta = self.lower.meta();
+        let mut stored = false;
+        for (k, _) in change::entries_under(&self.lower, l) {
+            if k == l {
+                continue;
+            }
+            if let Some(vp) = visible(k) {
+                let entry = self.lower_entry(k, &vp, store)?;
+                stored |= built.insert(&vp, entry, lower_meta.file_mode(k));
+            }
+        }
+        let prefix = if l.is_empty() {
+            String::new()
+        } else {
+            format!("{l}/")
+        };
+        let below = |k: &&String| k.starts_with(&prefix);
+        for (k, target) in lower_meta.links.range(prefix.clone()..) {
+            if !below(&k) {
+                break;
+            }
+            if let Some(vp) = visible(k) {
+                stored |= built.symlink(&vp, target);
+            }
+        }
+        for k in lower_meta.dirs.range(prefix.clone()..) {
+            if !below(&k) {
+                break;
+            }
+            if let Some(vp) = visible(k) {
+                stored |= built.dir(&vp, lower_meta.dir_mode(k), true);
+            }
+        }
+        // Directories of the lower tree with a mode of their own (files took theirs above).
+        for (k, mode) in lower_meta.modes.range(prefix.clone()..) {
+            if !below(&k) {
+                break;
+            }
+            if self.lower.get(k).is_none() {
+                if let Some(vp) = visible(k) {
+                    let _ = built.dir(&vp, *mode, false);
                 }
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
-    /// A symlink, FIFO, socket or device in the upper layer at view path `path`.
-    fn collect_other(
-        &self,
-        disk: &Path,
-        path: &str,
-        store: Option<&Store>,
-        built: &mut Built,
-    ) -> Result<()> {
+    /// A symlink, FIFO, socket or device in the upper layer at view path `path`. Returns
+    /// whether it was stored (a symlink).
+    fn collect_other(&self, disk: &Path, path: &str, built: &mut Built) -> Result<bool> {
         let meta = fs::symlink_metadata(disk).ctx("stat", disk)?;
         let ft = meta.file_type();
         if !ft.is_symlink() {
@@ -584,58 +618,28 @@ impl UpperOverlay {
                 path,
                 format!("{kind} '{path}' is not stored (the pvr format has no special files)"),
             );
-            return Ok(());
+            return Ok(false);
+        }
+        if meta.nlink() > 1 {
+            built.unstorable(
+                path,
+                format!("'{path}' is a hard link; it is stored as a separate copy"),
+            );
         }
         let target = fs::read_link(disk).ctx("read symlink", disk)?;
-        let target = target.to_string_lossy();
-        match self.follow_in_view(path)? {
-            Some(bytes) => {
+        Ok(match target.to_str() {
+            Some(t) => built.symlink(path, t),
+            None => {
                 built.unstorable(
                     path,
-                    format!("symlink '{path}' -> '{target}' is stored as a copy of its target's content"),
+                    format!(
+                        "symlink '{path}' -> '{}' is not stored (its target is not UTF-8, which a state cannot hold)",
+                        target.to_string_lossy()
+                    ),
                 );
-                let entry = change::file_entry_from_bytes(store, &bytes, path)?;
-                built.insert(path, entry, 0o644);
+                false
             }
-            None => built.unstorable(
-                path,
-                format!("symlink '{path}' -> '{target}' is not stored (it does not point to a file in the tree)"),
-            ),
-        }
-        Ok(())
-    }
-
-    /// The content of the regular file a symlink at view path `path` leads to, resolved inside
-    /// the mounted view (`None`: dangling, a directory, absolute or leaving the tree, or the
-    /// view is not mounted).
-    fn follow_in_view(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
-        let Some(root) = &self.view_root else {
-            return Ok(None);
-        };
-        let Ok(rootfd) = rustix::fs::open(
-            root,
-            OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return Ok(None);
-        };
-        let opened = openat2(
-            &rootfd,
-            path,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
-        );
-        let Ok(fd) = opened else { return Ok(None) };
-        let f = File::from(fd);
-        match f.metadata() {
-            Ok(m) if m.is_file() => {}
-            _ => return Ok(None),
-        }
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut &f, &mut bytes).ctx("read", root.join(path))?;
-        Ok(Some(bytes))
+        })
     }
 
     /// The entry of lower file `lp` seen at view path `vp` (converted if it crosses the inline
@@ -769,8 +773,42 @@ impl change::View for KernelView<'_> {
         Ok(matches!(self.0.find(path)?, Some(Found::Dir { .. })))
     }
 
-    fn stores_nothing_under(&self, _path: &str) -> Result<bool> {
-        Ok(false)
+    fn stores_nothing_under(&self, path: &str) -> Result<bool> {
+        let ov = self.0;
+        let Some(Found::Dir { upper, lower }) = ov.find(path)? else {
+            return Ok(false);
+        };
+        let mut names = BTreeSet::new();
+        if let Some(u) = &upper {
+            for e in fs::read_dir(u).ctx("read upper directory", u)? {
+                let e = e.ctx("read upper directory", u)?;
+                names.insert(e.file_name().to_string_lossy().into_owned());
+                let ft = e.file_type().ctx("stat", e.path())?;
+                if ft.is_dir() || ft.is_file() || ft.is_symlink() {
+                    return Ok(false);
+                }
+            }
+        }
+        // The lower directory's entries, unless the upper layer hides each of them.
+        let Some(l) = lower else { return Ok(true) };
+        let meta = ov.lower.meta();
+        let prefix = if l.is_empty() {
+            String::new()
+        } else {
+            format!("{l}/")
+        };
+        let hidden = |k: &String| {
+            let rest = &k[prefix.len()..];
+            names.contains(rest.split('/').next().unwrap_or(rest))
+        };
+        let below = |k: &&String| k.starts_with(&prefix);
+        let from = || prefix.clone()..;
+        let files = ov.lower.entries_map().range(from()).map(|(k, _)| k);
+        let links = meta.links.range(from()).map(|(k, _)| k);
+        let dirs = meta.dirs.range(from());
+        Ok(files.take_while(below).all(hidden)
+            && links.take_while(below).all(hidden)
+            && dirs.take_while(below).all(hidden))
     }
 }
 
@@ -799,21 +837,6 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// The names directly under directory `dir` of `state`.
-fn child_names(state: &State, dir: &str) -> BTreeSet<String> {
-    change::entries_under(state, dir)
-        .into_iter()
-        .filter_map(|(k, _)| {
-            let rest = if dir.is_empty() {
-                k.as_str()
-            } else {
-                k.get(dir.len() + 1..)?
-            };
-            Some(rest.split('/').next().unwrap_or(rest).to_string())
-        })
-        .collect()
-}
-
 /// The minimal prefixes of `paths` (a path under another is covered by it).
 fn minimal<'a>(paths: impl Iterator<Item = &'a String>) -> BTreeSet<String> {
     let all: BTreeSet<&String> = paths.collect();
@@ -832,7 +855,14 @@ fn minimal<'a>(paths: impl Iterator<Item = &'a String>) -> BTreeSet<String> {
 fn create_layer(dir: &Path, layer: u64) -> Result<()> {
     for d in [format!("upper.{layer}"), format!("work.{layer}")] {
         let p = dir.join(d);
-        fs::create_dir_all(&p).ctx("create", &p)?;
+        if !p.exists() {
+            fs::create_dir_all(&p).ctx("create", &p)?;
+            // The upper directory is the view's top directory: the lower's mode, not the
+            // umask's.
+            let mode = crate::state::meta::DEFAULT_DIR_MODE;
+            fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .ctx("chmod", &p)?;
+        }
     }
     crate::fsutil::sync_dir(dir)
 }

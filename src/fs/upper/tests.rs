@@ -143,28 +143,132 @@ fn what_the_format_cannot_hold_is_a_warning() {
         return;
     }
     let (_d, _repo, ov) = sample();
-    whiteout(&ov, "d/e/c.txt");
-    write(&ov, "run.sh", b"#!/bin/sh\n");
-    fs::set_permissions(
-        ov.upper_dir().join("run.sh"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    fs::create_dir_all(ov.upper_dir().join(".pvr")).unwrap();
+    fs::create_dir_all(ov.upper_dir().join("x/.pvrfs-meta.json")).unwrap();
+    fs::create_dir_all(ov.upper_dir().join("fifos")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &ov.upper_dir().join("fifos/p"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
     )
     .unwrap();
-    fs::create_dir_all(ov.upper_dir().join(".pvr")).unwrap();
-    fs::create_dir_all(ov.upper_dir().join("empty")).unwrap();
-    std::os::unix::fs::symlink("a.txt", ov.upper_dir().join("link")).unwrap();
+    fs::set_permissions(
+        ov.upper_dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let warnings = ov.warnings().unwrap().join("\n");
     for w in [
-        "empty directory 'd/e' is not stored",
-        "mode 0755 of 'run.sh' is not stored",
         "'.pvr' at the top is not stored",
-        "empty directory 'empty' is not stored",
-        "symlink 'link' -> 'a.txt'",
+        "'x/.pvrfs-meta.json' is not stored ('.pvrfs-meta.json' is a reserved name",
+        "fifo 'fifos/p' is not stored",
+        "mode 0700 of the top directory is not stored",
     ] {
         assert!(warnings.contains(w), "{w}: {warnings}");
     }
-    // Without the mounted view the symlink cannot be followed; with it, it is a copy.
-    assert!(!status(&ov).contains("link"));
+    // A directory holding only a FIFO is stored as an empty directory; 'x' held only a
+    // reserved name.
+    assert_eq!(status(&ov), "A fifos/\nA x/\n");
+}
+
+/// Modes, symlinks and empty directories of the upper layer commit as such, and the lower
+/// revision's metadata is read with its files (a lower symlink or empty directory is part of
+/// the view, a renamed directory keeps the symlinks under it).
+#[test]
+fn metadata_of_the_upper_layer_commits_as_such() {
+    if !root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, repo) = repo_with(&[
+        ("a.txt", b"alpha"),
+        ("d/b.txt", b"beta"),
+        ("d/e/c.txt", b"gamma"),
+        ("bin/busybox", b"bb"),
+        ("keep/k.txt", b"k"),
+    ]);
+    {
+        let mut state = repo.head_state().unwrap();
+        let mut meta = crate::state::TreeMeta::default();
+        meta.links.insert("bin/sh".into(), "busybox".into());
+        meta.links.insert("bin/ls".into(), "busybox".into());
+        meta.links.insert("top".into(), "/etc/passwd".into());
+        meta.dirs.insert("tmp".into());
+        meta.dirs.insert("gone".into());
+        meta.modes.insert("tmp".into(), 0o1777);
+        meta.modes.insert("bin/busybox".into(), 0o755);
+        state.set_meta(meta).unwrap();
+        let lock = repo.lock().unwrap();
+        repo.commit_state(&lock, &state, "meta", None).unwrap();
+    }
+    let mut ov = UpperOverlay::open_or_create(&repo, "k", "latest").unwrap();
+    let up = ov.upper_dir();
+    let chmod = |p: &str, mode: u32| {
+        fs::set_permissions(up.join(p), fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // chmod +x and setuid of a lower file (a copy-up), a new executable.
+    write(&ov, "a.txt", b"alpha");
+    chmod("a.txt", 0o4755);
+    write(&ov, "run.sh", b"#!/bin/sh\n");
+    chmod("run.sh", 0o755);
+    // chmod of a lower directory: copied up (merged), its mode differs.
+    fs::create_dir(up.join("keep")).unwrap();
+    chmod("keep", 0o700);
+    // New symlinks (one dangling, one to a directory), a removed and a replaced lower one.
+    fs::create_dir_all(up.join("d")).unwrap();
+    std::os::unix::fs::symlink("nowhere", up.join("d/dangling")).unwrap();
+    std::os::unix::fs::symlink("d", up.join("to-d")).unwrap();
+    whiteout(&ov, "top");
+    // A new empty directory, a removed lower one, a directory emptied by a removal.
+    fs::create_dir(up.join("new-empty")).unwrap();
+    whiteout(&ov, "gone");
+    whiteout(&ov, "d/e/c.txt");
+    // A renamed lower directory holding symlinks (redirect): its links move with it.
+    dir_with_xattr(&ov, "sbin", REDIRECT, b"bin");
+    whiteout(&ov, "bin");
+    std::os::unix::fs::symlink("/bin/busybox", up.join("sbin/sh")).unwrap();
+    assert_eq!(
+        status(&ov),
+        "A d/dangling\nA d/e/\nA new-empty/\nA run.sh\nA sbin/busybox\nA sbin/ls\nA sbin/sh\nA to-d\n\
+         D bin/busybox\nD bin/ls\nD bin/sh\nD d/e/c.txt\nD gone/\nD top\n\
+         C a.txt\nC keep/\n"
+    );
+    let diff = ov.diff_text().unwrap();
+    assert!(diff.contains(".pvrfs-meta.json"), "{diff}");
+    let report = ov.commit("metadata").unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    let head = repo.head_state().unwrap();
+    let m = head.meta();
+    assert_eq!(m.file_mode("a.txt"), 0o4755);
+    assert_eq!(m.file_mode("run.sh"), 0o755);
+    assert_eq!(m.file_mode("sbin/busybox"), 0o755);
+    assert_eq!(m.dir_mode("keep"), 0o700);
+    assert_eq!(m.dir_mode("tmp"), 0o1777);
+    let links: Vec<(&str, &str)> = m
+        .links
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        links,
+        [
+            ("d/dangling", "nowhere"),
+            ("sbin/ls", "busybox"),
+            ("sbin/sh", "/bin/busybox"),
+            ("to-d", "d")
+        ]
+    );
+    let dirs: Vec<&str> = m.dirs.iter().map(String::as_str).collect();
+    assert_eq!(dirs, ["d/e", "new-empty", "tmp"]);
+    assert!(head.get("keep/k.txt").is_some() && head.get("bin/busybox").is_none());
+    assert_eq!(status(&ov), "");
+    // The next change diffs against the new head: a file in the emptied directory fills it.
+    write(&ov, "d/e/new.txt", b"n");
+    assert_eq!(status(&ov), "A d/e/new.txt\n");
+    ov.commit("fill").unwrap();
+    assert!(!repo.head_state().unwrap().meta().dirs.contains("d/e"));
 }
 
 #[test]
