@@ -9,18 +9,17 @@
 
 use pvrfs::fs::overlay::{Handle, Options, Overlay, RenameFlags, SetAttr};
 use pvrfs::fs::{FsError, ToErrno};
-use pvrfs::json;
 use pvrfs::oid::ObjectId;
 use pvrfs::repo::Repo;
-use pvrfs::state::{Entry, State};
-use pvrfs_testkit::model::{apply_to_dir, only_in, plain_copy, Op, OpGen, BASE};
+use pvrfs::state::Entry;
+use pvrfs_testkit::model::{apply_to_dir, expected_state, only_in, plain_copy, Op, OpGen, BASE};
 use pvrfs_testkit::{dump_dir, dump_overlay, fast_tempdir, repo_with};
 use rand::prelude::*;
 use rand_chacha::ChaCha8Rng;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek};
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
 struct Model {
     gen: OpGen,
@@ -309,74 +308,6 @@ impl Model {
             ),
         }
     }
-}
-
-/// The state a commit records for a plain tree — regular files, symlinks as symlinks, empty
-/// directories (holding nothing but special files counts as empty), non-default modes — or the
-/// `.json` files that do not parse.
-fn expected_state(plain: &Path) -> Result<State, Vec<String>> {
-    let mut state = State::empty(pvrfs::state::DEFAULT_SPEC);
-    let mut meta = pvrfs::state::TreeMeta::default();
-    let mut bad = Vec::new();
-    let mut dirs = Vec::new();
-    let mut stored_under: std::collections::BTreeSet<String> = Default::default();
-    let stored = |path: &str, set: &mut std::collections::BTreeSet<String>| {
-        let mut p = path;
-        while let Some((up, _)) = p.rsplit_once('/') {
-            set.insert(up.to_string());
-            p = up;
-        }
-    };
-    for line in dump_dir(plain) {
-        let path = line.split(' ').next().unwrap().to_string();
-        let full = plain.join(&path);
-        let md = fs::symlink_metadata(&full).unwrap();
-        let mode = md.permissions().mode() & 0o7777;
-        if md.file_type().is_symlink() {
-            let target = fs::read_link(&full).unwrap();
-            meta.links
-                .insert(path.clone(), target.to_str().unwrap().to_string());
-            stored(&path, &mut stored_under);
-            continue;
-        }
-        if md.is_dir() {
-            meta.set_mode(&path, mode, true);
-            dirs.push(path.clone());
-            stored(&path, &mut stored_under);
-            continue;
-        }
-        if !md.is_file() {
-            continue; // special files are not stored
-        }
-        let bytes = fs::read(&full).unwrap();
-        let entry = if path.ends_with(".json") {
-            match json::parse(&bytes) {
-                Err(_) => {
-                    bad.push(path);
-                    continue;
-                }
-                Ok(v) if json::is_object_id_string(&v) => {
-                    Entry::Object(ObjectId::hash_bytes(&bytes))
-                }
-                Ok(v) => Entry::Inline(v),
-            }
-        } else {
-            Entry::Object(ObjectId::hash_bytes(&bytes))
-        };
-        meta.set_mode(&path, mode, false);
-        stored(&path, &mut stored_under);
-        state.insert(&path, entry).unwrap();
-    }
-    for d in dirs {
-        if !stored_under.contains(&d) {
-            meta.dirs.insert(d);
-        }
-    }
-    if !bad.is_empty() {
-        return Err(bad);
-    }
-    state.set_meta(meta).unwrap();
-    Ok(state)
 }
 
 fn run(seed: u64, steps: usize) {

@@ -15,6 +15,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+common::cow_tests!(rw_mount_changes_commit_as_such);
+
 fn pvrfs_ok(dir: &Path, args: &[&str]) -> String {
     pvrfs(args).dir(dir).ok()
 }
@@ -185,14 +187,9 @@ fn read_only_mount_shows_the_tree() {
     );
 }
 
-/// `--rw`: chmod, symlink, mkdir of an empty directory and renames of symlinks commit as such;
-/// a remount of the new revision shows exactly the changed tree.
-#[test]
+/// `--rw` (each backend): chmod, symlink, mkdir of an empty directory and renames of symlinks
+/// commit as such; a remount of the new revision shows exactly the changed tree.
 fn rw_mount_changes_commit_as_such() {
-    if !fuse_available() {
-        eprintln!("SKIP: /dev/fuse is not available");
-        return;
-    }
     let (_t, base) = workspace();
     let src = committed(&base);
     let expected = base.join("expected");

@@ -193,6 +193,17 @@ impl Built {
         true
     }
 
+    /// `path` belongs to `uid:gid`, not to the overlay's user: reported (owners are not
+    /// recorded) and kept in the overlay.
+    pub fn foreign_owner(&mut self, path: &str, uid: u32, gid: u32) {
+        self.unstorable(
+            path,
+            format!(
+                "owner {uid}:{gid} of '{path}' is not stored (pvrfs records no owners; a mount shows its --uid/--gid)"
+            ),
+        );
+    }
+
     /// A warning about something the format cannot hold at `path`.
     pub fn unstorable(&mut self, path: &str, warning: String) {
         self.warnings.push(warning);

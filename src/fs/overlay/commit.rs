@@ -93,14 +93,7 @@ impl Overlay {
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
         if node.uid != euid || node.gid != egid {
-            self.unstorable(
-                w,
-                path,
-                format!(
-                    "owner {}:{} of '{path}' is not stored (pvrfs records no owners; a mount shows its --uid/--gid)",
-                    node.uid, node.gid
-                ),
-            );
+            w.built.foreign_owner(path, node.uid, node.gid);
         }
         match &node.body {
             Body::Dir(children) => {

@@ -100,6 +100,9 @@ pub struct UpperOverlay {
     head: State,
     /// Inline JSON is rendered as `checkout --canonical` (the mount's `--canonical`).
     canonical: bool,
+    /// The overlay's user (`uid`, `gid`): the upper directory's owner. Upper entries owned by
+    /// anybody else are reported (owners are not recorded).
+    owner: (u32, u32),
 }
 
 /// Whether overlay `id` of `repo` exists and belongs to the kernel backend.
@@ -180,6 +183,7 @@ impl UpperOverlay {
         };
         create_layer(&dir, header.layer)?;
         remove_stale_layers(&dir, header.layer);
+        let owner = layer_owner(&dir, header.layer)?;
         let mut ov = UpperOverlay {
             repo: repo.clone(),
             id: id.to_string(),
@@ -190,6 +194,7 @@ impl UpperOverlay {
             lower,
             head,
             canonical: false,
+            owner,
         };
         ov.finish_interrupted_commit()?;
         Ok(ov)
@@ -288,7 +293,9 @@ impl UpperOverlay {
             layer: old_layer + 1,
         };
         create_layer(&self.dir, h.layer)?;
+        let owner = layer_owner(&self.dir, h.layer)?;
         write_header(&self.dir, &h)?;
+        self.owner = owner;
         self.header = h;
         self.lower_rev = head_rev;
         self.lower = self.head.clone();
@@ -477,6 +484,7 @@ impl UpperOverlay {
             Found::LowerLink(target) => built.symlink(path, &target),
             Found::UpperFile(disk) => {
                 let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
+                self.check_owner(&meta, path, built);
                 if meta.nlink() > 1 {
                     built.unstorable(
                         path,
@@ -498,7 +506,13 @@ impl UpperOverlay {
                 let mut stored = false;
                 let mut names = BTreeSet::new();
                 let mode = match (&upper, &lower) {
-                    (Some(u), _) => fs::symlink_metadata(u).ctx("stat", u)?.mode(),
+                    (Some(u), _) => {
+                        let meta = fs::symlink_metadata(u).ctx("stat", u)?;
+                        if !path.is_empty() {
+                            self.check_owner(&meta, path, built);
+                        }
+                        meta.mode()
+                    }
                     (None, Some(l)) => self.lower.meta().dir_mode(l),
                     (None, None) => crate::state::meta::DEFAULT_DIR_MODE,
                 };
@@ -599,10 +613,18 @@ impl UpperOverlay {
         Ok(stored)
     }
 
+    /// Report an upper entry at `path` that is not the overlay user's.
+    fn check_owner(&self, meta: &fs::Metadata, path: &str, built: &mut Built) {
+        if (meta.uid(), meta.gid()) != self.owner {
+            built.foreign_owner(path, meta.uid(), meta.gid());
+        }
+    }
+
     /// A symlink, FIFO, socket or device in the upper layer at view path `path`. Returns
     /// whether it was stored (a symlink).
     fn collect_other(&self, disk: &Path, path: &str, built: &mut Built) -> Result<bool> {
         let meta = fs::symlink_metadata(disk).ctx("stat", disk)?;
+        self.check_owner(&meta, path, built);
         let ft = meta.file_type();
         if !ft.is_symlink() {
             let kind = if ft.is_fifo() {
@@ -865,6 +887,13 @@ fn create_layer(dir: &Path, layer: u64) -> Result<()> {
         }
     }
     crate::fsutil::sync_dir(dir)
+}
+
+/// The owner of layer `layer`'s upper directory.
+fn layer_owner(dir: &Path, layer: u64) -> Result<(u32, u32)> {
+    let p = dir.join(format!("upper.{layer}"));
+    let m = fs::metadata(&p).ctx("stat", &p)?;
+    Ok((m.uid(), m.gid()))
 }
 
 fn write_header(dir: &Path, h: &Header) -> Result<()> {
