@@ -305,11 +305,10 @@ fn apply_refuses_copies_that_double_the_state() {
     assert_apply_refused_cleanly(&format!("[{}]", ops.join(",")), "would copy");
 }
 
-/// Item 3 (fixed by the checkout rewrite of issue 12, which un-ignores this test): a symlinked
-/// directory planted in the work tree must not make checkout write, or `checkout --force`
-/// delete, outside the tree.
+/// Item 3: a symlinked directory planted in the work tree must not make checkout write, or
+/// `checkout --force` delete, outside the tree (every parent is opened without following
+/// symlinks: `worktree::beneath`).
 #[test]
-#[ignore = "issue 11 item 3: checkout still follows symlinked parents; fixed by issue 12"]
 fn checkout_never_writes_or_deletes_through_a_symlinked_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let w = tmp.path().join("w");
@@ -319,12 +318,19 @@ fn checkout_never_writes_or_deletes_through_a_symlinked_directory() {
     fs::write(outside.join("victim"), b"keep me").unwrap();
     repo_with(&w, &[("dir/file", b"from the state"), ("dir/victim", b"v")]);
     std::os::unix::fs::symlink("../outside", w.join("dir")).unwrap();
-    let _ = run_in(&w, &["checkout"]);
+    // The link is a change of the work tree: refused without --force, naming it.
+    let err = pvrfs_err(&w, &["checkout"]);
+    assert!(err.contains("dir"), "{err}");
     assert!(
         !outside.join("file").exists(),
         "checkout wrote through the symlink"
     );
-    let _ = run_in(&w, &["checkout", "--force"]);
+    assert!(fs::symlink_metadata(w.join("dir")).unwrap().is_symlink());
+    // --force replaces the link by the state's directory; nothing outside is touched.
+    pvrfs_ok(&w, &["checkout", "--force"]);
     assert_eq!(fs::read(outside.join("victim")).unwrap(), b"keep me");
     assert!(!outside.join("file").exists());
+    assert!(fs::symlink_metadata(w.join("dir")).unwrap().is_dir());
+    assert_eq!(fs::read(w.join("dir/file")).unwrap(), b"from the state");
+    assert_eq!(fs::read(w.join("dir/victim")).unwrap(), b"v");
 }
