@@ -848,4 +848,6 @@ fn copy_file(src: &File, dst: &File) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+mod commit_tests;
+#[cfg(test)]
 mod tests;
