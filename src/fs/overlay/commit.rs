@@ -101,7 +101,7 @@ impl Overlay {
                 for (name, child) in children {
                     stored |= self.collect(*child, &super::join(path, name), w)?;
                 }
-                return Ok(w.built.dir(path, node.mode, !stored));
+                Ok(w.built.dir(path, node.mode, !stored))
             }
             Body::File(_) => {
                 if node.links.len() > 1 {
@@ -112,7 +112,7 @@ impl Overlay {
                     );
                 }
                 let entry = self.file_entry(ino, path, w)?;
-                return Ok(w.built.insert(path, entry, node.mode));
+                Ok(w.built.insert(path, entry, node.mode))
             }
             Body::Symlink(target) => {
                 if node.links.len() > 1 {
@@ -122,7 +122,7 @@ impl Overlay {
                         format!("'{path}' is a hard link; it is stored as a separate copy"),
                     );
                 }
-                return Ok(w.built.symlink(path, target));
+                Ok(w.built.symlink(path, target))
             }
             Body::Special(kind, _) => {
                 self.unstorable(

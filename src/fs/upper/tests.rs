@@ -148,7 +148,7 @@ fn what_the_format_cannot_hold_is_a_warning() {
     fs::create_dir_all(ov.upper_dir().join("fifos")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &ov.upper_dir().join("fifos/p"),
+        ov.upper_dir().join("fifos/p"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
