@@ -24,7 +24,7 @@
 //! accept a document at any depth. A tree with nothing beyond 0644 files and non-empty 0755
 //! directories has no document at all: its state is exactly pvr's.
 //!
-//! # Invariants (checked by [`parse`] for documents read, by [`check`] for metadata built in
+//! # Invariants (checked by `parse` for documents read, by [`check`] for metadata built in
 //! memory; a violation is [`Error::BadMeta`] naming the document and the path)
 //! - every path is a valid relative path, described by at most one document, with no component
 //!   named `.pvrfs-meta.json` and no first component `.pvr`;
