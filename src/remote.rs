@@ -147,6 +147,25 @@ pub struct ErrorBody {
     pub missing: Vec<String>,
 }
 
+/// A `.pvrremote` answer, checked: it must name json-get-url or objects-endpoint.
+pub fn parse_remote(bytes: &[u8]) -> Result<PvrRemote, String> {
+    let remote: PvrRemote = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if remote.json_get_url.is_empty() && remote.objects_endpoint.is_empty() {
+        return Err("it names neither json-get-url nor objects-endpoint".into());
+    }
+    Ok(remote)
+}
+
+/// An object record (the answer of `objects-endpoint/<sha>` or of an upload offer).
+pub fn parse_record(bytes: &[u8]) -> Result<ObjectRecord, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// The answer of a post.
+pub fn parse_post_reply(bytes: &[u8]) -> Result<PostReply, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

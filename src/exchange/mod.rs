@@ -36,6 +36,7 @@ pub mod bases;
 pub mod dir;
 pub mod http;
 mod limits;
+pub(crate) mod net;
 pub mod pvr;
 pub mod s3;
 pub mod tarball;
@@ -600,7 +601,7 @@ pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Re
             };
             let remote = State::from_json_bytes(&json, &format!("{}/json", loc.describe()))?;
             let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
-                bucket.fetch(&loc.object_key(id), id, store, opts)
+                bucket.fetch(&loc.object_key(id), id, store)
             })?;
             (remote, t)
         }
@@ -880,13 +881,12 @@ fn s3_push(
         state,
         opts.force,
     )?;
-    let present = bucket.list(&loc.key("objects/"))?;
+    let present = bucket.list_objects(&loc.key("objects/"))?;
     let t = push_objects(objects, opts, |id, _, path, len| {
-        let key = loc.object_key(id);
-        if present.get(&key) == Some(&len) {
+        if present.get(id) == Some(&len) {
             return Ok(false);
         }
-        bucket.put_object(&key, id, path, len)?;
+        bucket.put_object(&loc.object_key(id), id, path, len)?;
         Ok(true)
     })?;
     bucket.put_bytes(&loc.json_key(), json, "application/json")?;

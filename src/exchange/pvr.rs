@@ -15,25 +15,27 @@
 //! The bearer token goes to the protocol's endpoints only, never to signed URLs (which may
 //! point at an S3 service), as pvr does.
 
-use super::http::{download_failure, retrying, Failure};
-use super::{Options, RateGuard, Transfer};
+use super::net::{self, fatal, shown, Failure, Net, NetError};
+use super::{Options, Transfer};
 use crate::error::{Error, Result};
 use crate::json;
 use crate::oid::ObjectId;
 use crate::remote::{ErrorBody, ObjectRecord, PostReply, PvrRemote, REMOTE_FILE, REVISION_HEADER};
 use crate::state::State;
 use crate::store::Store;
-use std::io::Read;
 use std::path::Path;
 
-/// Largest JSON answer (state, records) read from a remote.
+/// Largest state read from a remote (a state is text; this only bounds memory).
 const MAX_JSON: u64 = 1 << 30;
+/// Largest `.pvrremote`, object record or post reply read from a remote: each is a few hundred
+/// bytes of JSON.
+pub const MAX_ANSWER: u64 = 1 << 20;
 
 /// A repository URL that speaks pvr's protocol.
 pub struct PvrRemoteClient {
     base: String,
     pub remote: PvrRemote,
-    agent: ureq::Agent,
+    net: Net,
     opts: Options,
 }
 
@@ -49,35 +51,28 @@ impl PvrRemoteClient {
     /// (the remote exists but wants a token).
     pub fn detect(base: &str, opts: &Options) -> Result<Option<PvrRemoteClient>> {
         let base = base.trim_end_matches('/').to_string();
-        let agent = super::http::agent(opts);
         let url = format!("{base}/{REMOTE_FILE}");
         let client = PvrRemoteClient {
             base,
             remote: PvrRemote::default(),
-            agent,
+            net: Net::new(opts),
             opts: opts.clone(),
         };
-        let found = client.retry(&format!("GET {url}"), || {
-            match client.authed(client.agent.get(&url)).call() {
-                Ok(resp) => Ok(Some(read_limited(resp, &url)?)),
-                Err(ureq::Error::Status(401, resp)) => {
-                    Err(auth_failure(401, resp, &url, &client.opts))
+        let clock = client.net.clock();
+        let found = client.net.retrying(&format!("GET {url}"), &clock, || {
+            match client.net.get(&url, &headers(&client.auth()), MAX_ANSWER) {
+                Ok(answer) => Ok(Some(client.net.read_all(answer, MAX_ANSWER, &clock)?)),
+                Err(NetError::Status(401, resp)) => Err(client.auth_failure(401, resp, &url)),
+                Err(NetError::Status(403, resp)) if client.opts.token.is_some() => {
+                    Err(client.auth_failure(403, resp, &url))
                 }
-                Err(ureq::Error::Status(403, resp)) if client.opts.token.is_some() => {
-                    Err(auth_failure(403, resp, &url, &client.opts))
-                }
-                Err(ureq::Error::Status(code, _)) if (400..500).contains(&code) => Ok(None),
-                Err(e) => Err(classify(e, &url)),
+                Err(NetError::Status(code, _)) if (400..500).contains(&code) => Ok(None),
+                Err(e) => Err(client.classify(e, &url)),
             }
         })?;
         let Some(body) = found else { return Ok(None) };
-        let remote: PvrRemote = serde_json::from_slice(&body)
+        let remote = crate::remote::parse_remote(&body)
             .map_err(|e| Error::Other(format!("{url}: not a pvr remote description: {e}")))?;
-        if remote.json_get_url.is_empty() && remote.objects_endpoint.is_empty() {
-            return Err(Error::Other(format!(
-                "{url}: the remote description names neither json-get-url nor objects-endpoint"
-            )));
-        }
         let remote = PvrRemote {
             json_get_url: client.resolve(&remote.json_get_url)?,
             objects_endpoint: client.resolve(&remote.objects_endpoint)?,
@@ -91,31 +86,33 @@ impl PvrRemoteClient {
         &self.base
     }
 
-    /// Endpoint URLs may be relative to the repository URL.
+    /// Endpoint URLs may be relative to the repository URL; whatever they are, only http(s)
+    /// URLs are accepted (`net` refuses others too, this names the field).
     fn resolve(&self, url: &str) -> Result<String> {
-        if url.is_empty() || url.contains("://") {
-            return Ok(url.to_string());
+        if url.is_empty() {
+            return Ok(String::new());
         }
         let base = url::Url::parse(&format!("{}/", self.base))
             .map_err(|e| Error::Usage(format!("'{}' is not a URL: {e}", self.base)))?;
-        base.join(url)
-            .map(|u| u.to_string())
-            .map_err(|e| Error::Other(format!("{}: bad endpoint URL '{url}': {e}", self.base)))
-    }
-
-    fn authed(&self, req: ureq::Request) -> ureq::Request {
-        match &self.opts.token {
-            Some(t) => req.set("Authorization", &format!("Bearer {t}")),
-            None => req,
+        let joined = base
+            .join(url)
+            .map_err(|e| Error::Other(format!("{}: bad endpoint URL '{url}': {e}", self.base)))?;
+        if !matches!(joined.scheme(), "http" | "https") {
+            return Err(Error::Other(format!(
+                "{}: refusing the endpoint URL '{}': only http and https URLs are used",
+                self.base,
+                shown(url)
+            )));
         }
+        Ok(joined.into())
     }
 
-    fn retry<T>(
-        &self,
-        what: &str,
-        attempt: impl FnMut() -> std::result::Result<T, Failure>,
-    ) -> Result<T> {
-        retrying(self.opts.attempts, self.opts.backoff, what, attempt)
+    /// The bearer token, for the protocol's endpoints (never for signed URLs).
+    fn auth(&self) -> Vec<(&'static str, String)> {
+        match &self.opts.token {
+            Some(t) => vec![("Authorization", format!("Bearer {t}"))],
+            None => Vec::new(),
+        }
     }
 
     /// `GET json-get-url`. `Ok(None)` when the remote has no state yet (404).
@@ -124,18 +121,21 @@ impl PvrRemoteClient {
         if url.is_empty() {
             return Ok(None);
         }
-        self.retry(&format!("GET {url}"), || {
-            let resp = match self.authed(self.agent.get(url)).call() {
-                Ok(r) => r,
-                Err(ureq::Error::Status(404, _)) => return Ok(None),
-                Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
-                    return Err(auth_failure(code, resp, url, &self.opts))
+        let clock = self.net.clock();
+        self.net.retrying(&format!("GET {url}"), &clock, || {
+            let answer = match self.net.get(url, &headers(&self.auth()), MAX_JSON) {
+                Ok(a) => a,
+                Err(NetError::Status(404, _)) => return Ok(None),
+                Err(NetError::Status(code @ (401 | 403), resp)) => {
+                    return Err(self.auth_failure(code, resp, url))
                 }
-                Err(e) => return Err(classify(e, url)),
+                Err(e) => return Err(self.classify(e, url)),
             };
-            let revision = resp.header(REVISION_HEADER).and_then(|v| v.parse().ok());
+            let revision = answer
+                .header(REVISION_HEADER)
+                .and_then(|v| v.trim().parse().ok());
             Ok(Some(RemoteState {
-                bytes: read_limited(resp, url)?,
+                bytes: self.net.read_all(answer, MAX_JSON, &clock)?,
                 revision,
             }))
         })
@@ -147,45 +147,44 @@ impl PvrRemoteClient {
             "{}/{id}",
             self.remote.objects_endpoint.trim_end_matches('/')
         );
-        self.retry(&format!("GET {info_url}"), || {
-            let resp = match self.authed(self.agent.get(&info_url)).call() {
-                Ok(r) => r,
-                Err(ureq::Error::Status(404, _)) => {
-                    return Err(Failure::Fatal(Error::Other(format!(
+        let limit = self.opts.max_object_size;
+        let clock = self.net.clock();
+        self.net.retrying(&format!("GET {info_url}"), &clock, || {
+            let answer = match self.net.get(&info_url, &headers(&self.auth()), MAX_ANSWER) {
+                Ok(a) => a,
+                Err(NetError::Status(404, _)) => {
+                    return Err(fatal(format!(
                         "object {id} is missing from the remote {}",
                         self.base
-                    ))))
-                }
-                Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
-                    return Err(auth_failure(code, resp, &info_url, &self.opts))
-                }
-                Err(e) => return Err(classify(e, &info_url)),
-            };
-            let record: ObjectRecord = serde_json::from_slice(&read_limited(resp, &info_url)?)
-                .map_err(|e| {
-                    Failure::Fatal(Error::Other(format!(
-                        "{info_url}: not an object record: {e}"
                     )))
-                })?;
+                }
+                Err(NetError::Status(code @ (401 | 403), resp)) => {
+                    return Err(self.auth_failure(code, resp, &info_url))
+                }
+                Err(e) => return Err(self.classify(e, &info_url)),
+            };
+            let record = crate::remote::parse_record(&self.net.read_all(answer, MAX_ANSWER, &clock)?)
+                .map_err(|e| fatal(format!("{info_url}: not an object record: {e}")))?;
             let get_url = self
                 .resolve(&record.signed_get_url)
                 .map_err(Failure::Fatal)?;
             if get_url.is_empty() {
-                return Err(Failure::Fatal(Error::Other(format!(
-                    "{info_url}: the record has no signed-geturl"
-                ))));
+                return Err(fatal(format!("{info_url}: the record has no signed-geturl")));
             }
-            let size = record.size.trim().parse::<u64>().ok();
+            if let Some(size) = record.size.trim().parse::<u64>().ok().filter(|&s| s > limit) {
+                return Err(fatal(format!(
+                    "{info_url}: object {id} is {size} bytes, more than the limit of {limit} bytes (--max-object-size)"
+                )));
+            }
             // Signed URLs carry their own authorisation: no bearer token.
-            let resp = self
-                .agent
-                .get(&get_url)
-                .call()
-                .map_err(|e| classify(e, strip_query(&get_url)))?;
-            let body = RateGuard::new(resp.into_reader(), &self.opts, size);
+            let answer = self
+                .net
+                .get(&get_url, &[], limit)
+                .map_err(|e| self.classify(e, &get_url))?;
+            let shown = shown(&answer.url).to_string();
             store
-                .put_reader_expecting(body, id)
-                .map_err(download_failure)
+                .put_reader_expecting(self.net.body(answer.resp, answer.len, limit, &clock), id)
+                .map_err(|e| net::download_failure(e, &shown))
         })
     }
 
@@ -194,33 +193,35 @@ impl PvrRemoteClient {
         let url = format!("{}/", self.remote.objects_endpoint.trim_end_matches('/'));
         let body = serde_json::to_vec(&ObjectRecord::describe(id, len, name))
             .expect("a record serialises");
-        self.retry(&format!("POST {url} ({id})"), || {
-            let req = self
-                .authed(self.agent.post(&url))
-                .set("Content-Type", "application/json");
-            match req.send_bytes(&body) {
-                Ok(resp) => {
-                    let record: ObjectRecord = serde_json::from_slice(&read_limited(resp, &url)?)
-                        .map_err(|e| {
-                        Failure::Fatal(Error::Other(format!("{url}: not an object record: {e}")))
-                    })?;
-                    let put = self
-                        .resolve(&record.signed_put_url)
-                        .map_err(Failure::Fatal)?;
-                    if put.is_empty() {
-                        return Err(Failure::Fatal(Error::Other(format!(
-                            "{url}: the record for {id} has no signed-puturl"
-                        ))));
+        let clock = self.net.clock();
+        self.net
+            .retrying(&format!("POST {url} ({id})"), &clock, || {
+                let mut h = self.auth();
+                h.push(("Content-Type", "application/json".into()));
+                match self.net.send("POST", &url, &headers(&h), Some(&body)) {
+                    Ok(resp) => {
+                        let answer = net::Answer::of(resp, &url);
+                        let record = crate::remote::parse_record(
+                            &self.net.read_all(answer, MAX_ANSWER, &clock)?,
+                        )
+                        .map_err(|e| fatal(format!("{url}: not an object record: {e}")))?;
+                        let put = self
+                            .resolve(&record.signed_put_url)
+                            .map_err(Failure::Fatal)?;
+                        if put.is_empty() {
+                            return Err(fatal(format!(
+                                "{url}: the record for {id} has no signed-puturl"
+                            )));
+                        }
+                        Ok(Some(put))
                     }
-                    Ok(Some(put))
+                    Err(NetError::Status(409, _)) => Ok(None),
+                    Err(NetError::Status(code @ (401 | 403), resp)) => {
+                        Err(self.auth_failure(code, resp, &url))
+                    }
+                    Err(e) => Err(self.classify(e, &url)),
                 }
-                Err(ureq::Error::Status(409, _)) => Ok(None),
-                Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
-                    Err(auth_failure(code, resp, &url, &self.opts))
-                }
-                Err(e) => Err(classify(e, &url)),
-            }
-        })
+            })
     }
 
     /// `PUT` a local object to its signed URL. The bytes are hashed while they are sent: if they
@@ -228,42 +229,42 @@ impl PvrRemoteClient {
     /// posted, so nothing ever references the bad upload (and a remote that verifies, like
     /// `pvrfs serve` or S3 with the checksum in the URL, refuses it anyway).
     pub fn upload(&self, put_url: &str, id: &ObjectId, path: &Path, len: u64) -> Result<()> {
-        let shown = strip_query(put_url).to_string();
-        let sent = self.retry(&format!("PUT {shown}"), || {
+        let shown = shown(put_url).to_string();
+        let clock = self.net.clock();
+        let sent = self.net.retrying(&format!("PUT {shown}"), &clock, || {
             let f = std::fs::File::open(path)
                 .map_err(|e| Failure::Fatal(Error::io("open object", path, e)))?;
-            let mut hashing = super::HashingReader::new(f.take(len));
-            let result = self
-                .agent
-                .put(put_url)
-                .set("Content-Length", &len.to_string())
-                .set("Content-Type", "application/octet-stream")
-                .send(&mut hashing);
-            let actual = hashing.finish();
+            let (result, actual) = self.net.upload(
+                put_url,
+                &[("Content-Type", "application/octet-stream")],
+                f,
+                len,
+            );
             match result {
                 Ok(_) => Ok(actual),
-                Err(ureq::Error::Status(code, resp)) if (400..500).contains(&code) => {
-                    let why = error_text(code, resp);
-                    let local = if actual != *id {
-                        format!(" (the local object {} hashes to {actual})", path.display())
-                    } else {
-                        String::new()
+                Err(NetError::Status(code, resp)) if (300..500).contains(&code) => {
+                    let why = self.error_text(code, resp);
+                    let local = match actual {
+                        Some(actual) if actual != *id => {
+                            format!(" (the local object {} hashes to {actual})", path.display())
+                        }
+                        _ => String::new(),
                     };
-                    Err(Failure::Fatal(Error::Other(format!(
+                    Err(fatal(format!(
                         "uploading object {id} to {shown} was refused: {why}{local}"
-                    ))))
+                    )))
                 }
-                Err(e) => Err(classify(e, &shown)),
+                Err(e) => Err(self.classify(e, &shown)),
             }
         })?;
-        if sent != *id {
-            return Err(Error::CorruptObject {
+        match sent {
+            Some(sent) if sent != *id => Err(Error::CorruptObject {
                 id: *id,
                 actual: sent,
                 path: None,
-            });
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// `POST post-url` with the state. `rev` is the revision asked for (-1: the next one).
@@ -285,27 +286,75 @@ impl PvrRemoteClient {
         envelope.insert("rev".into(), json::number_value(&rev.to_string()));
         envelope.insert(key.into(), state.to_value());
         let body = json::to_canonical(&json::Value::Object(envelope));
-        self.retry(&format!("POST {url}"), || {
-            let req = self
-                .authed(self.agent.post(url))
-                .set("Content-Type", "application/json");
-            match req.send_bytes(&body) {
-                Ok(resp) => serde_json::from_slice(&read_limited(resp, url)?).map_err(|e| {
-                    Failure::Fatal(Error::Other(format!("{url}: not a post reply: {e}")))
-                }),
-                Err(ureq::Error::Status(409, resp)) => Err(Failure::Fatal(Error::Conflict(
-                    format!("{url}: {}", error_text(409, resp)),
-                ))),
-                Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
-                    Err(auth_failure(code, resp, url, &self.opts))
+        let clock = self.net.clock();
+        self.net.retrying(&format!("POST {url}"), &clock, || {
+            let mut h = self.auth();
+            h.push(("Content-Type", "application/json".into()));
+            match self.net.send("POST", url, &headers(&h), Some(&body)) {
+                Ok(resp) => {
+                    let answer = net::Answer::of(resp, url);
+                    crate::remote::parse_post_reply(&self.net.read_all(answer, MAX_ANSWER, &clock)?)
+                        .map_err(|e| fatal(format!("{url}: not a post reply: {e}")))
                 }
-                Err(ureq::Error::Status(code, resp)) if (400..500).contains(&code) => Err(
-                    Failure::Fatal(Error::Other(format!("{url}: {}", error_text(code, resp)))),
-                ),
-                Err(e) => Err(classify(e, url)),
+                Err(NetError::Status(409, resp)) => Err(Failure::Fatal(Error::Conflict(format!(
+                    "{url}: {}",
+                    self.error_text(409, resp)
+                )))),
+                Err(NetError::Status(code @ (401 | 403), resp)) => {
+                    Err(self.auth_failure(code, resp, url))
+                }
+                Err(NetError::Status(code, resp)) if (300..500).contains(&code) => {
+                    Err(fatal(format!("{url}: {}", self.error_text(code, resp))))
+                }
+                Err(e) => Err(self.classify(e, url)),
             }
         })
     }
+
+    /// The remote's explanation of an error answer: `error` of a JSON body, else the status line.
+    fn error_text(&self, code: u16, resp: Box<ureq::Response>) -> String {
+        let status = resp.status_text().to_string();
+        let body = self.net.error_body(resp);
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) if !e.error.is_empty() => format!("{code} {}", e.error),
+            _ => format!("{code} {status}"),
+        }
+    }
+
+    fn auth_failure(&self, code: u16, resp: Box<ureq::Response>, url: &str) -> Failure {
+        let why = self.error_text(code, resp);
+        let hint = match (code, &self.opts.token) {
+            (401, None) => "; the remote wants a token: pass --token TOKEN or set PVRFS_TOKEN",
+            (401, Some(_)) => "; the token was not accepted",
+            _ => "; the token does not grant this",
+        };
+        Failure::Fatal(Error::Remote {
+            code: 6,
+            message: format!("{}: {why}{hint}", shown(url)),
+        })
+    }
+
+    fn classify(&self, e: NetError, url: &str) -> Failure {
+        match e {
+            NetError::Status(code, resp) if code >= 500 || code == 408 || code == 429 => {
+                Failure::Retry(format!(
+                    "the server answered {}",
+                    self.error_text(code, resp)
+                ))
+            }
+            NetError::Status(code, resp) => fatal(format!(
+                "{}: the server answered {}",
+                shown(url),
+                self.error_text(code, resp)
+            )),
+            NetError::Failed(f) => f,
+        }
+    }
+}
+
+/// Owned header pairs as the `(&str, &str)` slice `Net` takes.
+fn headers<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// One object to push: id, the key needing it, its file and size.
@@ -363,59 +412,4 @@ pub fn push(
     let reply = client.post(state, message, rev)?;
     transfer.remote_revision = u64::try_from(reply.rev).ok();
     Ok(transfer)
-}
-
-fn strip_query(url: &str) -> &str {
-    url.split_once('?').map_or(url, |(u, _)| u)
-}
-
-fn read_limited(resp: ureq::Response, url: &str) -> std::result::Result<Vec<u8>, Failure> {
-    let mut body = Vec::new();
-    resp.into_reader()
-        .take(MAX_JSON + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| Failure::Retry(format!("reading the body failed: {e}")))?;
-    if body.len() as u64 > MAX_JSON {
-        return Err(Failure::Fatal(Error::Other(format!(
-            "{url}: the answer is larger than {MAX_JSON} bytes"
-        ))));
-    }
-    Ok(body)
-}
-
-/// The remote's explanation of an error answer: `error` of a JSON body, else the status line.
-fn error_text(code: u16, resp: ureq::Response) -> String {
-    let status = resp.status_text().to_string();
-    let mut body = Vec::new();
-    let _ = resp.into_reader().take(64 * 1024).read_to_end(&mut body);
-    match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(e) if !e.error.is_empty() => format!("{code} {}", e.error),
-        _ => format!("{code} {status}"),
-    }
-}
-
-fn auth_failure(code: u16, resp: ureq::Response, url: &str, opts: &Options) -> Failure {
-    let why = error_text(code, resp);
-    let hint = match (code, &opts.token) {
-        (401, None) => "; the remote wants a token: pass --token TOKEN or set PVRFS_TOKEN",
-        (401, Some(_)) => "; the token was not accepted",
-        _ => "; the token does not grant this",
-    };
-    Failure::Fatal(Error::Remote {
-        code: 6,
-        message: format!("{}: {why}{hint}", strip_query(url)),
-    })
-}
-
-fn classify(e: ureq::Error, url: &str) -> Failure {
-    match e {
-        ureq::Error::Status(code, resp) if code >= 500 || code == 408 || code == 429 => {
-            Failure::Retry(format!("the server answered {}", error_text(code, resp)))
-        }
-        ureq::Error::Status(code, resp) => Failure::Fatal(Error::Other(format!(
-            "{url}: the server answered {}",
-            error_text(code, resp)
-        ))),
-        ureq::Error::Transport(t) => Failure::Retry(format!("transport error: {t}")),
-    }
 }

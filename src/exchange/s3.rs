@@ -22,9 +22,12 @@
 //!   under a good name.
 //! - Downloads are verified while they are written into the local store (as for every source).
 //! - `json` is written last and only after every object it references is present.
-//! - Every request is retried a bounded number of times (see `http::retrying`).
+//! - Every request goes through `net` (http(s) only, redirects checked, sizes capped, deadlines)
+//!   and is retried a bounded number of times. The service is untrusted like any server: a
+//!   listing that repeats a continuation token or does not move forward, or runs past
+//!   [`MAX_LIST_PAGES`] pages, is refused.
 
-use super::http::{retrying, Failure};
+use super::net::{self, fatal, Failure, Net, NetError};
 use super::Options;
 use crate::error::{Error, Result};
 use crate::oid::ObjectId;
@@ -32,7 +35,6 @@ use crate::store::Store;
 use base64::Engine;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -42,6 +44,10 @@ const OWN_URL_LIFETIME: Duration = Duration::from_secs(3600);
 pub const MAX_SINGLE_PUT: u64 = 5 << 30;
 /// Largest `json` accepted from a bucket (a state is text; this only bounds memory).
 const MAX_JSON: u64 = 1 << 30;
+/// Largest page of a listing (1000 keys of XML are a few hundred KiB).
+const MAX_LIST_PAGE: u64 = 16 << 20;
+/// Most pages a listing may have (100 million keys): a service that never ends one is cut off.
+pub const MAX_LIST_PAGES: usize = 100_000;
 
 /// `s3://BUCKET/PREFIX`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,9 +197,7 @@ pub struct Head {
 pub struct S3Bucket {
     bucket: Bucket,
     credentials: Credentials,
-    agent: ureq::Agent,
-    attempts: u32,
-    backoff: Duration,
+    net: Net,
 }
 
 /// The base64 form of an object id, as `x-amz-checksum-sha256` carries it.
@@ -218,9 +222,7 @@ impl S3Bucket {
         Ok(S3Bucket {
             bucket,
             credentials: config.credentials.clone(),
-            agent: super::http::agent(opts),
-            attempts: opts.attempts.max(1),
-            backoff: opts.backoff,
+            net: Net::new(opts),
         })
     }
 
@@ -255,58 +257,46 @@ impl S3Bucket {
     /// `GET` a small object (the state). `None` when it does not exist.
     pub fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let what = self.url_for("GET", key);
-        self.retry(&what, || {
+        let clock = self.net.clock();
+        self.net.retrying(&what, &clock, || {
             let url = self.presign_get(key, OWN_URL_LIFETIME);
-            let resp = match self.agent.get(&url).call() {
-                Ok(r) => r,
-                Err(ureq::Error::Status(404, _)) => return Ok(None),
-                Err(e) => return Err(classify(e)),
+            let answer = match self.net.get(&url, &[], MAX_JSON) {
+                Ok(a) => a,
+                Err(NetError::Status(404, _)) => return Ok(None),
+                Err(e) => return Err(self.classify(e)),
             };
-            let mut body = Vec::new();
-            resp.into_reader()
-                .take(MAX_JSON + 1)
-                .read_to_end(&mut body)
-                .map_err(|e| Failure::Retry(format!("reading the body failed: {e}")))?;
-            if body.len() as u64 > MAX_JSON {
-                return Err(Failure::Fatal(Error::Other(format!(
-                    "{what}: larger than {MAX_JSON} bytes; not a state"
-                ))));
-            }
-            Ok(Some(body))
+            self.net.read_all(answer, MAX_JSON, &clock).map(Some)
         })
     }
 
     /// `GET` one object into `store`, verified against `id`. Returns its size.
-    pub fn fetch(&self, key: &str, id: &ObjectId, store: &Store, opts: &Options) -> Result<u64> {
+    pub fn fetch(&self, key: &str, id: &ObjectId, store: &Store) -> Result<u64> {
         let what = self.url_for("GET", key);
-        self.retry(&what, || {
+        let limit = self.net.opts().max_object_size;
+        let clock = self.net.clock();
+        self.net.retrying(&what, &clock, || {
             let url = self.presign_get(key, OWN_URL_LIFETIME);
-            let resp = self.agent.get(&url).call().map_err(classify)?;
-            let len = resp
-                .header("Content-Length")
-                .and_then(|v| v.parse::<u64>().ok());
-            let body = super::RateGuard::new(resp.into_reader(), opts, len);
+            let answer = self
+                .net
+                .get(&url, &[], limit)
+                .map_err(|e| self.classify(e))?;
             store
-                .put_reader_expecting(body, id)
-                .map_err(super::http::download_failure)
+                .put_reader_expecting(self.net.body(answer.resp, answer.len, limit, &clock), id)
+                .map_err(|e| net::download_failure(e, &what))
         })
     }
 
     /// `HEAD` an object. `None` when it does not exist.
     pub fn head(&self, key: &str) -> Result<Option<Head>> {
         let what = self.url_for("HEAD", key);
-        self.retry(&what, || {
+        let clock = self.net.clock();
+        self.net.retrying(&what, &clock, || {
             let mut action = self.bucket.head_object(Some(&self.credentials), key);
             action
                 .headers_mut()
                 .insert("x-amz-checksum-mode", "ENABLED");
             let url = action.sign(OWN_URL_LIFETIME).to_string();
-            match self
-                .agent
-                .head(&url)
-                .set("x-amz-checksum-mode", "ENABLED")
-                .call()
-            {
+            match self.net.head(&url, &[("x-amz-checksum-mode", "ENABLED")]) {
                 Ok(resp) => Ok(Some(Head {
                     len: resp
                         .header("Content-Length")
@@ -314,46 +304,70 @@ impl S3Bucket {
                         .unwrap_or(0),
                     sha256_b64: resp.header("x-amz-checksum-sha256").map(str::to_string),
                 })),
-                Err(ureq::Error::Status(404, _)) => Ok(None),
-                Err(e) => Err(classify(e)),
+                Err(NetError::Status(404, _)) => Ok(None),
+                Err(e) => Err(self.classify(e)),
             }
         })
     }
 
-    /// Every key under `prefix` with its size (ListObjectsV2, 1000 per page).
-    pub fn list(&self, prefix: &str) -> Result<HashMap<String, u64>> {
+    /// The objects under `prefix` (keys `prefix<64 hex>`) with their sizes (ListObjectsV2,
+    /// 1000 keys per page; other keys are skipped). A listing whose continuation token repeats
+    /// or whose keys do not move forward, or that runs past [`MAX_LIST_PAGES`] pages, is refused.
+    pub fn list_objects(&self, prefix: &str) -> Result<HashMap<ObjectId, u64>> {
         let mut out = HashMap::new();
         let mut token: Option<String> = None;
-        loop {
-            let what = self.url_for("LIST", prefix);
-            let page = self.retry(&what, || {
+        let mut seen_tokens = std::collections::HashSet::new();
+        let mut last_key: Option<String> = None;
+        let what = self.url_for("LIST", prefix);
+        for _ in 0..MAX_LIST_PAGES {
+            let clock = self.net.clock();
+            let page = self.net.retrying(&what, &clock, || {
                 let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
                 action.with_prefix(prefix);
                 if let Some(t) = &token {
                     action.with_continuation_token(t.as_str());
                 }
                 let url = action.sign(OWN_URL_LIFETIME).to_string();
-                let text = self
-                    .agent
-                    .get(&url)
-                    .call()
-                    .map_err(classify)?
-                    .into_string()
-                    .map_err(|e| Failure::Retry(format!("reading the listing failed: {e}")))?;
-                rusty_s3::actions::ListObjectsV2::parse_response(&text).map_err(|e| {
-                    Failure::Fatal(Error::Other(format!(
+                let answer = self
+                    .net
+                    .get(&url, &[], MAX_LIST_PAGE)
+                    .map_err(|e| self.classify(e))?;
+                let body = self.net.read_all(answer, MAX_LIST_PAGE, &clock)?;
+                parse_list_page(&body).map_err(|e| {
+                    fatal(format!(
                         "{what}: the service sent a listing that does not parse: {e}"
-                    )))
+                    ))
                 })
             })?;
-            for c in page.contents {
-                out.insert(c.key, c.size);
+            for (key, size) in page.keys {
+                if last_key.as_ref().is_some_and(|last| key <= *last) {
+                    return Err(Error::Other(format!(
+                        "{what}: the service listed '{key}' out of order; refusing the listing"
+                    )));
+                }
+                if let Some(id) = key
+                    .strip_prefix(prefix)
+                    .and_then(|hex| ObjectId::from_hex(hex).ok())
+                {
+                    out.insert(id, size);
+                }
+                last_key = Some(key);
             }
-            match page.next_continuation_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => return Ok(out),
+            match page.next {
+                Some(t) => {
+                    if !seen_tokens.insert(t.clone()) {
+                        return Err(Error::Other(format!(
+                            "{what}: the service repeated a continuation token; refusing a listing that never ends"
+                        )));
+                    }
+                    token = Some(t);
+                }
+                None => return Ok(out),
             }
         }
+        Err(Error::Other(format!(
+            "{what}: more than {MAX_LIST_PAGES} pages; refusing a listing that never ends"
+        )))
     }
 
     /// `PUT` the local object at `path` (`len` bytes) as `key`. The service checks the body
@@ -367,7 +381,8 @@ impl S3Bucket {
         }
         let what = self.url_for("PUT", key);
         let checksum = checksum_b64(id);
-        let sent = self.retry(&what, || {
+        let clock = self.net.clock();
+        let sent = self.net.retrying(&what, &clock, || {
             let mut action = self.bucket.put_object(Some(&self.credentials), key);
             action
                 .headers_mut()
@@ -375,110 +390,153 @@ impl S3Bucket {
             let url = action.sign(OWN_URL_LIFETIME).to_string();
             let f = std::fs::File::open(path)
                 .map_err(|e| Failure::Fatal(Error::io("open object", path, e)))?;
-            let mut hashing = super::HashingReader::new(f.take(len));
-            let result = self
-                .agent
-                .put(&url)
-                .set("Content-Length", &len.to_string())
-                .set("Content-Type", "application/octet-stream")
-                .set("x-amz-checksum-sha256", &checksum)
-                .send(&mut hashing);
-            let actual = hashing.finish();
+            let (result, actual) = self.net.upload(
+                &url,
+                &[
+                    ("Content-Type", "application/octet-stream"),
+                    ("x-amz-checksum-sha256", &checksum),
+                ],
+                f,
+                len,
+            );
             match result {
                 Ok(_) => Ok(actual),
                 // The service refused the body: it does not hash to the name (BadDigest /
                 // XAmzContentChecksumMismatch). Never retried: the local object is bad.
-                Err(ureq::Error::Status(400, resp)) if actual != *id => {
-                    let detail = error_detail(resp);
-                    Err(Failure::Fatal(Error::Other(format!(
-                        "{what}: refused by the service ({detail}): the local object {} hashes to {actual}",
-                        path.display()
-                    ))))
+                Err(NetError::Status(400, resp)) if actual.is_some_and(|a| a != *id) => {
+                    let detail = self.error_detail(resp);
+                    Err(fatal(format!(
+                        "{what}: refused by the service ({detail}): the local object {} hashes to {}",
+                        path.display(),
+                        actual.expect("checked")
+                    )))
                 }
-                Err(e) => Err(classify(e)),
+                Err(e) => Err(self.classify(e)),
             }
         })?;
-        if sent != *id {
-            // Only a service that ignores checksums gets here: take the bad upload back.
-            let _ = self.delete(key);
-            return Err(Error::CorruptObject {
-                id: *id,
-                actual: sent,
-                path: None,
-            });
+        match sent {
+            Some(sent) if sent != *id => {
+                // Only a service that ignores checksums gets here: take the bad upload back.
+                let _ = self.delete(key);
+                Err(Error::CorruptObject {
+                    id: *id,
+                    actual: sent,
+                    path: None,
+                })
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// `PUT` small bytes (the state) as `key`, with their checksum.
     pub fn put_bytes(&self, key: &str, bytes: &[u8], content_type: &str) -> Result<()> {
         let what = self.url_for("PUT", key);
         let checksum = checksum_b64(&ObjectId::hash_bytes(bytes));
-        self.retry(&what, || {
+        let clock = self.net.clock();
+        self.net.retrying(&what, &clock, || {
             let mut action = self.bucket.put_object(Some(&self.credentials), key);
             action
                 .headers_mut()
                 .insert("x-amz-checksum-sha256", checksum.clone());
             let url = action.sign(OWN_URL_LIFETIME).to_string();
-            self.agent
-                .put(&url)
-                .set("Content-Type", content_type)
-                .set("x-amz-checksum-sha256", &checksum)
-                .send_bytes(bytes)
+            self.net
+                .send(
+                    "PUT",
+                    &url,
+                    &[
+                        ("Content-Type", content_type),
+                        ("x-amz-checksum-sha256", &checksum),
+                    ],
+                    Some(bytes),
+                )
                 .map(drop)
-                .map_err(classify)
+                .map_err(|e| self.classify(e))
         })
     }
 
     /// `DELETE` an object (absent objects are not an error).
     pub fn delete(&self, key: &str) -> Result<()> {
         let what = self.url_for("DELETE", key);
-        self.retry(&what, || {
+        let clock = self.net.clock();
+        self.net.retrying(&what, &clock, || {
             let url = self
                 .bucket
                 .delete_object(Some(&self.credentials), key)
                 .sign(OWN_URL_LIFETIME)
                 .to_string();
-            match self.agent.delete(&url).call() {
-                Ok(_) | Err(ureq::Error::Status(404, _)) => Ok(()),
-                Err(e) => Err(classify(e)),
+            match self.net.send("DELETE", &url, &[], None) {
+                Ok(_) | Err(NetError::Status(404, _)) => Ok(()),
+                Err(e) => Err(self.classify(e)),
             }
         })
     }
 
     /// Stream an object and hash it (used to verify an upload the service did not checksum).
-    pub fn hash_object(&self, key: &str, opts: &Options) -> Result<Option<(ObjectId, u64)>> {
+    pub fn hash_object(&self, key: &str) -> Result<Option<(ObjectId, u64)>> {
         let what = self.url_for("GET", key);
-        self.retry(&what, || {
+        let limit = self.net.opts().max_object_size;
+        let clock = self.net.clock();
+        self.net.retrying(&what, &clock, || {
             let url = self.presign_get(key, OWN_URL_LIFETIME);
-            let resp = match self.agent.get(&url).call() {
-                Ok(r) => r,
-                Err(ureq::Error::Status(404, _)) => return Ok(None),
-                Err(e) => return Err(classify(e)),
+            let answer = match self.net.get(&url, &[], limit) {
+                Ok(a) => a,
+                Err(NetError::Status(404, _)) => return Ok(None),
+                Err(e) => return Err(self.classify(e)),
             };
-            let len = resp
-                .header("Content-Length")
-                .and_then(|v| v.parse::<u64>().ok());
-            ObjectId::hash_reader(super::RateGuard::new(resp.into_reader(), opts, len))
+            ObjectId::hash_reader(self.net.body(answer.resp, answer.len, limit, &clock))
                 .map(Some)
-                .map_err(|e| Failure::Retry(format!("reading the body failed: {e}")))
+                .map_err(|e| net::body_failure(&e, &what))
         })
     }
 
-    fn retry<T>(
-        &self,
-        what: &str,
-        attempt: impl FnMut() -> std::result::Result<T, Failure>,
-    ) -> Result<T> {
-        retrying(self.attempts, self.backoff, what, attempt)
+    /// The `<Code>` and `<Message>` of an S3 error answer, for messages.
+    fn error_detail(&self, resp: Box<ureq::Response>) -> String {
+        let status = resp.status();
+        let body = String::from_utf8_lossy(&self.net.error_body(resp)).into_owned();
+        error_detail(status, &body)
+    }
+
+    /// Which S3 failures are worth another try (as for plain HTTP, with S3's error text).
+    fn classify(&self, e: NetError) -> Failure {
+        match e {
+            NetError::Status(code, resp) if code >= 500 || code == 408 || code == 429 => {
+                Failure::Retry(format!("the service answered {}", self.error_detail(resp)))
+            }
+            NetError::Status(code, resp) => {
+                let detail = self.error_detail(resp);
+                let hint = match code {
+                    300..=399 => " (a redirect: is AWS_REGION or AWS_ENDPOINT_URL right?)",
+                    403 => " (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION, and the key's rights on the bucket)",
+                    404 => " (no such bucket or key)",
+                    _ => "",
+                };
+                fatal(format!("the service answered {detail}{hint}"))
+            }
+            NetError::Failed(f) => f,
+        }
     }
 }
 
-/// The `<Code>` and `<Message>` of an S3 error answer, for messages.
-fn error_detail(resp: ureq::Response) -> String {
-    let status = resp.status();
-    let mut body = String::new();
-    let _ = resp.into_reader().take(64 * 1024).read_to_string(&mut body);
+/// One page of a ListObjectsV2 answer: keys with sizes, and the continuation token (`None`:
+/// the last page).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub keys: Vec<(String, u64)>,
+    pub next: Option<String>,
+}
+
+/// Parse one page of a ListObjectsV2 answer (XML from the service: untrusted).
+pub fn parse_list_page(body: &[u8]) -> std::result::Result<ListPage, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    let page = rusty_s3::actions::ListObjectsV2::parse_response(text).map_err(|e| e.to_string())?;
+    Ok(ListPage {
+        keys: page.contents.into_iter().map(|c| (c.key, c.size)).collect(),
+        next: page.next_continuation_token.filter(|t| !t.is_empty()),
+    })
+}
+
+/// The `<Code>` and `<Message>` of an S3 error answer's body, for messages.
+fn error_detail(status: u16, body: &str) -> String {
     let tag = |name: &str| {
         let open = format!("<{name}>");
         let close = format!("</{name}>");
@@ -490,25 +548,6 @@ fn error_detail(resp: ureq::Response) -> String {
         (Some(c), Some(m)) => format!("{status} {c}: {m}"),
         (Some(c), None) => format!("{status} {c}"),
         _ => format!("{status}"),
-    }
-}
-
-/// Which S3 failures are worth another try (as for plain HTTP, with S3's error text).
-fn classify(e: ureq::Error) -> Failure {
-    match e {
-        ureq::Error::Status(code, resp) if code >= 500 || code == 408 || code == 429 => {
-            Failure::Retry(format!("the service answered {}", error_detail(resp)))
-        }
-        ureq::Error::Status(code, resp) => {
-            let detail = error_detail(resp);
-            let hint = match code {
-                403 => " (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION, and the key's rights on the bucket)",
-                404 => " (no such bucket or key)",
-                _ => "",
-            };
-            Failure::Fatal(Error::Other(format!("the service answered {detail}{hint}")))
-        }
-        ureq::Error::Transport(t) => Failure::Retry(format!("transport error: {t}")),
     }
 }
 

@@ -119,10 +119,8 @@ impl Config {
         };
         let bucket = S3Bucket::new(&S3Config::from_env()?, &loc.bucket, &opts)?;
         // Fail at start-up, not at the first request, when the bucket is unreachable.
-        bucket.list(&loc.key("."))?;
-        Ok(Backend::S3(Box::new(objects::S3Objects::new(
-            bucket, loc, opts,
-        ))))
+        bucket.list_objects(&loc.key("."))?;
+        Ok(Backend::S3(Box::new(objects::S3Objects::new(bucket, loc))))
     }
 }
 

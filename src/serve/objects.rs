@@ -15,7 +15,6 @@
 
 use crate::error::Result;
 use crate::exchange::s3::{checksum_b64, S3Bucket, S3Location};
-use crate::exchange::Options;
 use crate::oid::ObjectId;
 use crate::repo::Repo;
 use parking_lot::Mutex;
@@ -44,18 +43,16 @@ pub enum Backend {
 pub struct S3Objects {
     bucket: S3Bucket,
     root: S3Location,
-    opts: Options,
     /// Per repository name: objects known to be in the bucket, with their sizes (`None` until
     /// the repository's prefix was listed once).
     known: Mutex<HashMap<String, HashMap<ObjectId, u64>>>,
 }
 
 impl S3Objects {
-    pub fn new(bucket: S3Bucket, root: S3Location, opts: Options) -> S3Objects {
+    pub fn new(bucket: S3Bucket, root: S3Location) -> S3Objects {
         S3Objects {
             bucket,
             root,
-            opts,
             known: Mutex::default(),
         }
     }
@@ -81,15 +78,7 @@ impl S3Objects {
         if !listed {
             let loc = self.location(name);
             let prefix = loc.key("objects/");
-            let mut found = HashMap::new();
-            for (key, size) in self.bucket.list(&prefix)? {
-                if let Some(id) = key
-                    .strip_prefix(&prefix)
-                    .and_then(|h| ObjectId::from_hex(h).ok())
-                {
-                    found.insert(id, size);
-                }
-            }
+            let found = self.bucket.list_objects(&prefix)?;
             let size = found.get(id).copied();
             self.known.lock().insert(name.to_string(), found);
             if size.is_some() {
@@ -127,7 +116,7 @@ impl S3Objects {
         let good = match &head.sha256_b64 {
             Some(sum) => *sum == checksum_b64(id),
             None => {
-                matches!(self.bucket.hash_object(&key, &self.opts)?, Some((actual, _)) if actual == *id)
+                matches!(self.bucket.hash_object(&key)?, Some((actual, _)) if actual == *id)
             }
         };
         if good {

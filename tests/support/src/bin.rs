@@ -92,6 +92,49 @@ impl Pvrfs {
         }
     }
 
+    /// Run to completion, whatever the exit code, but kill it (and fail the test) if it takes
+    /// longer than `limit`: for commands that must not hang on hostile input.
+    pub fn run_within(mut self, limit: std::time::Duration) -> Run {
+        let out_file = tempfile::tempfile().expect("temp file");
+        let err_file = tempfile::tempfile().expect("temp file");
+        self.cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(out_file.try_clone().expect("dup"))
+            .stderr(err_file.try_clone().expect("dup"));
+        let read = |mut f: &std::fs::File| {
+            use std::io::{Read, Seek};
+            let mut v = Vec::new();
+            f.rewind().expect("rewind");
+            f.read_to_end(&mut v).expect("read output");
+            v
+        };
+        let mut child = self.cmd.spawn().expect("spawn pvrfs");
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for pvrfs") {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "pvrfs {} did not finish within {limit:?} (killed); stderr:\n{}",
+                    self.shown.join(" "),
+                    String::from_utf8_lossy(&read(&err_file))
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Run {
+            args: self.shown.join(" "),
+            out: Output {
+                status,
+                stdout: read(&out_file),
+                stderr: read(&err_file),
+            },
+        }
+    }
+
     /// Run and insist on success; returns stdout.
     pub fn ok(self) -> String {
         self.run().ok().stdout()

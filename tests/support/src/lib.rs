@@ -6,6 +6,8 @@
 //!   [`dump_overlay`]);
 //! - [`mounts`]: real mounts and their daemons ([`Mount`], whose Drop unmounts);
 //! - [`nginx`]: a real nginx on a loopback port;
+//! - [`hostile`]: a misbehaving HTTP server (redirects, endless bodies, trickles) for the
+//!   tests of hostile servers;
 //! - [`model`]: the reference-model harness of the copy-on-write tests (random operations on a
 //!   plain directory and on the system under test, compared step by step);
 //! - [`reference`]: the reference `pvr`, when the machine has it;
@@ -16,6 +18,7 @@
 //! binaries and unused helpers are visible as such.
 
 pub mod bin;
+pub mod hostile;
 pub mod model;
 pub mod mounts;
 pub mod nginx;
