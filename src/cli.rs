@@ -406,6 +406,10 @@ pub struct ExportArgs {
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     pub file: PathBuf,
+    /// Largest object accepted from the tarball (bytes; K, M, G, T suffixes; default 4G): a
+    /// member announcing more is refused before anything is read or written.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_object_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

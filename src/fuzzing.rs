@@ -80,7 +80,7 @@ pub fn tar_import(data: &[u8]) {
     DIR.with(|dir| {
         let path = dir.path().join("input.tar");
         std::fs::write(&path, data).expect("write the input");
-        if let Ok(scan) = crate::exchange::tarball::scan(&path) {
+        if let Ok(scan) = crate::exchange::tarball::scan(&path, 1 << 20) {
             let again = State::from_json_bytes(&scan.json, "fuzz").expect("scanned state");
             assert_eq!(again, scan.state);
         }

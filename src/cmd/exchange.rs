@@ -102,7 +102,12 @@ pub fn import(args: ImportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         &Parts::default(),
         Mode::Get,
         &format!("import {}", args.file.display()),
-        &options(ctx, None),
+        &Options {
+            max_object_size: args
+                .max_object_size
+                .unwrap_or(exchange::DEFAULT_MAX_OBJECT_SIZE),
+            ..options(ctx, None)
+        },
     )?;
     report(ctx, &repo, &loc.describe(), &outcome)
 }

@@ -606,7 +606,7 @@ pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Re
             (remote, t)
         }
         Location::Tarball(path) => {
-            let scan = tarball::scan(path)?;
+            let scan = tarball::scan(path, opts.max_object_size)?;
             let remote = scan.state.clone();
             let selected = select(&remote, parts);
             let users = object_users(&selected);
@@ -624,7 +624,7 @@ pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Re
                 wanted.insert(*id);
             }
             let progress = Progress::new(opts.progress, wanted.len(), "import");
-            tarball::store_objects(path, &wanted, store, &progress)?;
+            tarball::store_objects(path, &scan, &wanted, store, opts.max_object_size, &progress)?;
             (remote, progress.finish(users.len()))
         }
     };
