@@ -177,6 +177,66 @@ pub fn clean_temp_files(dir: &Path, min_age: std::time::Duration) {
     }
 }
 
+/// Open `path` for reading only if it is a regular file: never blocking on a FIFO or a device
+/// (`O_NONBLOCK` until the type is checked), and, unless `follow`, never through a symbolic
+/// link as the last component (`O_NOFOLLOW`). What someone else wrote (a plain-directory
+/// source, a repository's object store) may be a FIFO, a device or a link to `/dev/zero`; those
+/// are an error here (`InvalidData`, saying what the path is), not a hang or an endless read.
+pub fn open_regular(path: &Path, follow: bool) -> std::io::Result<File> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) if !follow => return Err(not_regular(FileType::Symlink)),
+        Err(e) => return Err(e.into()),
+    };
+    let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(not_regular(kind));
+    }
+    // Regular files ignore O_NONBLOCK, but the descriptor may be handed to the kernel (FUSE
+    // passthrough): make it an ordinary one.
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+    Ok(File::from(fd))
+}
+
+/// The error of [`open_regular`] for a path of type `kind`.
+fn not_regular(kind: rustix::fs::FileType) -> std::io::Error {
+    use rustix::fs::FileType;
+    let what = match kind {
+        FileType::Fifo => "a FIFO",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Directory => "a directory",
+        FileType::Socket => "a socket",
+        FileType::Symlink => {
+            return std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a symbolic link, not a regular file (links are not followed here)",
+            )
+        }
+        _ => "something else",
+    };
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{what}, not a regular file"),
+    )
+}
+
+/// `Some(error)` when something that is not a regular file sits at `path` (not following a
+/// symbolic link): what [`open_regular`] would say about it.
+pub fn not_a_regular_file(path: &Path) -> Option<std::io::Error> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    (!meta.file_type().is_file()).then(|| {
+        not_regular(rustix::fs::FileType::from_raw_mode(
+            std::os::unix::fs::MetadataExt::mode(&meta),
+        ))
+    })
+}
+
 /// Flush every dirty page of the file system holding `path` (one call instead of one fsync per
 /// file: used after writing many objects, before publishing a state that references them).
 pub fn sync_filesystem(path: &Path) -> Result<()> {

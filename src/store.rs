@@ -219,10 +219,14 @@ impl Store {
         fsutil::sync_dir(&self.dir)
     }
 
-    /// Open an object for reading; `Ok(None)` when it is not in the store.
+    /// Open an object for reading; `Ok(None)` when it is not in the store. An object must be a
+    /// regular file, not reached through a symbolic link (`fsutil::open_regular`): a store
+    /// somebody else wrote (a repository handed over, a shared `ObjectsDir`) could hold a FIFO
+    /// (a read would hang the daemon or the command) or a link to a file of whoever reads it
+    /// (which a mount with `--allow-other` would show to other users).
     pub fn open(&self, id: &ObjectId) -> Result<Option<File>> {
         let p = self.path_of(id);
-        match File::open(&p) {
+        match fsutil::open_regular(&p, false) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("open object", p, e)),
@@ -235,6 +239,11 @@ impl Store {
     }
 
     pub fn missing(&self, id: &ObjectId, needed_for: Option<&str>) -> Error {
+        let p = self.path_of(id);
+        if let Some(e) = fsutil::not_a_regular_file(&p) {
+            // Something is there, but it is no object (`open`).
+            return Error::io("open object", p, e);
+        }
         Error::MissingObject {
             id: *id,
             store: self.dir.clone(),

@@ -537,7 +537,7 @@ pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Re
     let mut pvr_remote = false;
     let (remote, transfer) = match loc {
         Location::Dir(path) => {
-            let src = dir::DirSource::new(path);
+            let src = dir::DirSource::new(path, opts.max_object_size);
             let remote = State::from_json_bytes(&src.json()?, &src.json_origin())?;
             let t = fetch_objects(&select(&remote, parts), store, opts, |id, store| {
                 src.fetch(id, store)
@@ -580,7 +580,8 @@ pub fn fetch(loc: &Location, parts: &Parts, store: &Store, opts: &Options) -> Re
                     return Ok(0);
                 }
                 let f = src.store().open_required(id, None)?;
-                store.put_reader_expecting(f, id).map_err(|e| match e {
+                let path = src.store().path_of(id);
+                dir::copy_object(f, &path, id, store, opts.max_object_size).map_err(|e| match e {
                     Error::CorruptObject { id, actual, .. } => Error::Other(format!(
                         "object {id} in {} is corrupt: its content hashes to {actual}",
                         src.store().dir().display()
