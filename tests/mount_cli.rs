@@ -129,3 +129,29 @@ fn read_only_commands_inside_mounts_use_the_mounted_repository() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a pvr repository"));
 }
+
+/// Issue 11: a repository whose path holds a comma (which splits FUSE's option string), a
+/// backslash (fusermount3's escape), a percent sign or a space: the mount source keeps the
+/// path whole, so commands on its mounts find the repository and the `--rw` daemon.
+#[test]
+fn commands_work_on_mounts_of_repositories_with_odd_paths() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(r"a,b %2C\c");
+    fs::create_dir(&dir).unwrap();
+    let repo = common::repo_with(&dir, &[("f.txt", b"one")]);
+    let m = Mount::new(&dir, "latest", &["--rw"]);
+    let inside = m.join(".");
+    fs::write(m.join("n.txt"), b"new").unwrap();
+    assert!(pvrfs(["status"]).dir(&inside).ok().contains("n.txt"));
+    pvrfs(["commit", "-m", "odd"]).dir(&inside).ok();
+    assert_eq!(repo.latest().unwrap().message, "odd");
+    assert!(repo.head_state().unwrap().contains("n.txt"));
+    let listed = pvrfs(["mounts"]).dir(tmp.path()).ok();
+    assert!(listed.contains(&format!("{}\t", dir.display())), "{listed}");
+    let ro = Mount::new(&dir, "1", &[]);
+    let log = pvrfs(["log"]).dir(&ro.join(".")).ok();
+    assert!(log.contains("odd"), "{log}");
+}

@@ -61,12 +61,14 @@ pub fn umount(args: UmountArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 pub fn mounts(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     for m in mounts::list_mounts()? {
-        let (repo, rev) = m.repo_and_rev().unwrap_or((m.source.as_str(), "?"));
+        let (repo, rev) = m
+            .repo_and_rev()
+            .unwrap_or_else(|| (m.source.clone().into(), "?"));
         writeln!(
             ctx.out,
             "{}\t{}\t{}\t{}",
             m.mountpoint.display(),
-            repo,
+            repo.display(),
             rev,
             m.backend()
         )?;

@@ -57,7 +57,7 @@ pub fn describe(mnt: &Path) -> crate::Result<MountView> {
     })?;
     Ok(MountView {
         rw: false,
-        repo: Repo::open(Path::new(repo))?,
+        repo: Repo::open(&repo)?,
         rev: rev.to_string(),
     })
 }

@@ -457,7 +457,7 @@ pub fn request(mountpoint: &Path, req: &Request) -> Result<Answer> {
         .ok_or_else(not_rw)?;
     let (repo, _) = info.repo_and_rev().ok_or_else(not_rw)?;
     let owner = info.user_id.ok_or_else(not_rw)?;
-    let dir_path = socket_dir(Path::new(repo));
+    let dir_path = socket_dir(&repo);
     let dir = open_private_dir(&dir_path, owner, false).map_err(|e| match e {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
             Error::Usage(

@@ -6,6 +6,12 @@
 //! layer is detached and never in the table): `list_mounts` reads
 //! `/proc/self/mountinfo`, nothing else is registered, so a killed daemon leaves nothing stale
 //! but the (dead) mount itself, which `unmount` clears.
+//!
+//! The repository path in a source is escaped ([`mount_source`]): `,` would split FUSE's
+//! option string and fusermount3 treats `\` as an escape, so those, `%`, control characters
+//! and bytes that are not UTF-8 are written `%XX` and decoded again by
+//! [`MountInfo::repo_and_rev`]: any repository path round-trips (one with a comma used to be
+//! written with `_`, and commands on its mounts could not find the repository or the daemon).
 
 use crate::error::{Error, IoContext, Result};
 use std::path::{Path, PathBuf};
@@ -93,10 +99,43 @@ impl MountInfo {
         }
     }
 
-    /// The repository and revision parsed back from the source.
-    pub fn repo_and_rev(&self) -> Option<(&str, &str)> {
-        self.source.strip_prefix("pvrfs:")?.rsplit_once('@')
+    /// The repository and revision parsed back from the source (see [`mount_source`]).
+    pub fn repo_and_rev(&self) -> Option<(PathBuf, &str)> {
+        let (repo, rev) = self.source.strip_prefix("pvrfs:")?.rsplit_once('@')?;
+        Some((unescape_repo(repo), rev))
     }
+}
+
+/// The mount source of a mount of the repository at `workdir`: `pvrfs:<repo>@<tail>`, the path
+/// escaped so that FUSE's option string and the mount table keep it whole (module docs).
+pub fn mount_source(workdir: &Path, tail: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::from("pvrfs:");
+    for chunk in workdir.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if matches!(c, ',' | '%' | '\\') || c.is_control() {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push('@');
+    out.push_str(tail);
+    out
+}
+
+/// The repository path of a source written by [`mount_source`].
+fn unescape_repo(text: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(text).collect();
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
 }
 
 /// Every mount of this mount namespace.
@@ -316,10 +355,30 @@ mod tests {
         let m = parse_mountinfo_line(line).unwrap();
         assert_eq!(m.mountpoint, PathBuf::from("/tmp/a b"));
         assert_eq!(m.fstype, FSTYPE);
-        assert_eq!(m.repo_and_rev(), Some(("/r x", "3")));
+        assert_eq!(m.repo_and_rev(), Some((PathBuf::from("/r x"), "3")));
         assert_eq!(m.user_id, Some(0));
         assert_eq!(m.device, "0:42");
         let line = "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw";
         assert_eq!(parse_mountinfo_line(line).unwrap().fstype, "ext4");
+    }
+
+    #[test]
+    fn mount_sources_keep_any_repository_path() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"/t/a,b%2C\\c\nd\xffe \xc3\xa9@f");
+        let source = mount_source(Path::new(odd), "rw:default");
+        assert!(
+            !source.contains([',', '\\', '\n']),
+            "the source must not split FUSE's options: {source}"
+        );
+        assert!(source.contains("é"), "{source}");
+        let m = MountInfo {
+            mountpoint: PathBuf::from("/m"),
+            source,
+            fstype: FSTYPE.into(),
+            user_id: None,
+            device: "0:42".into(),
+        };
+        assert_eq!(m.repo_and_rev(), Some((PathBuf::from(odd), "rw:default")));
     }
 }

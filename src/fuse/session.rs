@@ -28,15 +28,15 @@ pub struct SessionOptions {
     pub passthrough: Passthrough,
 }
 
-/// The mount source shown in the mount table. Commas would split FUSE's option string.
+/// The mount source shown in the mount table (`mounts::mount_source`: the path escaped).
 pub fn fsname(repo: &Repo, rev: &Revision) -> String {
-    format!("pvrfs:{}@{}", repo.workdir().display(), rev.rev).replace(',', "_")
+    super::mounts::mount_source(repo.workdir(), &rev.rev.to_string())
 }
 
 /// The mount source of a `--rw` mount: `pvrfs:<repo>@rw:<overlay>` (its revision moves with
 /// every commit, so the source names the overlay instead).
 pub fn fsname_rw(repo: &Repo, overlay: &str) -> String {
-    format!("pvrfs:{}@rw:{overlay}", repo.workdir().display()).replace(',', "_")
+    super::mounts::mount_source(repo.workdir(), &format!("rw:{overlay}"))
 }
 
 /// A mounted session and the io_uring queues that will serve it (`None`: `/dev/fuse` only).
