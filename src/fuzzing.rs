@@ -132,6 +132,148 @@ pub fn control_request(data: &[u8]) {
     }
 }
 
+/// The answers of a pvr remote (`remote::parse_remote`, `parse_record`, `parse_post_reply`):
+/// whatever parses serialises to JSON that parses to the same value.
+pub fn remote_answers(data: &[u8]) {
+    use crate::remote;
+    if let Ok(r) = remote::parse_remote(data) {
+        let again = remote::parse_remote(&serde_json::to_vec(&r).expect("serialises"));
+        assert_eq!(again.as_ref(), Ok(&r), "remote description round trip");
+    }
+    if let Ok(rec) = remote::parse_record(data) {
+        if let Ok((id, size)) = rec.claimed() {
+            assert_eq!(id.to_hex(), rec.sha);
+            assert_eq!(size.to_string(), rec.size.trim().trim_start_matches('+'));
+        }
+        let again = remote::parse_record(&serde_json::to_vec(&rec).expect("serialises"));
+        assert_eq!(again.as_ref(), Ok(&rec), "object record round trip");
+    }
+    if let Ok(reply) = remote::parse_post_reply(data) {
+        let again = remote::parse_post_reply(&serde_json::to_vec(&reply).expect("serialises"));
+        assert_eq!(again.as_ref(), Ok(&reply), "post reply round trip");
+    }
+}
+
+/// A page of an S3 listing (`exchange::s3::parse_list_page`, the service's XML).
+pub fn s3_listing(data: &[u8]) {
+    if let Ok(page) = crate::exchange::s3::parse_list_page(data) {
+        assert!(page.next.as_ref().is_none_or(|t| !t.is_empty()));
+        assert_eq!(crate::exchange::s3::parse_list_page(data), Ok(page));
+    }
+}
+
+/// The tokens file of `pvrfs serve` (`serve::tokens::Tokens::parse`): the first line is a
+/// token and a repository name to check, the rest the file.
+pub fn serve_tokens(data: &[u8]) {
+    use crate::serve::tokens::{Access, Tokens};
+    let text = String::from_utf8_lossy(data);
+    let (probe, file) = text.split_once('\n').unwrap_or(("", &text));
+    let (token, name) = probe.split_once(' ').unwrap_or((probe, "r"));
+    if let Ok(tokens) = Tokens::parse(file, "fuzz") {
+        let read = tokens.check(Some(token), name, Access::Read);
+        let write = tokens.check(Some(token), name, Access::Write);
+        // Write access includes read access.
+        assert!(write.is_err() || read.is_ok());
+        for r in [read, write] {
+            if let Err(denied) = r {
+                assert!(matches!(denied.status, 401 | 403));
+            }
+        }
+    }
+}
+
+/// One request to `pvrfs serve` (`serve::Server::handle`), the input being
+/// `METHOD TARGET\nTOKEN\nBODY`. The server has one repository, `dev1`, readable by anybody
+/// and writable with the token `fuzz-writer-token-0001`; its signed-URL check is also fed the
+/// query. Every answer has a valid status, and whatever a request did, the repository still
+/// loads (a client cannot brick a served repository).
+pub fn serve_request(data: &[u8]) {
+    use crate::serve::{Backend, Config, Limits, Method, RequestHead, Server};
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        repo: std::path::PathBuf,
+        server: Server,
+    }
+    thread_local! {
+        static SERVER: Fixture = {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let root = dir.path().join("root");
+            let repo = root.join("dev1");
+            std::fs::create_dir_all(&repo).expect("mkdir");
+            let r = crate::repo::Repo::init(&repo, None, None).expect("init");
+            let mut state = r.head_state().expect("head");
+            let id = r.store().put_bytes(b"alpha").expect("put");
+            state.insert("a.txt", crate::state::Entry::Object(id)).expect("insert");
+            let lock = r.lock().expect("lock");
+            r.commit_state(&lock, &state, "one", None).expect("commit");
+            let tokens = crate::serve::tokens::Tokens::parse(
+                "- read *\nfuzz-writer-token-0001 write *\n",
+                "fuzz",
+            )
+            .expect("tokens");
+            let server = Server::new(Config {
+                root,
+                tokens: Some(tokens),
+                backend: Backend::Local,
+                public_url: None,
+                limits: Limits {
+                    max_json: 1 << 20,
+                    max_object: 1 << 20,
+                    ..Limits::default()
+                },
+            })
+            .expect("server");
+            Fixture { _dir: dir, repo, server }
+        };
+    }
+    let mut parts = data.splitn(3, |&b| b == b'\n');
+    let line = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let token = parts
+        .next()
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+        .filter(|t| !t.is_empty());
+    let body = parts.next().unwrap_or_default();
+    let (method, target) = line.split_once(' ').unwrap_or(("GET", &line));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "PUT" => Method::Put,
+        "POST" => Method::Post,
+        other => Method::Other(other.to_string()),
+    };
+    let writes = matches!(method, Method::Put | Method::Post);
+    let head = RequestHead {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+        host: Some("127.0.0.1:9".into()),
+        token,
+        content_length: Some(body.len() as u64),
+        peer: "127.0.0.1:1".parse().expect("address"),
+    };
+    let signer = crate::serve::signing::Signer::with_key([7; 32]);
+    let _ = signer.check(
+        "dev1",
+        &crate::oid::ObjectId::hash_bytes(b"alpha"),
+        query,
+        0,
+    );
+    SERVER.with(|f| {
+        let reply = f.server.handle(&head, &mut &body[..]);
+        assert!(
+            (200..600).contains(&reply.status),
+            "status {}",
+            reply.status
+        );
+        if writes {
+            let repo = crate::repo::Repo::open(&f.repo).expect("the repository opens");
+            let latest = repo.latest().expect("its latest revision loads");
+            repo.load_state(&latest).expect("its head state loads");
+        }
+    });
+}
+
 /// What a target runs on one input.
 pub type Target = fn(&[u8]);
 
@@ -143,4 +285,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("statcache_decode", statcache_decode),
     ("journal_decode", journal_decode),
     ("control_request", control_request),
+    ("remote_answers", remote_answers),
+    ("s3_listing", s3_listing),
+    ("serve_tokens", serve_tokens),
+    ("serve_request", serve_request),
 ];

@@ -31,7 +31,7 @@
 
 mod http;
 mod objects;
-mod signing;
+pub(crate) mod signing;
 pub mod tokens;
 
 pub use http::{run, signals, RunningServer};

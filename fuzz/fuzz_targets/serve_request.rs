@@ -1,0 +1,4 @@
+//! Fuzz target: see `pvrfs::fuzzing::serve_request`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pvrfs::fuzzing::serve_request(data));
