@@ -183,12 +183,23 @@ pub fn clean_temp_files(dir: &Path, min_age: std::time::Duration) {
 /// source, a repository's object store) may be a FIFO, a device or a link to `/dev/zero`; those
 /// are an error here (`InvalidData`, saying what the path is), not a hang or an endless read.
 pub fn open_regular(path: &Path, follow: bool) -> std::io::Result<File> {
+    open_regular_at(rustix::fs::CWD, path, false, follow)
+}
+
+/// [`open_regular`] of `name` relative to the directory `dir`, for writing too when `write`.
+pub fn open_regular_at(
+    dir: impl std::os::fd::AsFd,
+    name: impl AsRef<Path>,
+    write: bool,
+    follow: bool,
+) -> std::io::Result<File> {
     use rustix::fs::{FileType, Mode, OFlags};
-    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+    let mut flags = access | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     if !follow {
         flags |= OFlags::NOFOLLOW;
     }
-    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+    let fd = match rustix::fs::openat(dir, name.as_ref(), flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::LOOP) if !follow => return Err(not_regular(FileType::Symlink)),
         Err(e) => return Err(e.into()),

@@ -398,14 +398,20 @@ fn log_file(repo: &Repo, mnt: &Path) -> Stdio {
             }
         })
         .collect();
+    // Never through a symbolic link, and only into a regular file: a repository handed over
+    // with a planted `logs/mount….log -> ~/.bashrc` would have the daemon append its log (which
+    // quotes paths of the repository's state) to the user's file.
     let opened = std::fs::create_dir_all(&dir).and_then(|_| {
+        use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(dir.join(format!("mount{name}.log")))
     });
     match opened {
-        Ok(f) => Stdio::from(f),
-        Err(_) => Stdio::null(),
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Stdio::from(f),
+        _ => Stdio::null(),
     }
 }

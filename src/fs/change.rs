@@ -451,7 +451,12 @@ pub fn file_entry_from_bytes(store: Option<&Store>, bytes: &[u8], path: &str) ->
 /// stored is always one whole version of the file, or the commit is refused with a message
 /// naming the file. Writes through a shared `mmap` do not move ctime at once and are not
 /// detected.
+///
+/// `open` opens it (again, for each attempt): the caller's way of opening an upper file only as
+/// a regular file and never through a symbolic link (`fsutil::open_regular`), since an upper
+/// layer handed over with a repository may hold a planted link or FIFO.
 pub fn stable_file_entry(
+    open: impl Fn() -> Result<std::fs::File>,
     disk: &std::path::Path,
     path: &str,
     store: Option<&Store>,
@@ -468,14 +473,23 @@ pub fn stable_file_entry(
         )
     };
     for attempt in 0..5u64 {
-        let f = std::fs::File::open(disk).ctx("open", disk)?;
+        let f = open()?;
         let before = f.metadata().ctx("stat", disk)?;
         let entry = if crate::state::is_inline_path(path) {
             let mut bytes = Vec::new();
             std::io::Read::read_to_end(&mut &f, &mut bytes).ctx("read", disk)?;
             json_entry(store, &bytes, path)?
         } else if let Some(s) = store {
-            Entry::Object(s.put_reader(&f)?.0)
+            // The store names its input vaguely; a read error is the upper file's.
+            let stored = s.put_reader(&f).map_err(|e| match e {
+                Error::Io {
+                    op: "read input for",
+                    source,
+                    ..
+                } => Error::io("read", disk, source),
+                other => other,
+            })?;
+            Entry::Object(stored.0)
         } else {
             Entry::Object(ObjectId::hash_reader(&f).ctx("read", disk)?.0)
         };

@@ -163,7 +163,12 @@ impl Overlay {
             Content::Base(Entry::Inline(v)) => self.blob_entry(&self.render(v), w.store)?,
             Content::Upper(u) => {
                 let up = self.upper_path(*u);
-                change::stable_file_entry(&up, path, w.store.then(|| self.repo.store()))?
+                change::stable_file_entry(
+                    || self.open_upper(*u, false),
+                    &up,
+                    path,
+                    w.store.then(|| self.repo.store()),
+                )?
             }
         };
         w.done.insert(ino, entry.clone());
@@ -277,7 +282,12 @@ impl Overlay {
             let entry = self.base.get(first).cloned();
             let same_bytes = match &entry {
                 Some(Entry::Inline(v)) => {
-                    fs::read(self.upper_path(u)).ok().as_deref() == Some(&self.render(v)[..])
+                    let mut bytes = Vec::new();
+                    let read = self
+                        .open_upper(u, false)
+                        .ok()
+                        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes).ok());
+                    read.is_some() && bytes == self.render(v)
                 }
                 Some(Entry::Object(_)) => true,
                 None => false,
@@ -287,7 +297,7 @@ impl Overlay {
                 continue;
             }
             // The upper file's mtime was the truth; the node keeps it from now on.
-            let mtime = fs::metadata(self.upper_path(u)).and_then(|m| m.modified());
+            let mtime = fs::symlink_metadata(self.upper_path(u)).and_then(|m| m.modified());
             let node = self.nodes.get_mut(&ino).expect("exists");
             node.body = Body::File(Content::Base(entry.expect("checked")));
             if let Ok(t) = mtime {

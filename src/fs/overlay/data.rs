@@ -21,11 +21,7 @@ impl Overlay {
             Content::Base(e) => self.copy_up(ino, &e, truncate)?,
         };
         let path = self.upper_path(upper);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(write)
-            .open(&path)
-            .ctx("open upper file", &path)?;
+        let file = self.open_upper(upper, write)?;
         if write {
             if truncate {
                 file.set_len(0).ctx("truncate", &path)?;
@@ -200,7 +196,7 @@ impl Overlay {
             for u in std::mem::take(&mut self.unsynced_uppers) {
                 let path = self.upper_path(u);
                 // Gone since (unlinked and compacted away): nothing to make durable.
-                if let Ok(f) = File::open(&path) {
+                if let Ok(f) = self.open_upper(u, false) {
                     f.sync_all().ctx("fsync", &path)?;
                 }
             }

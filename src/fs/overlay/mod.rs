@@ -612,12 +612,23 @@ impl Overlay {
         self.dir.join("upper").join(format!("u{upper}"))
     }
 
-    /// `stat` of an upper file, relative to `upper_fd`.
+    /// Open an existing upper file through `upper_fd`, never following a symbolic link, and only
+    /// if it is a regular file (else EIO). `upper/` may be someone else's work (a repository
+    /// handed over with its overlay): an upper file that is a link to a file of whoever mounts
+    /// would otherwise be shown (to other users too, with `--allow-other`), written through,
+    /// and committed (then pushed); a FIFO would hang the daemon.
+    pub(super) fn open_upper(&self, upper: u64, write: bool) -> RepoResult<File> {
+        fsutil::open_regular_at(&self.upper_fd, format!("u{upper}"), write, false)
+            .ctx("open upper file", self.upper_path(upper))
+    }
+
+    /// `stat` of an upper file, relative to `upper_fd` (not following a link: `open_upper`
+    /// refuses one).
     fn upper_stat(&self, upper: u64) -> Result<rustix::fs::Stat> {
         rustix::fs::statat(
             &self.upper_fd,
             format!("u{upper}"),
-            rustix::fs::AtFlags::empty(),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(std::io::Error::from)
         .ctx("stat upper file", self.upper_path(upper))
@@ -849,5 +860,7 @@ fn copy_file(src: &File, dst: &File) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod commit_tests;
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -497,7 +497,8 @@ impl UpperOverlay {
                         disk.display()
                     )));
                 } else {
-                    change::stable_file_entry(&disk, path, store)?
+                    let open = || crate::fsutil::open_regular(&disk, false).ctx("open", &disk);
+                    change::stable_file_entry(open, &disk, path, store)?
                 };
                 built.insert(path, entry, meta.mode())
             }
