@@ -429,7 +429,7 @@ impl Repo {
         let message = fs::read_to_string(self.commitmsg_path())
             .unwrap_or_else(|_| DEFAULT_COMMIT_MSG.to_string());
         Ok(Some(Revision {
-            rev: recorded.last().map_or(1, |r| r.rev + 1),
+            rev: next_rev(recorded.last())?,
             state: ObjectIdText(head_id),
             parent: recorded.last().map(|r| r.rev),
             message,
@@ -577,7 +577,7 @@ impl Repo {
         self.remember_json(JsonStamp::of(&self.json_path()), state_id);
         fsutil::crash_point("commit:json-written");
         let rev = Revision {
-            rev: parent.as_ref().map_or(1, |p| p.rev + 1),
+            rev: next_rev(parent.as_ref())?,
             state: ObjectIdText(state_id),
             parent: parent.map(|p| p.rev),
             message: message.to_string(),
@@ -613,6 +613,19 @@ enum ParentDiff<'a> {
     From(&'a State),
     /// The caller computed the diff.
     Known(Value),
+}
+
+/// The number after `newest` (1 after none). A record numbered `u64::MAX` (only a hand-made or
+/// hostile one) has no successor: an error, not an overflow (which wrapped to 0 and overwrote
+/// revision 0's record).
+fn next_rev(newest: Option<&Revision>) -> Result<u64> {
+    match newest {
+        None => Ok(1),
+        Some(r) => r.rev.checked_add(1).ok_or_else(|| Error::CorruptState {
+            origin: format!("revision {}", r.rev),
+            detail: "no revision can follow it (the numbers are exhausted)".into(),
+        }),
+    }
 }
 
 /// Resolve `spec` among `revs` (oldest first).
@@ -867,6 +880,32 @@ mod tests {
         let s = repo.head_state().unwrap();
         let err = repo.commit_state(&lock, &s, "x", Some(0)).unwrap_err();
         assert!(err.to_string().contains("moved"), "{err}");
+    }
+
+    #[test]
+    fn a_record_numbered_u64_max_stops_commits_without_overwriting_revision_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::init(dir.path(), None, None).unwrap();
+        let r1 = commit_file(&repo, "a", b"alpha", "one");
+        let zero = fs::read(repo.record_path(0)).unwrap();
+        let forged = Revision {
+            rev: u64::MAX,
+            parent: Some(1),
+            ..r1
+        };
+        repo.write_record(&forged).unwrap();
+        let lock = repo.lock().unwrap();
+        let err = repo
+            .commit_state(
+                &lock,
+                &State::empty(crate::state::DEFAULT_SPEC),
+                "two",
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no revision can follow it"), "{err}");
+        assert_eq!(fs::read(repo.record_path(0)).unwrap(), zero);
     }
 
     #[test]

@@ -331,3 +331,33 @@ fn an_s3_listing_that_never_ends_is_refused() {
     );
     assert_eq!(server.hits("/bkt/"), 2);
 }
+
+#[test]
+fn a_pvr_remote_announcing_an_absurd_revision_is_refused_on_push() {
+    // The revision header of the state a push builds on: the next revision would overflow.
+    for absurd in ["9223372036854775807", "18446744073709551615"] {
+        let server = remote(|routes, id| {
+            routes.insert(
+                "/r/json".into(),
+                Reply::With {
+                    headers: format!("pvrfs-revision: {absurd}\r\n"),
+                    bytes: format!(r##"{{"#spec":"x@1","big":"{id}"}}"##).into_bytes(),
+                },
+            );
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        // Inline files only: no objects to offer, the post comes right after the baseline.
+        repo_with(tmp.path(), &[("f.json", b"{}")]);
+        let run = pvrfs(["push", &server.url(), "--force"])
+            .dir(tmp.path())
+            .run_within(LIMIT);
+        let err = run.stderr();
+        assert_eq!(run.code(), 1, "{absurd}: {err}");
+        assert!(!err.contains("panicked"), "{absurd}: {err}");
+        assert!(
+            err.contains(&format!("revision {absurd}")),
+            "{absurd}: {err}"
+        );
+        assert_eq!(server.hits("/r/post"), 0, "{absurd}: nothing was posted");
+    }
+}

@@ -392,6 +392,19 @@ pub fn push(
         state,
         opts.force,
     )?;
+    // The revision to ask for (the server's word, so checked before anything is uploaded).
+    let rev = match base_rev {
+        None => -1,
+        Some(r) => i64::try_from(r)
+            .ok()
+            .and_then(|r| r.checked_add(1))
+            .ok_or_else(|| {
+                Error::Other(format!(
+                    "{}: the remote says it serves revision {r}, which has no next revision; nothing was pushed",
+                    client.describe()
+                ))
+            })?,
+    };
     let known: std::collections::HashSet<ObjectId> = base_state
         .as_ref()
         .map(|s| s.object_ids().into_iter().collect())
@@ -408,7 +421,6 @@ pub fn push(
         }
     })?;
     transfer.objects = objects.len();
-    let rev = base_rev.map_or(-1, |r| r as i64 + 1);
     let reply = client.post(state, message, rev)?;
     transfer.remote_revision = u64::try_from(reply.rev).ok();
     Ok(transfer)

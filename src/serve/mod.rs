@@ -838,7 +838,7 @@ impl Server {
         };
         let server_error = |e: Error| Reply::error(500, e.to_string());
         let latest = repo.latest().map_err(server_error)?;
-        if rev >= 0 && rev as u64 != latest.rev + 1 {
+        if rev >= 0 && Some(rev as u64) != latest.rev.checked_add(1) {
             return Err(conflict(latest.rev));
         }
         // Every object must be here and verified before anything is committed. Objects of the
@@ -887,7 +887,10 @@ impl Server {
             commit_msg: rev.message.clone(),
             created,
         };
-        if head_now == state && latest.recorded && (rev < 0 || rev as u64 == latest.rev + 1) {
+        if head_now == state
+            && latest.recorded
+            && (rev < 0 || Some(rev as u64) == latest.rev.checked_add(1))
+        {
             return Ok(Reply::json(200, &reply(&latest, false)));
         }
         let expected = u64::try_from(rev).ok().map(|r| r.saturating_sub(1));
