@@ -35,13 +35,15 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("pvrfs: {e}");
+            // Errors quote what servers, archives and states said: never raw to a terminal.
+            let safe = |text: &str| pvrfs::cmd::render::terminal_safe(text, true).into_owned();
             let head = e.to_string();
+            eprintln!("pvrfs: {}", safe(&head));
             for cause in e.chain().skip(1) {
                 let cause = cause.to_string();
                 // Library errors already quote their source; do not print it twice.
                 if !head.contains(&cause) {
-                    eprintln!("  caused by: {cause}");
+                    eprintln!("  caused by: {}", safe(&cause));
                 }
             }
             ExitCode::from(exit_code(&e))

@@ -361,3 +361,47 @@ fn a_pvr_remote_announcing_an_absurd_revision_is_refused_on_push() {
         assert_eq!(server.hits("/r/post"), 0, "{absurd}: nothing was posted");
     }
 }
+
+/// What a server or a publisher says reaches the terminal escaped: an error text and a state
+/// key full of escape sequences (clear the screen, set the title, fake a line).
+#[test]
+fn escape_sequences_from_servers_and_states_never_reach_the_terminal() {
+    let evil = "\u{1b}[2J\u{1b}]0;owned\u{7}\rfake line\u{9b}31m";
+    let server = remote(|routes, _| {
+        routes.insert(
+            "/r/.pvrremote".into(),
+            Reply::Status {
+                status: "401 Unauthorized".into(),
+                bytes: serde_json::to_vec(&serde_json::json!({ "error": evil })).unwrap(),
+            },
+        );
+    });
+    let (code, err) = run_get(&["get", &server.url()], &[]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("\\u{1b}]0;owned\\u{7}"), "{err:?}");
+    assert!(
+        !err.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
+        "{err:?}"
+    );
+    // A published key with the same bytes: get, then status (the key is "deleted" in the tree).
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("objects")).unwrap();
+    let id = ObjectId::hash_bytes(b"x");
+    fs::write(src.join("objects").join(id.to_hex()), b"x").unwrap();
+    let key = format!("a{evil}");
+    let json = serde_json::to_vec(&serde_json::json!({ key.clone(): id.to_hex() })).unwrap();
+    fs::write(src.join("json"), json).unwrap();
+    let w = tmp.path().join("w");
+    fs::create_dir(&w).unwrap();
+    repo_with(&w, &[]);
+    pvrfs(["get", src.to_str().unwrap()]).dir(&w).ok();
+    let status = pvrfs(["status"]).dir(&w).ok();
+    assert!(status.starts_with("D a\\u{1b}[2J"), "{status:?}");
+    assert!(
+        !status.contains(['\u{1b}', '\u{7}', '\r', '\u{9b}']),
+        "{status:?}"
+    );
+    let log = pvrfs(["log"]).dir(&w).ok();
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}

@@ -1,6 +1,7 @@
 //! `pvrfs mount`, `pvrfs umount`, `pvrfs mounts`. The daemon's start-up is `cmd::daemon`.
 
 use super::daemon;
+use super::render::terminal_safe;
 use crate::cli::{MountArgs, UmountArgs};
 use crate::cmd::Ctx;
 use crate::error::{Error, IoContext};
@@ -67,9 +68,9 @@ pub fn mounts(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         writeln!(
             ctx.out,
             "{}\t{}\t{}\t{}",
-            m.mountpoint.display(),
-            repo.display(),
-            rev,
+            terminal_safe(&m.mountpoint.to_string_lossy(), false),
+            terminal_safe(&repo.to_string_lossy(), false),
+            terminal_safe(rev, false),
             m.backend()
         )?;
     }

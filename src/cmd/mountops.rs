@@ -9,7 +9,7 @@
 //! `dispatch` calls these when a mount applies (see `target::mount_target`); the work-tree
 //! versions in `cmd::repo` take over when no mount applies.
 
-use super::render::{print_state, render_patch};
+use super::render::{print_state, render_patch, terminal_safe};
 use super::target::{describe, is_rw, mount_info, refuse_read_only};
 use super::Ctx;
 use crate::cli::{CommitArgs, DiffArgs, DiffFormat, JsonArgs, ResetArgs};
@@ -28,7 +28,7 @@ pub fn commit(mnt: &Path, args: CommitArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
         },
     )?;
     for w in &a.warnings {
-        writeln!(ctx.err, "warning: {w}")?;
+        writeln!(ctx.err, "warning: {}", terminal_safe(w, true))?;
     }
     match a.rev {
         Some(rev) => writeln!(ctx.out, "Committed revision {rev}")?,
@@ -43,7 +43,10 @@ pub fn status(mnt: &Path, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         return Ok(());
     }
     let a = control::request(mnt, &Request::new("status"))?;
-    ctx.out.write_all(a.text.as_bytes())?;
+    // One line per path (`C path`): each line made safe on its own.
+    for line in a.text.lines() {
+        writeln!(ctx.out, "{}", terminal_safe(line, false))?;
+    }
     Ok(())
 }
 

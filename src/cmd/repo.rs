@@ -2,6 +2,7 @@
 //! apply, fsck, gc. Each formats what a `worktree` / `repo` library call returns; output is
 //! byte-compatible with pvr where pvr has the command (see docs/FORMAT.md for differences).
 
+use super::render::terminal_safe;
 use super::Ctx;
 use crate::cli::{
     AddArgs, ApplyArgs, CheckoutArgs, CommitArgs, DiffArgs, FsckArgs, GcArgs, InitArgs, JsonArgs,
@@ -81,7 +82,7 @@ pub fn status(_args: StatusArgs, ctx: &mut Ctx<'_>) -> Result<()> {
         ("?", &scan.untracked),
     ] {
         for p in paths {
-            writeln!(ctx.out, "{tag} {p}")?;
+            writeln!(ctx.out, "{tag} {}", terminal_safe(p, false))?;
         }
     }
     warn_unstorable(&scan.unstorable, "not tracked", ctx)?;
@@ -173,7 +174,7 @@ pub fn log(args: LogArgs, ctx: &mut Ctx<'_>) -> Result<()> {
             r.rev,
             &r.state.0.to_hex()[..12],
             format_time(r.time),
-            first_line(&r.message),
+            terminal_safe(first_line(&r.message), false),
             if r.recorded {
                 ""
             } else {
@@ -201,7 +202,7 @@ pub fn show(args: ShowArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     writeln!(ctx.out, "date     {}", format_time(rev.time))?;
     writeln!(ctx.out)?;
     for line in rev.message.lines() {
-        writeln!(ctx.out, "    {line}")?;
+        writeln!(ctx.out, "    {}", terminal_safe(line, false))?;
     }
     writeln!(ctx.out)?;
     ctx.out
@@ -374,7 +375,7 @@ pub fn fsck(_args: FsckArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     object_problems.sort();
     problems.extend(object_problems);
     for p in &problems {
-        writeln!(ctx.out, "{p}")?;
+        writeln!(ctx.out, "{}", terminal_safe(p, false))?;
     }
     if !problems.is_empty() {
         anyhow::bail!("fsck found {} problem(s)", problems.len());

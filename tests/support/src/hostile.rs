@@ -32,6 +32,8 @@ pub enum Reply {
     With { headers: String, bytes: Vec<u8> },
     /// The status line and headers one byte per `every`.
     TrickleHeaders { every: Duration },
+    /// This status (e.g. `401 Unauthorized`) with these bytes.
+    Status { status: String, bytes: Vec<u8> },
 }
 
 pub struct Server {
@@ -195,6 +197,12 @@ fn serve(
                         &format!("{headers}Content-Length: {}\r\n", bytes.len()),
                     )
                     .as_bytes(),
+                )?;
+                conn.write_all(bytes)
+            }
+            Some(Reply::Status { status, bytes }) => {
+                conn.write_all(
+                    head(status, &format!("Content-Length: {}\r\n", bytes.len())).as_bytes(),
                 )?;
                 conn.write_all(bytes)
             }
