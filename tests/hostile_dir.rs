@@ -192,3 +192,30 @@ fn a_repository_store_holding_a_fifo_or_a_link_is_refused_not_read() {
         }
     }
 }
+
+/// A published key with a 256-byte name (or a path past 4095 bytes) could be fetched, and then
+/// `status`, `diff` and `checkout` failed on it for good, and a mount could not list its
+/// directory; it is refused at the door like any invalid key.
+#[test]
+fn a_state_no_file_system_can_hold_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, big) = published(tmp.path());
+    for key in ["n".repeat(256), format!("{}f", "a/".repeat(2048))] {
+        let json = serde_json::json!({ key.clone(): big.to_hex() });
+        fs::write(src.join("json"), serde_json::to_vec(&json).unwrap()).unwrap();
+        let w = tmp.path().join("w");
+        let _ = fs::remove_dir_all(&w);
+        fs::create_dir(&w).unwrap();
+        repo_with(&w, &[("local", b"l")]);
+        let run = pvrfs(["get", src.to_str().unwrap()])
+            .dir(&w)
+            .run_within(LIMIT);
+        assert_eq!(run.code(), 3, "{}", run.stderr());
+        assert!(
+            run.stderr().contains("no file system can hold it"),
+            "{}",
+            run.stderr()
+        );
+        pvrfs(["status"]).dir(&w).ok();
+    }
+}

@@ -88,15 +88,27 @@ pub fn validate_path(key: &str) -> std::result::Result<(), &'static str> {
     if key.contains('\0') {
         return Err("NUL byte in path");
     }
+    if key.len() > MAX_PATH_BYTES {
+        return Err("longer than 4095 bytes (PATH_MAX): no file system can hold it");
+    }
     for segment in key.split('/') {
         match segment {
             "" => return Err("empty path segment"),
             "." | ".." => return Err("'.' or '..' path segment"),
+            s if s.len() > MAX_NAME_BYTES => {
+                return Err("a path segment longer than 255 bytes (NAME_MAX): no file system can hold it, a mount could not list its directory")
+            }
             _ => {}
         }
     }
     Ok(())
 }
+
+/// Longest path segment of a key (`NAME_MAX`): longer names exist on no Linux file system; the
+/// kernel refuses a FUSE directory listing holding one (the whole directory would fail).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest key (`PATH_MAX` less its NUL).
+pub const MAX_PATH_BYTES: usize = 4095;
 
 /// One revision's content.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -648,10 +660,23 @@ mod tests {
             ".pvr/config",
             ".pvr/objects/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             ".pvr/pvrfs/revs/0000000001.json",
+            &"n".repeat(256),
+            &format!("d/{}/f", "n".repeat(256)),
+            &"a/".repeat(2048),
         ] {
             let text = format!(r#"{{"{}":"{ID}"}}"#, key.replace('\0', "\\u0000"));
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains("invalid entry"), "{key:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_longest_names_and_paths_are_accepted() {
+        let name = "n".repeat(255);
+        let path = format!("{}x", "d/".repeat(2047));
+        assert_eq!(path.len(), 4095);
+        for key in [name.as_str(), path.as_str()] {
+            parse(&format!(r#"{{"{key}":"{ID}"}}"#)).unwrap();
         }
     }
 
