@@ -152,6 +152,24 @@ impl Overlay {
 
     /// Apply one record to memory (replay and live path).
     pub(super) fn apply(&mut self, rec: &Record) -> Result<()> {
+        // Ids come from disk on replay: one near 2^64 would overflow the counter (a panic, or
+        // a wrap onto the root's inode); inode 0 is no inode at all.
+        let ids: &[u64] = match rec {
+            Record::Mkdir { ino, .. } | Record::Symlink { ino, .. } | Record::Mknod { ino, .. } => {
+                &[*ino, 1]
+            }
+            Record::PutBase { ino, .. } => &[*ino, 1],
+            Record::Create { ino, upper, .. } => &[*ino, *upper],
+            Record::CopyUp { upper, .. } => &[*upper, 1],
+            _ => &[1, 1],
+        };
+        if let Some(bad) = ids.iter().find(|&&id| id == 0 || id >= MAX_ID) {
+            return Err(errno(
+                "replay: implausible inode or upper file number",
+                bad.to_string(),
+                libc::EIO,
+            ));
+        }
         match rec {
             Record::Mkdir {
                 path,

@@ -65,3 +65,30 @@ fn planted_upper_files_are_never_followed() {
         let _ = ov.sync();
     }
 }
+
+#[test]
+fn implausible_ids_in_a_journal_are_refused_not_overflowed() {
+    for (ino, upper) in [(u64::MAX, 7), (5_000, u64::MAX), (0, 7)] {
+        let (_dir, repo, _, _) = overlay_with_upper();
+        let ov_dir = overlay_dir(&repo, "m");
+        let rec = Record::Create {
+            path: "evil".into(),
+            ino,
+            upper,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(journal::journal_path(&ov_dir))
+            .unwrap();
+        std::io::Write::write_all(&mut f, &journal::frame(&rec)).unwrap();
+        drop(f);
+        let err = Overlay::load(&repo, "m", Options::default())
+            .err()
+            .unwrap_or_else(|| panic!("{ino}/{upper}: loaded"))
+            .to_string();
+        assert!(err.contains("implausible"), "{ino}/{upper}: {err}");
+    }
+}

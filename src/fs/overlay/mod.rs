@@ -110,6 +110,10 @@ const FSYNC_EACH_MAX: usize = 64;
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
+/// Inode and upper-file numbers read from disk must stay below this (one per operation, so never
+/// reached by use): the counter can then never overflow.
+const MAX_ID: u64 = 1 << 62;
+
 fn errno(op: &'static str, path: impl Into<String>, errno: i32) -> FsError {
     FsError::Errno {
         op,
@@ -426,6 +430,12 @@ impl Overlay {
             )));
         }
         let state = repo.load_state(&rev)?;
+        if snap.header.next_id >= MAX_ID {
+            return Err(Error::CorruptState {
+                origin: journal::snapshot_path(&dir).display().to_string(),
+                detail: format!("implausible next id {}", snap.header.next_id),
+            });
+        }
         let mut ov = Overlay::from_base(repo, dir.clone(), opts, &rev, state, lock)?;
         ov.next_id = ov.next_id.max(snap.header.next_id);
         ov.generation = snap.generation;
