@@ -115,6 +115,8 @@ impl Config {
             idle_timeout: limits.idle,
             min_rate: limits.min_rate,
             grace: limits.grace,
+            // Objects read back from the bucket to verify an upload: as large as accepted.
+            max_object_size: limits.max_object,
             ..Options::default()
         };
         let bucket = S3Bucket::new(&S3Config::from_env()?, &loc.bucket, &opts)?;
