@@ -6,7 +6,7 @@
 use pvrfs_testkit as common;
 
 use common::{dump_overlay, repo_with};
-use pvrfs::fs::overlay::{Options, Overlay, RenameFlags, SetAttr};
+use pvrfs::fs::overlay::{Changes, Options, Overlay, RenameFlags, SetAttr};
 use pvrfs::fs::{Kind, ROOT_INO as ROOT};
 use pvrfs::repo::Repo;
 use std::io::Write;

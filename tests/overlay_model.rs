@@ -7,7 +7,7 @@
 //! Knobs for a wider search: `MODEL_SEEDS=N` (seeds, default 6), `MODEL_FIRST=S` (first seed),
 //! `MODEL_PARANOID=1` (reload after every step), `MODEL_LOG=N` (steps shown on failure).
 
-use pvrfs::fs::overlay::{Handle, Options, Overlay, RenameFlags, SetAttr};
+use pvrfs::fs::overlay::{Changes, Handle, Options, Overlay, RenameFlags, SetAttr};
 use pvrfs::fs::{FsError, ToErrno};
 use pvrfs::oid::ObjectId;
 use pvrfs::repo::Repo;

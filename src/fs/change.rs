@@ -79,6 +79,52 @@ pub trait View {
     fn stores_nothing_under(&self, path: &str) -> Result<bool>;
 }
 
+/// What both copy-on-write backends answer from one built change set: `build` is theirs, the
+/// questions asked of it (status, diff, the view's state, warnings) are the same for both.
+pub trait Changes {
+    /// Compute the change from the base to the view; `store` puts new content into the object
+    /// store (commit) instead of only hashing it (status, diff).
+    fn build(&self, store: bool) -> Result<Built>;
+
+    /// The state the change is against (the mount's base revision).
+    fn base_state(&self) -> &State;
+
+    /// The changed paths, as `pvrfs status` prints them (A, then D, then C; sorted in each).
+    fn status(&self) -> Result<Vec<StatusLine>> {
+        Ok(self.build(false)?.status())
+    }
+
+    /// `status` as text, one `X path` line each.
+    fn status_text(&self) -> Result<String> {
+        Ok(status_text(&self.status()?))
+    }
+
+    /// The RFC 7396 merge patch from the base state to the view (`{}` when clean).
+    fn diff(&self) -> Result<Value> {
+        Ok(self.build(false)?.merge_diff())
+    }
+
+    /// `diff` as `pvr diff` prints it (tab-indented, `{}` when clean).
+    fn diff_text(&self) -> Result<String> {
+        Ok(json::render_diff(&self.diff()?))
+    }
+
+    /// The state a commit would make now (base + view), without storing anything: what
+    /// `pvrfs json`, `diff --format rfc6902` and `diff REV` inside a mount compare. O(tree): it
+    /// copies the base.
+    fn view_state(&self) -> Result<State> {
+        let built = self.build(false)?;
+        let mut state = self.base_state().clone();
+        built.apply_to(&mut state)?;
+        Ok(state)
+    }
+
+    /// Warnings a commit would give now.
+    fn warnings(&self) -> Result<Vec<String>> {
+        Ok(self.build(false)?.warnings)
+    }
+}
+
 /// Does `path` equal `root` or lie under it (`""` is the root of everything)?
 pub fn under(path: &str, root: &str) -> bool {
     root.is_empty()

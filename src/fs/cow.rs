@@ -20,6 +20,7 @@
 use super::overlay::{self, CommitReport, Handle, Options, Overlay, RenameFlags, SetAttr};
 use super::{Attr, FsError, Kind, ROOT_INO};
 use crate::error::{Error, Result as RepoResult};
+use crate::fs::change::Changes;
 use crate::repo::Repo;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;

@@ -213,6 +213,7 @@ struct Inner {
     generation: u64,
 }
 
+use crate::fs::change::Changes;
 use crate::fs::upper::UpperOverlay;
 
 impl KernelDaemon {

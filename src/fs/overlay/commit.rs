@@ -18,9 +18,8 @@
 
 use super::{Body, Content, Overlay, DIR_MODE, ROOT_INO};
 use crate::error::{Error, Result};
-use crate::fs::change::{self, Built, View};
+use crate::fs::change::{self, Built, Changes, View};
 pub use crate::fs::change::{CommitReport, StatusLine};
-use crate::json::{self, Value};
 use crate::repo::Revision;
 use crate::state::{is_inline_path, Entry, State};
 use std::collections::{BTreeSet, HashMap};
@@ -56,10 +55,8 @@ struct Walk<'a> {
     done: HashMap<u64, Entry>,
 }
 
-impl Overlay {
-    /// Compute the new state; `store` puts new content into the object store (commit) instead of
-    /// only hashing it (status, diff).
-    pub(super) fn build(&self, store: bool) -> Result<Built> {
+impl Changes for Overlay {
+    fn build(&self, store: bool) -> Result<Built> {
         let mut built = Built::new(&self.base);
         let roots = self.roots();
         for r in &roots {
@@ -86,6 +83,12 @@ impl Overlay {
         Ok(built)
     }
 
+    fn base_state(&self) -> &State {
+        &self.base
+    }
+}
+
+impl Overlay {
     /// Add the view of `ino` at `path` to the walk. Returns false when nothing was stored for it
     /// (a special file).
     fn collect(&self, ino: u64, path: &str, w: &mut Walk<'_>) -> Result<bool> {
@@ -181,41 +184,6 @@ impl Overlay {
 
     fn blob_entry(&self, bytes: &[u8], store: bool) -> Result<Entry> {
         change::blob_entry(store.then(|| self.repo.store()), bytes)
-    }
-
-    /// The changed paths, as `pvrfs status` prints them (A, then D, then C; sorted in each).
-    pub fn status(&self) -> Result<Vec<StatusLine>> {
-        Ok(self.build(false)?.status())
-    }
-
-    /// `status` as text, one `X path` line each.
-    pub fn status_text(&self) -> Result<String> {
-        Ok(change::status_text(&self.status()?))
-    }
-
-    /// The RFC 7396 merge patch from the base state to the view (`{}` when clean).
-    pub fn diff(&self) -> Result<Value> {
-        Ok(self.build(false)?.merge_diff())
-    }
-
-    /// `diff` as `pvr diff` prints it (tab-indented, `{}` when clean).
-    pub fn diff_text(&self) -> Result<String> {
-        Ok(json::render_diff(&self.diff()?))
-    }
-
-    /// The state a commit would make now (base + overlay), without storing anything: what
-    /// `pvrfs json`, `diff --format rfc6902` and `diff REV` inside a mount compare. O(tree): it
-    /// copies the base.
-    pub fn view_state(&self) -> Result<State> {
-        let built = self.build(false)?;
-        let mut state = self.base.clone();
-        built.apply_to(&mut state)?;
-        Ok(state)
-    }
-
-    /// Warnings a commit would give now.
-    pub fn warnings(&self) -> Result<Vec<String>> {
-        Ok(self.build(false)?.warnings)
     }
 
     /// Turn base + overlay into the next revision, then rebase the overlay onto it. On any error

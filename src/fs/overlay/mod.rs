@@ -78,6 +78,7 @@ pub(crate) mod journal;
 mod namespace;
 mod pool;
 
+pub use crate::fs::change::Changes;
 pub use commit::{CommitReport, StatusLine};
 
 use super::{Attr, FsError, Kind, NAME_MAX, ROOT_INO};

@@ -56,9 +56,9 @@
 //! is read. A directory emptied or filled by a change under it is settled by `fs::change`
 //! (`Built::finish`), which asks this view.
 
-use super::change::{self, Built, CommitReport, StatusLine};
+use super::change::{self, Built, Changes, CommitReport};
 use crate::error::{Error, IoContext, Result};
-use crate::json::{self, Value};
+use crate::json;
 use crate::repo::{Repo, Revision};
 use crate::state::{is_inline_path, Entry, State};
 use crate::store::Store;
@@ -436,36 +436,6 @@ impl UpperOverlay {
         Ok(Some(Found::Dir { upper, lower }))
     }
 
-    /// Compute the change from the head to the view; `store` puts new content into the object
-    /// store (commit) instead of only hashing it.
-    pub fn build(&self, store: bool) -> Result<Built> {
-        let mut built = Built::new(&self.head);
-        let mut warnings = Vec::new();
-        let upper_roots = self.upper_roots(&mut warnings)?;
-        let top = self.upper_dir();
-        let top_mode = fs::symlink_metadata(&top).ctx("stat", &top)?.mode() & 0o7777;
-        if top_mode != crate::state::meta::DEFAULT_DIR_MODE {
-            warnings.push(format!(
-                "mode {top_mode:04o} of the top directory is not stored (a tree's top directory has no recorded mode)"
-            ));
-        }
-        let roots = minimal(upper_roots.iter().chain(&self.header.committed));
-        let store = store.then(|| self.repo.store());
-        for r in &roots {
-            built.replace_under(&self.head, r);
-            match self.find(r)? {
-                None => {}
-                Some(found) => {
-                    self.collect(found, r, store, &mut built)?;
-                }
-            }
-        }
-        built.warnings.splice(0..0, warnings);
-        let roots: Vec<String> = roots.into_iter().collect();
-        built.finish(&self.head, &roots, &KernelView(self))?;
-        Ok(built)
-    }
-
     /// Every file, symlink and directory of the view at or under `path` (which is `found`)
     /// into `built`. Returns false when nothing was stored for it (a special file, or a
     /// directory of such: its parent may be empty).
@@ -691,36 +661,6 @@ impl UpperOverlay {
         })
     }
 
-    /// The changed paths, as `pvrfs status` prints them.
-    pub fn status(&self) -> Result<Vec<StatusLine>> {
-        Ok(self.build(false)?.status())
-    }
-
-    pub fn status_text(&self) -> Result<String> {
-        Ok(change::status_text(&self.status()?))
-    }
-
-    /// The RFC 7396 merge patch from the head to the view.
-    pub fn diff(&self) -> Result<Value> {
-        Ok(self.build(false)?.merge_diff())
-    }
-
-    pub fn diff_text(&self) -> Result<String> {
-        Ok(json::render_diff(&self.diff()?))
-    }
-
-    /// The state a commit would make now (O(tree): it copies the head).
-    pub fn view_state(&self) -> Result<State> {
-        let built = self.build(false)?;
-        let mut state = self.head.clone();
-        built.apply_to(&mut state)?;
-        Ok(state)
-    }
-
-    pub fn warnings(&self) -> Result<Vec<String>> {
-        Ok(self.build(false)?.warnings)
-    }
-
     /// Commit the view as the revision after the head. On error nothing is committed and the
     /// overlay is unchanged.
     pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
@@ -790,6 +730,40 @@ impl UpperOverlay {
 
 /// The kernel backend's view, as `Built::finish` asks it.
 struct KernelView<'o>(&'o UpperOverlay);
+
+impl Changes for UpperOverlay {
+    fn build(&self, store: bool) -> Result<Built> {
+        let mut built = Built::new(&self.head);
+        let mut warnings = Vec::new();
+        let upper_roots = self.upper_roots(&mut warnings)?;
+        let top = self.upper_dir();
+        let top_mode = fs::symlink_metadata(&top).ctx("stat", &top)?.mode() & 0o7777;
+        if top_mode != crate::state::meta::DEFAULT_DIR_MODE {
+            warnings.push(format!(
+                "mode {top_mode:04o} of the top directory is not stored (a tree's top directory has no recorded mode)"
+            ));
+        }
+        let roots = minimal(upper_roots.iter().chain(&self.header.committed));
+        let store = store.then(|| self.repo.store());
+        for r in &roots {
+            built.replace_under(&self.head, r);
+            match self.find(r)? {
+                None => {}
+                Some(found) => {
+                    self.collect(found, r, store, &mut built)?;
+                }
+            }
+        }
+        built.warnings.splice(0..0, warnings);
+        let roots: Vec<String> = roots.into_iter().collect();
+        built.finish(&self.head, &roots, &KernelView(self))?;
+        Ok(built)
+    }
+
+    fn base_state(&self) -> &State {
+        &self.head
+    }
+}
 
 impl change::View for KernelView<'_> {
     fn is_dir(&self, path: &str) -> Result<bool> {
