@@ -406,9 +406,11 @@ impl Server {
         Ok(repo)
     }
 
-    /// Requests answered from metadata alone, without blocking I/O beyond a `stat` (the HTTP
-    /// layer runs them inline): the remote description and object records of the embedded
-    /// store. (With S3, a record may need a `HEAD` to the service.)
+    /// Requests answered with at most a `stat`, an `open` and one read of a small file (the
+    /// HTTP layer runs them inline, see `http.rs`): the remote description, object records and
+    /// signed object downloads of the embedded store. (With S3, a record may need a `HEAD` to
+    /// the service, and objects are not downloaded from here.) An object larger than the
+    /// inline read is still streamed from a blocking thread.
     pub fn is_quick(&self, head: &RequestHead) -> bool {
         if !matches!(head.method, Method::Get | Method::Head) || self.backend.is_s3() {
             return false;
@@ -418,7 +420,7 @@ impl Server {
         };
         matches!(
             parse_target(&segs).map(|t| t.endpoint),
-            Some(Endpoint::Remote | Endpoint::Object(_))
+            Some(Endpoint::Remote | Endpoint::Object(_) | Endpoint::Blob(_))
         )
     }
 

@@ -331,3 +331,65 @@ fn oversized_bodies_are_refused() {
     assert_eq!(status, 413);
     assert_eq!(offer(&f.server, b"more than ten bytes").0, 413);
 }
+
+#[test]
+fn signed_object_downloads_are_answered_inline_small_or_streamed_large() {
+    let f = fixture(None);
+    let repo = Repo::open(&f.root.join("dev1")).unwrap();
+    // Around the inline limit (256 KiB, `http::CHUNK`): read in one go, or streamed in chunks.
+    let sizes = [0usize, 5, 256 * 1024, 256 * 1024 + 1, 3 << 20];
+    let objects: Vec<(ObjectId, Vec<u8>)> = sizes
+        .iter()
+        .map(|&n| {
+            let data: Vec<u8> = (0..n as u32).map(|i| (i * 7 % 251) as u8).collect();
+            (repo.store().put_bytes(&data).unwrap(), data)
+        })
+        .collect();
+    let quick = |m: Method, p: &str| f.server.is_quick(&head(m, p));
+    let some = &objects[1].0;
+    assert!(quick(Method::Get, &format!("/dev1/objects/{some}/blob")));
+    assert!(quick(Method::Head, &format!("/dev1/objects/{some}/blob")));
+    assert!(quick(Method::Get, &format!("/dev1/objects/{some}")));
+    assert!(!quick(Method::Put, &format!("/dev1/objects/{some}/blob")));
+    assert!(!quick(Method::Post, "/dev1/objects/"));
+    assert!(!quick(Method::Get, "/dev1/json"));
+
+    let Fixture {
+        _dir: _keep,
+        server,
+        ..
+    } = f;
+    let running = RunningServer::start(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let base = running.url();
+    for (id, data) in &objects {
+        let resp = ureq::get(&format!("{base}/dev1/objects/{id}"))
+            .call()
+            .unwrap();
+        let record: ObjectRecord = serde_json::from_reader(resp.into_reader()).unwrap();
+        let url = record.signed_get_url;
+        let resp = ureq::get(&url).call().unwrap();
+        assert_eq!(
+            resp.header("content-length"),
+            Some(data.len().to_string().as_str())
+        );
+        let mut got = Vec::new();
+        resp.into_reader().read_to_end(&mut got).unwrap();
+        assert!(got == *data, "object {id} of {} bytes", data.len());
+        let resp = ureq::head(&url).call().unwrap();
+        assert_eq!(
+            resp.header("content-length"),
+            Some(data.len().to_string().as_str())
+        );
+        // A signed get URL does not grant an upload, and a forged one grants nothing.
+        match ureq::put(&url).send_bytes(data) {
+            Err(ureq::Error::Status(403, _)) => {}
+            other => panic!("a PUT to a get URL answered {other:?}"),
+        }
+        let forged = url.replace("sig=", "sig=0");
+        match ureq::get(&forged).call() {
+            Err(ureq::Error::Status(403, _)) => {}
+            other => panic!("a forged URL answered {other:?}"),
+        }
+    }
+    running.stop().unwrap();
+}
