@@ -554,26 +554,53 @@ impl Repo {
         // The last check before publishing: metadata that no longer fits the files (a builder
         // removed a file and forgot its mode) must never reach a revision.
         new_state.check_meta("the new state")?;
+        let t = std::time::Instant::now();
         let canonical = new_state.to_canonical_bytes();
-        let state_id = self.store.put_bytes(&canonical)?;
-        let diff = match &parent {
-            Some(p) => {
-                let d = match parent_diff {
-                    ParentDiff::Known(d) => d,
-                    // Only when it really is the parent's state (cheap next to a load).
-                    ParentDiff::From(base) if base.state_id() == p.state.0 => {
-                        patch::state_json_patch(base, new_state)
+        log::debug!(
+            "commit: canonical state rendered ({} bytes) in {:?}",
+            canonical.len(),
+            t.elapsed()
+        );
+        // `.pvr/json` and `commitmsg` are staged (written and fsynced under temporary names) on
+        // other threads while the state and diff objects are stored and synced, so that their
+        // flushes overlap; they are installed afterwards, in the protocol's order, so nothing
+        // becomes visible before every object it needs is durable.
+        let (json_path, msg_path) = (self.json_path(), self.commitmsg_path());
+        let (stored, staged_msg, staged_json) = std::thread::scope(|s| {
+            let json = s.spawn(|| fsutil::StagedFile::write(&json_path, &canonical, 0o644));
+            let msg = s.spawn(|| fsutil::StagedFile::write(&msg_path, message.as_bytes(), 0o644));
+            let stored = (|| -> Result<_> {
+                let state_id = self.store.put_bytes(&canonical)?;
+                log::debug!("commit: state stored at {:?}", t.elapsed());
+                let diff = match &parent {
+                    Some(p) => {
+                        let d = match parent_diff {
+                            ParentDiff::Known(d) => d,
+                            // Only when it really is the parent's state (cheap next to a load).
+                            ParentDiff::From(base) if base.state_id() == p.state.0 => {
+                                patch::state_json_patch(base, new_state)
+                            }
+                            _ => patch::state_json_patch(&self.load_state(p)?, new_state),
+                        };
+                        Some(ObjectIdText(self.store.put_bytes(&json::to_canonical(&d))?))
                     }
-                    _ => patch::state_json_patch(&self.load_state(p)?, new_state),
+                    None => None,
                 };
-                Some(ObjectIdText(self.store.put_bytes(&json::to_canonical(&d))?))
-            }
-            None => None,
-        };
-        self.store.sync()?;
+                self.store.sync()?;
+                log::debug!("commit: objects synced at {:?}", t.elapsed());
+                Ok((state_id, diff))
+            })();
+            let join = |h: std::thread::ScopedJoinHandle<'_, Result<fsutil::StagedFile>>| {
+                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            };
+            (stored, join(msg), join(json))
+        });
+        let (state_id, diff) = stored?;
+        let (staged_msg, staged_json) = (staged_msg?, staged_json?);
+        log::debug!("commit: head staged at {:?}", t.elapsed());
         fsutil::crash_point("commit:objects-synced");
-        fsutil::atomic_write(&self.commitmsg_path(), message.as_bytes(), 0o644)?;
-        fsutil::atomic_write(&self.json_path(), &canonical, 0o644)?;
+        staged_msg.install()?;
+        staged_json.install()?;
         self.remember_json(JsonStamp::of(&self.json_path()), state_id);
         fsutil::crash_point("commit:json-written");
         let rev = Revision {
@@ -585,7 +612,9 @@ impl Repo {
             diff,
             recorded: true,
         };
+        log::debug!("commit: head written at {:?}", t.elapsed());
         self.write_record(&rev)?;
+        log::debug!("commit: record written at {:?}", t.elapsed());
         Ok(rev)
     }
 

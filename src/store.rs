@@ -12,7 +12,8 @@
 //!   (hash-while-writing; puts never write to the final name directly).
 //! - Puts do not fsync each object: callers that publish a state referencing new objects first
 //!   call `Store::sync`, which fsyncs the objects this `Store` touched since the last sync when
-//!   they are few (a small commit) and otherwise issues one `syncfs`, so many small puts cost
+//!   they are few (a small commit: in parallel, so the device sees them together instead of one
+//!   flush wait after another) and otherwise issues one `syncfs`, so many small puts cost
 //!   one flush, not one each. (Always `syncfs` would make a 10-file commit wait for every dirty
 //!   page of the file system, other processes' included.) A put that finds its object already
 //!   present counts as touching it: it may come from a crashed process that never synced.
@@ -90,7 +91,15 @@ impl Store {
             // Present objects may come from a crashed process that never synced them.
             self.touch(id);
         } else {
-            self.put_streamed(data, Some(&id))?;
+            // The bytes were just hashed in memory: write them without hashing them again (a
+            // commit's multi-megabyte state would otherwise be hashed twice).
+            self.ensure_dir()?;
+            let mut temp = TempObject::create(&self.dir)?;
+            let tmp = temp.describe();
+            temp.file.write_all(data).ctx("write temp object", &tmp)?;
+            self.touch(id);
+            fsutil::crash_point("store:before-rename");
+            temp.publish(&self.path_of(&id))?;
         }
         Ok(id)
     }
@@ -189,6 +198,16 @@ impl Store {
         Ok(len)
     }
 
+    /// Whether object `id` is present; if so it counts as touched, so the next `sync` makes it
+    /// durable (a caller reusing an id it computed earlier, instead of putting the bytes again).
+    pub fn keep_present(&self, id: &ObjectId) -> bool {
+        let present = self.contains(id);
+        if present {
+            self.touch(*id);
+        }
+        present
+    }
+
     /// Remember `id` for the next `sync`; past the per-object limit only "many" matters, so the
     /// list stops growing (a long-lived process may put millions of objects).
     fn touch(&self, id: ObjectId) {
@@ -207,12 +226,8 @@ impl Store {
         touched.sort_unstable();
         touched.dedup();
         if touched.len() <= FSYNC_EACH_MAX {
-            for id in &touched {
-                let p = self.path_of(id);
-                File::open(&p)
-                    .and_then(|f| f.sync_all())
-                    .ctx("fsync object", &p)?;
-            }
+            let paths: Vec<PathBuf> = touched.iter().map(|id| self.path_of(id)).collect();
+            fsutil::fsync_all_parallel(&paths, "fsync object")?;
         } else {
             fsutil::sync_filesystem(&self.dir)?;
         }
