@@ -507,6 +507,16 @@ pub fn stable_file_entry(
     path: &str,
     store: Option<&Store>,
 ) -> Result<Entry> {
+    stable_file_entry_and_meta(open, disk, path, store).map(|(entry, _)| entry)
+}
+
+/// [`stable_file_entry`], with the attributes of the version that was read.
+pub fn stable_file_entry_and_meta(
+    open: impl Fn() -> Result<std::fs::File>,
+    disk: &std::path::Path,
+    path: &str,
+    store: Option<&Store>,
+) -> Result<(Entry, std::fs::Metadata)> {
     use crate::error::IoContext;
     use std::os::unix::fs::MetadataExt;
     let key = |m: &std::fs::Metadata| {
@@ -541,7 +551,7 @@ pub fn stable_file_entry(
         };
         let after = f.metadata().ctx("stat", disk)?;
         if key(&before) == key(&after) {
-            return Ok(entry);
+            return Ok((entry, after));
         }
         std::thread::sleep(std::time::Duration::from_millis(20 * (attempt + 1)));
     }

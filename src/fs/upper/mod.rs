@@ -56,6 +56,8 @@
 //! is read. A directory emptied or filled by a change under it is settled by `fs::change`
 //! (`Built::finish`), which asks this view.
 
+mod cache;
+
 use super::change::{self, Built, Changes, CommitReport};
 use crate::error::{Error, IoContext, Result};
 use crate::json;
@@ -103,6 +105,10 @@ pub struct UpperOverlay {
     /// The overlay's user (`uid`, `gid`): the upper directory's owner. Upper entries owned by
     /// anybody else are reported (owners are not recorded).
     owner: (u32, u32),
+    /// Entries of upper files read by earlier builds (see `cache`).
+    read_before: parking_lot::Mutex<cache::EntryCache>,
+    /// Upper files read (hashed) by builds so far: the cost `read_before` saves, for the log.
+    files_read: std::sync::atomic::AtomicU64,
 }
 
 /// Whether overlay `id` of `repo` exists and belongs to the kernel backend.
@@ -195,6 +201,8 @@ impl UpperOverlay {
             head,
             canonical: false,
             owner,
+            read_before: Default::default(),
+            files_read: Default::default(),
         };
         ov.finish_interrupted_commit()?;
         Ok(ov)
@@ -299,6 +307,7 @@ impl UpperOverlay {
         self.header = h;
         self.lower_rev = head_rev;
         self.lower = self.head.clone();
+        self.read_before.lock().clear();
         remove_stale_layers(&self.dir, self.header.layer);
         Ok(())
     }
@@ -467,8 +476,7 @@ impl UpperOverlay {
                         disk.display()
                     )));
                 } else {
-                    let open = || crate::fsutil::open_regular(&disk, false).ctx("open", &disk);
-                    change::stable_file_entry(open, &disk, path, store)?
+                    self.upper_file_entry(&disk, &meta, path, store)?
                 };
                 built.insert(path, entry, meta.mode())
             }
@@ -523,6 +531,37 @@ impl UpperOverlay {
     /// What the lower directory `l` holds, seen at view path `path` where the upper directory
     /// there has `names` (those hide the lower entries of their names): files, symlinks,
     /// empty directories and modes. Returns whether anything was stored.
+    /// The entry of the upper file `disk` (attributes `meta`) at view path `path`: read (and
+    /// stored, with `store`), unless an earlier build read this very version.
+    fn upper_file_entry(
+        &self,
+        disk: &Path,
+        meta: &fs::Metadata,
+        path: &str,
+        store: Option<&Store>,
+    ) -> Result<Entry> {
+        let known = self.read_before.lock().get(path, meta).cloned();
+        if let Some(entry) = known {
+            let usable = match (&entry, store) {
+                // The object was stored by an earlier commit; it joins the next sync.
+                (Entry::Object(id), Some(store)) => store.keep_present(id),
+                _ => true,
+            };
+            if usable {
+                return Ok(entry);
+            }
+        }
+        let read_began = std::time::SystemTime::now();
+        self.files_read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let open = || crate::fsutil::open_regular(disk, false).ctx("open", disk);
+        let (entry, read) = change::stable_file_entry_and_meta(open, disk, path, store)?;
+        self.read_before
+            .lock()
+            .remember(path, &read, read_began, &entry);
+        Ok(entry)
+    }
+
     fn collect_lower_dir(
         &self,
         l: &str,
@@ -664,13 +703,21 @@ impl UpperOverlay {
     /// Commit the view as the revision after the head. On error nothing is committed and the
     /// overlay is unchanged.
     pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
+        let t = std::time::Instant::now();
         let lock = self.repo.lock()?;
+        let read = self.files_read();
         let built = self.build(true)?;
+        log::debug!(
+            "commit: upper layer built in {:?} ({} upper files read)",
+            t.elapsed(),
+            self.files_read() - read
+        );
         let mut roots = BTreeSet::new();
         {
             let mut w = Vec::new();
             roots.extend(self.upper_roots(&mut w)?);
         }
+        log::debug!("commit: roots at {:?}", t.elapsed());
         let revision = change::commit_built(
             &self.repo,
             &lock,
@@ -686,12 +733,19 @@ impl UpperOverlay {
             e => e,
         })?;
         crate::fsutil::crash_point("kernel-overlay:committed");
+        log::debug!("commit: repository committed at {:?}", t.elapsed());
         self.adopt(&revision, roots)?;
+        log::debug!("commit: adopted at {:?}", t.elapsed());
         Ok(CommitReport {
             revision,
             status: built.status(),
             warnings: built.warnings,
         })
+    }
+
+    /// How many upper files builds have read (hashed) since this overlay was opened.
+    pub fn files_read(&self) -> u64 {
+        self.files_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Record `revision` (whose state `self.head` already is) as the head, the upper layer's

@@ -290,6 +290,47 @@ fn commit_costs_the_change_not_the_tree() {
 }
 
 #[test]
+fn a_commit_reads_only_what_changed_since_the_last_commit() {
+    if !root() {
+        return;
+    }
+    // The upper layer keeps what earlier commits stored (the lower layer cannot move under a
+    // live overlay); those files must not be read again while they stay as they were.
+    let (_d, repo, mut ov) = sample();
+    write(&ov, "a.txt", b"changed");
+    write(&ov, "d/new.txt", b"new");
+    write(&ov, "conf.json", br#"{"k":3}"#);
+    std::thread::sleep(cache::SETTLE + std::time::Duration::from_millis(50));
+    ov.commit("one").unwrap();
+    let after_first = ov.files_read();
+    assert_eq!(after_first, 3);
+    write(&ov, "d/e/c.txt", b"gamma two");
+    ov.commit("two").unwrap();
+    assert_eq!(ov.files_read() - after_first, 1, "only d/e/c.txt is read");
+    assert_eq!(status(&ov), "");
+    let head = repo.head_state().unwrap();
+    assert_eq!(
+        head.get("a.txt"),
+        Some(&Entry::Object(ObjectId::hash_bytes(b"changed")))
+    );
+    assert_eq!(
+        head.get("d/e/c.txt"),
+        Some(&Entry::Object(ObjectId::hash_bytes(b"gamma two")))
+    );
+    // A file changed again is read again, and so is one whose object went missing.
+    write(&ov, "a.txt", b"changed twice");
+    fs::remove_file(repo.store().path_of(&ObjectId::hash_bytes(b"new"))).unwrap();
+    let before = ov.files_read();
+    ov.commit("three").unwrap();
+    assert!(ov.files_read() - before >= 2);
+    assert!(repo.store().contains(&ObjectId::hash_bytes(b"new")));
+    assert_eq!(
+        repo.head_state().unwrap().get("a.txt"),
+        Some(&Entry::Object(ObjectId::hash_bytes(b"changed twice")))
+    );
+}
+
+#[test]
 fn an_interrupted_commit_is_recorded_at_the_next_open_and_reset_starts_on_the_head() {
     if !root() {
         return;
