@@ -29,6 +29,7 @@ common::cow_tests!(
     char_device_0_0_is_a_whiteout_on_kernel,
     commit_while_a_file_is_written_is_whole_or_refused,
     mounts_and_the_control_socket_say_which_backend,
+    umount_returns_once_the_daemon_is_gone_so_a_remount_works_at_once,
 );
 
 fn fixture() -> TestRepo {
@@ -1160,4 +1161,37 @@ fn auto_picks_fuse_without_cap_sys_admin_and_kernel_refuses_clearly() {
     ));
     assert!(out.contains("Committed revision 2"), "{out}");
     assert!(t.repo.head_state().unwrap().get("added.txt").is_some());
+}
+
+/// `pvrfs umount` waits for the daemon, which writes out and releases the overlay as it ends: a
+/// mount of the same overlay right after it must not find it "locked by another daemon".
+fn umount_returns_once_the_daemon_is_gone_so_a_remount_works_at_once() {
+    if !fuse_available() {
+        return;
+    }
+    let t = fixture();
+    for round in 0..3 {
+        // `Mount::new` panics if the overlay is still locked by the previous round's daemon.
+        let m = rw(&t);
+        fs::write(m.join(&format!("r{round}")), b"x").unwrap();
+        let pid = common::mounts::daemon_pid(m.path()).expect("a daemon serves the mount");
+        ok(Pvrfs::new()
+            .command()
+            .arg("umount")
+            .arg(m.path())
+            .output()
+            .unwrap());
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']));
+        assert!(
+            !alive,
+            "round {round}: the daemon still runs after umount: {stat}"
+        );
+    }
+    let m = rw(&t);
+    for round in 0..3 {
+        assert!(m.join(&format!("r{round}")).exists());
+    }
 }

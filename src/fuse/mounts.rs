@@ -222,8 +222,41 @@ pub fn is_dead_errno(errno: i32) -> bool {
     matches!(errno, libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED)
 }
 
-/// Unmount the pvrfs mount at `mnt`, also when its daemon is gone (a dead mount).
+/// How long `unmount` waits for the daemon of a mount it unmounted to exit.
+const DAEMON_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Unmount the pvrfs mount at `mnt`, also when its daemon is gone (a dead mount), and wait
+/// (up to [`DAEMON_EXIT_WAIT`]) for its daemon to exit: a daemon writes out and releases its
+/// overlay as it ends, so a `pvrfs mount` right after `pvrfs umount` finds the overlay free
+/// instead of "locked by another daemon".
 pub fn unmount(mnt: &Path) -> Result<()> {
+    let daemons = daemon_pids(mnt);
+    unmount_now(mnt)?;
+    let t0 = std::time::Instant::now();
+    while daemons.iter().any(|&pid| process_alive(pid)) {
+        if t0.elapsed() > DAEMON_EXIT_WAIT {
+            log::warn!(
+                "the daemon of '{}' is still running {}s after the unmount",
+                mnt.display(),
+                DAEMON_EXIT_WAIT.as_secs()
+            );
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may contain any byte.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
+fn unmount_now(mnt: &Path) -> Result<()> {
     // A dead FUSE mount cannot be canonicalised (stat fails with ENOTCONN): resolve the parent.
     let abs = match std::fs::canonicalize(mnt) {
         Ok(p) => p,
@@ -306,19 +339,31 @@ fn unmount_overlay(abs: &Path) -> Result<()> {
     }
 }
 
-/// Whether a pvrfs daemon serving `mnt` still runs: a process whose command line is
-/// `pvrfs mount ... MNT --foreground ...` (how `cmd::daemon` starts every daemon).
+/// Whether a pvrfs daemon serving `mnt` still runs (see `daemon_pids`).
 fn daemon_running(mnt: &Path) -> bool {
-    let want = mnt.as_os_str().as_encoded_bytes();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    if !Path::new("/proc/self").exists() {
         return true; // cannot tell: treat as alive (never detach a served mount)
+    }
+    !daemon_pids(mnt).is_empty()
+}
+
+/// The pvrfs daemons serving `mnt`: processes whose command line is
+/// `pvrfs mount ... MNT --foreground ...` (how `cmd::daemon` starts every daemon; the mountpoint
+/// is absolute there). Empty when `/proc` cannot be read.
+fn daemon_pids(mnt: &Path) -> Vec<u32> {
+    let abs = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
+    let want = abs.as_os_str().as_encoded_bytes();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
     };
-    dir.flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-            args.contains(&b"--foreground".as_slice()) && args.contains(&want)
+            (args.contains(&b"--foreground".as_slice()) && args.contains(&want)).then_some(pid)
         })
-    })
+        .collect()
 }
 
 /// The pvrfs mount to talk to: `explicit` (`--mount MNT`) or the innermost pvrfs mount that
