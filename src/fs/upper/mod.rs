@@ -708,9 +708,10 @@ impl UpperOverlay {
         let read = self.files_read();
         let built = self.build(true)?;
         log::debug!(
-            "commit: upper layer built in {:?} ({} upper files read)",
+            "commit: upper layer built in {:?} ({} upper files read, {} known)",
             t.elapsed(),
-            self.files_read() - read
+            self.files_read() - read,
+            self.read_before.lock().known()
         );
         let mut roots = BTreeSet::new();
         {
