@@ -226,7 +226,7 @@ pub fn is_dead_errno(errno: i32) -> bool {
 const DAEMON_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Unmount the pvrfs mount at `mnt`, also when its daemon is gone (a dead mount), and wait
-/// (up to [`DAEMON_EXIT_WAIT`]) for its daemon to exit: a daemon writes out and releases its
+/// (up to 10 s) for its daemon to exit: a daemon writes out and releases its
 /// overlay as it ends, so a `pvrfs mount` right after `pvrfs umount` finds the overlay free
 /// instead of "locked by another daemon".
 pub fn unmount(mnt: &Path) -> Result<()> {
