@@ -36,6 +36,12 @@ const CHUNK: usize = 256 * 1024;
 const CHANNEL_DEPTH: usize = 4;
 /// How long requests in progress may run after a shutdown was asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// What is read and thrown away of a request body the handler did not read (a refusal), at
+/// most, and for how long: a peer usually sends its whole body before it reads the answer, and
+/// closing a connection with unread data resets it, so the peer would see a broken pipe instead
+/// of the refusal. A bigger or slower body is cut off as before.
+const DRAIN_MAX: usize = 16 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Serve `server` on `listener` until `shutdown` completes.
 pub fn run(
@@ -269,9 +275,12 @@ async fn respond(
         })
         .await
         .unwrap_or_else(|e| Reply::error(500, format!("internal error: {e}")));
-        // A handler that did not read the whole body (a refusal) ends the feeding; hyper then
-        // closes the connection instead of reusing it.
-        feeder.abort();
+        // A handler that did not read the whole body (a refusal) leaves the feeder draining
+        // it (see `DRAIN_MAX`); hyper then closes the connection instead of reusing it.
+        let mut feeder = feeder;
+        if tokio::time::timeout(DRAIN_TIME, &mut feeder).await.is_err() {
+            feeder.abort();
+        }
         reply
     };
     let limits = &server.limits;
@@ -352,10 +361,23 @@ async fn feed(mut body: Incoming, tx: mpsc::Sender<io::Result<Bytes>>) {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     if tx.send(Ok(data)).await.is_err() {
-                        return;
+                        return drain(body).await;
                     }
                 }
             }
+        }
+    }
+}
+
+/// Read and discard the rest of `body`, up to `DRAIN_MAX` bytes (the handler is gone).
+async fn drain(mut body: Incoming) {
+    let mut drained = 0;
+    while drained <= DRAIN_MAX {
+        let frame =
+            std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut body), cx)).await;
+        match frame {
+            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
         }
     }
 }
