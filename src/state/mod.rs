@@ -74,6 +74,17 @@ pub const METADATA_DIR: &str = ".pvr";
 /// This is the one check every key goes through (state parsing, `State::insert`, `.pvr/new`),
 /// so every entry point that accepts a state refuses the same keys.
 pub fn validate_path(key: &str) -> std::result::Result<(), &'static str> {
+    // Every key of a state is checked on every load (100k of them for a status): one pass over
+    // the bytes answers for the usual key; anything it doubts gets the rules below, in their
+    // order, for the exact reason.
+    if plainly_valid_path(key.as_bytes()) {
+        return Ok(());
+    }
+    check_path_rules(key)
+}
+
+/// `validate_path`'s rules one by one (the first broken one is the reason given).
+fn check_path_rules(key: &str) -> std::result::Result<(), &'static str> {
     if key.is_empty() {
         return Err("empty path");
     }
@@ -102,6 +113,32 @@ pub fn validate_path(key: &str) -> std::result::Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// True when `validate_path` has nothing against `key` (false may still be valid: it is then
+/// asked in full).
+fn plainly_valid_path(key: &[u8]) -> bool {
+    let segment_ok =
+        |s: &[u8]| !s.is_empty() && s != b"." && s != b".." && s.len() <= MAX_NAME_BYTES;
+    if key.is_empty() || key.len() > MAX_PATH_BYTES {
+        return false;
+    }
+    let mut start = 0;
+    for (i, &c) in key.iter().enumerate() {
+        match c {
+            0 => return false,
+            b'/' => {
+                let segment = &key[start..i];
+                if !segment_ok(segment) || (start == 0 && segment == METADATA_DIR.as_bytes()) {
+                    return false;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let last = &key[start..];
+    segment_ok(last) && !(start == 0 && last == METADATA_DIR.as_bytes())
 }
 
 /// Longest path segment of a key (`NAME_MAX`): longer names exist on no Linux file system; the
@@ -207,8 +244,12 @@ impl State {
         origin: &str,
     ) -> Result<Self> {
         // Sorted input: collecting builds each map in bulk (O(n)), inserting would not.
-        let (docs, files): (Vec<_>, Vec<_>) =
-            entries.into_iter().partition(|(key, _)| is_meta_key(key));
+        // (documents are few or none: without any, the entries are taken as they are)
+        let (docs, files): (Vec<_>, Vec<_>) = if entries.iter().any(|(key, _)| is_meta_key(key)) {
+            entries.into_iter().partition(|(key, _)| is_meta_key(key))
+        } else {
+            (Vec::new(), entries)
+        };
         let mut state = State {
             spec,
             entries: files.into_iter().collect(),
@@ -426,9 +467,20 @@ impl State {
             if previous_parent == Some(parent) {
                 continue;
             }
+            // The previous parent and its directories were checked: of this one's, only those
+            // below what the two share need a lookup (one per directory of a deep tree, not
+            // one per level of each directory).
+            let checked = previous_parent.unwrap_or("");
             previous_parent = Some(parent);
             for (pos, _) in key[..=pos].match_indices('/') {
-                if self.entries.contains_key(&key[..pos]) {
+                let dir = &key[..pos];
+                let shared = checked.len() >= pos
+                    && checked.as_bytes()[..pos] == *dir.as_bytes()
+                    && checked.as_bytes().get(pos).is_none_or(|&c| c == b'/');
+                if shared {
+                    continue;
+                }
+                if self.entries.contains_key(dir) {
                     return Err(bad(
                         origin,
                         &key[..pos],
@@ -569,6 +621,59 @@ fn json_kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_quick_path_check_agrees_with_the_rules() {
+        let long_name = "n".repeat(MAX_NAME_BYTES);
+        let longer_name = "n".repeat(MAX_NAME_BYTES + 1);
+        let long_path = format!("{}x", "d/".repeat((MAX_PATH_BYTES - 1) / 2));
+        let mut keys: Vec<String> = [
+            "",
+            "a",
+            "a/b",
+            "a/b/c.json",
+            "/a",
+            "a/",
+            "a//b",
+            ".",
+            "..",
+            "./a",
+            "a/..",
+            "a/.",
+            "...",
+            ".a",
+            "a.",
+            ".pvr",
+            ".pvr/x",
+            "x/.pvr",
+            ".pvrx/y",
+            ".pv",
+            "a\0b",
+            "\0",
+            "a/\0",
+            "#spec",
+            "a b/é",
+        ]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+        keys.extend([
+            long_name.clone(),
+            longer_name.clone(),
+            format!("a/{long_name}"),
+            format!("{longer_name}/a"),
+            long_path.clone(),
+            format!("{long_path}y"),
+            "x".repeat(MAX_PATH_BYTES + 1),
+        ]);
+        assert!(keys.iter().any(|k| k.contains('\0')));
+        for k in &keys {
+            let quick = plainly_valid_path(k.as_bytes());
+            let full = check_path_rules(k);
+            assert_eq!(quick, full.is_ok(), "{k:?}: {full:?}");
+            assert_eq!(validate_path(k), full, "{k:?}");
+        }
+    }
+
     const ID: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     fn parse(text: &str) -> Result<State> {
@@ -697,6 +802,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("'d/a'"), "{err}");
+        // A conflict below directories the previous keys shared (checked once, not per key),
+        // and one in the metadata documents after the files.
+        for (keys, culprit) in [
+            (&["d/e/f/1", "d/e/g", "d/e/g/h/2"][..], "'d/e/g'"),
+            (
+                &["d/e/f/1", "d/e/f/2", "d/e/f.x/3", "d/e/f.x", "d/e/f.x/4/5"][..],
+                "'d/e/f.x'",
+            ),
+            (&["a/b/c", "a/b/d/e", "a/b/d/f", "a/b/d"][..], "'a/b/d'"),
+            (
+                &["k/l/m", "k/l/.pvrfs-meta.json", "k/l/m/.pvrfs-meta.json"][..],
+                "'k/l/m'",
+            ),
+        ] {
+            let members: Vec<String> = keys.iter().map(|k| format!(r#""{k}":"{ID}""#)).collect();
+            let err = parse(&format!("{{{}}}", members.join(",")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(culprit), "{keys:?}: {err}");
+        }
+        let fine: Vec<String> = ["d/e/f/1", "d/e/f/2", "d/e/g", "d/e/h/1", "d/e.x", "d/e0/1"]
+            .iter()
+            .map(|k| format!(r#""{k}":"{ID}""#))
+            .collect();
+        parse(&format!("{{{}}}", fine.join(","))).unwrap();
         assert!(parse("[]").is_err());
         assert!(parse(r##"{"#spec":1}"##).is_err());
     }

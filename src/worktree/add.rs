@@ -156,6 +156,7 @@ impl WorkTree<'_> {
                             sha: hit.sha,
                             value: None,
                             value_sha: hit.value_sha,
+                            same_as_head: false,
                             cached: true,
                             mode: key.permissions(),
                         };
@@ -173,6 +174,7 @@ impl WorkTree<'_> {
                     sha,
                     value: None,
                     value_sha: None,
+                    same_as_head: false,
                     cached: false,
                     mode: key.permissions(),
                 };

@@ -364,7 +364,7 @@ impl WorkTree<'_> {
             Some(key),
         )?;
         let here = match &found {
-            Found::File(p) => match entry_of(path, as_object, p) {
+            Found::File(p) => match entry_of(path, as_object, p, known_entry) {
                 Ok(e) => Some(Some((e, p.mode))),
                 Err(_) => Some(None), // invalid JSON: unsaved work
             },

@@ -24,8 +24,11 @@ pub struct Probe {
     pub key: Option<StatKey>,
     /// sha256 of the bytes.
     pub sha: ObjectId,
-    /// The parsed value, when the file was probed as inline JSON.
+    /// The parsed value, when the file was probed as inline JSON (and not `same_as_head`).
     pub value: Option<std::result::Result<Value, SyntaxError>>,
+    /// A trusted stat-cache entry vouches that this inline file holds the head's value (which
+    /// is then not copied into `value`: `entry_of` takes it from the head when asked).
+    pub same_as_head: bool,
     /// sha256 of the canonical value bytes, when known.
     pub value_sha: Option<ObjectId>,
     /// Answered by a trusted stat-cache entry (nothing was read).
@@ -136,6 +139,7 @@ pub(super) fn probe(
                 sha: hit.sha,
                 value: None,
                 value_sha: hit.value_sha,
+                same_as_head: false,
                 cached: true,
                 mode,
             }));
@@ -145,8 +149,9 @@ pub(super) fn probe(
                 return Ok(Found::File(Probe {
                     key: Some(key),
                     sha: hit.sha,
-                    value: Some(Ok(hv.clone())),
+                    value: None,
                     value_sha: Some(vs),
+                    same_as_head: true,
                     cached: true,
                     mode,
                 }));
@@ -176,6 +181,7 @@ pub(super) fn probe(
         sha,
         value,
         value_sha,
+        same_as_head: false,
         cached: false,
         mode,
     }))
@@ -234,10 +240,21 @@ pub(super) fn stored_as_object(path: &str, head: Option<&Entry>, staged: Option<
     }
 }
 
-/// The entry a probed file becomes.
-pub(super) fn entry_of(path: &str, as_object: bool, p: &Probe) -> Result<Entry> {
+/// The entry a probed file becomes; `head` is the head's entry at `path` (what `Was::File`
+/// held when it was probed).
+pub(super) fn entry_of(
+    path: &str,
+    as_object: bool,
+    p: &Probe,
+    head: Option<&Entry>,
+) -> Result<Entry> {
     if as_object {
         return Ok(Entry::Object(p.sha));
+    }
+    if p.same_as_head {
+        if let Some(e @ Entry::Inline(_)) = head {
+            return Ok(e.clone());
+        }
     }
     match &p.value {
         Some(Ok(v)) if json::is_object_id_string(v) => Ok(Entry::Object(p.sha)),
@@ -335,6 +352,36 @@ pub(super) fn reconcile(
         });
     }
     Some(w)
+}
+
+/// `items` mapped by `f` in parallel, in order, into one vector of the exact size; when a call
+/// fails, the first error seen (in time: which one is not defined) is returned.
+///
+/// Made for 100k probes: a parallel collect into a `Result<Vec<_>>` cannot write into one
+/// vector (its length is unknown until the end), so it grows and joins chunks, several times
+/// the final vector's bytes, page-faulted in fresh.
+pub(super) fn par_map_exact<I, T, F>(items: I, f: F) -> Result<Vec<T>>
+where
+    I: IndexedParallelIterator,
+    T: Send,
+    F: Fn(I::Item) -> Result<T> + Sync + Send,
+{
+    let failure: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    let done: Vec<Option<T>> = items
+        .map(|item| {
+            f(item)
+                .map_err(|e| {
+                    let mut first = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    first.get_or_insert(e);
+                })
+                .ok()
+        })
+        .collect();
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    // Every slot is filled when nothing failed (and the vector is reused in place).
+    Ok(done.into_iter().flatten().collect())
 }
 
 /// Every directory holding one of `paths` (sorted runs), without repeating work for siblings.
@@ -480,11 +527,9 @@ impl WorkTree<'_> {
         }
         let cache_ref: &StatCache = cache;
         let bar = Progress::new(self.progress, paths.len(), "checking");
-        let probes: Vec<(&String, Was<'_>, bool, Found)> = paths
-            .into_par_iter()
-            .zip(keys)
-            .zip(positions)
-            .map(|(((path, was), pre), pos)| {
+        let probes: Vec<(&String, Was<'_>, bool, Found)> = par_map_exact(
+            paths.into_par_iter().zip(keys).zip(positions),
+            |(((path, was), pre), pos)| {
                 let s = if staged.is_empty() {
                     None
                 } else {
@@ -499,8 +544,8 @@ impl WorkTree<'_> {
                 let found = probe(&tree, path, !as_object, &cached, was, pre)?;
                 bar.inc();
                 Ok((path, was, as_object, found))
-            })
-            .collect::<Result<_>>()?;
+            },
+        )?;
         bar.finish();
         let mut updates = BTreeMap::new();
         let mut removed = Vec::new();
@@ -522,8 +567,20 @@ impl WorkTree<'_> {
             }
             match found {
                 Found::File(p) => {
-                    let entry = entry_of(path, *as_object, p)?;
                     meta.set_mode(path, p.mode, false);
+                    if let (Was::File(h), true) = (was, p.same_as_head) {
+                        // the head's own value: no entry to build or compare
+                        if hm.file_mode(path) != p.mode {
+                            changed.push(path.clone());
+                        }
+                        debug_assert!(matches!(h, Entry::Inline(_)));
+                        continue;
+                    }
+                    let head_entry = match was {
+                        Was::File(h) => Some(*h),
+                        _ => None,
+                    };
+                    let entry = entry_of(path, *as_object, p, head_entry)?;
                     let differs = match was {
                         Was::New => {
                             added.push(path.clone());

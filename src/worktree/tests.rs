@@ -153,6 +153,37 @@ fn a_trusted_cache_entry_is_believed_without_reading_the_file() {
 }
 
 #[test]
+fn an_inline_file_the_cache_vouches_for_keeps_the_heads_value() {
+    // A trusted entry whose value hash is the head's: nothing is read or copied (the probe says
+    // `same_as_head`), yet the working state, diff and checkout see the head's value.
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, repo) = setup();
+    write(&repo, "c.json", "{\"a\": [1, {\"b\": \"x\"}]}");
+    write(&repo, "d/e.json", "{\"k\": true}");
+    add_all(&repo, false, &[]);
+    commit(&repo);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    WorkTree::open(&repo).scan().unwrap(); // may find racy entries; the cache is trusted after
+    let head = repo.head_state().unwrap();
+    let scan = WorkTree::open(&repo).scan().unwrap();
+    assert!(scan.is_clean() && scan.changed.is_empty(), "{scan:?}");
+    assert_eq!(scan.state().unwrap(), head);
+    // a mode change alone: listed, the value still the head's; also once the cache vouches
+    // for the file with its new mode
+    let path = repo.workdir().join("d/e.json");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    for _ in 0..2 {
+        let scan = WorkTree::open(&repo).scan().unwrap();
+        assert_eq!(scan.changed, vec!["d/e.json"]);
+        let state = scan.state().unwrap();
+        assert_eq!(state.get("d/e.json"), head.get("d/e.json"));
+        assert_eq!(state.get("c.json"), head.get("c.json"));
+        assert_eq!(state.meta().file_mode("d/e.json"), 0o755);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn invalid_json_is_reported_with_its_path() {
     let (_d, repo) = setup();
     write(&repo, "bad.json", "{bad");
@@ -603,4 +634,39 @@ mod whole_trees {
         );
         chmod(&repo, "ro", 0o755);
     }
+}
+
+#[test]
+fn parallel_probes_keep_order_and_report_a_failure() {
+    use super::scan::par_map_exact;
+    let items: Vec<usize> = (0..10_000).collect();
+    let doubled = par_map_exact(items.clone().into_par_iter(), |i| Ok(i * 2)).unwrap();
+    assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+    // one failure among many: it is the error returned, whatever else ran
+    let err = par_map_exact(items.clone().into_par_iter(), |i| {
+        if i == 7_777 {
+            Err(Error::Other(format!("item {i} failed")))
+        } else {
+            Ok(i)
+        }
+    })
+    .unwrap_err();
+    assert_eq!(err.to_string(), "item 7777 failed");
+    // several: one of them
+    let err = par_map_exact(items.into_par_iter(), |i| {
+        if i % 1000 == 3 {
+            Err(Error::Other(format!("item {i} failed")))
+        } else {
+            Ok(i)
+        }
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("item ") && err.ends_with("3 failed"),
+        "{err}"
+    );
+    assert!(par_map_exact(Vec::<usize>::new().into_par_iter(), Ok)
+        .unwrap()
+        .is_empty());
 }

@@ -101,14 +101,14 @@ impl<'a> Tracked<'a> {
                 Some((d, v)) if *d == dir => v.push((name, i)),
                 _ => {
                     if let Some((d, v)) = last.take() {
-                        by_dir.entry(d).or_default().extend(v);
+                        add_run(&mut by_dir, d, v);
                     }
                     last = Some((dir, vec![(name, i)]));
                 }
             }
         }
         if let Some((d, v)) = last {
-            by_dir.entry(d).or_default().extend(v);
+            add_run(&mut by_dir, d, v);
         }
         for v in by_dir.values_mut() {
             v.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -118,6 +118,21 @@ impl<'a> Tracked<'a> {
 
     fn in_dir(&self, rel: &str) -> &[(&'a str, usize)] {
         self.by_dir.get(rel).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A run of one directory's names: kept as is when it is the directory's first (the usual case
+/// for sorted input), else appended.
+fn add_run<'a>(
+    by_dir: &mut HashMap<&'a str, Vec<(&'a str, usize)>>,
+    dir: &'a str,
+    run: Vec<(&'a str, usize)>,
+) {
+    match by_dir.entry(dir) {
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(run);
+        }
+        std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().extend(run),
     }
 }
 
@@ -217,7 +232,7 @@ pub fn walk(
         tracked,
         cache,
         root_dev,
-        dirs: Mutex::new(Vec::new()),
+        dirs: Mutex::new(Vec::with_capacity(cache.map_or(0, |c| c.old.len() + 16))),
         stale: AtomicBool::new(false),
     };
     let found = w.visit(fd, rel.clone(), ignores.clone(), false)?;
@@ -408,7 +423,8 @@ impl Walker<'_> {
         rules_changed: bool,
     ) -> Result<Vec<Walked>> {
         let tracked = self.tracked.in_dir(&rel);
-        let mut out = Vec::new();
+        // (the directory's own entry, its tracked files; `enter` adds the rest)
+        let mut out = Vec::with_capacity(1 + tracked.len());
         // Tracked names are stat'ed by name, whether the directory is read or not.
         for &(name, i) in tracked {
             match stat_name(fd.as_fd(), name.as_bytes(), false) {
@@ -554,7 +570,7 @@ impl Walker<'_> {
                 listing.extend_from_slice(&name);
                 listing.push(0);
             }
-            if let Some(item) = item(rel, kind, name, is_tracked) {
+            if let Some(item) = item(rel, kind, &name, is_tracked) {
                 items.push(item);
             }
         }
@@ -598,8 +614,11 @@ impl Walker<'_> {
                 Item::File(_) => None,
             })
             .collect();
+        // One exact reservation: growing by doubling while the subtrees' entries are appended
+        // copied every entry of a big tree several times per level.
+        let below: usize = subdirs.iter().map(|r| r.as_ref().map_or(0, Vec::len)).sum();
+        out.reserve_exact(items.len() + below);
         let mut subdirs = subdirs.into_iter();
-        out.reserve(items.len());
         for item in items {
             match item {
                 Item::File(w) => out.push(w),
@@ -612,13 +631,17 @@ impl Walker<'_> {
 
 /// The item an entry of kind `kind` becomes (`None` for a tracked file or symlink: reported
 /// apart).
-fn item(rel: &str, kind: u8, name: Vec<u8>, is_tracked: bool) -> Option<Item> {
+fn item(rel: &str, kind: u8, name: &[u8], is_tracked: bool) -> Option<Item> {
     if kind == KIND_NOT_UTF8 {
         return Some(Item::File(Walked::NotUtf8(
-            Path::new(rel).join(OsStr::from_bytes(&name)),
+            Path::new(rel).join(OsStr::from_bytes(name)),
         )));
     }
-    let path = join(rel, std::str::from_utf8(&name).ok()?);
+    // A tracked file or symlink is reported by the caller: nothing to build for it.
+    if is_tracked && (kind == KIND_FILE || kind == KIND_LINK) && name != META_NAME.as_bytes() {
+        return None;
+    }
+    let path = join(rel, std::str::from_utf8(name).ok()?);
     if name == META_NAME.as_bytes() {
         return Some(Item::File(Walked::Unstorable(path, RESERVED)));
     }
@@ -626,7 +649,7 @@ fn item(rel: &str, kind: u8, name: Vec<u8>, is_tracked: bool) -> Option<Item> {
         return Some(Item::File(Walked::Unstorable(path, what)));
     }
     match kind {
-        KIND_DIR => Some(Item::Dir(path, name)),
+        KIND_DIR => Some(Item::Dir(path, name.to_vec())),
         _ if is_tracked => None,
         KIND_LINK => Some(Item::File(Walked::OtherLink(path))),
         _ => Some(Item::File(Walked::Other(path))),
@@ -646,7 +669,7 @@ fn listed_items(rel: &str, tracked: &[(&str, usize)], record: &DirRecord) -> Vec
             t += 1;
         }
         let is_tracked = t < tracked.len() && tracked[t].0.as_bytes() == name;
-        items.extend(item(rel, kind, name.to_vec(), is_tracked));
+        items.extend(item(rel, kind, name, is_tracked));
     }
     items
 }
