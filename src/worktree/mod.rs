@@ -40,12 +40,13 @@
 //! One parallel walk (`walk`) lists untracked files and `fstatat`s the tracked ones; files are
 //! then probed in parallel (rayon). The stat cache (`statcache`) remembers each tracked file's
 //! `lstat` key and hashes, so an unchanged file costs one `fstatat` and no read; an unchanged
-//! inline `.json` is not even parsed (its cached value hash matches the head's value). It also
-//! keeps the walk's directory records, so a directory whose stat key and ignore rules did not
-//! change is not read again (git's untracked cache; rules and racy cases in `walk`). The walk
-//! runs while the head parses, from the stat cache's paths, and is reconciled with the real
-//! tracked set afterwards (`reconcile`: redone in the rare case they disagree in a way that
-//! matters). The working state is only built when a command needs it (`Scan::state`).
+//! inline `.json` is not even parsed (its cached value hash matches the head's value), nor is
+//! the head's value copied (`Probe::same_as_head`). It also keeps the walk's directory
+//! records, so a directory whose stat key and ignore rules did not change is not read again
+//! (git's untracked cache; rules and racy cases in `walk`). The walk runs while the head
+//! parses, from the stat cache's paths, and is reconciled with the real tracked set afterwards
+//! (`reconcile`: redone in the rare case they disagree in a way that matters). The working
+//! state is only built when a command needs it (`Scan::state`).
 //!
 //! # Writes
 //!
