@@ -43,6 +43,18 @@ pub struct CommitReport {
     pub warnings: Vec<String>,
 }
 
+/// What a commit that skips an empty change did (`commit_changes` of a backend): the mount's
+/// `pvrfs commit` makes no empty revision (as pvr), and deciding that from the commit's own
+/// build reads each changed file once, where a status before the commit read it twice.
+#[derive(Debug, Clone)]
+pub enum Committed {
+    Revision(CommitReport),
+    /// Nothing a revision can hold changed; nothing was written.
+    Unchanged {
+        warnings: Vec<String>,
+    },
+}
+
 /// The change from a base to a view, as state entries and metadata under the changed roots,
 /// plus what the format could not hold. Made by [`Built::new`], filled by a backend's walk,
 /// completed by [`Built::finish`].

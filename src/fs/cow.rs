@@ -334,6 +334,11 @@ impl CowFs {
         self.control(|o| o.commit(message))
     }
 
+    /// `commit`, unless nothing a revision can hold changed.
+    pub fn commit_changes(&self, message: &str) -> RepoResult<overlay::Committed> {
+        self.control(|o| o.commit_changes(message))
+    }
+
     pub fn status_text(&self) -> RepoResult<String> {
         self.inspect(|o| o.status_text())
     }

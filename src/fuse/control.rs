@@ -39,7 +39,7 @@
 //! `{"ok": false, "code": u8, "error": str}` (the daemon's error and exit code).
 
 use crate::error::{Error, IoContext, Result};
-use crate::fs::change::CommitReport;
+use crate::fs::change::Committed;
 use crate::fs::cow::{CowFs, Invalidate};
 use crate::oid::ObjectId;
 use crate::state::State;
@@ -195,7 +195,8 @@ pub trait Controlled: Send + Sync {
     fn diff_text(&self) -> Result<String>;
     fn view_state(&self) -> Result<State>;
     fn warnings(&self) -> Result<Vec<String>>;
-    fn commit(&self, message: &str) -> Result<CommitReport>;
+    /// Commit the view as the next revision, unless nothing a revision can hold changed.
+    fn commit(&self, message: &str) -> Result<Committed>;
     /// Discard every change (the view becomes the last committed revision).
     fn reset(&self) -> Result<()>;
     /// The revision the view is compared with.
@@ -230,8 +231,8 @@ impl<I: Fn(Invalidate) + Send + Sync> Controlled for FuseControl<I> {
     fn warnings(&self) -> Result<Vec<String>> {
         self.fs.warnings()
     }
-    fn commit(&self, message: &str) -> Result<CommitReport> {
-        self.fs.commit(message)
+    fn commit(&self, message: &str) -> Result<Committed> {
+        self.fs.commit_changes(message)
     }
     fn reset(&self) -> Result<()> {
         let inval = self.fs.reset()?;
@@ -397,19 +398,13 @@ fn handle(fs: &dyn Controlled, req: Request) -> Answer {
                 .message
                 .unwrap_or_else(|| "** No commit message **".into());
             // Nothing that a revision can hold changed: no empty revision (as pvr).
-            match fs.status_text() {
-                Ok(s) if s.is_empty() => {
-                    return Answer {
-                        ok: true,
-                        warnings: fs.warnings().unwrap_or_default(),
-                        ..Answer::default()
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return failed(e),
-            }
             match fs.commit(&msg) {
-                Ok(report) => Answer {
+                Ok(Committed::Unchanged { warnings }) => Answer {
+                    ok: true,
+                    warnings,
+                    ..Answer::default()
+                },
+                Ok(Committed::Revision(report)) => Answer {
                     ok: true,
                     rev: Some(report.revision.rev),
                     warnings: report.warnings,

@@ -314,8 +314,8 @@ impl super::control::Controlled for KernelDaemon {
     fn warnings(&self) -> Result<Vec<String>> {
         self.inner.lock().ov.warnings()
     }
-    fn commit(&self, message: &str) -> Result<crate::fs::change::CommitReport> {
-        self.inner.lock().ov.commit(message)
+    fn commit(&self, message: &str) -> Result<crate::fs::change::Committed> {
+        self.inner.lock().ov.commit_changes(message)
     }
     /// Detach the overlay (files open in it keep working on the discarded layer until closed),
     /// start a fresh upper layer on the head and mount it, with a lower layer of the head.

@@ -19,7 +19,7 @@
 use super::{Body, Content, Overlay, DIR_MODE, ROOT_INO};
 use crate::error::{Error, Result};
 use crate::fs::change::{self, Built, Changes, View};
-pub use crate::fs::change::{CommitReport, StatusLine};
+pub use crate::fs::change::{CommitReport, Committed, StatusLine};
 use crate::repo::Revision;
 use crate::state::{is_inline_path, Entry, State};
 use std::collections::{BTreeSet, HashMap};
@@ -189,23 +189,55 @@ impl Overlay {
     /// Turn base + overlay into the next revision, then rebase the overlay onto it. On any error
     /// (invalid JSON, head moved, I/O) nothing is committed and the overlay is unchanged.
     pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
-        let (revision, built) = self.commit_only(message)?;
+        match self.commit_inner(message, false)? {
+            Committed::Revision(report) => Ok(report),
+            Committed::Unchanged { .. } => unreachable!("an empty commit was allowed"),
+        }
+    }
+
+    /// `commit`, unless nothing a revision can hold changed (then nothing is written).
+    pub fn commit_changes(&mut self, message: &str) -> Result<Committed> {
+        self.commit_inner(message, true)
+    }
+
+    fn commit_inner(&mut self, message: &str, skip_unchanged: bool) -> Result<Committed> {
+        let (revision, built) = self.commit_only_if(message, skip_unchanged)?;
+        let Some(revision) = revision else {
+            return Ok(Committed::Unchanged {
+                warnings: built.warnings,
+            });
+        };
         crate::fsutil::crash_point("overlay:committed");
         let status = built.status();
         let warnings = built.warnings.clone();
         self.rebase(revision.clone(), built)?;
-        Ok(CommitReport {
+        Ok(Committed::Revision(CommitReport {
             revision,
             status,
             warnings,
-        })
+        }))
     }
 
     /// Commit base + overlay as the next revision. On success the in-memory base already is the
     /// new state (the caller must `rebase`); on error nothing changed.
+    #[cfg(test)]
     pub(super) fn commit_only(&mut self, message: &str) -> Result<(Revision, Built)> {
+        let (revision, built) = self.commit_only_if(message, false)?;
+        Ok((revision.expect("an empty commit was allowed"), built))
+    }
+
+    /// `commit_only`; with `skip_unchanged`, no revision (nothing written) when nothing a
+    /// revision can hold changed.
+    fn commit_only_if(
+        &mut self,
+        message: &str,
+        skip_unchanged: bool,
+    ) -> Result<(Option<Revision>, Built)> {
         let lock = self.repo.lock()?;
         let built = self.build(true)?;
+        if skip_unchanged && built.status().is_empty() {
+            return Ok((None, built));
+        }
         match change::commit_built(
             &self.repo,
             &lock,
@@ -214,7 +246,7 @@ impl Overlay {
             &built,
             message,
         ) {
-            Ok(revision) => Ok((revision, built)),
+            Ok(revision) => Ok((Some(revision), built)),
             // The head moved since the base (another commit, or pvr): nothing was written.
             Err(Error::Conflict(msg)) => Err(Error::Conflict(format!(
                 "{msg} (the overlay is kept; `pvrfs reset --mount` discards it)"

@@ -79,7 +79,7 @@ mod namespace;
 mod pool;
 
 pub use crate::fs::change::Changes;
-pub use commit::{CommitReport, StatusLine};
+pub use commit::{CommitReport, Committed, StatusLine};
 
 use super::{Attr, FsError, Kind, NAME_MAX, ROOT_INO};
 use crate::error::{Error, IoContext, Result as RepoResult};

@@ -58,7 +58,7 @@
 
 mod cache;
 
-use super::change::{self, Built, Changes, CommitReport};
+use super::change::{self, Built, Changes, CommitReport, Committed};
 use crate::error::{Error, IoContext, Result};
 use crate::json;
 use crate::repo::{Repo, Revision};
@@ -703,6 +703,18 @@ impl UpperOverlay {
     /// Commit the view as the revision after the head. On error nothing is committed and the
     /// overlay is unchanged.
     pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
+        match self.commit_inner(message, false)? {
+            Committed::Revision(report) => Ok(report),
+            Committed::Unchanged { .. } => unreachable!("an empty commit was allowed"),
+        }
+    }
+
+    /// `commit`, unless nothing a revision can hold changed (then nothing is written).
+    pub fn commit_changes(&mut self, message: &str) -> Result<Committed> {
+        self.commit_inner(message, true)
+    }
+
+    fn commit_inner(&mut self, message: &str, skip_unchanged: bool) -> Result<Committed> {
         let t = std::time::Instant::now();
         let lock = self.repo.lock()?;
         let read = self.files_read();
@@ -713,6 +725,11 @@ impl UpperOverlay {
             self.files_read() - read,
             self.read_before.lock().known()
         );
+        if skip_unchanged && built.status().is_empty() {
+            return Ok(Committed::Unchanged {
+                warnings: built.warnings,
+            });
+        }
         let mut roots = BTreeSet::new();
         {
             let mut w = Vec::new();
@@ -737,11 +754,11 @@ impl UpperOverlay {
         log::debug!("commit: repository committed at {:?}", t.elapsed());
         self.adopt(&revision, roots)?;
         log::debug!("commit: adopted at {:?}", t.elapsed());
-        Ok(CommitReport {
+        Ok(Committed::Revision(CommitReport {
             revision,
             status: built.status(),
             warnings: built.warnings,
-        })
+        }))
     }
 
     /// How many upper files builds have read (hashed) since this overlay was opened.

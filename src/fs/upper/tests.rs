@@ -331,6 +331,31 @@ fn a_commit_reads_only_what_changed_since_the_last_commit() {
 }
 
 #[test]
+fn commit_changes_skips_an_empty_change_and_reads_each_changed_file_once() {
+    if !root() {
+        return;
+    }
+    let (_d, repo, mut ov) = sample();
+    // A file rewritten with its base content is no change: no revision, nothing written.
+    write(&ov, "a.txt", b"alpha");
+    let before = repo.latest().unwrap().rev;
+    match ov.commit_changes("nothing").unwrap() {
+        Committed::Unchanged { warnings } => assert!(warnings.is_empty(), "{warnings:?}"),
+        Committed::Revision(r) => panic!("an empty change made revision {}", r.revision.rev),
+    }
+    assert_eq!(repo.latest().unwrap().rev, before);
+    write(&ov, "d/b.txt", b"beta two");
+    let read = ov.files_read();
+    let Committed::Revision(report) = ov.commit_changes("one").unwrap() else {
+        panic!("a change was not committed");
+    };
+    assert_eq!(report.revision.rev, before + 1);
+    // The two fresh upper files (a.txt, d/b.txt), each read once: the decision to commit
+    // comes from the commit's own build.
+    assert_eq!(ov.files_read() - read, 2);
+}
+
+#[test]
 fn an_interrupted_commit_is_recorded_at_the_next_open_and_reset_starts_on_the_head() {
     if !root() {
         return;
