@@ -30,6 +30,7 @@ common::cow_tests!(
     commit_while_a_file_is_written_is_whole_or_refused,
     mounts_and_the_control_socket_say_which_backend,
     umount_returns_once_the_daemon_is_gone_so_a_remount_works_at_once,
+    inode_flag_ioctls_are_unsupported_quietly,
 );
 
 fn fixture() -> TestRepo {
@@ -1193,5 +1194,33 @@ fn umount_returns_once_the_daemon_is_gone_so_a_remount_works_at_once() {
     let m = rw(&t);
     for round in 0..3 {
         assert!(m.join(&format!("r{round}")).exists());
+    }
+}
+
+/// `lsattr`'s FS_IOC_GETFLAGS, and overlayfs's copy-up of base directories (it asks the lower
+/// layer for their flags), get a plain ENOTTY: not fuser's default ENOSYS with a three-line
+/// warning in the daemon's log per call (one per directory a `tar x` copied up).
+fn inode_flag_ioctls_are_unsupported_quietly() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let t = fixture();
+    let m = rw(&t);
+    fs::write(m.join("app/bin/new"), b"copies up app/ and app/bin/").unwrap();
+    // Base files (not copied up; a copied-up directory is the upper file system's).
+    for path in ["README", "app/data.txt", "blobs"] {
+        let f = fs::File::open(m.join(path)).unwrap();
+        let mut flags: libc::c_int = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`, which outlives the call.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_6601, &mut flags) };
+        let err = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!((r, err), (-1, Some(libc::ENOTTY)), "FS_IOC_GETFLAGS of {path}");
+    }
+    drop(m);
+    let logs = t.path().join(".pvr/pvrfs/logs");
+    for entry in fs::read_dir(&logs).unwrap() {
+        let log = fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(!log.contains("[Not Implemented] ioctl"), "daemon log:\n{log}");
     }
 }

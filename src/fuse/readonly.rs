@@ -19,8 +19,9 @@ use crate::fs::readonly::{DirectoryReplier, FileSource, ReadOnlyFs, RECENT_OBJEC
 use crate::fs::{Attr, FsError, Kind, ToErrno};
 use fuser::{
     BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -423,6 +424,25 @@ impl Filesystem for ReadOnlyFuse {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    /// No ioctl means anything here (a revision has no inode flags): ENOTTY, which tools
+    /// (`lsattr`) and overlayfs's copy-up (it asks the lower for FS_IOC_GETFLAGS of every
+    /// directory and file it copies up) take as "not supported". fuser's default answers ENOSYS
+    /// and logs a three-line warning per call: one per directory copied up under the kernel
+    /// backend, thousands for a `tar x` into base directories.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     // Every write-type operation: EROFS (the kernel already refuses most on an `ro` mount).
