@@ -1215,12 +1215,19 @@ fn inode_flag_ioctls_are_unsupported_quietly() {
         // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`, which outlives the call.
         let r = unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_6601, &mut flags) };
         let err = std::io::Error::last_os_error().raw_os_error();
-        assert_eq!((r, err), (-1, Some(libc::ENOTTY)), "FS_IOC_GETFLAGS of {path}");
+        assert_eq!(
+            (r, err),
+            (-1, Some(libc::ENOTTY)),
+            "FS_IOC_GETFLAGS of {path}"
+        );
     }
     drop(m);
     let logs = t.path().join(".pvr/pvrfs/logs");
     for entry in fs::read_dir(&logs).unwrap() {
         let log = fs::read_to_string(entry.unwrap().path()).unwrap();
-        assert!(!log.contains("[Not Implemented] ioctl"), "daemon log:\n{log}");
+        assert!(
+            !log.contains("[Not Implemented] ioctl"),
+            "daemon log:\n{log}"
+        );
     }
 }
