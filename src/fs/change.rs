@@ -55,6 +55,17 @@ pub enum Committed {
     },
 }
 
+impl Committed {
+    /// The report of a commit that was allowed to be empty (such a commit always makes a
+    /// revision).
+    pub fn into_report(self) -> CommitReport {
+        match self {
+            Committed::Revision(report) => report,
+            Committed::Unchanged { .. } => unreachable!("a commit allowed to be empty made none"),
+        }
+    }
+}
+
 /// The change from a base to a view, as state entries and metadata under the changed roots,
 /// plus what the format could not hold. Made by [`Built::new`], filled by a backend's walk,
 /// completed by [`Built::finish`].

@@ -17,7 +17,7 @@
 //!   from FUSE requests; commit keeps every inode and the view, so the kernel caches stay valid;
 //!   reset changes the view, so it returns what the adapter must invalidate.
 
-use super::overlay::{self, CommitReport, Handle, Options, Overlay, RenameFlags, SetAttr};
+use super::overlay::{self, Handle, Options, Overlay, RenameFlags, SetAttr};
 use super::{Attr, FsError, Kind, ROOT_INO};
 use crate::error::{Error, Result as RepoResult};
 use crate::fs::change::Changes;
@@ -329,12 +329,8 @@ impl CowFs {
             .ok_or_else(|| Error::Other("overlay is being reset".into()))?)
     }
 
-    /// Commit base + overlay as the next revision; the mount continues on it.
-    pub fn commit(&self, message: &str) -> RepoResult<CommitReport> {
-        self.control(|o| o.commit(message))
-    }
-
-    /// `commit`, unless nothing a revision can hold changed.
+    /// Commit base + overlay as the next revision, unless nothing a revision can hold changed;
+    /// the mount continues on it.
     pub fn commit_changes(&self, message: &str) -> RepoResult<overlay::Committed> {
         self.control(|o| o.commit_changes(message))
     }

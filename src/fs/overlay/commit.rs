@@ -189,10 +189,8 @@ impl Overlay {
     /// Turn base + overlay into the next revision, then rebase the overlay onto it. On any error
     /// (invalid JSON, head moved, I/O) nothing is committed and the overlay is unchanged.
     pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
-        match self.commit_inner(message, false)? {
-            Committed::Revision(report) => Ok(report),
-            Committed::Unchanged { .. } => unreachable!("an empty commit was allowed"),
-        }
+        self.commit_inner(message, false)
+            .map(Committed::into_report)
     }
 
     /// `commit`, unless nothing a revision can hold changed (then nothing is written).

@@ -43,6 +43,8 @@ impl Attrs {
 
 #[derive(Debug)]
 struct Cached {
+    /// The file that was read: (device, inode).
+    file: (u64, u64),
     attrs: Attrs,
     entry: Entry,
 }
@@ -50,15 +52,16 @@ struct Cached {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct EntryCache {
-    map: HashMap<(String, u64, u64), Cached>,
+    /// By view path.
+    map: HashMap<String, Cached>,
 }
 
 impl EntryCache {
     /// The entry read earlier for the file at view path `path`, if `meta` (its attributes
     /// now) shows it unchanged since.
     pub fn get(&self, path: &str, meta: &std::fs::Metadata) -> Option<&Entry> {
-        let c = self.map.get(&(path.to_string(), meta.dev(), meta.ino()))?;
-        (c.attrs == Attrs::of(meta)).then_some(&c.entry)
+        let c = self.map.get(path)?;
+        (c.file == (meta.dev(), meta.ino()) && c.attrs == Attrs::of(meta)).then_some(&c.entry)
     }
 
     /// Remember `entry`, read from the version of `path` whose attributes are `meta`, in a read
@@ -70,21 +73,21 @@ impl EntryCache {
         read_began: SystemTime,
         entry: &Entry,
     ) {
-        let key = (path.to_string(), meta.dev(), meta.ino());
         let changed = SystemTime::UNIX_EPOCH
             + Duration::new(
                 u64::try_from(meta.ctime()).unwrap_or(0),
                 u32::try_from(meta.ctime_nsec()).unwrap_or(0),
             );
         if changed + SETTLE > read_began {
-            self.map.remove(&key);
+            self.map.remove(path);
             return;
         }
         let cached = Cached {
+            file: (meta.dev(), meta.ino()),
             attrs: Attrs::of(meta),
             entry: entry.clone(),
         };
-        self.map.insert(key, cached);
+        self.map.insert(path.to_string(), cached);
     }
 
     /// Forget everything (a new upper layer).

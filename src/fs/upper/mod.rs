@@ -528,9 +528,6 @@ impl UpperOverlay {
         })
     }
 
-    /// What the lower directory `l` holds, seen at view path `path` where the upper directory
-    /// there has `names` (those hide the lower entries of their names): files, symlinks,
-    /// empty directories and modes. Returns whether anything was stored.
     /// The entry of the upper file `disk` (attributes `meta`) at view path `path`: read (and
     /// stored, with `store`), unless an earlier build read this very version.
     fn upper_file_entry(
@@ -562,6 +559,9 @@ impl UpperOverlay {
         Ok(entry)
     }
 
+    /// What the lower directory `l` holds, seen at view path `path` where the upper directory
+    /// there has `names` (those hide the lower entries of their names): files, symlinks,
+    /// empty directories and modes. Returns whether anything was stored.
     fn collect_lower_dir(
         &self,
         l: &str,
@@ -703,10 +703,8 @@ impl UpperOverlay {
     /// Commit the view as the revision after the head. On error nothing is committed and the
     /// overlay is unchanged.
     pub fn commit(&mut self, message: &str) -> Result<CommitReport> {
-        match self.commit_inner(message, false)? {
-            Committed::Revision(report) => Ok(report),
-            Committed::Unchanged { .. } => unreachable!("an empty commit was allowed"),
-        }
+        self.commit_inner(message, false)
+            .map(Committed::into_report)
     }
 
     /// `commit`, unless nothing a revision can hold changed (then nothing is written).
