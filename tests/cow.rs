@@ -747,6 +747,17 @@ fn xattrs_and_dot_pvr_are_refused() {
         // overlayfs keeps user xattrs in the upper layer and cannot refuse a top-level `.pvr`;
         // neither is committed (docs/SEMANTICS.md).
         assert_eq!(r, 0);
+        // A base file lists no xattrs: the lower layer says it has none to list (ENOSYS once,
+        // so that copy-ups do not ask); once copied up, the file lists what the upper holds.
+        let r = unsafe { libc::listxattr(c("README").as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(
+            (r, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EOPNOTSUPP))
+        );
+        fs::set_permissions(m.join("README"), fs::Permissions::from_mode(0o600)).unwrap();
+        let r = unsafe { libc::listxattr(c("README").as_ptr(), std::ptr::null_mut(), 0) };
+        assert!(r >= 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(fs::read(m.join("README")).unwrap(), b"hello\n");
         fs::create_dir(m.join(".pvr")).unwrap();
         fs::write(m.join(".pvr/x"), b"x").unwrap();
         let out = cli(m.path(), &["commit", "-m", "dot pvr"]);

@@ -68,7 +68,7 @@ fn mount_api(what: &str, e: rustix::io::Errno) -> Error {
 
 /// A mounted, detached lower layer and the FUSE session serving it.
 pub struct Lower {
-    pub session: fuser::Session<ReadOnlyFuse>,
+    pub session: super::session::Mounted<ReadOnlyFuse>,
     pub mount: OwnedFd,
 }
 
@@ -107,13 +107,17 @@ pub fn mount_lower(fs: Arc<ReadOnlyFs>, name: &str, passthrough: Passthrough) ->
     let mut config = fuser::Config::default();
     config.n_threads = Some(2);
     config.clone_fd = true;
-    let session = fuser::Session::from_fd(
-        ReadOnlyFuse::new(fs, passthrough),
-        dev,
-        fuser::SessionACL::All,
-        config,
-    )
-    .map_err(|e| Error::io("answer INIT of", "the lower FUSE mount", e))?;
+    // FUSE over io_uring when the kernel offers it, as for a read-only mount: every new name
+    // in a base directory, every `mkdir` of an existing one and every directory copy-up waits
+    // for a lower round trip, and a ring answers without a read/write system call pair.
+    let rings = super::uring::Rings::prepare();
+    let fuse = ReadOnlyFuse::new(fs, passthrough)
+        .with_uring(rings.as_ref().map(|r| r.offer()))
+        .with_unsupported_xattr_lists();
+    let direct_read: Arc<dyn super::uring::DirectRead> = Arc::new(fuse.direct_reader());
+    let session = fuser::Session::from_fd(fuse, dev, fuser::SessionACL::All, config)
+        .map_err(|e| Error::io("answer INIT of", "the lower FUSE mount", e))?;
+    let session = super::session::Mounted::from_session(session, rings, Some(direct_read));
     let mount = fsmount(
         &fsfd,
         FsMountFlags::FSMOUNT_CLOEXEC,

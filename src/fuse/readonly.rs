@@ -94,6 +94,9 @@ pub struct ReadOnlyFuse {
     stack_depth: u32,
     /// Asks for FUSE over io_uring at INIT (`fuse::uring`), when the rings could be made.
     uring: Option<super::uring::Offer>,
+    /// Answer `listxattr` with ENOSYS, FUSE's "unsupported, stop asking" (the kernel backend's
+    /// lower layer: `with_unsupported_xattr_lists`).
+    no_listxattr: bool,
 }
 
 impl ReadOnlyFuse {
@@ -111,7 +114,18 @@ impl ReadOnlyFuse {
             backing: Mutex::new(Backing::default()),
             stack_depth,
             uring: None,
+            no_listxattr: false,
         }
+    }
+
+    /// Answer `listxattr` with ENOSYS. For the kernel backend's lower layer: overlayfs lists
+    /// the xattrs of every directory and file it copies up, one round trip each, and a
+    /// revision has none; after one ENOSYS the kernel answers EOPNOTSUPP itself, which
+    /// copy-up takes as "nothing to copy" (and `getfattr` on a base file in the `--rw` mount
+    /// then says "Operation not supported", as `getxattr` already did).
+    pub fn with_unsupported_xattr_lists(mut self) -> ReadOnlyFuse {
+        self.no_listxattr = true;
+        self
     }
 
     /// Ask the kernel for FUSE over io_uring at INIT (the rings of `offer` serve it).
@@ -420,6 +434,9 @@ impl Filesystem for ReadOnlyFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.no_listxattr {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.fs.listxattr(ino.0) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => reply.error(errno(&e)),

@@ -48,9 +48,39 @@ pub struct Mounted<FS: fuser::Filesystem> {
 }
 
 impl<FS: fuser::Filesystem> Mounted<FS> {
+    /// A session made by hand (the kernel backend's detached lower layer), offering FUSE over
+    /// io_uring when `rings` is given (INIT has been answered: the rings start if it granted).
+    pub fn from_session(
+        session: fuser::Session<FS>,
+        rings: Option<Rings>,
+        direct_read: Option<Arc<dyn DirectRead>>,
+    ) -> Mounted<FS> {
+        Mounted {
+            session,
+            rings,
+            direct_read,
+        }
+    }
+
     /// Sends cache invalidations to the kernel (through `/dev/fuse`, whatever the transport).
     pub fn notifier(&self) -> fuser::Notifier {
         self.session.notifier()
+    }
+
+    /// Serve requests until the file system goes away: fuser's `/dev/fuse` workers, plus one
+    /// io_uring queue thread per CPU when INIT granted it.
+    pub fn run(self) -> std::io::Result<()> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let Mounted {
+            session,
+            rings,
+            direct_read,
+        } = self;
+        let fuse_fd = session.as_fd().as_raw_fd();
+        session.run_with(move |dispatcher| match rings {
+            Some(r) => r.start(fuse_fd, dispatcher, direct_read),
+            None => Ok(RingTransport::none()),
+        })
     }
 }
 
@@ -158,14 +188,8 @@ pub fn block_stop_signals() {
 
 /// Serve a mounted session until it is unmounted (or SIGINT/SIGTERM/SIGHUP, which unmount it):
 /// fuser's `/dev/fuse` workers, plus one io_uring queue thread per CPU when INIT granted it.
-pub fn serve<FS: fuser::Filesystem>(mounted: Mounted<FS>) -> Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
-    let Mounted {
-        mut session,
-        rings,
-        direct_read,
-    } = mounted;
-    let mut unmounter = session.unmount_callable();
+pub fn serve<FS: fuser::Filesystem>(mut mounted: Mounted<FS>) -> Result<()> {
+    let mut unmounter = mounted.session.unmount_callable();
     // Only the waiter below receives the stop signals (a no-op if already blocked).
     block_stop_signals();
     std::thread::Builder::new()
@@ -179,12 +203,8 @@ pub fn serve<FS: fuser::Filesystem>(mounted: Mounted<FS>) -> Result<()> {
             }
         })
         .map_err(|e| Error::io("start signal thread for", "the mount", e))?;
-    let fuse_fd = session.as_fd().as_raw_fd();
-    session
-        .run_with(move |dispatcher| match rings {
-            Some(r) => r.start(fuse_fd, dispatcher, direct_read),
-            None => Ok(RingTransport::none()),
-        })
+    mounted
+        .run()
         .map_err(|e| Error::io("serve FUSE requests for", "the mount", e))
 }
 
