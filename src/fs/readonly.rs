@@ -76,9 +76,52 @@ pub struct ObjectFile {
     file: File,
     len: u64,
     map: OnceLock<std::io::Result<Option<Mmap>>>,
+    /// How far the kernel has been asked to read ahead (`prefetch_after`).
+    prefetched: std::sync::atomic::AtomicU64,
+}
+
+/// How far past a read of a big object the daemon asks the kernel to have read it already.
+/// Reads through the daemon copy from the object's mapping, whose page faults read ahead only
+/// a little at a time (the backing device's readahead, 128 KiB here), one fault after another:
+/// a cold 1 GiB blob came through at half the speed of a plain `read` of the object file.
+pub const PREFETCH: u64 = 16 << 20;
+
+/// The range to ask the kernel for after a read ending at `end` of an object of `len` bytes
+/// (`None`: objects up to PREFETCH, which the kernel's own readahead covers, or when what was
+/// asked for before, up to `prefetched`, still reaches at least PREFETCH/2 past `end`).
+pub fn prefetch_range(len: u64, end: u64, prefetched: u64) -> Option<(u64, u64)> {
+    if len <= PREFETCH || end >= len || prefetched >= len.min(end + PREFETCH / 2) {
+        return None;
+    }
+    let from = prefetched.max(end);
+    let to = (end + PREFETCH).min(len);
+    (from < to).then_some((from, to))
 }
 
 impl ObjectFile {
+    /// Ask the kernel to start reading the next PREFETCH bytes after `end` (POSIX_FADV_WILLNEED
+    /// queues the reads and returns), once per PREFETCH/2 of progress.
+    fn prefetch_after(&self, end: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let done = self.prefetched.load(Relaxed);
+        let Some((from, to)) = prefetch_range(self.len, end, done) else {
+            return;
+        };
+        // One reader advises; concurrent READs of the same stretch do not ask again.
+        if self
+            .prefetched
+            .compare_exchange(done, to, Relaxed, Relaxed)
+            .is_ok()
+        {
+            let _ = rustix::fs::fadvise(
+                &self.file,
+                from,
+                std::num::NonZeroU64::new(to - from),
+                rustix::fs::Advice::WillNeed,
+            );
+        }
+    }
+
     /// The open object file (for kernel passthrough).
     pub fn file(&self) -> &File {
         &self.file
@@ -346,6 +389,7 @@ impl ReadOnlyFs {
             file: f,
             len,
             map: OnceLock::new(),
+            prefetched: Default::default(),
         });
         let mut objects = self.objects.lock();
         // Another thread may have opened it meanwhile: share theirs.
@@ -449,7 +493,9 @@ impl ReadOnlyFs {
                 let bytes = of.bytes().map_err(|e| {
                     self.unavailable(of.index, of.id, &format!("cannot be mapped: {e}"))
                 })?;
-                Ok(f(&bytes[slice(bytes)]))
+                let range = slice(bytes);
+                of.prefetch_after(range.end as u64);
+                Ok(f(&bytes[range]))
             }
         }
     }
@@ -598,4 +644,43 @@ pub fn from_state(
             verify: opts.verify,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{prefetch_range, PREFETCH};
+
+    #[test]
+    fn big_objects_are_read_ahead_once_per_half_window() {
+        let len = 1 << 30;
+        // the first read asks for the window after it
+        assert_eq!(
+            prefetch_range(len, 1 << 20, 0),
+            Some((1 << 20, (1 << 20) + PREFETCH))
+        );
+        // still more than half a window ahead: nothing to ask
+        let asked = (1 << 20) + PREFETCH;
+        assert_eq!(prefetch_range(len, 2 << 20, asked), None);
+        // less than half a window left: ask for the rest of the next window, not again for
+        // what was asked before
+        let end = asked - PREFETCH / 2 + 1;
+        assert_eq!(
+            prefetch_range(len, end, asked),
+            Some((asked, end + PREFETCH))
+        );
+        // a reader that overtook what was asked starts from where it reads; the window stops
+        // at the end of the object, and nothing is asked past it
+        assert_eq!(
+            prefetch_range(len, len - (1 << 20), len - (4 << 20)),
+            Some((len - (1 << 20), len))
+        );
+        assert_eq!(prefetch_range(len, len, len), None);
+        assert_eq!(prefetch_range(len, len - 1, len), None);
+    }
+
+    #[test]
+    fn small_objects_are_left_to_the_kernels_readahead() {
+        assert_eq!(prefetch_range(PREFETCH, 4096, 0), None);
+        assert_eq!(prefetch_range(4 << 20, 0, 0), None);
+    }
 }
