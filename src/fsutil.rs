@@ -82,8 +82,43 @@ impl Drop for RegisteredTemp {
     }
 }
 
-/// Remove registered temp files on SIGINT/SIGTERM/SIGHUP, then die of that signal (see
-/// [`TempFiles`]). Call it early, before other threads start (they inherit the blocked mask),
+/// Work that must not be left half-done when a signal ends the process, other than temp files:
+/// e.g. a pending S3 multipart upload, which the service would keep (invisible, but stored and
+/// billed) until it is aborted. Registered with [`on_signal`]; run by the thread that
+/// [`remove_temp_files_on_signals`] starts, after the temp files are removed and before the
+/// process dies. A cleanup must be quick and bounded (a request with a short timeout).
+type Cleanup = Box<dyn Fn() + Send>;
+
+static SIGNAL_CLEANUPS: std::sync::Mutex<Vec<(u64, Cleanup)>> = std::sync::Mutex::new(Vec::new());
+
+/// A cleanup registered with [`on_signal`]; forgotten (not run) when dropped.
+pub struct OnSignal {
+    id: u64,
+}
+
+/// Run `cleanup` if SIGINT/SIGTERM/SIGHUP ends the process while the returned guard lives
+/// (only in commands that called [`remove_temp_files_on_signals`]).
+pub fn on_signal(cleanup: impl Fn() + Send + 'static) -> OnSignal {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    SIGNAL_CLEANUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, Box::new(cleanup)));
+    OnSignal { id }
+}
+
+impl Drop for OnSignal {
+    fn drop(&mut self) {
+        let mut cleanups = SIGNAL_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = cleanups.iter().position(|(id, _)| *id == self.id) {
+            drop(cleanups.swap_remove(i));
+        }
+    }
+}
+
+/// Remove registered temp files and run the [`on_signal`] cleanups on SIGINT/SIGTERM/SIGHUP,
+/// then die of that signal (see [`TempFiles`]). Call it early, before other threads start (they inherit the blocked mask),
 /// in commands that do not start other programs. Idempotent.
 pub fn remove_temp_files_on_signals() {
     static STARTED: std::sync::Once = std::sync::Once::new();
@@ -99,6 +134,10 @@ pub fn remove_temp_files_on_signals() {
                 let temps = REGISTERED_TEMPS.lock().unwrap_or_else(|e| e.into_inner());
                 for p in temps.iter() {
                     let _ = fs::remove_file(p);
+                }
+                let cleanups = SIGNAL_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner());
+                for (_, cleanup) in cleanups.iter() {
+                    cleanup();
                 }
                 crate::sys::die_of_signal(sig);
             });

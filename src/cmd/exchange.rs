@@ -27,6 +27,30 @@ fn options(ctx: &Ctx<'_>, token: Option<&str>) -> Options {
     }
 }
 
+/// S3 multipart tuning from `PVRFS_S3_MULTIPART_THRESHOLD` and `PVRFS_S3_PART_SIZE` (sizes
+/// with K, M, G suffixes; defaults 256M and 64M; a part is at least 5M, S3's minimum).
+fn s3_upload_sizes() -> anyhow::Result<(u64, u64)> {
+    use crate::exchange::s3::multipart::{DEFAULT_PART_SIZE, DEFAULT_THRESHOLD, MIN_PART_SIZE};
+    let size = |name: &str, default: u64| -> anyhow::Result<u64> {
+        match std::env::var(name).ok().filter(|v| !v.is_empty()) {
+            None => Ok(default),
+            Some(v) => crate::cli::parse_size(&v)
+                .map_err(|e| Error::Usage(format!("{name}={v}: {e}")).into()),
+        }
+    };
+    let part = size("PVRFS_S3_PART_SIZE", DEFAULT_PART_SIZE)?;
+    if part < MIN_PART_SIZE {
+        return Err(Error::Usage(format!(
+            "PVRFS_S3_PART_SIZE={part}: S3 parts are at least 5M ({MIN_PART_SIZE} bytes)"
+        ))
+        .into());
+    }
+    Ok((
+        size("PVRFS_S3_MULTIPART_THRESHOLD", DEFAULT_THRESHOLD)?,
+        part,
+    ))
+}
+
 /// Options of a command that fetches: the transfer limits given (else `options`'), and temp
 /// files that do not survive SIGINT/SIGTERM/SIGHUP (see `fsutil::TempFiles`).
 fn fetch_options(ctx: &Ctx<'_>, token: Option<&str>, transfer: &TransferArgs) -> Options {
@@ -192,9 +216,15 @@ pub fn push(args: PushArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let repo = Repo::discover(&ctx.cwd)?;
     let loc = Location::parse(&args.dest, &ctx.cwd, true)?;
     let rev = repo.latest()?;
+    // A push to S3 may leave a multipart upload pending: a signal aborts it (and removes the
+    // temp files of a push into another repository's store).
+    crate::fsutil::remove_temp_files_on_signals();
+    let (s3_multipart_threshold, s3_part_size) = s3_upload_sizes()?;
     let opts = Options {
         message: args.message.clone(),
         force: args.force,
+        s3_multipart_threshold,
+        s3_part_size,
         ..options(ctx, args.token.as_deref())
     };
     let t = exchange::push(&repo, &loc, &opts)?;

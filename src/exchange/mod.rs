@@ -81,6 +81,11 @@ pub struct Options {
     /// Largest object a transfer accepts from a server: a state carries no sizes, so a server
     /// could otherwise send an endless body; the first byte past it ends the transfer.
     pub max_object_size: u64,
+    /// S3 uploads: objects of at least this many bytes go as multipart uploads
+    /// (`PVRFS_S3_MULTIPART_THRESHOLD`; see `s3::multipart`).
+    pub s3_multipart_threshold: u64,
+    /// S3 multipart uploads: the size of a part (`PVRFS_S3_PART_SIZE`; at least 5 MiB).
+    pub s3_part_size: u64,
 }
 
 /// `Options::max_object_size` by default: 4 GiB.
@@ -100,6 +105,8 @@ impl Default for Options {
             message: None,
             force: false,
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
+            s3_multipart_threshold: s3::multipart::DEFAULT_THRESHOLD,
+            s3_part_size: s3::multipart::DEFAULT_PART_SIZE,
         }
     }
 }
@@ -439,6 +446,10 @@ pub(crate) struct Progress {
     bar: ProgressBar,
     moved: AtomicUsize,
     bytes: AtomicU64,
+    /// `Some(total objects)`: the bar counts bytes ([`Progress::by_bytes`]), else objects.
+    objects: Option<usize>,
+    finished: AtomicUsize,
+    what: String,
 }
 
 impl Progress {
@@ -461,6 +472,39 @@ impl Progress {
             bar,
             moved: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
+            objects: None,
+            finished: AtomicUsize::new(0),
+            what: what.to_string(),
+        }
+    }
+
+    /// A bar over the `total_bytes` bytes of `objects` objects (a push, where the sizes are
+    /// known), moved by [`Progress::sent`] as bytes leave, so one big object shows progress too.
+    pub(crate) fn by_bytes(show: bool, objects: usize, total_bytes: u64, what: &str) -> Progress {
+        let p = Progress::new(false, 0, what);
+        if show && objects > 0 {
+            p.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            p.bar.set_length(total_bytes);
+            p.bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes}, {binary_bytes_per_sec} ({eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            p.bar.set_message(format!("{what} 0/{objects} objects"));
+        }
+        Progress {
+            objects: Some(objects),
+            ..p
+        }
+    }
+
+    /// `n` more bytes handled (a bar made with [`Progress::by_bytes`]).
+    pub(crate) fn sent(&self, n: u64) {
+        if self.objects.is_some() {
+            self.bar.inc(n);
         }
     }
 
@@ -469,7 +513,16 @@ impl Progress {
             self.moved.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(bytes, Ordering::Relaxed);
         }
-        self.bar.inc(1);
+        match self.objects {
+            Some(total) => {
+                let n = self.finished.fetch_add(1, Ordering::Relaxed) + 1;
+                if !self.bar.is_hidden() {
+                    self.bar
+                        .set_message(format!("{} {n}/{total} objects", self.what));
+                }
+            }
+            None => self.bar.inc(1),
+        }
     }
 
     pub(crate) fn finish(self, objects: usize) -> Transfer {
@@ -751,7 +804,7 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
     match loc {
         Location::Dir(dir) => {
             let dest = dir::DirDest::create(dir)?;
-            let t = push_objects(&objects, opts, |id, _, path, len| {
+            let t = push_objects(&objects, opts, |id, _, path, len, _| {
                 if dest.has(id, len) {
                     return Ok(false);
                 }
@@ -772,7 +825,7 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
                 return Ok(t);
             }
             let dest = http::HttpSource::new(base, opts);
-            let t = push_objects(&objects, opts, |id, _, path, len| {
+            let t = push_objects(&objects, opts, |id, _, path, len, _| {
                 if dest.has(id, len)? {
                     return Ok(false);
                 }
@@ -805,7 +858,7 @@ pub fn push(repo: &Repo, loc: &Location, opts: &Options) -> Result<Transfer> {
                     &rev.message,
                 );
             }
-            let t = push_objects(&objects, opts, |id, _, path, _| {
+            let t = push_objects(&objects, opts, |id, _, path, _, _| {
                 if dest.store().contains(id) {
                     return Ok(false);
                 }
@@ -883,11 +936,11 @@ fn s3_push(
         opts.force,
     )?;
     let present = bucket.list_objects(&loc.key("objects/"))?;
-    let t = push_objects(objects, opts, |id, _, path, len| {
+    let t = push_objects(objects, opts, |id, _, path, len, sent| {
         if present.get(id) == Some(&len) {
             return Ok(false);
         }
-        bucket.put_object(&loc.object_key(id), id, path, len)?;
+        bucket.put_object(&loc.object_key(id), id, path, len, sent)?;
         Ok(true)
     })?;
     bucket.put_bytes(&loc.json_key(), json, "application/json")?;
@@ -936,15 +989,24 @@ pub fn export(
 /// One object to publish: its id, the key needing it, its file in the local store, its size.
 pub type PushItem = (ObjectId, String, PathBuf, u64);
 
-/// Run `put_one(id, key, path, len)` (true: the object moved) over `objects` in parallel.
+/// Run `put_one(id, key, path, len, sent)` (true: the object moved) over `objects` in
+/// parallel. `put_one` may report bytes as they leave with `sent(n)` (a multipart upload does,
+/// part by part); whatever it did not report counts as sent when it returns.
 fn push_objects(
     objects: &[PushItem],
     opts: &Options,
-    put_one: impl Fn(&ObjectId, &str, &Path, u64) -> Result<bool> + Sync,
+    put_one: impl Fn(&ObjectId, &str, &Path, u64, &dyn Fn(u64)) -> Result<bool> + Sync,
 ) -> Result<Transfer> {
-    let progress = Progress::new(opts.progress, objects.len(), "push");
+    let total: u64 = objects.iter().map(|o| o.3).sum();
+    let progress = Progress::by_bytes(opts.progress, objects.len(), total, "push");
     for_each_parallel(objects, opts.jobs, |(id, key, path, len)| {
-        let moved = put_one(id, key, path, *len).map_err(|e| needed_for(e, key))?;
+        let reported = std::cell::Cell::new(0u64);
+        let sent = |n: u64| {
+            reported.set(reported.get() + n);
+            progress.sent(n);
+        };
+        let moved = put_one(id, key, path, *len, &sent).map_err(|e| needed_for(e, key))?;
+        progress.sent(len.saturating_sub(reported.get()));
         progress.done(moved, *len);
         Ok(())
     })?;

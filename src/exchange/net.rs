@@ -1,5 +1,5 @@
 //! Every HTTP request pvrfs makes goes through [`Net`]: plain HTTP sources and destinations
-//! (`http.rs`), pvr remotes and the signed URLs they hand out (`pvr.rs`), S3 (`s3.rs`). One
+//! (`http.rs`), pvr remotes and the signed URLs they hand out (`pvr.rs`), S3 (`s3/`). One
 //! place, so one set of rules holds for every server pvrfs talks to.
 //!
 //! # A server is untrusted
@@ -95,6 +95,9 @@ enum Payload<'a> {
     Bytes(&'a [u8]),
     /// A file's first `len` bytes, hashed on the way (the hash comes back with the answer).
     File(std::fs::File, u64),
+    /// Bytes shared with the caller (a multipart upload's part: sent, and kept for a retry,
+    /// without a copy).
+    Shared(std::sync::Arc<Vec<u8>>),
 }
 
 /// The HTTP client of one exchange: a connection pool and the rules above.
@@ -225,6 +228,16 @@ impl Net {
         (no_redirect(result), sent)
     }
 
+    /// `PUT` shared `bytes` to `url` (a multipart upload's part); redirects are not followed.
+    pub fn put_shared(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        bytes: std::sync::Arc<Vec<u8>>,
+    ) -> std::result::Result<ureq::Response, NetError> {
+        no_redirect(self.once("PUT", url, headers, Payload::Shared(bytes)).0)
+    }
+
     /// A response body held to `limit` bytes, the minimum rate and `clock`. `announced` is the
     /// length the server announced, if any: more than that is refused too.
     pub fn body<'c>(
@@ -338,6 +351,7 @@ impl Net {
             Payload::Nothing => 0,
             Payload::Bytes(b) => b.len() as u64,
             Payload::File(_, len) => *len,
+            Payload::Shared(b) => b.len() as u64,
         };
         // No overall ureq timeout: it would replace the per-read timeout for the body too.
         let headers_by = self.allowance(sending);
@@ -354,6 +368,9 @@ impl Net {
                     let _ = tx.send((req.send_bytes(&b), None));
                 })
             }
+            Payload::Shared(b) => Box::new(move || {
+                let _ = tx.send((req.send_bytes(&b), None));
+            }),
             Payload::File(f, len) => {
                 let req = req.set("Content-Length", &len.to_string());
                 Box::new(move || {

@@ -414,7 +414,7 @@ pub fn push(
         .filter(|(id, ..)| !known.contains(id))
         .cloned()
         .collect();
-    let mut transfer = super::push_objects(&todo, opts, |id, key, path, len| {
+    let mut transfer = super::push_objects(&todo, opts, |id, key, path, len, _| {
         match client.offer(id, key, len)? {
             None => Ok(false),
             Some(url) => client.upload(&url, id, path, len).map(|()| true),

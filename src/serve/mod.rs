@@ -38,7 +38,7 @@ pub use http::{run, signals, RunningServer};
 pub use objects::Backend;
 
 use crate::error::Error;
-use crate::exchange::s3::{S3Bucket, S3Config, S3Location};
+use crate::exchange::s3::{S3Bucket, S3Config, S3Location, MAX_SINGLE_PUT};
 use crate::exchange::Options;
 use crate::json;
 use crate::oid::ObjectId;
@@ -650,6 +650,15 @@ impl Server {
             .backend
             .find(&t.name, repo, &id)
             .map_err(|e| Reply::error(502, e.to_string()))?;
+        if present.is_none() && self.backend.is_s3() && size > MAX_SINGLE_PUT {
+            return Err(Reply::error(
+                413,
+                format!(
+                    "object {id} is {size} bytes; an upload URL of this server is one S3 PUT, which holds at most {MAX_SINGLE_PUT} bytes (5 GiB): upload the object to {} with a multipart client (pvrfs push s3://…), then post",
+                    self.backend.describe_objects(&t.name).unwrap_or_default()
+                ),
+            ));
+        }
         let mut out = self.record(&id, size, &record.object_name);
         out.signed_put_url = match self
             .backend

@@ -6,8 +6,13 @@
 //! upload URL carries the object's sha256 (`x-amz-checksum-sha256`), so the service refuses a
 //! body that does not match before it becomes visible. Before a state that references an object
 //! is accepted, the object is checked once more: `HEAD` with checksum mode must report the
-//! expected sha256, or, from a service that keeps no checksums, the object is read back and
-//! hashed; a mismatching object is deleted and reported missing. Objects the repository's own
+//! expected sha256, or, from a service that keeps no checksums (or only a composite one: an
+//! object that `pvrfs push s3://…` uploaded in parts), the object is read back and hashed; a
+//! mismatching object is deleted and reported missing.
+//!
+//! A presigned upload URL is one S3 `PUT`, which holds at most 5 GiB, and pvr's protocol has
+//! one upload URL per object: an offer of a bigger object is refused (413) unless the bucket
+//! already has it. Objects the repository's own
 //! local store holds are served from there in both modes.
 //!
 //! Names of present S3 objects are cached per repository (filled by one listing, then by
@@ -114,10 +119,9 @@ impl S3Objects {
             return Ok(Some("missing"));
         };
         let good = match &head.sha256_b64 {
-            Some(sum) => *sum == checksum_b64(id),
-            None => {
-                matches!(self.bucket.hash_object(&key)?, Some((actual, _)) if actual == *id)
-            }
+            // A composite checksum (`…-N`, a multipart upload's) is not the object's sha256.
+            Some(sum) if !sum.contains('-') => *sum == checksum_b64(id),
+            _ => matches!(self.bucket.hash_object(&key)?, Some((actual, _)) if actual == *id),
         };
         if good {
             self.remember(name, id, head.len);
@@ -174,6 +178,15 @@ impl Backend {
         let mut bad = bad.into_inner();
         bad.sort_by_key(|u| u.id);
         Ok(bad)
+    }
+
+    /// Where repository `name`'s objects live in the bucket (`s3://BUCKET/PREFIX/NAME/objects/`;
+    /// S3 mode only).
+    pub fn describe_objects(&self, name: &str) -> Option<String> {
+        match self {
+            Backend::S3(s3) => Some(format!("{}/objects/", s3.location(name).describe())),
+            Backend::Local => None,
+        }
     }
 
     /// A presigned S3 URL to download an object of the bucket (S3 mode only).

@@ -12,7 +12,8 @@
 //!   plain directory and on the system under test, compared step by step);
 //! - [`reference`]: the reference `pvr`, when the machine has it;
 //! - [`remote`]: `pvrfs serve`, a single-node Garage (S3) and the reference pvr as a client, for
-//!   the remote-protocol and S3 tests.
+//!   the remote-protocol and S3 tests;
+//! - [`throttle`]: a rate-limiting TCP proxy, to act on a transfer while it runs.
 //!
 //! A library crate of its own (a dev-dependency of pvrfs), so it is built once for all test
 //! binaries and unused helpers are visible as such.
@@ -25,6 +26,7 @@ pub mod nginx;
 pub mod reference;
 pub mod remote;
 pub mod repos;
+pub mod throttle;
 pub mod trees;
 
 pub use bin::{pvrfs, Pvrfs, Run};

@@ -400,6 +400,71 @@ admin_token = "{secret}"
     }
 }
 
+impl Garage {
+    /// The multipart uploads pending under `prefix` (ListMultipartUploads), as
+    /// `(key, upload id)`: started, neither completed nor aborted.
+    pub fn pending_uploads(&self, prefix: &str) -> Vec<(String, String)> {
+        let url = url_of(&format!("{}/{}/", self.endpoint, self.bucket));
+        let query = [("prefix", prefix), ("uploads", "")];
+        let signed = rusty_s3::signing::sign(
+            &jiff::Timestamp::now(),
+            rusty_s3::Method::Get,
+            url,
+            &self.key_id,
+            &self.secret,
+            None,
+            "garage",
+            600,
+            query.iter().copied(),
+            std::iter::empty(),
+        );
+        let body = ureq::get(signed.as_str())
+            .call()
+            .unwrap_or_else(|e| panic!("ListMultipartUploads: {e}"))
+            .into_string()
+            .unwrap();
+        let tag = |text: &str, name: &str| {
+            let open = format!("<{name}>");
+            let start = text.find(&open)? + open.len();
+            let end = text[start..].find(&format!("</{name}>"))? + start;
+            Some(text[start..end].to_string())
+        };
+        body.split("<Upload>")
+            .skip(1)
+            .map(|u| {
+                (
+                    tag(u, "Key").unwrap_or_default(),
+                    tag(u, "UploadId").unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The part numbers uploaded so far to a pending upload (ListParts).
+    pub fn uploaded_parts(&self, key: &str, upload_id: &str) -> usize {
+        let bucket = rusty_s3::Bucket::new(
+            url_of(&self.endpoint),
+            rusty_s3::UrlStyle::Path,
+            self.bucket.clone(),
+            "garage",
+        )
+        .unwrap();
+        let creds = rusty_s3::Credentials::new(self.key_id.clone(), self.secret.clone());
+        use rusty_s3::S3Action;
+        let url = bucket
+            .list_parts(Some(&creds), key, upload_id)
+            .sign(Duration::from_secs(600));
+        match ureq::get(url.as_str()).call() {
+            Ok(resp) => resp.into_string().unwrap().matches("<Part>").count(),
+            Err(_) => 0, // completed or aborted meanwhile
+        }
+    }
+}
+
+fn url_of(text: &str) -> url::Url {
+    text.parse().unwrap()
+}
+
 impl Drop for Garage {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -27,6 +27,8 @@
 //!   listing that repeats a continuation token or does not move forward, or runs past
 //!   [`MAX_LIST_PAGES`] pages, is refused.
 
+pub mod multipart;
+
 use super::net::{self, fatal, Failure, Net, NetError};
 use super::Options;
 use crate::error::{Error, Result};
@@ -198,6 +200,9 @@ pub struct S3Bucket {
     bucket: Bucket,
     credentials: Credentials,
     net: Net,
+    /// Objects of at least this many bytes are uploaded in parts (see [`multipart`]).
+    multipart_threshold: u64,
+    part_size: u64,
 }
 
 /// The base64 form of an object id, as `x-amz-checksum-sha256` carries it.
@@ -223,6 +228,8 @@ impl S3Bucket {
             bucket,
             credentials: config.credentials.clone(),
             net: Net::new(opts),
+            multipart_threshold: opts.s3_multipart_threshold,
+            part_size: opts.s3_part_size,
         })
     }
 
@@ -370,15 +377,28 @@ impl S3Bucket {
         )))
     }
 
-    /// `PUT` the local object at `path` (`len` bytes) as `key`. The service checks the body
+    /// Upload the local object at `path` (`len` bytes) as `key`: one `PUT` below the multipart
+    /// threshold, else a multipart upload ([`multipart`]). Either way the object becomes
+    /// visible only once the service and we have checked its bytes against `id`. `sent(n)`
+    /// reports bytes as they leave (per part for multipart uploads, at the end otherwise).
+    pub fn put_object(
+        &self,
+        key: &str,
+        id: &ObjectId,
+        path: &Path,
+        len: u64,
+        sent: &dyn Fn(u64),
+    ) -> Result<()> {
+        if len >= self.multipart_threshold.min(MAX_SINGLE_PUT + 1) {
+            return multipart::upload(self, key, id, path, len, sent);
+        }
+        self.put_single(key, id, path, len)
+    }
+
+    /// `PUT` the local object at `path` as `key` in one request. The service checks the body
     /// against `id` (checksum header); we hash it while sending too and delete the upload if it
     /// does not match (see the module docs).
-    pub fn put_object(&self, key: &str, id: &ObjectId, path: &Path, len: u64) -> Result<()> {
-        if len > MAX_SINGLE_PUT {
-            return Err(Error::Other(format!(
-                "object {id} is {len} bytes; a single S3 PUT holds at most {MAX_SINGLE_PUT} bytes (multipart uploads are not implemented)"
-            )));
-        }
+    fn put_single(&self, key: &str, id: &ObjectId, path: &Path, len: u64) -> Result<()> {
         let what = self.url_for("PUT", key);
         let checksum = checksum_b64(id);
         let clock = self.net.clock();
