@@ -43,12 +43,19 @@ fn a_push_in_parts_comes_back_byte_identical() {
     let t = tmp.path();
     let a = t.join("a");
     fs::create_dir_all(&a).unwrap();
-    // 3 full parts and a short one; a small object keeps the single PUT
-    let image = data(17 * MIB + 12_345, 1);
+    // 5 full parts and a short one; a small object keeps the single PUT
+    let image = data(25 * MIB + 12_345, 1);
     let repo = repo_with(&a, &[("bsp/image.img", &image), ("app/x.bin", b"small")]);
     let dest = format!("s3://{}/dev", g.bucket);
-    let out = ok(&pvrfs_env(&a, &["push", &dest], &env), "push in parts");
+    let (out, peak) = with_peak_rss(&a, &["push", &dest], &env);
+    let out = ok(&out, "push in parts");
     assert!(out.contains("2 of 2 objects uploaded"), "{out}");
+    // ~20 MiB for the binary and two 5 MiB part buffers (not the 25 MiB object)
+    assert!(
+        peak < 40 * MIB as u64,
+        "the push peaked at {} MiB for a 25 MiB object",
+        peak >> 20
+    );
     let id = ObjectId::hash_bytes(&image);
     let head = g
         .bucket()
@@ -57,8 +64,12 @@ fn a_push_in_parts_comes_back_byte_identical() {
         .expect("the object is there");
     assert_eq!(head.len, image.len() as u64);
     // the service checked each part's sha256: its checksum of the object is composite
-    let sum = head.sha256_b64.expect("a checksum");
-    assert!(sum.ends_with("-4"), "not 4 parts: {sum}");
+    let parts: Vec<ObjectId> = image.chunks(5 * MIB).map(ObjectId::hash_bytes).collect();
+    assert_eq!(parts.len(), 6);
+    assert_eq!(
+        head.sha256_b64,
+        Some(pvrfs::exchange::s3::multipart::composite_checksum(&parts))
+    );
     let small = ObjectId::hash_bytes(b"small");
     let small_head = g.bucket().head(&format!("dev/objects/{small}")).unwrap();
     assert_eq!(
@@ -67,7 +78,13 @@ fn a_push_in_parts_comes_back_byte_identical() {
     );
     assert!(g.pending_uploads("dev/").is_empty());
 
-    ok(&pvrfs_env(t, &["clone", &dest, "c"], &env), "clone");
+    let (out, peak) = with_peak_rss(t, &["clone", &dest, "c"], &env);
+    ok(&out, "clone");
+    assert!(
+        peak < 40 * MIB as u64,
+        "the clone peaked at {} MiB for a 25 MiB object",
+        peak >> 20
+    );
     assert_eq!(fs::read(t.join("c/bsp/image.img")).unwrap(), image);
     let b = t.join("b");
     fs::create_dir_all(&b).unwrap();
@@ -78,7 +95,43 @@ fn a_push_in_parts_comes_back_byte_identical() {
     assert_eq!(fs::read(stored).unwrap(), image);
 }
 
-/// `pvrfs push DEST` started in the background through `proxy`.
+/// Run `pvrfs ARGS` in `dir`; its output and peak resident memory (`VmHWM`, read every few
+/// milliseconds while it runs: `wait4`'s `ru_maxrss` would count the test process it was
+/// forked from). The binary alone peaks at ~20 MiB (debug build, a small push).
+fn with_peak_rss(
+    dir: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+) -> (std::process::Output, u64) {
+    let mut cmd = pvrfs_testkit::pvrfs(args).dir(dir).command();
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let hwm = fs::read_to_string(&status).ok().and_then(|text| {
+                    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
+                });
+                peak = peak.max(hwm.unwrap_or(0) * 1024);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let output = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (output, watcher.join().unwrap())
+}
+
+/// `pvrfs push DEST` started in the background.
 fn push_in_background(dir: &Path, dest: &str, env: &[(String, String)]) -> Child {
     let mut cmd = pvrfs_testkit::pvrfs(["push", dest]).dir(dir).command();
     cmd.envs(env.iter().map(|(k, v)| (k, v)))

@@ -99,13 +99,16 @@ pub(super) fn upload(
 /// One uploaded part: its ETag (as the service sent it) and sha256 (base64).
 struct DonePart {
     etag: String,
+    sha256: ObjectId,
     sha256_b64: String,
+    len: u64,
 }
 
 /// A part read from the file, hashed, waiting to be sent.
 struct ReadPart {
     number: u16,
     bytes: Arc<Vec<u8>>,
+    sha256: ObjectId,
     sha256_b64: String,
 }
 
@@ -136,7 +139,9 @@ fn send_parts(
                 sent(part.bytes.len() as u64);
                 done.push(DonePart {
                     etag,
+                    sha256: part.sha256,
                     sha256_b64: part.sha256_b64,
+                    len: part.bytes.len() as u64,
                 });
                 // Hand the buffer back for the next part, unless a request thread that was
                 // given up on still holds it.
@@ -208,11 +213,12 @@ fn read_parts(
             // Shorter than announced: the hash cannot match; stop here.
             return Ok(whole.finish().0);
         }
-        let sha256_b64 = super::checksum_b64(&ObjectId::hash_bytes(&buffer));
+        let sha256 = ObjectId::hash_bytes(&buffer);
         let part = ReadPart {
             number: u16::try_from(number).expect("at most 10 000 parts"),
             bytes: Arc::new(buffer),
-            sha256_b64,
+            sha256,
+            sha256_b64: super::checksum_b64(&sha256),
         };
         if parts.send(part).is_err() {
             break; // the sender gave up
@@ -323,7 +329,7 @@ impl<'a> Pending<'a> {
         let b = self.bucket;
         let body = complete_body(parts);
         let clock = b.net.clock();
-        b.net.retrying(&self.what, &clock, || {
+        let result = b.net.retrying(&self.what, &clock, || {
             let action = CompleteMultipartUpload::new(
                 &b.bucket,
                 Some(&b.credentials),
@@ -354,7 +360,17 @@ impl<'a> Pending<'a> {
                 )));
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = result {
+            // A retry after an answer that was lost finds the upload gone (NoSuchUpload): the
+            // object is there if it has our parts' composite checksum and length.
+            let len: u64 = parts.iter().map(|p| p.len).sum();
+            let ours = Some(composite_checksum(parts.iter().map(|p| &p.sha256)));
+            match b.head(self.key) {
+                Ok(Some(h)) if h.len == len && h.sha256_b64 == ours => {}
+                _ => return Err(e),
+            }
+        }
         self.completed = true;
         log::debug!("{}: completed upload {}", self.what, self.upload_id);
         Ok(())
@@ -391,6 +407,18 @@ impl Drop for Pending<'_> {
             self.abort();
         }
     }
+}
+
+/// The checksum S3 reports for an object uploaded in parts with SHA256 part checksums, from
+/// the parts' sha256s: the sha256 of the parts' sha256s, in base64, `-` the number of parts.
+pub fn composite_checksum<'a>(part_sha256s: impl IntoIterator<Item = &'a ObjectId>) -> String {
+    let mut h = Hasher::new();
+    let mut n = 0;
+    for sha in part_sha256s {
+        h.update(sha.as_bytes());
+        n += 1;
+    }
+    format!("{}-{n}", super::checksum_b64(&h.finish().0))
 }
 
 /// The body of `CompleteMultipartUpload`: every part's number, ETag and sha256 (AWS requires
@@ -464,16 +492,13 @@ mod tests {
 
     #[test]
     fn the_complete_body_names_every_part_in_order() {
-        let parts = [
-            DonePart {
-                etag: "\"a1\"".into(),
-                sha256_b64: "x+y=".into(),
-            },
-            DonePart {
-                etag: "\"b2\"".into(),
-                sha256_b64: "z/w=".into(),
-            },
-        ];
+        let part = |etag: &str, b64: &str| DonePart {
+            etag: etag.into(),
+            sha256: ObjectId::hash_bytes(etag.as_bytes()),
+            sha256_b64: b64.into(),
+            len: 5,
+        };
+        let parts = [part("\"a1\"", "x+y="), part("\"b2\"", "z/w=")];
         let body = complete_body(&parts);
         assert!(body.contains("<Part><PartNumber>1</PartNumber><ETag>\"a1\"</ETag><ChecksumSHA256>x+y=</ChecksumSHA256></Part><Part><PartNumber>2</PartNumber>"), "{body}");
     }
