@@ -112,6 +112,11 @@ pub enum Command {
     /// somebody else posted first), a repository (a new revision of it), a directory (created
     /// if missing), an http(s) URL accepting PUT, or s3://BUCKET/PREFIX. Objects go first,
     /// the state last; only objects the destination lacks move.
+    ///
+    /// To S3, objects of 256 MiB and more go as multipart uploads in 64 MiB parts
+    /// (PVRFS_S3_MULTIPART_THRESHOLD and PVRFS_S3_PART_SIZE change that; parts are at least
+    /// 5M), each part checked by the service, the whole object's sha256 checked before it
+    /// becomes visible; an upload that fails or is interrupted is aborted.
     #[command(visible_alias = "put")]
     Push(PushArgs),
     /// Write the latest revision (json + objects) as a tarball (gzip for .gz/.tgz), or `-`.
@@ -368,7 +373,9 @@ pub struct ServeArgs {
     /// Required to listen on anything but loopback.
     #[arg(long, value_name = "FILE")]
     pub tokens: Option<PathBuf>,
-    /// Keep objects in an S3-compatible bucket (credentials from the AWS_* variables).
+    /// Keep objects in an S3-compatible bucket (credentials from the AWS_* variables). Clients
+    /// upload through presigned single-PUT URLs, so objects over 5 GiB are refused (413):
+    /// push those to the bucket with `pvrfs push s3://…`, which uploads in parts.
     #[arg(long, value_name = "s3://BUCKET/PREFIX")]
     pub store: Option<String>,
     /// Base of the URLs handed to clients (default: http:// + the request's Host header).

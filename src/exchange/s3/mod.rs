@@ -20,6 +20,9 @@
 //!   do not match (the local object changed or is corrupt) the uploaded object is deleted and
 //!   the push fails, so a service that ignored the checksum still never keeps a bad object
 //!   under a good name.
+//! - Objects at or above the multipart threshold (and every object above 5 GiB, one `PUT`'s
+//!   limit) go in parts ([`multipart`]): each part checksummed, the whole object's sha256
+//!   checked before `Complete` makes it visible, the upload aborted on any failure or signal.
 //! - Downloads are verified while they are written into the local store (as for every source).
 //! - `json` is written last and only after every object it references is present.
 //! - Every request goes through `net` (http(s) only, redirects checked, sizes capped, deadlines)

@@ -203,7 +203,7 @@ fn read_parts(
         if number == count {
             // Whatever follows `len` bytes belongs to the whole hash (so it cannot match).
             let mut extra = Vec::new();
-            (&mut file).read_to_end(&mut extra)?;
+            file.read_to_end(&mut extra)?;
             whole.update(&buffer);
             whole.update(&extra);
         } else {
