@@ -14,7 +14,7 @@
 //!   object's id; otherwise (the file is corrupt or changed while it was read) the upload is
 //!   aborted and the push fails naming the object. The bytes hashed are the bytes sent: each
 //!   part is sent from the buffer it was hashed in.
-//! - **No orphaned upload when we can help it.** A [`Pending`] upload is aborted when it is
+//! - **No orphaned upload when we can help it.** A `Pending` upload is aborted when it is
 //!   dropped without being completed: any error, a panic, and (through `fsutil::on_signal`)
 //!   SIGINT/SIGTERM/SIGHUP. What cannot be helped: SIGKILL, a power cut, or a service that is
 //!   gone by the time we abort; such an upload stays invisible but stored until a bucket
