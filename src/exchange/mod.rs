@@ -901,18 +901,18 @@ pub type PushItem = (ObjectId, String, PathBuf, u64);
 fn push_objects(
     objects: &[PushItem],
     opts: &Options,
-    put_one: impl Fn(&ObjectId, &str, &Path, u64, &dyn Fn(u64)) -> Result<bool> + Sync,
+    put_one: impl Fn(&ObjectId, &str, &Path, u64, &s3::multipart::Sent<'_>) -> Result<bool> + Sync,
 ) -> Result<Transfer> {
     let total: u64 = objects.iter().map(|o| o.3).sum();
     let progress = Progress::by_bytes(opts.progress, objects.len(), total, "push");
     for_each_parallel(objects, opts.jobs, |(id, key, path, len)| {
-        let reported = std::cell::Cell::new(0u64);
+        let reported = std::sync::atomic::AtomicU64::new(0);
         let sent = |n: u64| {
-            reported.set(reported.get() + n);
+            reported.fetch_add(n, Ordering::Relaxed);
             progress.sent(n);
         };
         let moved = put_one(id, key, path, *len, &sent).map_err(|e| needed_for(e, key))?;
-        progress.sent(len.saturating_sub(reported.get()));
+        progress.sent(len.saturating_sub(reported.into_inner()));
         progress.done(moved, *len);
         Ok(())
     })?;

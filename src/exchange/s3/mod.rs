@@ -390,7 +390,7 @@ impl S3Bucket {
         id: &ObjectId,
         path: &Path,
         len: u64,
-        sent: &dyn Fn(u64),
+        sent: &multipart::Sent<'_>,
     ) -> Result<()> {
         if len >= self.multipart_threshold.min(MAX_SINGLE_PUT + 1) {
             return multipart::upload(self, key, id, path, len, sent);

@@ -6,7 +6,8 @@
 //! `CompleteMultipartUpload` with every part's ETag and sha256. A reader thread reads the local
 //! file a part at a time into a buffer, hashes the part (sent as the part's
 //! `x-amz-checksum-sha256`, so the service checks every part's bytes on arrival) and feeds the
-//! same bytes to a hash of the whole object; the calling thread sends the parts in order.
+//! same bytes to a hash of the whole object; [`PARTS_IN_FLIGHT`] threads send the parts (so
+//! the service finishing one part overlaps with the next part's bytes).
 //!
 //! # Invariants
 //! - **Nothing is visible before it is verified.** Until `Complete`, S3 shows no object under
@@ -19,9 +20,10 @@
 //!   SIGINT/SIGTERM/SIGHUP. What cannot be helped: SIGKILL, a power cut, or a service that is
 //!   gone by the time we abort; such an upload stays invisible but stored until a bucket
 //!   lifecycle rule (`AbortIncompleteMultipartUpload`) or an operator removes it.
-//! - **Bounded memory.** At most two part buffers per upload (one being read and hashed, one
-//!   being sent), and at most [`CONCURRENT_UPLOADS`] multipart uploads at a time in a process:
-//!   at most 4 × 64 MiB at the default part size, whatever the object's size.
+//! - **Bounded memory.** At most `PARTS_IN_FLIGHT + 1` part buffers per upload (one being
+//!   read and hashed, the others being sent), and at most [`CONCURRENT_UPLOADS`] multipart
+//!   uploads at a time in a process: at most 6 × 64 MiB at the default part size, whatever the
+//!   objects' sizes.
 //! - Each part is retried like a single `PUT` (bounded attempts, backoff, deadlines from
 //!   `net`), from its buffer.
 //!
@@ -40,6 +42,9 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// Reports bytes as they leave (progress), from any of the sending threads.
+pub type Sent<'a> = dyn Fn(u64) + Sync + 'a;
+
 /// Part size by default: 64 MiB (S3 allows 5 MiB to 5 GiB; objects up to 625 GiB fit in
 /// 10 000 parts of this size, bigger ones get bigger parts).
 pub const DEFAULT_PART_SIZE: u64 = 64 << 20;
@@ -55,7 +60,11 @@ pub const MAX_PART_SIZE: u64 = 5 << 30;
 pub const MAX_PARTS: u64 = 10_000;
 /// S3's largest object (5 TiB).
 pub const MAX_OBJECT: u64 = 5 << 40;
-/// Multipart uploads running at once in one process (each holds up to two part buffers).
+/// Parts of one upload sent at a time: a part's tail (the service finishing it) overlaps with
+/// the next part's bytes.
+pub const PARTS_IN_FLIGHT: usize = 2;
+/// Multipart uploads running at once in one process (each holds up to `PARTS_IN_FLIGHT + 1`
+/// part buffers).
 pub const CONCURRENT_UPLOADS: usize = 2;
 /// Validity of the abort URL kept for a signal: SigV4's longest (an upload may take hours).
 const ABORT_URL_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -82,7 +91,7 @@ pub(super) fn upload(
     id: &ObjectId,
     path: &Path,
     len: u64,
-    sent: &dyn Fn(u64),
+    sent: &Sent<'_>,
 ) -> Result<()> {
     let part_size = part_size_for(len, b.part_size).map_err(|e| match e {
         Error::Other(m) => Error::Other(format!("object {id} is {m}")),
@@ -112,19 +121,24 @@ struct ReadPart {
     sha256_b64: String,
 }
 
-/// Read and hash the parts on a helper thread while this one sends them (module docs); the
-/// whole file's sha256 must be `id` before the parts are returned for `Complete`.
+/// Read and hash the parts on a helper thread while [`PARTS_IN_FLIGHT`] threads send them
+/// (module docs); the whole file's sha256 must be `id` before the parts are returned for
+/// `Complete`.
 fn send_parts(
     pending: &Pending<'_>,
     (file, path): (std::fs::File, &Path),
     len: u64,
     part_size: u64,
     id: &ObjectId,
-    sent: &dyn Fn(u64),
+    sent: &Sent<'_>,
 ) -> Result<Vec<DonePart>> {
     let count = len.div_ceil(part_size).max(1);
     let (parts_tx, parts_rx) = mpsc::sync_channel::<ReadPart>(0);
     let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
+    // `None` once a sender failed: the reader's next hand-over fails and it stops.
+    let parts_rx = Mutex::new(Some(parts_rx));
+    let done: Mutex<Vec<Option<DonePart>>> = Mutex::new((0..count).map(|_| None).collect());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|s| {
         let reader = std::thread::Builder::new()
             .name("pvrfs-s3-parts".into())
@@ -132,31 +146,57 @@ fn send_parts(
                 read_parts(file, len, part_size, count, parts_tx, spare_rx)
             })
             .map_err(|e| Error::Other(format!("cannot start a thread: {e}")))?;
-        let mut done = Vec::with_capacity(count as usize);
-        let sending = (|| {
-            for part in parts_rx.iter() {
-                let etag = pending.upload_part(&part)?;
-                sent(part.bytes.len() as u64);
-                done.push(DonePart {
-                    etag,
-                    sha256: part.sha256,
-                    sha256_b64: part.sha256_b64,
-                    len: part.bytes.len() as u64,
-                });
-                // Hand the buffer back for the next part, unless a request thread that was
-                // given up on still holds it.
-                if let Ok(buffer) = Arc::try_unwrap(part.bytes) {
-                    let _ = spare_tx.send(buffer);
+        let send_all = || loop {
+            let next = match lock(&parts_rx).as_ref() {
+                Some(rx) => rx.recv().ok(),
+                None => None,
+            };
+            let Some(part) = next else { return };
+            if lock(&first_error).is_some() {
+                return;
+            }
+            match pending.upload_part(&part) {
+                Ok(etag) => {
+                    sent(part.bytes.len() as u64);
+                    let n = usize::from(part.number) - 1;
+                    lock(&done)[n] = Some(DonePart {
+                        etag,
+                        sha256: part.sha256,
+                        sha256_b64: part.sha256_b64,
+                        len: part.bytes.len() as u64,
+                    });
+                    // Hand the buffer back for a next part, unless a request thread that was
+                    // given up on still holds it.
+                    if let Ok(buffer) = Arc::try_unwrap(part.bytes) {
+                        let _ = spare_tx.send(buffer);
+                    }
+                }
+                Err(e) => {
+                    lock(&first_error).get_or_insert(e);
+                    lock(&parts_rx).take();
+                    return;
                 }
             }
-            Ok::<(), Error>(())
-        })();
-        // Leaving the loop early drops the receiver, which stops the reader.
-        drop(parts_rx);
+        };
+        let senders: Vec<_> = (1..PARTS_IN_FLIGHT)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .name("pvrfs-s3-send".into())
+                    .spawn_scoped(s, send_all)
+            })
+            .collect();
+        send_all();
+        for sender in senders.into_iter().flatten() {
+            let _ = sender.join();
+        }
+        // Every sender has stopped: a reader still waiting to hand over a part stops too.
+        lock(&parts_rx).take();
         let whole = reader
             .join()
             .map_err(|_| Error::Other("the thread reading parts panicked".into()))?;
-        sending?;
+        if let Some(e) = lock(&first_error).take() {
+            return Err(e);
+        }
         let whole = whole.map_err(|e| Error::io("read object", path, e))?;
         if whole != *id {
             log::warn!(
@@ -169,15 +209,19 @@ fn send_parts(
                 path: None,
             });
         }
-        if done.len() as u64 != count {
-            return Err(Error::Other(format!(
-                "{}: {} of {count} parts were read (the file is shorter than {len} bytes)",
-                pending.what,
-                done.len()
-            )));
-        }
-        Ok(done)
+        let done: Option<Vec<DonePart>> = std::mem::take(&mut *lock(&done)).into_iter().collect();
+        done.ok_or_else(|| {
+            Error::Other(format!(
+                "{}: not every part was read (the file is shorter than {len} bytes)",
+                pending.what
+            ))
+        })
     })
+}
+
+/// A mutex of this module, whose holders never leave data half-changed: poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The reader's side of [`send_parts`]: `count` parts of `part_size` bytes (the last one
