@@ -1,7 +1,8 @@
 //! Multipart uploads to S3 (a real single-node Garage on loopback), with the part size lowered
 //! to S3's minimum (5 MiB) through `PVRFS_S3_PART_SIZE` / `PVRFS_S3_MULTIPART_THRESHOLD` so a
-//! few MiB span several parts: a push in parts comes back byte-identical; an upload that is
-//! interrupted, or whose file changes under it, leaves no object and no pending upload; `pvrfs
+//! few MiB span several parts: a push in parts comes back byte-identical; a part whose
+//! connection breaks is sent again; an upload that is interrupted, or whose file changes under
+//! it, leaves no object and no pending upload; `pvrfs
 //! serve --store s3://` accepts objects uploaded in parts and refuses offers above one PUT.
 
 use pvrfs::oid::ObjectId;
@@ -129,6 +130,43 @@ fn with_peak_rss(
     let output = child.wait_with_output().unwrap();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     (output, watcher.join().unwrap())
+}
+
+#[test]
+fn a_part_whose_connection_breaks_is_sent_again() {
+    let Some(g) = Garage::start() else { return };
+    // the first connection breaks 7 MiB into what it carries: inside a part
+    let proxy = Throttle::start_cutting(
+        g.endpoint.trim_start_matches("http://"),
+        1 << 40,
+        Some(7 * MIB as u64),
+    );
+    let env = env_in_parts(&g, Some(&proxy.url()));
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = t.join("a");
+    fs::create_dir_all(&a).unwrap();
+    let image = data(12 * MIB, 5);
+    repo_with(&a, &[("image.img", &image)]);
+    let dest = format!("s3://{}/retry", g.bucket);
+    let out = ok(
+        &pvrfs_env(&a, &["push", &dest], &env),
+        "push through a break",
+    );
+    assert!(out.contains("1 of 1 objects uploaded"), "{out}");
+    assert!(proxy.was_cut(), "the connection was not cut");
+    let id = ObjectId::hash_bytes(&image);
+    let parts: Vec<ObjectId> = image.chunks(5 * MIB).map(ObjectId::hash_bytes).collect();
+    assert_eq!(
+        g.bucket()
+            .head(&format!("retry/objects/{id}"))
+            .unwrap()
+            .and_then(|h| h.sha256_b64),
+        Some(pvrfs::exchange::s3::multipart::composite_checksum(&parts))
+    );
+    assert!(g.pending_uploads("retry/").is_empty());
+    ok(&pvrfs_env(t, &["clone", &dest, "c"], &g.env()), "clone");
+    assert_eq!(fs::read(t.join("c/image.img")).unwrap(), image);
 }
 
 /// `pvrfs push DEST` started in the background.

@@ -15,9 +15,9 @@
 //!   object's id; otherwise (the file is corrupt or changed while it was read) the upload is
 //!   aborted and the push fails naming the object. The bytes hashed are the bytes sent: each
 //!   part is sent from the buffer it was hashed in.
-//! - **No orphaned upload when we can help it.** A `Pending` upload is aborted when it is
-//!   dropped without being completed: any error, a panic, and (through `fsutil::on_signal`)
-//!   SIGINT/SIGTERM/SIGHUP. What cannot be helped: SIGKILL, a power cut, or a service that is
+//! - **No orphaned upload when we can help it.** A `Pending` upload that is not completed is
+//!   aborted: on any error (an abort that fails is said in the error, naming the upload), a
+//!   panic (its Drop), and (through `fsutil::on_signal`) SIGINT/SIGTERM/SIGHUP. What cannot be helped: SIGKILL, a power cut, or a service that is
 //!   gone by the time we abort; such an upload stays invisible but stored until a bucket
 //!   lifecycle rule (`AbortIncompleteMultipartUpload`) or an operator removes it.
 //! - **Bounded memory.** At most `PARTS_IN_FLIGHT + 1` part buffers per upload (one being
@@ -100,9 +100,18 @@ pub(super) fn upload(
     // Open it before anything is created: a missing file leaves nothing behind.
     let file = std::fs::File::open(path).map_err(|e| Error::io("open object", path, e))?;
     let _slot = UPLOAD_SLOTS.take();
-    let pending = Pending::create(b, key)?;
-    let parts = send_parts(&pending, (file, path), len, part_size, id, sent)?;
-    pending.complete(&parts)
+    let mut pending = Pending::create(b, key)?;
+    let result = send_parts(&pending, (file, path), len, part_size, id, sent)
+        .and_then(|parts| pending.complete(&parts));
+    let Err(e) = result else { return Ok(()) };
+    match pending.abort() {
+        Ok(()) => Err(e),
+        // Said with the error: nothing else tells the user an upload was left behind.
+        Err(why) => Err(Error::Other(format!(
+            "{e}; the multipart upload {} of object {id} could not be aborted ({why}): it stays in the bucket, invisible, until it is aborted or a lifecycle rule (AbortIncompleteMultipartUpload) removes it",
+            pending.upload_id
+        ))),
+    }
 }
 
 /// One uploaded part: its ETag (as the service sent it) and sha256 (base64).
@@ -271,7 +280,8 @@ fn read_parts(
     Ok(whole.finish().0)
 }
 
-/// An upload that was created and not completed yet: aborted when dropped (module docs).
+/// An upload that was created and not completed yet: aborted on an error, or when dropped
+/// unsettled (a panic; module docs).
 struct Pending<'a> {
     bucket: &'a S3Bucket,
     key: &'a str,
@@ -369,7 +379,7 @@ impl<'a> Pending<'a> {
     }
 
     /// `CompleteMultipartUpload` with every part's ETag and sha256: the object appears.
-    fn complete(mut self, parts: &[DonePart]) -> Result<()> {
+    fn complete(&mut self, parts: &[DonePart]) -> Result<()> {
         let b = self.bucket;
         let body = complete_body(parts);
         let clock = b.net.clock();
@@ -420,11 +430,12 @@ impl<'a> Pending<'a> {
         Ok(())
     }
 
-    /// `AbortMultipartUpload`, retried; a failure is logged (the upload stays, invisible).
-    fn abort(&self) {
+    /// `AbortMultipartUpload`, retried (a 404: already gone). Settles the upload either way.
+    fn abort(&mut self) -> Result<()> {
+        self.completed = true;
         let b = self.bucket;
         let clock = b.net.clock();
-        let result = b.net.retrying(&self.what, &clock, || {
+        b.net.retrying(&self.what, &clock, || {
             let url = b
                 .bucket
                 .abort_multipart_upload(Some(&b.credentials), self.key, &self.upload_id)
@@ -434,21 +445,21 @@ impl<'a> Pending<'a> {
                 Ok(_) | Err(super::NetError::Status(404, _)) => Ok(()),
                 Err(e) => Err(b.classify(e)),
             }
-        });
-        if let Err(e) = result {
-            log::warn!(
-                "{}: could not abort upload {}: {e}; it stays in the bucket (invisible) until it is aborted or a lifecycle rule removes it",
-                self.what,
-                self.upload_id
-            );
-        }
+        })
     }
 }
 
 impl Drop for Pending<'_> {
+    /// A panic on the way: abort (an error is aborted by `upload`, which reports a failure).
     fn drop(&mut self) {
         if !self.completed {
-            self.abort();
+            if let Err(e) = self.abort() {
+                log::warn!(
+                    "{}: could not abort upload {}: {e}",
+                    self.what,
+                    self.upload_id
+                );
+            }
         }
     }
 }
