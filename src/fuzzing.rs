@@ -14,7 +14,7 @@ use crate::fuse::control;
 use crate::json;
 use crate::patch;
 use crate::state::State;
-use crate::worktree::statcache;
+use crate::worktree::{headindex, statcache};
 
 /// `State::from_json_bytes` and the canonical encoder: whatever parses, re-encodes to bytes
 /// that parse to the same state and encode to themselves; `json::parse` likewise.
@@ -96,6 +96,21 @@ pub fn statcache_decode(data: &[u8]) {
         assert_eq!(cache.get(path), Some(entry));
     }
     let _ = cache.dirs().len();
+}
+
+/// The head index decoder (`.pvr/pvrfs/headindex`): the input is the body after the magic and
+/// checksum, which are filled in. Whatever decodes can be read back: every file is found by its
+/// path, in strictly ascending order.
+pub fn headindex_decode(data: &[u8]) {
+    if let Some(index) = headindex::HeadIndex::from_body_for_fuzzing(data) {
+        let mut last: Option<&str> = None;
+        for (path, _) in index.files() {
+            assert!(last.is_none_or(|l| l < path));
+            assert!(index.contains(path));
+            last = Some(path);
+        }
+        let _ = index.meta().is_empty();
+    }
 }
 
 /// The overlay journal decoder: raw bytes, and the input framed with a valid length and
@@ -283,6 +298,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("patch_apply", patch_apply),
     ("tar_import", tar_import),
     ("statcache_decode", statcache_decode),
+    ("headindex_decode", headindex_decode),
     ("journal_decode", journal_decode),
     ("control_request", control_request),
     ("remote_answers", remote_answers),

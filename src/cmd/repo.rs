@@ -74,7 +74,7 @@ fn warn_unstorable(list: &[(String, &str)], outcome: &str, ctx: &mut Ctx<'_>) ->
 
 pub fn status(_args: StatusArgs, ctx: &mut Ctx<'_>) -> Result<()> {
     let repo = open(ctx)?;
-    let scan = WorkTree::open(&repo).scan_all()?;
+    let scan = WorkTree::open(&repo).status()?;
     for (tag, paths) in [
         ("A", &scan.added),
         ("D", &scan.deleted),

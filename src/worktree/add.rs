@@ -255,6 +255,7 @@ impl WorkTree<'_> {
         save_staged(self.repo, &StagedMap::new())?;
         save_staged_meta(self.repo, &BTreeSet::new())?;
         self.set_tree_base(&state)?;
+        headindex::save_for(self.repo, &state, rev.state.0);
         let _ = write_commit_log(&scan, self.repo.workdir(), log);
         Ok(rev)
     }

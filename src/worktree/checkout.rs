@@ -354,7 +354,7 @@ impl WorkTree<'_> {
             Some(Node::Link(t)) => (Was::Link(t), None),
             None => (Was::New, None),
         };
-        let as_object = stored_as_object(path, known_entry, None);
+        let as_object = stored_as_object(path, matches!(known_entry, Some(Entry::Object(_))), None);
         let found = probe(
             tree,
             path,

@@ -58,6 +58,7 @@
 mod add;
 pub mod beneath;
 mod checkout;
+pub mod headindex;
 mod scan;
 pub mod stat;
 pub mod statcache;
@@ -66,7 +67,7 @@ mod tests;
 pub mod walk;
 
 pub use checkout::{CheckoutOptions, CheckoutReport};
-pub use scan::{walk_entries, walk_order, Found, Probe, Scan};
+pub use scan::{walk_entries, walk_order, Found, HeadView, Probe, Scan, Status};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;

@@ -2,8 +2,9 @@
 //! first), and the resulting `Scan` (see the `worktree` module docs, "Speed" and "Whole trees").
 
 use super::beneath::Beneath;
+use super::headindex::{HeadFile, HeadIndex, LoadedHead};
 use super::*;
-use crate::state::meta::check_link_target;
+use crate::state::meta::{check_link_target, DEFAULT_FILE_MODE};
 use crate::state::TreeMeta;
 
 /// Path order of a directory walk that sorts names within each directory (Go's
@@ -86,10 +87,38 @@ impl Found {
 
 /// What the head (or the last checked-out state) has at a path, as the probes use it.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Was<'a> {
+pub enum Was<'a> {
     File(&'a Entry),
+    /// A file of the head known from the head index (`status`): no value at hand, its id.
+    Indexed(HeadFile),
     Link(&'a str),
     New,
+}
+
+impl Was<'_> {
+    /// Is this a file of the head (parsed or indexed)?
+    fn is_head_file(&self) -> bool {
+        matches!(self, Was::File(_) | Was::Indexed(_))
+    }
+
+    /// Does the head hold this path as an object?
+    fn is_object(&self) -> bool {
+        matches!(
+            self,
+            Was::File(Entry::Object(_)) | Was::Indexed(HeadFile::Object(_))
+        )
+    }
+
+    /// Is `value_sha` the hash of the canonical bytes of the head's inline value here?
+    fn has_value_sha(&self, value_sha: ObjectId) -> bool {
+        match self {
+            Was::File(Entry::Inline(v)) => {
+                value_sha == ObjectId::hash_bytes(&json::to_canonical(v))
+            }
+            Was::Indexed(HeadFile::Inline(id)) => value_sha == *id,
+            _ => false,
+        }
+    }
 }
 
 /// Look at one path. `inline` asks for the parsed value of a regular file; `was` (what the head
@@ -128,10 +157,6 @@ pub(super) fn probe(
         }
     }
     let mode = key.permissions();
-    let head_value = match was {
-        Was::File(Entry::Inline(v)) => Some(v),
-        _ => None,
-    };
     if let Some(hit) = cached(&key) {
         if !inline {
             return Ok(Found::File(Probe {
@@ -144,8 +169,8 @@ pub(super) fn probe(
                 mode,
             }));
         }
-        if let (Some(vs), Some(hv)) = (hit.value_sha, head_value) {
-            if vs == ObjectId::hash_bytes(&json::to_canonical(hv)) {
+        if let Some(vs) = hit.value_sha {
+            if was.has_value_sha(vs) {
                 return Ok(Found::File(Probe {
                     key: Some(key),
                     sha: hit.sha,
@@ -229,14 +254,14 @@ fn probe_link(
 }
 
 /// Does `path` go in as an object (true) or inline (false)? See the module docs.
-pub(super) fn stored_as_object(path: &str, head: Option<&Entry>, staged: Option<&Staged>) -> bool {
+/// `head_is_object`: the head holds `path` as an object.
+pub(super) fn stored_as_object(path: &str, head_is_object: bool, staged: Option<&Staged>) -> bool {
     if !is_inline_path(path) {
         return true;
     }
-    match (staged, head) {
-        (Some(s), _) => s.force_object,
-        (None, Some(Entry::Object(_))) => true,
-        _ => false,
+    match staged {
+        Some(s) => s.force_object,
+        None => head_is_object,
     }
 }
 
@@ -267,10 +292,71 @@ pub(super) fn entry_of(
     }
 }
 
+/// The head as a scan reads it: the parsed state (`scan`, which must be able to build the
+/// working state), or what `status` loads (`headindex::load_head`: usually the head index).
+pub trait HeadView: Send + Sync {
+    /// Every file of the head, in path order, as the probes compare against it.
+    fn files_to_probe(&self) -> Vec<(&str, Was<'_>)>;
+    /// Is `path` a file of the head?
+    fn has_file(&self, path: &str) -> bool;
+    /// The head's modes, symlinks and empty directories.
+    fn head_meta(&self) -> &TreeMeta;
+}
+
+impl HeadView for State {
+    fn files_to_probe(&self) -> Vec<(&str, Was<'_>)> {
+        self.iter()
+            .map(|(k, e)| (k.as_str(), Was::File(e)))
+            .collect()
+    }
+    fn has_file(&self, path: &str) -> bool {
+        self.contains(path)
+    }
+    fn head_meta(&self) -> &TreeMeta {
+        self.meta()
+    }
+}
+
+impl HeadView for HeadIndex {
+    fn files_to_probe(&self) -> Vec<(&str, Was<'_>)> {
+        self.files().map(|(k, h)| (k, Was::Indexed(h))).collect()
+    }
+    fn has_file(&self, path: &str) -> bool {
+        self.contains(path)
+    }
+    fn head_meta(&self) -> &TreeMeta {
+        self.meta()
+    }
+}
+
+impl HeadView for LoadedHead {
+    fn files_to_probe(&self) -> Vec<(&str, Was<'_>)> {
+        match self {
+            LoadedHead::ByKey(ix) | LoadedHead::ByContent(ix) => ix.files_to_probe(),
+            LoadedHead::Parsed(state) => state.files_to_probe(),
+        }
+    }
+    fn has_file(&self, path: &str) -> bool {
+        match self {
+            LoadedHead::ByKey(ix) | LoadedHead::ByContent(ix) => ix.has_file(path),
+            LoadedHead::Parsed(state) => state.has_file(path),
+        }
+    }
+    fn head_meta(&self) -> &TreeMeta {
+        match self {
+            LoadedHead::ByKey(ix) | LoadedHead::ByContent(ix) => ix.head_meta(),
+            LoadedHead::Parsed(state) => state.head_meta(),
+        }
+    }
+}
+
+/// What `status` reports: the lists of a `Scan`, with the head as `status` loaded it.
+pub type Status = Scan<LoadedHead>;
+
 /// The working view and how it differs from the head.
 #[derive(Debug)]
-pub struct Scan {
-    pub head: State,
+pub struct Scan<H = State> {
+    pub head: H,
     pub staged: StagedMap,
     /// Symlinks and empty directories staged by `add` (`.pvr/pvrfs/new-meta`).
     pub staged_meta: BTreeSet<String>,
@@ -293,6 +379,15 @@ pub struct Scan {
     /// What a state cannot hold (sockets, FIFOs, devices, the reserved name), with what it is
     /// (only from `scan_all`, plus tracked paths that became such things).
     pub unstorable: Vec<(String, &'static str)>,
+    /// How many tracked files were read (the stat cache did not vouch for them).
+    pub files_read: usize,
+}
+
+impl<H: HeadView> Scan<H> {
+    /// True when the work tree holds no change to commit.
+    pub fn is_clean(&self) -> bool {
+        self.updates.is_empty() && self.removed.is_empty() && self.meta == *self.head.head_meta()
+    }
 }
 
 impl Scan {
@@ -310,11 +405,6 @@ impl Scan {
         state.set_meta(self.meta.clone())?;
         Ok(state)
     }
-
-    /// True when the work tree holds no change to commit.
-    pub fn is_clean(&self) -> bool {
-        self.updates.is_empty() && self.removed.is_empty() && self.meta == *self.head.meta()
-    }
 }
 
 /// Turn a walk made with the stat cache's paths as the tracked set into one made with the real
@@ -325,7 +415,7 @@ impl Scan {
 /// appear among the untracked entries in walk order, which only a new walk gives.
 pub(super) fn reconcile(
     mut w: walk::Walk,
-    paths: &[(&String, Was<'_>)],
+    paths: &[(&str, Was<'_>)],
     positions: &[Option<usize>],
     cached: usize,
 ) -> Option<walk::Walk> {
@@ -344,7 +434,7 @@ pub(super) fn reconcile(
         .iter()
         .zip(positions)
         .filter(|(_, pos)| pos.is_none())
-        .map(|((p, _), _)| p.as_str())
+        .map(|((p, _), _)| *p)
         .collect();
     if !unknown.is_empty() {
         w.found.retain(|f| {
@@ -417,18 +507,35 @@ impl WorkTree<'_> {
     pub fn scan(&mut self) -> Result<Scan> {
         // The walk is also the cheapest way to stat every tracked file (fstatat per directory
         // beats one full path lookup per file), so it is used even when `?` is not wanted.
-        let mut scan = self.scan_inner()?;
+        let mut scan = self.scan_inner(|| self.repo.head_state())?;
         scan.untracked = Vec::new();
         Ok(scan)
     }
 
-    /// `scan` plus the untracked and unstorable entries, in one walk of the tree (what
-    /// `status` needs).
+    /// `scan` plus the untracked and unstorable entries, in one walk of the tree.
     pub fn scan_all(&mut self) -> Result<Scan> {
-        self.scan_inner()
+        self.scan_inner(|| self.repo.head_state())
     }
 
-    fn scan_inner(&mut self) -> Result<Scan> {
+    /// What `status` lists: `scan_all`'s lists, with the head taken from the head index when
+    /// it is believed (`headindex`: then `.pvr/json` is not parsed; the working state cannot
+    /// be built from such a scan, and `status` does not need it).
+    pub fn status(&mut self) -> Result<Status> {
+        let repo = self.repo;
+        self.scan_inner(|| headindex::load_head(repo))
+    }
+
+    /// `status` with another stability cutoff for `.pvr/json`'s stat key (tests).
+    #[cfg(test)]
+    pub(super) fn status_with_cutoff(&mut self, cutoff: i64) -> Result<Status> {
+        let repo = self.repo;
+        self.scan_inner(|| headindex::load_head_with_cutoff(repo, cutoff))
+    }
+
+    fn scan_inner<H: HeadView>(
+        &mut self,
+        load_head: impl FnOnce() -> Result<H> + Send,
+    ) -> Result<Scan<H>> {
         let repo = self.repo;
         let root = repo.workdir();
         let tree = Beneath::open(root)?;
@@ -444,12 +551,8 @@ impl WorkTree<'_> {
         // exactly the tracked and staged files and symlinks in it), so the walk starts from
         // them while the head parses, and is checked against the real set afterwards (see
         // `reconcile`).
-        let load = || -> Result<(State, StagedMap, BTreeSet<String>)> {
-            Ok((
-                repo.head_state()?,
-                load_staged(repo)?,
-                load_staged_meta(repo)?,
-            ))
+        let load = || -> Result<(H, StagedMap, BTreeSet<String>)> {
+            Ok((load_head()?, load_staged(repo)?, load_staged_meta(repo)?))
         };
         let (loaded, early) = if cache.is_empty() {
             (load()?, None)
@@ -460,28 +563,36 @@ impl WorkTree<'_> {
             (loaded?, Some(walked?))
         };
         let (head, staged, staged_meta) = loaded;
-        let hm = head.meta();
+        let hm = head.head_meta();
         // Tracked and staged paths, in sorted runs: head files, head symlinks, staged-only
         // files, staged-only symlinks or directories. The lists below come out sorted anyway.
-        let mut paths: Vec<(&String, Was<'_>)> =
-            head.iter().map(|(k, e)| (k, Was::File(e))).collect();
-        paths.extend(hm.links.iter().map(|(k, t)| (k, Was::Link(t.as_str()))));
-        let known = |k: &String| head.contains(k) || hm.links.contains_key(k);
-        paths.extend(staged.keys().filter(|k| !known(k)).map(|k| (k, Was::New)));
+        let mut paths: Vec<(&str, Was<'_>)> = head.files_to_probe();
+        paths.extend(
+            hm.links
+                .iter()
+                .map(|(k, t)| (k.as_str(), Was::Link(t.as_str()))),
+        );
+        let known = |k: &str| head.has_file(k) || hm.links.contains_key(k);
+        paths.extend(
+            staged
+                .keys()
+                .filter(|k| !known(k))
+                .map(|k| (k.as_str(), Was::New)),
+        );
         paths.extend(
             staged_meta
                 .iter()
                 .filter(|k| !known(k) && !staged.contains_key(*k))
-                .map(|k| (k, Was::New)),
+                .map(|k| (k.as_str(), Was::New)),
         );
-        let positions = cache.positions(paths.iter().map(|(p, _)| p.as_str()));
+        let positions = cache.positions(paths.iter().map(|(p, _)| *p));
         // With a walk, tracked entries get their stat key from it (fstatat, cheap); the others
         // (ignored by .pvrignore, or gone) are looked up one by one below. Directories that did
         // not change since the last walk are not read again (`walk`'s directory cache).
         let walked = match early.and_then(|w| reconcile(w, &paths, &positions, cache.len())) {
             Some(w) => w,
             None => {
-                let tracked = walk::Tracked::new(paths.iter().map(|(p, _)| p.as_str()));
+                let tracked = walk::Tracked::new(paths.iter().map(|(p, _)| *p));
                 walk::walk(root, root, &tracked, dircache)?
             }
         };
@@ -527,7 +638,7 @@ impl WorkTree<'_> {
         }
         let cache_ref: &StatCache = cache;
         let bar = Progress::new(self.progress, paths.len(), "checking");
-        let probes: Vec<(&String, Was<'_>, bool, Found)> = par_map_exact(
+        let probes: Vec<(&str, Was<'_>, bool, Found)> = par_map_exact(
             paths.into_par_iter().zip(keys).zip(positions),
             |(((path, was), pre), pos)| {
                 let s = if staged.is_empty() {
@@ -535,11 +646,7 @@ impl WorkTree<'_> {
                 } else {
                     staged.get(path)
                 };
-                let head_entry = match was {
-                    Was::File(e) => Some(e),
-                    _ => None,
-                };
-                let as_object = stored_as_object(path, head_entry, s);
+                let as_object = stored_as_object(path, was.is_object(), s);
                 let cached = |k: &StatKey| pos.and_then(|i| cache_ref.trusted(i, k));
                 let found = probe(&tree, path, !as_object, &cached, was, pre)?;
                 bar.inc();
@@ -551,13 +658,20 @@ impl WorkTree<'_> {
         let mut removed = Vec::new();
         let mut meta = TreeMeta::default();
         let (mut added, mut deleted, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-        let mut staged_dirs: Vec<&String> = Vec::new();
+        let mut staged_dirs: Vec<&str> = Vec::new();
         // Files and symlinks of the view, in the probes' order (sorted runs).
         let mut present: Vec<&str> = Vec::new();
         let mut cache_dirty = false;
         let mut cached_entries = 0;
-        for (path, was, as_object, found) in &probes {
-            let path: &String = path;
+        let mut files_read = 0;
+        // The head's file modes, looked up once per file: hashed, not a tree search.
+        let head_modes: HashMap<&str, u32> =
+            hm.modes.iter().map(|(k, m)| (k.as_str(), *m)).collect();
+        let head_file_mode = |path: &str| match head_modes.is_empty() {
+            true => DEFAULT_FILE_MODE,
+            false => head_modes.get(path).copied().unwrap_or(DEFAULT_FILE_MODE),
+        };
+        for &(path, was, as_object, ref found) in &probes {
             if found.cache_entry().is_some() {
                 cached_entries += 1;
                 cache_dirty |= !found.cached();
@@ -567,65 +681,66 @@ impl WorkTree<'_> {
             }
             match found {
                 Found::File(p) => {
-                    meta.set_mode(path, p.mode, false);
-                    if let (Was::File(h), true) = (was, p.same_as_head) {
+                    files_read += usize::from(!p.cached);
+                    // Each path comes once: only a mode to record needs `set_mode`.
+                    if p.mode != DEFAULT_FILE_MODE {
+                        meta.set_mode(path, p.mode, false);
+                    }
+                    if was.is_head_file() && p.same_as_head {
                         // the head's own value: no entry to build or compare
-                        if hm.file_mode(path) != p.mode {
-                            changed.push(path.clone());
+                        if head_file_mode(path) != p.mode {
+                            changed.push(path.to_string());
                         }
-                        debug_assert!(matches!(h, Entry::Inline(_)));
                         continue;
                     }
                     let head_entry = match was {
-                        Was::File(h) => Some(*h),
+                        Was::File(h) => Some(h),
                         _ => None,
                     };
-                    let entry = entry_of(path, *as_object, p, head_entry)?;
+                    let entry = entry_of(path, as_object, p, head_entry)?;
                     let differs = match was {
                         Was::New => {
-                            added.push(path.clone());
+                            added.push(path.to_string());
                             true
                         }
                         Was::Link(_) => {
-                            changed.push(path.clone());
+                            changed.push(path.to_string());
                             true
                         }
-                        Was::File(h) => {
-                            let differs = **h != entry;
-                            if differs || hm.file_mode(path) != p.mode {
-                                changed.push(path.clone());
-                            }
-                            differs
-                        }
+                        Was::File(h) => *h != entry,
+                        Was::Indexed(h) => !h.is(&entry, p.value_sha),
                     };
+                    if was.is_head_file() && (differs || head_file_mode(path) != p.mode) {
+                        changed.push(path.to_string());
+                    }
                     if differs {
-                        updates.insert(path.clone(), entry);
+                        updates.insert(path.to_string(), entry);
                     }
                 }
                 Found::Link { target, .. } => {
                     match was {
-                        Was::New => added.push(path.clone()),
-                        Was::File(_) => {
-                            removed.push(path.clone());
-                            changed.push(path.clone());
+                        Was::New => added.push(path.to_string()),
+                        Was::File(_) | Was::Indexed(_) => {
+                            removed.push(path.to_string());
+                            changed.push(path.to_string());
                         }
-                        Was::Link(t) if *t != target => changed.push(path.clone()),
+                        Was::Link(t) if t != target => changed.push(path.to_string()),
                         Was::Link(_) => {}
                     }
-                    meta.links.insert(path.clone(), target.clone());
+                    meta.links.insert(path.to_string(), target.clone());
                 }
                 other => {
                     match was {
-                        Was::File(_) => {
-                            removed.push(path.clone());
-                            deleted.push(path.clone());
+                        Was::File(_) | Was::Indexed(_) => {
+                            removed.push(path.to_string());
+                            deleted.push(path.to_string());
                         }
-                        Was::Link(_) => deleted.push(path.clone()),
+                        Was::Link(_) => deleted.push(path.to_string()),
                         Was::New => {}
                     }
                     match other {
                         Found::Dir { .. } if staged_meta.contains(path) => staged_dirs.push(path),
-                        Found::Unstorable(what) => unstorable.push((path.clone(), what)),
+                        Found::Unstorable(what) => unstorable.push((path.to_string(), what)),
                         _ => {}
                     }
                 }
@@ -638,18 +753,20 @@ impl WorkTree<'_> {
         parents_of(present.iter().copied(), &mut view_dirs);
         let mut head_dirs: stat::HashSet<String> = stat::HashSet::default();
         parents_of(
-            head.iter()
-                .map(|(k, _)| k.as_str())
-                .chain(hm.links.keys().map(String::as_str))
+            probes
+                .iter()
+                .filter(|(_, was, _, _)| !matches!(was, Was::New))
+                .map(|(path, _, _, _)| *path)
                 .chain(hm.dirs.iter().map(String::as_str)),
             &mut head_dirs,
         );
         head_dirs.extend(hm.dirs.iter().cloned());
         // Only directories with nothing of the view under them can be empty ones (usually none).
-        let mut candidates: Vec<&String> = head_dirs
+        let mut candidates: Vec<&str> = head_dirs
             .iter()
+            .map(String::as_str)
             .chain(staged_dirs)
-            .filter(|d| !view_dirs.contains(d.as_str()))
+            .filter(|d| !view_dirs.contains(*d))
             .collect();
         candidates.sort_unstable_by(|a, b| b.cmp(a)); // children before their parents
         candidates.dedup();
@@ -663,11 +780,11 @@ impl WorkTree<'_> {
             }))
         };
         for d in candidates {
-            if view_dirs.contains(d.as_str()) || !is_dir_on_disk(d)? {
+            if view_dirs.contains(d) || !is_dir_on_disk(d)? {
                 continue;
             }
-            meta.dirs.insert(d.clone());
-            parents_of(std::iter::once(d.as_str()), &mut view_dirs);
+            meta.dirs.insert(d.to_string());
+            parents_of(std::iter::once(d), &mut view_dirs);
         }
         let all_dirs: Vec<String> = view_dirs.iter().chain(meta.dirs.iter()).cloned().collect();
         for d in &all_dirs {
@@ -716,7 +833,7 @@ impl WorkTree<'_> {
             cache.replace(
                 probes
                     .iter()
-                    .filter_map(|(path, _, _, f)| f.cache_entry().map(|c| (path.as_str(), c))),
+                    .filter_map(|(path, _, _, f)| f.cache_entry().map(|c| (*path, c))),
             );
             save = true;
         }
@@ -736,6 +853,7 @@ impl WorkTree<'_> {
             changed,
             untracked,
             unstorable,
+            files_read,
         })
     }
 }

@@ -670,3 +670,288 @@ fn parallel_probes_keep_order_and_report_a_failure() {
         .unwrap()
         .is_empty());
 }
+
+/// `status` takes the head from the head index (`headindex`) while the head has not moved.
+mod head_index {
+    use super::*;
+    use crate::worktree::headindex::{HeadIndex, LoadedHead};
+    use rand::{Rng, SeedableRng};
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// Never stable: a just-written `.pvr/json` as the real cutoff sees it.
+    const RACY: i64 = i64::MIN;
+    /// Always stable: `.pvr/json` as a status a second later sees it.
+    const STABLE: i64 = i64::MAX;
+
+    type Lists = (
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<(String, &'static str)>,
+    );
+
+    fn lists<H: HeadView>(s: &Scan<H>) -> Lists {
+        (
+            s.added.clone(),
+            s.deleted.clone(),
+            s.changed.clone(),
+            s.untracked.clone(),
+            s.unstorable.clone(),
+        )
+    }
+
+    fn how(s: &Status) -> &'static str {
+        match s.head {
+            LoadedHead::ByKey(_) => "key",
+            LoadedHead::ByContent(_) => "content",
+            LoadedHead::Parsed(_) => "parsed",
+        }
+    }
+
+    fn index_path(repo: &Repo) -> PathBuf {
+        repo.ext_dir().join("headindex")
+    }
+
+    /// What a status with no caches at all says: the head parsed (`scan_all` never reads the
+    /// head index), and no stat cache (moved aside by rename, which keeps its mtime, and put
+    /// back afterwards, so that the caches go on as they were).
+    fn uncached(repo: &Repo) -> std::result::Result<Lists, String> {
+        let cache = repo.ext_dir().join("statcache");
+        let aside = repo.ext_dir().join("statcache.aside");
+        let had = fs::rename(&cache, &aside).is_ok();
+        let got = WorkTree::open(repo)
+            .scan_all()
+            .map(|s| lists(&s))
+            .map_err(|e| e.to_string());
+        if had {
+            fs::rename(&aside, &cache).unwrap();
+        } else {
+            let _ = fs::remove_file(&cache);
+        }
+        got
+    }
+
+    #[test]
+    fn status_parses_the_head_only_when_it_moved() {
+        let (_d, repo) = setup();
+        write(&repo, "a.txt", "a");
+        write(&repo, "d/b.json", "{\"k\": [1, 2]}");
+        write(&repo, "c.json", "\"x\"");
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        // the commit wrote the index of its state; `.pvr/json` was just written, so its stat
+        // key is not recorded: the file is fingerprinted
+        let st = WorkTree::open(&repo).status_with_cutoff(RACY).unwrap();
+        assert_eq!((how(&st), st.is_clean()), ("content", true));
+        let st = WorkTree::open(&repo).status_with_cutoff(RACY).unwrap();
+        assert_eq!(how(&st), "content");
+        // once it is old enough its key is recorded, and then it is not even read
+        let st = WorkTree::open(&repo).status_with_cutoff(STABLE).unwrap();
+        assert_eq!(how(&st), "content");
+        let st = WorkTree::open(&repo).status_with_cutoff(STABLE).unwrap();
+        assert_eq!((how(&st), st.is_clean()), ("key", true));
+        // only changed files are read: a new value, and a reformatting that is no change
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(&repo, "d/b.json", "{\"k\": [1, 3]}");
+        write(&repo, "c.json", " \"x\" ");
+        let st = WorkTree::open(&repo).status_with_cutoff(STABLE).unwrap();
+        assert_eq!((how(&st), st.files_read), ("key", 2));
+        assert_eq!(st.changed, vec!["d/b.json"]);
+        // the head moves behind the work tree's back (as `apply`, `get` or pvr would): the
+        // stat key no longer matches, the fingerprint neither: parsed, and right
+        let lock = repo.lock().unwrap();
+        let mut head = repo.head_state().unwrap();
+        head.remove("c.json");
+        head.insert(
+            "d/b.json",
+            Entry::Inline(json::parse(b"{\"k\":[1,3]}").unwrap()),
+        )
+        .unwrap();
+        repo.commit_state(&lock, &head, "moved", None).unwrap();
+        drop(lock);
+        let st = WorkTree::open(&repo).status_with_cutoff(STABLE).unwrap();
+        assert_eq!(how(&st), "parsed");
+        assert_eq!(
+            (st.changed.len(), st.untracked.clone()),
+            (0, vec!["c.json".to_string()])
+        );
+        let want = lists(&st);
+        let st = WorkTree::open(&repo).status_with_cutoff(STABLE).unwrap();
+        assert_eq!((how(&st), lists(&st)), ("key", want.clone()));
+        assert_eq!(uncached(&repo), Ok(want));
+    }
+
+    #[test]
+    fn a_just_written_head_is_never_believed_on_its_stat_key() {
+        // The real cutoff: `.pvr/json` written now is racy, so its key is not recorded and
+        // every status fingerprints the file.
+        let (_d, repo) = setup();
+        write(&repo, "a.txt", "a");
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        for _ in 0..3 {
+            let st = WorkTree::open(&repo).status().unwrap();
+            assert_eq!(how(&st), "content");
+        }
+        // a recorded key is believed as long as it matches, without reading the file: an
+        // index keyed to the current file but built from another state is taken at its word
+        let _ = WorkTree::open(&repo).status_with_cutoff(STABLE).unwrap();
+        let json = repo.json_path();
+        let key = StatKey::of(&fs::metadata(&json).unwrap());
+        let mut other = repo.head_state().unwrap();
+        other
+            .insert("ghost.txt", Entry::Object(ObjectId::hash_bytes(b"g")))
+            .unwrap();
+        HeadIndex::build(&other, 0, Some(key)).save_to(&index_path(&repo));
+        let st = WorkTree::open(&repo).status_with_cutoff(STABLE).unwrap();
+        assert_eq!(
+            (how(&st), st.deleted.clone()),
+            ("key", vec!["ghost.txt".to_string()])
+        );
+        // ... and only then: the same lie under another key is checked against the bytes
+        let moved = StatKey {
+            ino: key.ino + 1,
+            ..key
+        };
+        HeadIndex::build(&other, 0, Some(moved)).save_to(&index_path(&repo));
+        let st = WorkTree::open(&repo).status_with_cutoff(STABLE).unwrap();
+        assert_eq!((how(&st), st.is_clean()), ("parsed", true));
+    }
+
+    #[test]
+    fn a_damaged_index_is_rebuilt_and_never_believed() {
+        let (_d, repo) = setup();
+        write(&repo, "a.txt", "a");
+        write(&repo, "b.json", "{}");
+        add_all(&repo, false, &[]);
+        commit(&repo);
+        let good = fs::read(index_path(&repo)).unwrap();
+        for damage in [0, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[damage] ^= 1;
+            fs::write(index_path(&repo), &bad).unwrap();
+            let st = WorkTree::open(&repo).status_with_cutoff(RACY).unwrap();
+            assert_eq!((how(&st), st.is_clean()), ("parsed", true));
+            let st = WorkTree::open(&repo).status_with_cutoff(RACY).unwrap();
+            assert_eq!(how(&st), "content");
+        }
+        // a head that does not parse fails as it did without an index
+        fs::write(repo.json_path(), "{bad").unwrap();
+        let err = WorkTree::open(&repo).status().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            WorkTree::open(&repo).scan_all().unwrap_err().to_string()
+        );
+    }
+
+    /// Random edits, adds, commits and head moves: `status` (from the index, believed by key
+    /// or by content) says exactly what a status with no cache says.
+    #[test]
+    fn status_with_the_index_equals_status_without_any_cache() {
+        let (_d, repo) = setup();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+        let names = [
+            "a.txt",
+            "b.bin",
+            "d/c.txt",
+            "d/e/f.txt",
+            "j.json",
+            "d/k.json",
+            "d/e/m.json",
+        ];
+        let texts = ["", "one", "two", "three\n"];
+        let hex = format!("\"{}\"", "ab".repeat(32));
+        let values = [
+            "{\"a\": 1}",
+            "{ \"a\" : 1.0 }",
+            "{\"a\": 2}",
+            "[1, \"x\", null]",
+            "\"s\"",
+            hex.as_str(),
+            "7e1",
+            "70",
+        ];
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut changes = 0;
+        for round in 0..150 {
+            let name = names[rng.gen_range(0..names.len())];
+            let abs = repo.workdir().join(name);
+            match rng.gen_range(0..12) {
+                0..=3 => {
+                    let _ = fs::remove_file(&abs);
+                    let text = if name.ends_with(".json") {
+                        values[rng.gen_range(0..values.len())]
+                    } else {
+                        texts[rng.gen_range(0..texts.len())]
+                    };
+                    write(&repo, name, text);
+                }
+                4 => {
+                    let _ = fs::remove_file(&abs);
+                }
+                5 => {
+                    let mode = [0o644, 0o755, 0o600][rng.gen_range(0..3)];
+                    let _ = fs::set_permissions(&abs, fs::Permissions::from_mode(mode));
+                }
+                6 => {
+                    let _ = fs::remove_file(&abs);
+                    let _ = fs::create_dir_all(abs.parent().unwrap());
+                    let _ = symlink(["a.txt", "../x", "d"][rng.gen_range(0..3)], &abs);
+                }
+                7 => {
+                    let empty = repo.workdir().join("d/empty");
+                    if fs::remove_dir(&empty).is_err() {
+                        let _ = fs::create_dir_all(&empty);
+                    }
+                }
+                8 => {
+                    let lock = repo.lock().unwrap();
+                    let raw = rng.gen_bool(0.3);
+                    let _ = WorkTree::open(&repo).add(&lock, repo.workdir(), &[], raw);
+                }
+                9 | 10 => {
+                    let lock = repo.lock().unwrap();
+                    let _ = WorkTree::open(&repo).commit(&lock, "r", &mut Vec::new());
+                }
+                _ => {
+                    // the head moves behind the work tree's back
+                    let lock = repo.lock().unwrap();
+                    let mut head = repo.head_state().unwrap();
+                    let id = ObjectId::hash_bytes(texts[rng.gen_range(0..texts.len())].as_bytes());
+                    if rng.gen_bool(0.5) {
+                        head.remove(name);
+                    } else if name.ends_with(".json") && rng.gen_bool(0.5) {
+                        let v = json::parse(values[rng.gen_range(0..values.len())].as_bytes());
+                        let _ = head.insert(name, Entry::Inline(v.unwrap()));
+                    } else {
+                        let _ = head.insert(name, Entry::Object(id));
+                    }
+                    let _ = repo.commit_state(&lock, &head, "moved", None);
+                }
+            }
+            let first = WorkTree::open(&repo).status_with_cutoff(STABLE);
+            let first_how = first.as_ref().map_or("error", how);
+            let first = first.map(|s| lists(&s)).map_err(|e| e.to_string());
+            let second = WorkTree::open(&repo).status_with_cutoff(STABLE);
+            if first.is_ok() {
+                // the first status recorded the key (or found it recorded)
+                assert_eq!(second.as_ref().map_or("error", how), "key", "round {round}");
+            }
+            let second = second.map(|s| lists(&s)).map_err(|e| e.to_string());
+            *counts.entry(first_how).or_default() += 1;
+            let none = uncached(&repo);
+            changes += usize::from(none.as_ref().is_ok_and(|l| !l.2.is_empty()));
+            assert_eq!(
+                first, none,
+                "round {round}: status ({first_how}) vs no cache"
+            );
+            assert_eq!(second, none, "round {round}: status (key) vs no cache");
+        }
+        // every way of getting the head was exercised, and there were changes to report
+        for way in ["key", "content", "parsed"] {
+            assert!(counts.get(way).is_some_and(|&n| n > 3), "{counts:?}");
+        }
+        assert!(changes > 50, "{changes}");
+    }
+}
