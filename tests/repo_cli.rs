@@ -426,6 +426,55 @@ fn a_pvr_made_repository_opens_commits_and_keeps_its_pool() {
     assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
 }
 
+/// `status` reads the head from `.pvr/pvrfs/headindex` while `.pvr/json` has not moved (commit
+/// writes it); whatever moves the head shows at once: an edit of `.pvr/json` in place that
+/// keeps its size, and a commit by the reference pvr.
+#[test]
+fn status_follows_the_head_wherever_it_moves() {
+    let d = Dir::new();
+    d.pvrfs(&["init"]).ok();
+    d.write("a.txt", "one\n");
+    d.write("c.json", r#"{"n": 1}"#);
+    d.pvrfs(&["add"]).ok();
+    d.pvrfs(&["commit", "-m", "first"]).ok();
+    assert!(d.path(".pvr/pvrfs/headindex").is_file());
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    // a second on, the first status records `.pvr/json`'s stat key, the next believes it
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(1100));
+    settle();
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    // the head edited in place, same size: a.txt's new content is now the head's
+    let json = d.read_string(".pvr/json");
+    let edited = json.replace(&sha(b"one\n"), &sha(b"two\n"));
+    assert_eq!((edited.len(), edited != json), (json.len(), true));
+    fs::write(d.path(".pvr/json"), &edited).unwrap();
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "C a.txt\n");
+    d.write("a.txt", "two\n");
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    settle();
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    fs::write(d.path(".pvr/json"), &json).unwrap();
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "C a.txt\n");
+    d.write("a.txt", "one\n");
+    // pvr commits into the repository
+    let Some(pvr) = common::reference::reference_pvr("status_follows_the_head_wherever_it_moves")
+    else {
+        return;
+    };
+    settle();
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+    d.write("b.txt", "bee\n");
+    d.write("c.json", r#"{"n": 2}"#);
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "C c.json\n? b.txt\n");
+    let home = d.config_dir.join("pvr-home");
+    for args in [&["add", "b.txt"][..], &["commit", "-m", "by pvr"]] {
+        let out = common::reference::run_pvr(&pvr, &d.root, &home, args);
+        assert!(out.status.success(), "pvr {args:?}: {out:?}");
+    }
+    assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
+}
+
 /// `status` reuses the listing of a directory that has not changed for a second or more (the
 /// directory cache); every later change must still show, including a `.pvrignore` edited in
 /// place (which does not touch its directory's mtime).
