@@ -46,7 +46,10 @@
 //! (git's untracked cache; rules and racy cases in `walk`). The walk runs while the head
 //! parses, from the stat cache's paths, and is reconciled with the real tracked set afterwards
 //! (`reconcile`: redone in the rare case they disagree in a way that matters). The working
-//! state is only built when a command needs it (`Scan::state`).
+//! state is only built when a command needs it (`Scan::state`). `status` needs no working
+//! state, so it does not parse the head either while `.pvr/json` has not moved: it reads the
+//! head index (`headindex`: per head file its object id or inline value hash, and the head's
+//! metadata), and compares ids (`Was::Indexed`).
 //!
 //! # Writes
 //!
