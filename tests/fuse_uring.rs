@@ -213,6 +213,77 @@ fn read_only_mount_uses_the_rings_and_exits_on_umount() {
     wait_exited(pid);
 }
 
+/// The `Cpus_allowed_list` of each thread of `pid` whose name starts with `prefix`.
+fn thread_cpus(pid: i32, prefix: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(name), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:")) {
+            if name.starts_with(prefix) {
+                out.push((name, cpus));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A streaming read through the daemon (no-open mode) is served off the reader's CPU: its
+/// readahead-sized READs (1 MiB, the daemon widens the window) move the queue thread off its
+/// CPU, and the next small request brings it back (both logged at debug level). Needs two
+/// CPUs and root (only root may widen the window; at 128 KiB no READ is big enough).
+#[test]
+fn streaming_reads_are_served_off_the_readers_cpu() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2
+        || !rustix::process::geteuid().is_root()
+    {
+        eprintln!("skipped: needs two CPUs and root (to widen the mount's readahead)");
+        return;
+    }
+    let blob: Vec<u8> = (0..8u32 << 20).map(|i| (i % 247) as u8).collect();
+    let mut t = fixture();
+    t.set("big.img", Content::Blob(&blob));
+    t.commit("big");
+    {
+        let m = Mount::with_env(
+            t.path(),
+            "latest",
+            &["--passthrough", "never"],
+            &[("RUST_LOG", "pvrfs::fuse::uring=debug")],
+        );
+        let pid = daemon_pid(m.path()).expect("daemon process");
+        on_cpu(0, || assert!(fs::read(m.join("big.img")).unwrap() == blob));
+        // A small request on CPU 0 brings queue 0's thread home.
+        on_cpu(0, || {
+            assert_eq!(fs::read_to_string(m.join("README")).unwrap(), "hello\n")
+        });
+        assert!(
+            thread_cpus(pid, "pvrfs-ring-0").iter().all(|(_, c)| c == "0"),
+            "queue 0's thread did not return to CPU 0: {:?}",
+            thread_cpus(pid, "pvrfs-ring-")
+        );
+    }
+    let log: String = fs::read_dir(t.repo.ext_dir().join("logs"))
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let away = log.find("io_uring queue 0: serving big READs off its CPU");
+    let home = log.rfind("io_uring queue 0: back on its CPU");
+    assert!(
+        matches!((away, home), (Some(a), Some(h)) if a < h),
+        "queue 0 did not serve the big READs off its CPU and come back:\n{log}"
+    );
+}
+
 /// READs that come by the rings are answered by the read-only file system's direct reader
 /// (data copied straight into the ring's payload), not through fuser's dispatch: byte-exact at
 /// any offset, short at the end of the file, and EIO for a missing object.
