@@ -45,7 +45,7 @@ fn transport(mnt: &Path) -> String {
     a.text
 }
 
-/// Requests served by the rings so far, from `io_uring (Q queues, R requests)`.
+/// Requests served by the rings so far, from `io_uring (Q queues, R requests, …)`.
 fn ring_requests(text: &str) -> u64 {
     assert!(text.starts_with("io_uring ("), "not on io_uring: {text}");
     text.split(", ")
@@ -267,7 +267,9 @@ fn streaming_reads_are_served_off_the_readers_cpu() {
             assert_eq!(fs::read_to_string(m.join("README")).unwrap(), "hello\n")
         });
         assert!(
-            thread_cpus(pid, "pvrfs-ring-0").iter().all(|(_, c)| c == "0"),
+            thread_cpus(pid, "pvrfs-ring-0")
+                .iter()
+                .all(|(_, c)| c == "0"),
             "queue 0's thread did not return to CPU 0: {:?}",
             thread_cpus(pid, "pvrfs-ring-")
         );

@@ -744,7 +744,10 @@ mod tests {
         let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
         let (from, to) = (1 << 20, (1 << 20) + PREFETCH as usize);
         if resident_pages(&map, from..to) > 0 {
-            println!("SKIPPED: the page cache of {} cannot be dropped", path.display());
+            println!(
+                "SKIPPED: the page cache of {} cannot be dropped",
+                path.display()
+            );
             return;
         }
         let of = ObjectFile {

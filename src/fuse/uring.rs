@@ -32,8 +32,9 @@
 //! come to the reader's queue, so the reader (allocating and copying out of the mount's page
 //! cache) and its queue thread (copying out of the object's mapping into the payload, then,
 //! in COMMIT_AND_FETCH, the kernel copying the payload into those pages) took turns on one
-//! CPU while the other idled: a cold 1 GiB read through the daemon took 1.4-1.7 s against
-//! 1.3-1.4 s on `/dev/fuse`, whose workers run beside the reader. So a READ of at least
+//! CPU while the other idled (the queue thread sat idle 60-65% of a cold 1 GiB read, slower
+//! than on `/dev/fuse`, whose workers run beside the reader; docs/SEMANTICS.md, "Reads"). So
+//! a READ of at least
 //! `OFF_CPU_READ` bytes is served, and committed, with the queue thread allowed on every CPU
 //! but its own (`queue_cpus`); the next smaller request brings it back. The thread only moves
 //! when the kind of request changes (one `sched_setaffinity` each way), and never commits in
@@ -49,6 +50,8 @@
 //!   kernel refuses is sent on purpose (`refuse`), so it falls back instead of holding requests;
 //! - every request taken from a ring is answered (a handler that panics or does not reply
 //!   gets EIO), else the caller would wait forever;
+//! - a queue thread serves every request below `OFF_CPU_READ` on its own CPU (it moves back
+//!   first), so the placement above holds for everything but streaming reads;
 //! - a queue thread never waits in SCHED_IDLE (it returns to SCHED_OTHER before it sleeps): an
 //!   idle-policy thread woken on a busy CPU would wait behind every other task there. The
 //!   policy switch is used only if leaving SCHED_IDLE is allowed (root, or RLIMIT_NICE), tried
@@ -640,7 +643,10 @@ impl Queue {
                 }
             }
             // E.g. every other CPU offline or outside the daemon's cpuset: stay.
-            Err(e) => log::debug!("io_uring queue {}: cannot move (off its CPU: {off_cpu}): {e}", self.qid),
+            Err(e) => log::debug!(
+                "io_uring queue {}: cannot move (off its CPU: {off_cpu}): {e}",
+                self.qid
+            ),
         }
     }
 
