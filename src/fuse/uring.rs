@@ -34,11 +34,11 @@
 //! in COMMIT_AND_FETCH, the kernel copying the payload into those pages) took turns on one
 //! CPU while the other idled (the queue thread sat idle 60-65% of a cold 1 GiB read, slower
 //! than on `/dev/fuse`, whose workers run beside the reader; docs/SEMANTICS.md, "Reads"). So
-//! a READ of at least
-//! `OFF_CPU_READ` bytes is served, and committed, with the queue thread allowed on every CPU
-//! but its own (`queue_cpus`); the next smaller request brings it back. The thread only moves
-//! when the kind of request changes (one `sched_setaffinity` each way), and never commits in
-//! SCHED_IDLE while away.
+//! a READ of at least `OFF_CPU_READ` bytes is served, and committed, with the queue thread
+//! allowed on every CPU but its own (`queue_cpus`); the next smaller request brings it back.
+//! The thread only moves when the kind of request changes (one `sched_setaffinity` each way),
+//! and never commits in SCHED_IDLE while away. Without root the mount's readahead window stays
+//! at 128 KiB, no READ is that big, and nothing moves.
 //!
 //! Invariants and failure handling:
 //! - the rings are created (and URING_CMD probed) before the mount, and the capability is asked
