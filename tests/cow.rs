@@ -31,6 +31,7 @@ common::cow_tests!(
     mounts_and_the_control_socket_say_which_backend,
     umount_returns_once_the_daemon_is_gone_so_a_remount_works_at_once,
     inode_flag_ioctls_are_unsupported_quietly,
+    metadata_changes_of_base_files_commit_their_objects_unread,
 );
 
 fn fixture() -> TestRepo {
@@ -747,13 +748,19 @@ fn xattrs_and_dot_pvr_are_refused() {
         // overlayfs keeps user xattrs in the upper layer and cannot refuse a top-level `.pvr`;
         // neither is committed (docs/SEMANTICS.md).
         assert_eq!(r, 0);
-        // A base file lists no xattrs: the lower layer says it has none to list (ENOSYS once,
-        // so that copy-ups do not ask); once copied up, the file lists what the upper holds.
-        let r = unsafe { libc::listxattr(c("README").as_ptr(), std::ptr::null_mut(), 0) };
-        assert_eq!(
-            (r, std::io::Error::last_os_error().raw_os_error()),
-            (-1, Some(libc::EOPNOTSUPP))
-        );
+        // A base file lists no xattrs. The EROFS lower has only overlayfs's own, which
+        // overlayfs hides; the FUSE lower says it has none to list (ENOSYS once, so that
+        // copy-ups do not ask). Once copied up, the file lists what the upper holds.
+        // (Asked with a buffer: overlayfs answers a size query with the lower's unfiltered size.)
+        let mut buf = vec![0u8; 4096];
+        let r = unsafe { libc::listxattr(c("README").as_ptr(), buf.as_mut_ptr().cast(), 4096) };
+        let listed = (r, std::io::Error::last_os_error().raw_os_error());
+        if common::kernel_lower() == "fuse" {
+            assert_eq!(listed, (-1, Some(libc::EOPNOTSUPP)));
+        } else {
+            let names = String::from_utf8_lossy(&buf[..r.max(0) as usize]).into_owned();
+            assert_eq!(r, 0, "{listed:?}: {names}");
+        }
         fs::set_permissions(m.join("README"), fs::Permissions::from_mode(0o600)).unwrap();
         let r = unsafe { libc::listxattr(c("README").as_ptr(), std::ptr::null_mut(), 0) };
         assert!(r >= 0, "{}", std::io::Error::last_os_error());
@@ -1090,6 +1097,96 @@ fn mounts_and_the_control_socket_say_which_backend() {
         " - fuse"
     };
     assert!(ours[0].contains(fstype), "{}", ours[0]);
+    if common::cow() == "kernel" {
+        // which lower layer: the EROFS image with the object store as data-only layer, or
+        // the FUSE mount (`PVRFS_KERNEL_LOWER=fuse`, or where EROFS cannot be used)
+        let transport =
+            pvrfs::fuse::control::request(&canon, &pvrfs::fuse::control::Request::new("transport"))
+                .unwrap()
+                .text;
+        let objects = format!("datadir+={}/.pvr/objects", repo);
+        if common::kernel_lower() == "erofs" {
+            assert!(transport.contains("EROFS image"), "{transport}");
+            assert!(ours[0].contains(&objects), "{}", ours[0]);
+            assert!(ours[0].contains("metacopy=on"), "{}", ours[0]);
+        } else {
+            assert!(transport.contains("lower layer on FUSE"), "{transport}");
+            assert!(!ours[0].contains("datadir+="), "{}", ours[0]);
+        }
+    }
+}
+
+/// A chmod, touch or rename of base files (and of a base directory holding one) commits the
+/// same objects with the new modes and names. Over the EROFS lower these are metadata-only
+/// copy-ups: the 2 MB blob's data is never copied into the upper layer nor read by the commit.
+/// A write afterwards copies the data up and commits new bytes.
+fn metadata_changes_of_base_files_commit_their_objects_unread() {
+    let t = fixture();
+    let before = t.repo.head_state().unwrap();
+    let m = rw(&t);
+    fs::set_permissions(m.join("blobs/big.img"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(m.join("app/data.txt"), m.join("data-moved.txt")).unwrap();
+    fs::rename(m.join("app/bin"), m.join("app/sbin")).unwrap();
+    fs::set_permissions(m.join("app/sbin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    let now = std::time::SystemTime::now();
+    fs::File::options()
+        .write(true)
+        .open(m.join("README"))
+        .unwrap()
+        .set_modified(now)
+        .unwrap();
+    if common::cow() == "kernel" && common::kernel_lower() == "erofs" {
+        let upper = fs::read_dir(t.path().join(".pvr/pvrfs/overlay/default"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("upper."))
+            .unwrap()
+            .path();
+        let copied = fs::metadata(upper.join("blobs/big.img")).unwrap();
+        assert_eq!(copied.len(), 2_000_000);
+        assert!(
+            copied.blocks() * 512 < 100_000,
+            "the chmod copied {} bytes of data up",
+            copied.blocks() * 512
+        );
+    }
+    let out = ok_with_err(cli(m.path(), &["commit", "-m", "metadata only"]));
+    assert!(out.0.contains("Committed revision 2"), "{out:?}");
+    let head = t.repo.head_state().unwrap();
+    assert_eq!(head.get("blobs/big.img"), before.get("blobs/big.img"));
+    assert_eq!(head.meta().file_mode("blobs/big.img"), 0o600);
+    assert_eq!(head.get("data-moved.txt"), before.get("app/data.txt"));
+    assert!(head.get("app/data.txt").is_none() && head.get("app/bin/tool").is_none());
+    assert_eq!(head.get("app/sbin/tool"), before.get("app/bin/tool"));
+    assert_eq!(head.meta().file_mode("app/sbin/tool"), 0o755);
+    assert_eq!(head.get("README"), before.get("README"));
+    assert_eq!(ok(cli(m.path(), &["status"])), "");
+    // the data is the base's, through the mount too
+    assert_eq!(fs::read(m.join("data-moved.txt")).unwrap(), b"data");
+    // a write copies the data up first: the new bytes are committed, the old never changed
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("blobs/big.img"))
+        .unwrap()
+        .write_all(b"tail")
+        .unwrap();
+    ok_with_err(cli(m.path(), &["commit", "-m", "data"]));
+    let head = t.repo.head_state().unwrap();
+    let Some(Entry::Object(id)) = head.get("blobs/big.img") else {
+        panic!("blobs/big.img is not an object");
+    };
+    let mut expected: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    expected.extend_from_slice(b"tail");
+    assert_eq!(fs::read(t.repo.store().path_of(id)).unwrap(), expected);
+    assert_eq!(head.meta().file_mode("blobs/big.img"), 0o600);
+    let Some(Entry::Object(old)) = before.get("blobs/big.img") else {
+        panic!("blobs/big.img was not an object");
+    };
+    assert_eq!(
+        fs::metadata(t.repo.store().path_of(old)).unwrap().len(),
+        2_000_000
+    );
+    drop(m);
 }
 
 /// `--cow auto` mounts the FUSE overlay for a user who may not mount overlayfs (no

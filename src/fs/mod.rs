@@ -21,6 +21,7 @@ use std::time::SystemTime;
 pub mod change;
 pub mod cow;
 mod error;
+pub mod image;
 pub mod opens;
 pub mod overlay;
 pub mod readonly;

@@ -1,27 +1,40 @@
 //! The kernel-overlayfs backend of a `--rw` mount: overlayfs at the mountpoint, over a private
-//! read-only FUSE mount of the base revision that this daemon serves.
+//! lower layer of the base revision, of one of two kinds ([`LowerKind`], kept per upper layer):
+//!
+//! - **EROFS** (the default where the kernel has it): the revision's metadata image
+//!   (`fs::image`, cached next to the upper layer) mounted from its file, plus the store's
+//!   `objects` directory as a data-only layer (`datadir+`, `metacopy=on`). The kernel serves
+//!   the whole lower layer: no lookup, open or read of a base file waits for this daemon.
+//! - **FUSE**: a read-only FUSE mount of the revision that this daemon serves
+//!   (`metacopy=off`): where EROFS is missing, or the store is itself on overlayfs or FUSE,
+//!   or `PVRFS_KERNEL_LOWER=fuse` asks for it.
 //!
 //! Made with the new mount API, so the lower mount is never attached anywhere (no second
 //! mountpoint to see, manage or leak):
 //!
-//! 1. `fsopen("fuse")` + `fsconfig(fd=/dev/fuse, rootmode, user_id, group_id,
-//!    default_permissions)` + `FSCONFIG_CMD_CREATE`: the kernel queues INIT, which
-//!    `fuser::Session::from_fd` answers; `fsmount` gives a *detached* mount (an fd);
-//! 2. the session's workers start serving (overlayfs looks at its lower layer while mounting);
-//! 3. `fsopen("overlay")` with `lowerdir+` = that mount's fd, `upperdir`/`workdir` = fds of the
-//!    overlay's directories, the options of [`OVERLAY_OPTIONS`], `source` = the mount's
-//!    `pvrfs:<repo>@rw:<overlay>` name; `fsmount`; `move_mount` onto the mountpoint. Our fd of
-//!    the lower mount is then closed: overlayfs holds its own private clone.
+//! 1. EROFS: `fsopen("erofs")` + `source` = the image file + `FSCONFIG_CMD_CREATE` + `fsmount`
+//!    gives a *detached* mount (an fd). FUSE: `fsopen("fuse")` + `fsconfig(fd=/dev/fuse,
+//!    rootmode, user_id, group_id, default_permissions)` + `FSCONFIG_CMD_CREATE`: the kernel
+//!    queues INIT, which `fuser::Session::from_fd` answers; `fsmount`; the session's workers
+//!    start serving (overlayfs looks at its lower layer while mounting);
+//! 2. `fsopen("overlay")` with `lowerdir+` = that mount's fd (and `datadir+` = the objects
+//!    directory for EROFS), `upperdir`/`workdir` = fds of the overlay's directories, the
+//!    options of [`overlay_options`], `source` = the mount's `pvrfs:<repo>@rw:<overlay>` name;
+//!    `fsmount`; `move_mount` onto the mountpoint. Our fd of the lower mount is then closed:
+//!    overlayfs holds its own private clone.
 //!
 //! Lifetime: when the overlay is unmounted (and no open file pins it) overlayfs drops the lower
-//! mount, the FUSE superblock goes away, `/dev/fuse` reports it and the session's workers end.
-//! If the daemon dies first, the overlay stays mounted and its lower layer answers `ENOTCONN`;
-//! `pvrfs umount` unmounts the overlay (lazily) and so releases both (`mounts::unmount`).
+//! mount. The daemon learns it from the FUSE lower's session ending, or, for EROFS, from the
+//! mount table (`/proc/self/mountinfo` polled for changes). If the daemon dies first, an EROFS
+//! overlay keeps working (only commits, status and reset need the daemon) and a FUSE one's
+//! lower layer answers `ENOTCONN`; `pvrfs umount` unmounts the overlay (lazily) and so
+//! releases both (`mounts::unmount`).
 
 use super::readonly::ReadOnlyFuse;
 use super::Passthrough;
 use crate::error::{Error, Result};
 use crate::fs::readonly::ReadOnlyFs;
+use crate::fs::upper::LowerKind;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::mount::{
     fsconfig_create, fsconfig_set_fd, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen,
@@ -30,22 +43,84 @@ use rustix::mount::{
 use std::path::Path;
 use std::sync::Arc;
 
-/// The overlayfs options a kernel-backend mount uses (docs/OVERLAY.md, "Kernel backend", says
-/// why each is chosen). Never `volatile`: it gives up the durability of the upper layer.
-pub const OVERLAY_OPTIONS: &[(&str, &str)] = &[
-    // A rename of a base directory is a rename (a redirect xattr), not EXDEV: `mv dir new`
-    // works as on a local file system, and the commit follows the redirect (O(1) per rename).
-    ("redirect_dir", "on"),
-    // No inode index: it needs file handles the lower layer cannot decode after a remount
-    // (FUSE node ids are per-session), and it would only keep hard links of base files whole.
-    ("index", "off"),
-    // Inode numbers of the overlay are the real ones, tagged by layer in the high bits: unique
-    // and persistent, at the price of st_ino values above 2^32 for base files.
-    ("xino", "on"),
-    // A copy-up copies the data: a chmod of a 1 GiB base blob copies it (the upper layer is
-    // then self-contained, which the commit relies on to hash only upper files).
-    ("metacopy", "off"),
-];
+/// The overlayfs options a kernel-backend mount uses over a lower layer of kind `lower`
+/// (docs/OVERLAY.md, "Kernel backend", says why each is chosen). Never `volatile`: it gives up
+/// the durability of the upper layer.
+pub fn overlay_options(lower: LowerKind) -> [(&'static str, &'static str); 4] {
+    [
+        // A rename of a base directory is a rename (a redirect xattr), not EXDEV: `mv dir new`
+        // works as on a local file system, and the commit follows the redirect (O(1) per
+        // rename).
+        ("redirect_dir", "on"),
+        // No inode index: it needs file handles the lower layer can decode after a remount
+        // (FUSE node ids are per-session), and it would only keep hard links of base files
+        // whole.
+        ("index", "off"),
+        // Inode numbers of the overlay are the real ones, tagged by layer in the high bits:
+        // unique and persistent, at the price of st_ino values above 2^32 for base files.
+        ("xino", "on"),
+        match lower {
+            // Needed for the data-only layer. A chmod, chown, touch or rename of a base file
+            // copies up its metadata only (the commit takes the data from the lower revision);
+            // a write copies the data first.
+            LowerKind::Erofs => ("metacopy", "on"),
+            // A copy-up copies the data: a chmod of a 1 GiB base blob copies it (the upper
+            // layer is then self-contained).
+            LowerKind::Fuse => ("metacopy", "off"),
+        },
+    ]
+}
+
+/// The kind of lower layer a new upper layer gets for a repository whose object store is
+/// `objects`: EROFS when the kernel can mount it and the store is a plain local file system
+/// (overlayfs cannot stack a data-only layer on overlayfs or FUSE more than one level);
+/// `PVRFS_KERNEL_LOWER=fuse|erofs` forces one (measurement, tests).
+pub fn preferred_lower(objects: &Path) -> LowerKind {
+    match std::env::var("PVRFS_KERNEL_LOWER").as_deref() {
+        Ok("fuse") => return LowerKind::Fuse,
+        Ok("erofs") => return LowerKind::Erofs,
+        _ => {}
+    }
+    if super::is_stacked_fs(objects) {
+        log::info!(
+            "object store '{}' is on overlayfs or FUSE: the lower layer is a FUSE mount",
+            objects.display()
+        );
+        return LowerKind::Fuse;
+    }
+    match fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(_) => LowerKind::Erofs,
+        Err(e) => {
+            log::info!("the kernel cannot mount EROFS ({e}): the lower layer is a FUSE mount");
+            LowerKind::Fuse
+        }
+    }
+}
+
+/// Mount the EROFS image at `image` read-only, detached (not attached anywhere).
+pub fn mount_erofs(image: &Path) -> Result<OwnedFd> {
+    let fsfd = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| mount_api("fsopen(erofs) for the lower layer", e))?;
+    let source = image
+        .to_str()
+        .ok_or_else(|| Error::Other(format!("image path '{}' is not UTF-8", image.display())))?;
+    fsconfig_set_string(&fsfd, "source", source)
+        .map_err(|e| mount_api(&format!("fsconfig(erofs, source={source})"), e))?;
+    fsconfig_create(&fsfd).map_err(|e| {
+        mount_api(
+            &format!("mount the EROFS image '{}' (see dmesg)", image.display()),
+            e,
+        )
+    })?;
+    fsmount(
+        &fsfd,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOSUID,
+    )
+    .map_err(|e| mount_api("fsmount the EROFS lower layer", e))
+}
 
 /// Whether this process may mount overlayfs at all (CAP_SYS_ADMIN in the mount namespace's
 /// user namespace): `fsopen` asks exactly that, and nothing is mounted by asking.
@@ -129,15 +204,26 @@ pub fn mount_lower(fs: Arc<ReadOnlyFs>, name: &str, passthrough: Passthrough) ->
     Ok(Lower { session, mount })
 }
 
-/// Mount overlayfs at `mnt`: lower = the detached mount `lower`, upper and work directories as
-/// given, source `source`. The lower layer must already be served.
-pub fn mount_overlay(
-    lower: impl AsFd,
-    upper: &Path,
-    work: &Path,
-    source: &str,
-    mnt: &Path,
-) -> Result<()> {
+/// The layers of an overlayfs mount.
+pub struct Layers<'a> {
+    /// The detached mount of the lower layer (already served, for FUSE).
+    pub lower: &'a OwnedFd,
+    pub kind: LowerKind,
+    /// The data-only layer (the object store), for an EROFS lower.
+    pub data: Option<&'a Path>,
+    pub upper: &'a Path,
+    pub work: &'a Path,
+}
+
+/// Mount overlayfs of `layers` at `mnt`, source `source`.
+pub fn mount_overlay(layers: &Layers, source: &str, mnt: &Path) -> Result<()> {
+    let Layers {
+        lower,
+        kind,
+        data,
+        upper,
+        work,
+    } = *layers;
     let open_dir = |p: &Path| {
         rustix::fs::open(
             p,
@@ -154,7 +240,7 @@ pub fn mount_overlay(
             .map_err(|e| mount_api(&format!("fsconfig(overlay, {k}={v})"), e))
     };
     set("source", source)?;
-    for (k, v) in OVERLAY_OPTIONS {
+    for (k, v) in overlay_options(kind) {
         set(k, v)?;
     }
     // Measurement only (docs/ARCHITECTURE.md): other options, `k=v,k=v`, set after ours.
@@ -171,6 +257,11 @@ pub fn mount_overlay(
     }
     fsconfig_set_fd(&fsfd, "lowerdir+", lower.as_fd())
         .map_err(|e| mount_api("fsconfig(overlay, lowerdir+)", e))?;
+    if let Some(data) = data {
+        let d = open_dir(data)?;
+        fsconfig_set_fd(&fsfd, "datadir+", &d)
+            .map_err(|e| mount_api("fsconfig(overlay, datadir+)", e))?;
+    }
     fsconfig_set_fd(&fsfd, "upperdir", &up).map_err(|e| mount_api("fsconfig(upperdir)", e))?;
     fsconfig_set_fd(&fsfd, "workdir", &wk).map_err(|e| mount_api("fsconfig(workdir)", e))?;
     fsconfig_create(&fsfd).map_err(|e| overlay_error(e, upper))?;
@@ -260,6 +351,9 @@ impl KernelDaemon {
             ov.lower_state().clone(),
             &opts,
         );
+        if ov.lower_kind() == LowerKind::Erofs {
+            return self.mount_erofs_layer(inner, &fs);
+        }
         let name = format!("{}:lower:{}", self.source, ov.lower_revision().rev);
         let Lower { session, mount } = mount_lower(fs, &name, self.passthrough)?;
         let generation = inner.generation;
@@ -274,13 +368,75 @@ impl KernelDaemon {
             })
             .map_err(|e| Error::io("start the lower session of", &self.mnt, e))?;
         // If overlayfs refuses, dropping `mount` ends the lower session too.
-        mount_overlay(
-            &mount,
-            &ov.upper_dir(),
-            &ov.work_dir(),
-            &self.source,
-            &self.mnt,
-        )
+        let (upper, work) = (ov.upper_dir(), ov.work_dir());
+        let layers = Layers {
+            lower: &mount,
+            kind: LowerKind::Fuse,
+            data: None,
+            upper: &upper,
+            work: &work,
+        };
+        mount_overlay(&layers, &self.source, &self.mnt)
+    }
+
+    /// The EROFS lower: the layer's image (made now if this layer has none yet for this
+    /// presentation), the object store as data-only layer; then a thread that reports the end
+    /// of this generation's overlay.
+    fn mount_erofs_layer(&self, inner: &Inner, fs: &ReadOnlyFs) -> Result<()> {
+        let ov = &inner.ov;
+        let root = fs
+            .getattr(crate::fs::ROOT_INO)
+            .map_err(|e| Error::Other(format!("the lower revision's root: {e:?}")))?;
+        // What the image shows besides the revision: its inline rendering and its owner.
+        let key = format!(
+            "{}-{}-{}",
+            if self.canonical {
+                "canonical"
+            } else {
+                "checkout"
+            },
+            root.uid,
+            root.gid
+        );
+        let image = ov.lower_image(&key);
+        if !image.exists() {
+            let began = std::time::Instant::now();
+            let bytes = crate::fs::image::erofs_image(fs)?;
+            crate::fsutil::atomic_write(&image, &bytes, 0o600)?;
+            log::info!(
+                "made the EROFS image of revision {} ({} bytes, {} paths) in {:.3} s: {}",
+                ov.lower_revision().rev,
+                bytes.len(),
+                fs.tree().len(),
+                began.elapsed().as_secs_f64(),
+                image.display()
+            );
+        }
+        let lower = mount_erofs(&image)?;
+        let (upper, work) = (ov.upper_dir(), ov.work_dir());
+        let objects = ov.repo().store().dir().to_path_buf();
+        let layers = Layers {
+            lower: &lower,
+            kind: LowerKind::Erofs,
+            data: Some(&objects),
+            upper: &upper,
+            work: &work,
+        };
+        mount_overlay(&layers, &self.source, &self.mnt)?;
+        let id = mount_id(&self.mnt)?;
+        let generation = inner.generation;
+        let ended = self.ended.clone();
+        let mnt = self.mnt.clone();
+        std::thread::Builder::new()
+            .name(format!("pvrfs-watch-{generation}"))
+            .spawn(move || {
+                if let Err(e) = wait_until_unmounted(id) {
+                    log::error!("watching the mount table for {}: {e}", mnt.display());
+                }
+                let _ = ended.send(generation);
+            })
+            .map_err(|e| Error::io("start the mount watcher of", &self.mnt, e))?;
+        Ok(())
     }
 
     /// Wait until the current overlay is unmounted (its lower session ends).
@@ -304,7 +460,10 @@ impl super::control::Controlled for KernelDaemon {
         "kernel"
     }
     fn transport(&self) -> String {
-        "kernel overlayfs (lower layer on /dev/fuse)".into()
+        match self.inner.lock().ov.lower_kind() {
+            LowerKind::Erofs => "kernel overlayfs (lower layer: EROFS image + object store)".into(),
+            LowerKind::Fuse => "kernel overlayfs (lower layer on FUSE)".into(),
+        }
     }
     fn status_text(&self) -> Result<String> {
         self.inner.lock().ov.status_text()
@@ -328,7 +487,8 @@ impl super::control::Controlled for KernelDaemon {
         g.generation += 1;
         rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH)
             .map_err(|e| Error::io("detach the overlay at", &self.mnt, e.into()))?;
-        let mounted = g.ov.reset().and_then(|()| self.mount_layer(&g));
+        let kind = preferred_lower(g.ov.repo().store().dir());
+        let mounted = g.ov.reset(kind).and_then(|()| self.mount_layer(&g));
         if mounted.is_err() {
             // Nothing is mounted any more: let the daemon end.
             let _ = self.ended.send(g.generation);
@@ -340,5 +500,66 @@ impl super::control::Controlled for KernelDaemon {
     }
     fn workdir(&self) -> std::path::PathBuf {
         self.inner.lock().ov.repo().workdir().to_path_buf()
+    }
+}
+
+/// The mount id (as `/proc/self/mountinfo` lists it) of the mount at `mnt`.
+fn mount_id(mnt: &Path) -> Result<u64> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        mnt,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .map_err(|e| Error::io("statx", mnt, e.into()))?;
+    Ok(st.stx_mnt_id)
+}
+
+/// Whether mount `id` is in the mount table `mountinfo` (its first field).
+fn listed(mountinfo: &str, id: u64) -> bool {
+    let id = id.to_string();
+    mountinfo
+        .lines()
+        .any(|l| l.split(' ').next() == Some(id.as_str()))
+}
+
+/// Block until mount `id` leaves this mount namespace's table: `/proc/self/mountinfo` reports
+/// every change of the table to `poll` (POLLPRI), counted from when it was opened, so no
+/// change between a read and the next poll is missed.
+fn wait_until_unmounted(id: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut table = std::fs::File::open("/proc/self/mountinfo")?;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        table.rewind()?;
+        table.read_to_string(&mut text)?;
+        if !listed(&text, id) {
+            return Ok(());
+        }
+        let mut fds = [rustix::event::PollFd::new(
+            &table,
+            rustix::event::PollFlags::PRI,
+        )];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listed;
+
+    #[test]
+    fn a_mount_is_listed_by_its_first_field_only() {
+        let table = "22 1 0:21 / /proc rw - proc proc rw\n\
+                     236 22 0:52 / /mnt/x rw - overlay pvrfs:/r@rw:default rw,lowerdir+=236\n";
+        assert!(listed(table, 236));
+        assert!(listed(table, 22));
+        assert!(!listed(table, 1));
+        assert!(!listed(table, 23));
+        assert!(!listed("", 22));
     }
 }

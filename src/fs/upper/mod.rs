@@ -8,7 +8,8 @@
 //! ├── lock          flock(2): one daemon at a time owns an overlay (as the FUSE backend's)
 //! ├── kernel.json   {lower_rev, lower_state, head_rev, committed: [root...], layer: N}
 //! ├── upper.N/      overlayfs upperdir: new and copied-up files, whiteouts, xattrs
-//! └── work.N/       overlayfs workdir
+//! ├── work.N/       overlayfs workdir
+//! └── lower.N-K.erofs  EROFS image of the lower revision (EROFS lower only; K: presentation)
 //! ```
 //!
 //! `kernel.json` marks the directory as a kernel-backend overlay (a FUSE-backend overlay has a
@@ -32,8 +33,8 @@
 //! base is never walked). A commit makes those roots the new `committed`; a reset (which
 //! unmounts) starts a fresh upper layer on the head, which becomes the lower.
 //!
-//! # Reading the upper layer (overlayfs's on-disk format, with `redirect_dir=on`,
-//! `metacopy=off`)
+//! # Reading the upper layer (overlayfs's on-disk format, with `redirect_dir=on`; `metacopy`
+//! is `on` over an EROFS lower, `off` over the FUSE lower: see [`LowerKind`])
 //!
 //! - a character device 0/0 is a *whiteout*: the name is gone from the view;
 //! - a directory with `trusted.overlay.opaque` = `y` hides the lower directory of its name;
@@ -41,8 +42,12 @@
 //!   (absolute `/a/b`, or a name relative to its parent's lower directory): a renamed base
 //!   directory;
 //! - any other directory merges with the lower directory of the same name, if there is one;
-//! - regular files are whole (no metacopy): only they are hashed. A file that changes while it
-//!   is hashed is read again (up to 5 times); never a torn object in a revision.
+//! - a regular file with `trusted.overlay.metacopy` is a metadata-only copy-up (a chmod,
+//!   chown, touch or rename of a base file): its mode is its own, its data the lower file's,
+//!   named by its `trusted.overlay.redirect` (a renamed file) or else by its own path under
+//!   its parent's lower directory. Nothing is hashed for it;
+//! - other regular files are whole: only they are hashed. A file that changes while it is
+//!   hashed is read again (up to 5 times); never a torn object in a revision.
 //!
 //! # Metadata (modes, symlinks, empty directories)
 //!
@@ -87,6 +92,34 @@ struct Header {
     committed: BTreeSet<String>,
     /// Generation of the `upper.N`/`work.N` pair in use.
     layer: u64,
+    /// What serves the lower layer under this upper layer (absent: the FUSE lower, which is
+    /// all that overlays made before the EROFS lower had).
+    #[serde(default)]
+    lower: LowerKind,
+}
+
+/// What serves the lower layer of a kernel-backend overlay. Chosen when an upper layer is
+/// created and kept with it: the two are mounted with different overlayfs options
+/// (`metacopy`), and an upper layer made with metacopy copy-ups must never be mounted
+/// without them (its metacopy files would read as holes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LowerKind {
+    /// The daemon's private read-only FUSE mount of the lower revision (`metacopy=off`).
+    #[default]
+    Fuse,
+    /// The EROFS image of the lower revision (`fs::image`), with the object store as a
+    /// data-only layer (`metacopy=on`): the kernel serves the lower layer alone.
+    Erofs,
+}
+
+impl LowerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LowerKind::Fuse => "fuse",
+            LowerKind::Erofs => "erofs",
+        }
+    }
 }
 
 /// One kernel-backend overlay, opened and locked.
@@ -132,6 +165,9 @@ enum Found {
     },
     /// A regular file, whiteout-free, in the upper layer.
     UpperFile(PathBuf),
+    /// A metadata-only copy-up (metacopy) in the upper layer: its own mode and owner, the
+    /// data of lower file `lower`.
+    UpperMeta { disk: PathBuf, lower: String },
     /// Something else in the upper layer (symlink, FIFO, socket, device).
     UpperOther(PathBuf),
     /// A file of the lower revision, at this lower path.
@@ -141,8 +177,14 @@ enum Found {
 }
 
 impl UpperOverlay {
-    /// Open overlay `id` (locking it), or create it on revision `rev_spec`.
-    pub fn open_or_create(repo: &Repo, id: &str, rev_spec: &str) -> Result<UpperOverlay> {
+    /// Open overlay `id` (locking it), or create it on revision `rev_spec` with a lower layer
+    /// of kind `new_lower`.
+    pub fn open_or_create(
+        repo: &Repo,
+        id: &str,
+        rev_spec: &str,
+        new_lower: LowerKind,
+    ) -> Result<UpperOverlay> {
         super::overlay::check_id(id)?;
         let dir = super::overlay::overlay_dir(repo, id);
         if is_fuse_overlay(repo, id) {
@@ -167,6 +209,7 @@ impl UpperOverlay {
                     head_rev: rev.rev,
                     committed: BTreeSet::new(),
                     layer: 1,
+                    lower: new_lower,
                 };
                 create_layer(&dir, 1)?;
                 write_header(&dir, &h)?;
@@ -208,11 +251,17 @@ impl UpperOverlay {
         Ok(ov)
     }
 
-    /// Open overlay `id` for a mount of revision `spec` (creating it on that revision): refused
-    /// when another daemon holds it, or when it holds changes against another revision.
-    pub fn open_for_mount(repo: &Repo, id: &str, spec: &str) -> Result<UpperOverlay> {
+    /// Open overlay `id` for a mount of revision `spec` (creating it on that revision, with a
+    /// lower layer of kind `new_lower`): refused when another daemon holds it, or when it holds
+    /// changes against another revision.
+    pub fn open_for_mount(
+        repo: &Repo,
+        id: &str,
+        spec: &str,
+        new_lower: LowerKind,
+    ) -> Result<UpperOverlay> {
         let rev = repo.resolve(spec)?;
-        let ov = Self::open_or_create(repo, id, &rev.rev.to_string()).map_err(|e| match e {
+        let ov = Self::open_or_create(repo, id, &rev.rev.to_string(), new_lower).map_err(|e| match e {
             Error::Locked { .. } => Error::Remote {
                 code: e.exit_code(),
                 message: format!(
@@ -268,6 +317,18 @@ impl UpperOverlay {
         self.dir.join(format!("work.{}", self.header.layer))
     }
 
+    /// What serves the lower layer of the current upper layer.
+    pub fn lower_kind(&self) -> LowerKind {
+        self.header.lower
+    }
+
+    /// Where the EROFS image of the current layer's lower revision is kept, for a presentation
+    /// `key` (rendering and owner: see `fuse::kernel`). Deleted with its layer.
+    pub fn lower_image(&self, key: &str) -> PathBuf {
+        self.dir
+            .join(format!("lower.{}-{key}.erofs", self.header.layer))
+    }
+
     /// The revision the lower layer serves.
     pub fn lower_revision(&self) -> &Revision {
         &self.lower_rev
@@ -290,7 +351,7 @@ impl UpperOverlay {
 
     /// Start a fresh, empty upper layer on the head, which becomes the lower. The overlayfs
     /// mount of the old layer must be gone (or detached) first.
-    pub fn reset(&mut self) -> Result<()> {
+    pub fn reset(&mut self, new_lower: LowerKind) -> Result<()> {
         let head_rev = self.repo.resolve(&self.header.head_rev.to_string())?;
         let old_layer = self.header.layer;
         let h = Header {
@@ -299,6 +360,7 @@ impl UpperOverlay {
             head_rev: head_rev.rev,
             committed: BTreeSet::new(),
             layer: old_layer + 1,
+            lower: new_lower,
         };
         create_layer(&self.dir, h.layer)?;
         let owner = layer_owner(&self.dir, h.layer)?;
@@ -383,6 +445,36 @@ impl UpperOverlay {
             .filter(|l| self.lower_is_dir(l)))
     }
 
+    /// What the upper regular file `disk` (named `name`, in a directory merging with
+    /// `parent_lower`) is: a whole file, or a metadata-only copy-up of a lower file. The lower
+    /// file of a metacopy is named by its `trusted.overlay.redirect` (absolute, or relative to
+    /// the parent's lower directory: a renamed base file), else it is the same name in the
+    /// parent's lower directory.
+    fn upper_file(&self, disk: PathBuf, parent_lower: Option<&str>, name: &str) -> Result<Found> {
+        if xattr(&disk, METACOPY)?.is_none() {
+            return Ok(Found::UpperFile(disk));
+        }
+        let lower = match xattr(&disk, REDIRECT)? {
+            Some(r) => {
+                let r = String::from_utf8_lossy(&r).into_owned();
+                match r.strip_prefix('/') {
+                    Some(abs) => Some(abs.to_string()),
+                    None => parent_lower.map(|p| join(p, &r)),
+                }
+            }
+            None => parent_lower.map(|p| join(p, name)),
+        };
+        match lower {
+            Some(lp) if self.lower.get(&lp).is_some() => Ok(Found::UpperMeta { disk, lower: lp }),
+            lp => Err(Error::Other(format!(
+                "'{}' is a metadata-only copy-up of lower file '{}', which revision {} does not have",
+                disk.display(),
+                lp.unwrap_or_else(|| name.to_string()),
+                self.lower_rev.rev
+            ))),
+        }
+    }
+
     /// Whether the lower tree has a directory at `path` (files, symlinks or empty directories
     /// under it, or an empty directory itself).
     fn lower_is_dir(&self, path: &str) -> bool {
@@ -418,7 +510,7 @@ impl UpperOverlay {
                     }
                     let disk = here.expect("some");
                     return Ok(Some(if m.is_file() {
-                        Found::UpperFile(disk)
+                        self.upper_file(disk, lower.as_deref(), seg)?
                     } else {
                         Found::UpperOther(disk)
                     }));
@@ -470,14 +562,21 @@ impl UpperOverlay {
                         format!("'{path}' is a hard link; it is stored as a separate copy"),
                     );
                 }
-                let entry = if xattr(&disk, METACOPY)?.is_some() {
-                    return Err(Error::Other(format!(
-                        "'{}' is a metadata-only copy-up (metacopy), which this overlay never makes; mount it with metacopy=off",
-                        disk.display()
-                    )));
-                } else {
-                    self.upper_file_entry(&disk, &meta, path, store)?
-                };
+                let entry = self.upper_file_entry(&disk, &meta, path, store)?;
+                built.insert(path, entry, meta.mode())
+            }
+            Found::UpperMeta { disk, lower: lp } => {
+                // A chmod, chown, touch or rename of a base file: nothing to hash, its data
+                // is the lower file's (overlayfs copies the data up before any write).
+                let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
+                self.check_owner(&meta, path, built);
+                if meta.nlink() > 1 {
+                    built.unstorable(
+                        path,
+                        format!("'{path}' is a hard link; it is stored as a separate copy"),
+                    );
+                }
+                let entry = self.lower_entry(&lp, path, store)?;
                 built.insert(path, entry, meta.mode())
             }
             Found::UpperOther(disk) => self.collect_other(&disk, path, built)?,
@@ -513,7 +612,7 @@ impl UpperOverlay {
                                 upper: Some(disk),
                             }
                         } else if meta.is_file() {
-                            Found::UpperFile(disk)
+                            self.upper_file(disk, lower.as_deref(), &name)?
                         } else {
                             Found::UpperOther(disk)
                         };
@@ -949,11 +1048,15 @@ fn write_header(dir: &Path, h: &Header) -> Result<()> {
 /// Delete `upper.N`/`work.N` pairs other than `layer` (left by a reset; best effort).
 fn remove_stale_layers(dir: &Path, layer: u64) {
     let keep = [format!("upper.{layer}"), format!("work.{layer}")];
+    let image_of_layer = format!("lower.{layer}-");
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if (name.starts_with("upper.") || name.starts_with("work.")) && !keep.contains(&name) {
             let _ = fs::remove_dir_all(e.path());
+        } else if name.starts_with("lower.") && !name.starts_with(&image_of_layer) {
+            // an EROFS image of an earlier layer (or an interrupted write of one)
+            let _ = fs::remove_file(e.path());
         }
     }
 }

@@ -39,7 +39,7 @@ fn sample() -> (TempDir, Repo, UpperOverlay) {
         ("d/e/c.txt", b"gamma"),
         ("conf.json", br#"{"k":[1,2]}"#),
     ]);
-    let ov = UpperOverlay::open_or_create(&repo, "k", "latest").unwrap();
+    let ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Fuse).unwrap();
     (dir, repo, ov)
 }
 
@@ -101,7 +101,7 @@ fn files_whiteouts_and_json_become_status_and_a_commit() {
     assert!(repo.head_state().unwrap().get("new.txt").is_none());
     // Reopening keeps the head and the committed roots.
     drop(ov);
-    let ov = UpperOverlay::open_or_create(&repo, "k", "latest").unwrap();
+    let ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Fuse).unwrap();
     assert_eq!((ov.head_rev(), ov.lower_revision().rev), (3, 1));
     assert_eq!(status(&ov), "");
 }
@@ -203,7 +203,7 @@ fn metadata_of_the_upper_layer_commits_as_such() {
         let lock = repo.lock().unwrap();
         repo.commit_state(&lock, &state, "meta", None).unwrap();
     }
-    let mut ov = UpperOverlay::open_or_create(&repo, "k", "latest").unwrap();
+    let mut ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Fuse).unwrap();
     let up = ov.upper_dir();
     let chmod = |p: &str, mode: u32| {
         fs::set_permissions(up.join(p), fs::Permissions::from_mode(mode)).unwrap()
@@ -367,7 +367,7 @@ fn an_interrupted_commit_is_recorded_at_the_next_open_and_reset_starts_on_the_he
     // As if the daemon died between the repository's commit point and the header.
     fs::write(ov.dir.join(HEADER), &header_before).unwrap();
     drop(ov);
-    let mut ov = UpperOverlay::open_or_create(&repo, "k", "latest").unwrap();
+    let mut ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Fuse).unwrap();
     assert_eq!(ov.head_rev(), 2);
     assert_eq!(status(&ov), "");
     // A head that is not the view's (pvr committed meanwhile) is not adopted: commit refuses.
@@ -385,8 +385,62 @@ fn an_interrupted_commit_is_recorded_at_the_next_open_and_reset_starts_on_the_he
     let err = ov.commit("mine").unwrap_err().to_string();
     assert!(err.contains("reset --mount"), "{err}");
     // Reset: a fresh layer on our head (the lower moves to it).
-    ov.reset().unwrap();
+    ov.reset(LowerKind::Fuse).unwrap();
     assert_eq!(ov.lower_revision().rev, 2);
     assert!(fs::read_dir(ov.upper_dir()).unwrap().next().is_none());
     assert_eq!(status(&ov), "");
+}
+
+/// A metadata-only copy-up (what overlayfs makes over the EROFS lower for a chmod, touch or
+/// rename of a base file): a sparse file of the lower's size with `trusted.overlay.metacopy`,
+/// and `trusted.overlay.redirect` when renamed. The commit keeps the lower file's data (never
+/// the holes) and takes the mode from the upper file.
+#[test]
+fn metacopy_files_take_their_data_from_the_lower_file_they_name() {
+    if !root() {
+        return;
+    }
+    let (_d, repo, mut ov) = sample();
+    assert_eq!(ov.lower_kind(), LowerKind::Fuse);
+    let upper = ov.upper_dir();
+    let meta_copy = |path: &str, size: u64, mode: u32, redirect: Option<&str>| {
+        let p = upper.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let f = File::create(&p).unwrap();
+        f.set_len(size).unwrap();
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        rustix::fs::setxattr(&p, METACOPY, b"", rustix::fs::XattrFlags::empty()).unwrap();
+        if let Some(r) = redirect {
+            rustix::fs::setxattr(&p, REDIRECT, r.as_bytes(), rustix::fs::XattrFlags::empty())
+                .unwrap();
+        }
+    };
+    meta_copy("a.txt", 5, 0o600, None); // chmod
+    whiteout(&ov, "d/b.txt");
+    meta_copy("moved.txt", 4, 0o644, Some("/d/b.txt")); // mv d/b.txt moved.txt
+    meta_copy("d/e/c2.txt", 5, 0o644, Some("c.txt")); // relative: renamed in its directory
+    whiteout(&ov, "d/e/c.txt");
+    meta_copy("conf.json", 11, 0o640, None); // inline JSON stays inline
+    assert_eq!(
+        status(&ov),
+        "A d/e/c2.txt\nA moved.txt\nD d/b.txt\nD d/e/c.txt\nC a.txt\nC conf.json\n"
+    );
+    ov.commit("metadata only").unwrap();
+    let head = repo.head_state().unwrap();
+    let id = |c: &[u8]| Some(Entry::Object(ObjectId::hash_bytes(c)));
+    assert_eq!(head.get("a.txt").cloned(), id(b"alpha"));
+    assert_eq!(head.meta().file_mode("a.txt"), 0o600);
+    assert_eq!(head.get("moved.txt").cloned(), id(b"beta"));
+    assert_eq!(head.get("d/e/c2.txt").cloned(), id(b"gamma"));
+    assert!(matches!(head.get("conf.json"), Some(Entry::Inline(_))));
+    assert_eq!(head.meta().file_mode("conf.json"), 0o640);
+    assert_eq!(ov.files_read.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    // A metacopy naming a file the lower revision does not have is refused, naming both.
+    meta_copy("ghost.txt", 3, 0o644, Some("/no/such.txt"));
+    let err = ov.commit("ghost").unwrap_err().to_string();
+    assert!(
+        err.contains("ghost.txt") && err.contains("'no/such.txt'") && err.contains("revision 1"),
+        "{err}"
+    );
 }

@@ -31,8 +31,8 @@ pub mod trees;
 
 pub use bin::{pvrfs, Pvrfs, Run};
 pub use mounts::{
-    cow, daemon_pid, fuse_available, is_mount_point, kernel_cow_available, kill_daemon,
-    wait_exited, with_cow, Mount,
+    cow, daemon_pid, fuse_available, is_mount_point, kernel_cow_available, kernel_lower,
+    kill_daemon, wait_exited, with_cow, with_kernel_fuse_lower, Mount,
 };
 pub use nginx::{free_port, Nginx};
 pub use repos::{commit, repo_with, value, vectors, Content, Dir, TestRepo};

@@ -22,6 +22,14 @@ thread_local! {
     /// The copy-on-write backend (`--cow`) that `Mount` gives `--rw` mounts made on this
     /// thread (set by `with_cow`; `fuse` elsewhere: the tests of FUSE itself, io_uring...).
     static COW: std::cell::Cell<&'static str> = const { std::cell::Cell::new("fuse") };
+    /// The kernel backend's lower layer (`PVRFS_KERNEL_LOWER` of the daemons `Mount` starts on
+    /// this thread): `erofs` (the default where the kernel has it) or `fuse`.
+    static LOWER: std::cell::Cell<&'static str> = const { std::cell::Cell::new("erofs") };
+}
+
+/// The lower layer kernel-backend mounts of this test get (`erofs` or `fuse`).
+pub fn kernel_lower() -> &'static str {
+    LOWER.with(|c| c.get())
 }
 
 /// The backend `--rw` mounts of this test use (`fuse` or `kernel`).
@@ -50,6 +58,13 @@ pub fn with_cow(backend: &'static str, test: impl FnOnce()) {
     test();
 }
 
+/// Run `test` with `--rw` mounts on the kernel backend over a FUSE lower layer (the fallback
+/// where EROFS cannot be used) instead of the EROFS one.
+pub fn with_kernel_fuse_lower(test: impl FnOnce()) {
+    LOWER.with(|c| c.set("fuse"));
+    with_cow("kernel", test);
+}
+
 /// `cow_tests!(f, g)`: for each function, a module with the tests `fuse` and `kernel` that run
 /// it with `--rw` mounts on that backend (`f::fuse`, `f::kernel` in the test list).
 #[macro_export]
@@ -64,6 +79,10 @@ macro_rules! cow_tests {
                 #[test]
                 fn kernel() {
                     $crate::with_cow("kernel", super::$name)
+                }
+                #[test]
+                fn kernel_fuse_lower() {
+                    $crate::with_kernel_fuse_lower(super::$name)
                 }
             }
         )*
@@ -96,6 +115,7 @@ impl Mount {
         if extra.contains(&"--rw") && !extra.contains(&"--cow") {
             cmd = cmd.arg("--cow").arg(cow());
         }
+        cmd = cmd.env("PVRFS_KERNEL_LOWER", kernel_lower());
         for (k, v) in env {
             cmd = cmd.env(k, v);
         }
