@@ -87,6 +87,7 @@ pub fn erofs_image(fs: &ReadOnlyFs) -> Result<Vec<u8>> {
 }
 
 fn build(fs: &ReadOnlyFs) -> Result<Vec<u8>> {
+    let began = std::time::Instant::now();
     let root = fs
         .getattr(ROOT_INO)
         .map_err(|e| Error::Other(format!("the revision's root: {e:?}")))?;
@@ -103,6 +104,17 @@ fn build(fs: &ReadOnlyFs) -> Result<Vec<u8>> {
         xattrs: Default::default(),
     };
     let tree = fs.tree();
+    // The objects' sizes first, in parallel: one `stat` each, the bulk of the walk below.
+    {
+        use rayon::prelude::*;
+        (0..tree.file_count() as u32)
+            .into_par_iter()
+            .for_each(|file| {
+                if matches!(tree.file_data(file), FileData::Object(_)) {
+                    let _ = tree.file_size(file, fs.store());
+                }
+            });
+    }
     let mut image = FileSystem::<PvrObject>::new(stat(tree.mode(ROOT_INO).unwrap_or(0o755)));
     // Depth-first with an explicit stack: a hostile state may nest thousands of levels.
     // Each frame: a directory's inode, and its children still to visit (in name order).
@@ -155,9 +167,16 @@ fn build(fs: &ReadOnlyFs) -> Result<Vec<u8>> {
         let frame = stack.last_mut().expect("a frame");
         frame.2.insert(OsStr::from_bytes(name), Inode::leaf(leaf));
     }
+    let walked = began.elapsed();
     let valid = ValidatedFileSystem::new(image)
         .map_err(|e| Error::Other(format!("cannot make the EROFS image of the revision: {e}")))?;
-    Ok(mkfs_erofs(&valid).into_vec())
+    let bytes = mkfs_erofs(&valid).into_vec();
+    log::debug!(
+        "EROFS image: tree and object sizes {:.3} s, image {:.3} s",
+        walked.as_secs_f64(),
+        (began.elapsed() - walked).as_secs_f64()
+    );
+    Ok(bytes)
 }
 
 #[cfg(test)]
