@@ -444,3 +444,40 @@ fn metacopy_files_take_their_data_from_the_lower_file_they_name() {
         "{err}"
     );
 }
+
+/// The lower kind is the upper layer's: an overlay keeps the kind it was made with across
+/// reopenings (whatever the caller would prefer for a new one), an overlay made before the
+/// EROFS lower existed (no `lower` in its header) is a FUSE-lower one, and a reset picks anew.
+#[test]
+fn an_upper_layer_keeps_the_lower_kind_it_was_made_with() {
+    let (_d, repo) = repo_with(&[("a.txt", b"alpha")]);
+    let ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Erofs).unwrap();
+    assert_eq!(ov.lower_kind(), LowerKind::Erofs);
+    let image = ov.lower_image("checkout-0-0");
+    assert!(image.starts_with(ov.upper_dir().parent().unwrap()));
+    drop(ov);
+    let ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Fuse).unwrap();
+    assert_eq!(ov.lower_kind(), LowerKind::Erofs);
+    // an image of this layer survives a reopening; a reset deletes it with its layer
+    fs::write(&image, b"image").unwrap();
+    drop(ov);
+    let mut ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Fuse).unwrap();
+    assert!(image.exists());
+    ov.reset(LowerKind::Fuse).unwrap();
+    assert_eq!(ov.lower_kind(), LowerKind::Fuse);
+    assert!(!image.exists());
+    drop(ov);
+    // a header written before the field existed
+    let header = super::super::overlay::overlay_dir(&repo, "k").join(HEADER);
+    let mut h: serde_json::Value = serde_json::from_slice(&fs::read(&header).unwrap()).unwrap();
+    assert_eq!(h["lower"], "fuse");
+    h["lower"] = "erofs".into();
+    fs::write(&header, serde_json::to_vec(&h).unwrap()).unwrap();
+    let ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Fuse).unwrap();
+    assert_eq!(ov.lower_kind(), LowerKind::Erofs);
+    drop(ov);
+    h.as_object_mut().unwrap().remove("lower");
+    fs::write(&header, serde_json::to_vec(&h).unwrap()).unwrap();
+    let ov = UpperOverlay::open_or_create(&repo, "k", "latest", LowerKind::Erofs).unwrap();
+    assert_eq!(ov.lower_kind(), LowerKind::Fuse);
+}
