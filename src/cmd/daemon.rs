@@ -190,7 +190,7 @@ fn mount_kernel(
 ) -> crate::Result<Arc<crate::fuse::kernel::KernelDaemon>> {
     let canon = mounts::check_mountpoint(mnt)?;
     let repo = Repo::open(repo_dir)?;
-    let new_lower = crate::fuse::kernel::preferred_lower(repo.store().dir());
+    let new_lower = crate::fuse::kernel::preferred_lower(&repo);
     let ov = fs::upper::UpperOverlay::open_for_mount(&repo, &args.overlay, &args.rev, new_lower)?;
     let listener = control::bind(repo.workdir(), &canon)?;
     let (daemon, ended) = crate::fuse::kernel::KernelDaemon::mount(

@@ -71,11 +71,11 @@ pub fn overlay_options(lower: LowerKind) -> [(&'static str, &'static str); 4] {
     ]
 }
 
-/// The kind of lower layer a new upper layer gets for a repository whose object store is
-/// `objects`: EROFS when the kernel can mount it and the store is a plain local file system
+/// The kind of lower layer a new upper layer of `repo` gets: EROFS when the kernel can mount it and the store is a plain local file system
 /// (overlayfs cannot stack a data-only layer on overlayfs or FUSE more than one level);
 /// `PVRFS_KERNEL_LOWER=fuse|erofs` forces one (measurement, tests).
-pub fn preferred_lower(objects: &Path) -> LowerKind {
+pub fn preferred_lower(repo: &crate::repo::Repo) -> LowerKind {
+    let objects = repo.store().dir();
     match std::env::var("PVRFS_KERNEL_LOWER").as_deref() {
         Ok("fuse") => return LowerKind::Fuse,
         Ok("erofs") => return LowerKind::Erofs,
@@ -88,13 +88,42 @@ pub fn preferred_lower(objects: &Path) -> LowerKind {
         );
         return LowerKind::Fuse;
     }
-    match fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC) {
-        Ok(_) => LowerKind::Erofs,
-        Err(e) => {
-            log::info!("the kernel cannot mount EROFS ({e}): the lower layer is a FUSE mount");
+    match erofs_from_files(&repo.ext_dir()) {
+        Ok(()) => LowerKind::Erofs,
+        Err(why) => {
+            log::info!("{why}: the lower layer is a FUSE mount");
             LowerKind::Fuse
         }
     }
+}
+
+/// Whether the kernel mounts an EROFS image from a regular file kept in `dir` (a repository's
+/// `.pvr/pvrfs`, where the images go) (`CONFIG_EROFS_FS_BACKED_BY_FILE`, Linux 6.12+; asking `fsopen("erofs")` is
+/// not enough: without it a file is refused with ENOTBLK). Tried once per process, with an image
+/// of an empty tree written next to where the real ones go, mounted detached and dropped.
+fn erofs_from_files(dir: &Path) -> std::result::Result<(), String> {
+    static ANSWER: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    ANSWER
+        .get_or_init(|| {
+            let probe = dir.join(format!("erofs-probe.{}", std::process::id()));
+            let tried = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&probe, crate::fs::image::empty_image()))
+                .map_err(|e| {
+                    format!(
+                        "cannot write an EROFS probe image '{}': {e}",
+                        probe.display()
+                    )
+                })
+                .and_then(|()| {
+                    mount_erofs(&probe)
+                        .map(drop)
+                        .map_err(|e| format!("the kernel cannot mount EROFS from a file ({e})"))
+                });
+            let _ = std::fs::remove_file(&probe);
+            tried
+        })
+        .clone()
 }
 
 /// Mount the EROFS image at `image` read-only, detached (not attached anywhere).
@@ -487,7 +516,7 @@ impl super::control::Controlled for KernelDaemon {
         g.generation += 1;
         rustix::mount::unmount(&self.mnt, rustix::mount::UnmountFlags::DETACH)
             .map_err(|e| Error::io("detach the overlay at", &self.mnt, e.into()))?;
-        let kind = preferred_lower(g.ov.repo().store().dir());
+        let kind = preferred_lower(g.ov.repo());
         let mounted = g.ov.reset(kind).and_then(|()| self.mount_layer(&g));
         if mounted.is_err() {
             // Nothing is mounted any more: let the daemon end.

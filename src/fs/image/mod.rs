@@ -86,6 +86,22 @@ pub fn erofs_image(fs: &ReadOnlyFs) -> Result<Vec<u8>> {
     })
 }
 
+/// The image of an empty tree (a root directory only): what `fuse::kernel` mounts to learn
+/// whether the kernel takes EROFS images from files.
+pub fn empty_image() -> Vec<u8> {
+    let root = Stat {
+        st_mode: 0o755,
+        st_uid: 0,
+        st_gid: 0,
+        st_mtim_sec: 0,
+        st_mtim_nsec: 0,
+        xattrs: Default::default(),
+    };
+    let valid = ValidatedFileSystem::new(FileSystem::<PvrObject>::new(root))
+        .expect("an empty tree is a valid file system");
+    mkfs_erofs(&valid).into_vec()
+}
+
 fn build(fs: &ReadOnlyFs) -> Result<Vec<u8>> {
     let began = std::time::Instant::now();
     let root = fs

@@ -158,3 +158,10 @@ fn a_deep_tree_is_built_without_recursion() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn the_probe_image_is_an_empty_tree() {
+    let fs = erofs_to_filesystem::<PvrObject>(&empty_image()).unwrap();
+    assert_eq!(fs.root.entries().count(), 0);
+    assert_eq!(fs.root.stat.st_mode & 0o7777, 0o755);
+}
