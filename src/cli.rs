@@ -449,7 +449,7 @@ pub enum CowBackend {
     /// Kernel overlayfs when this process may mount it, else the FUSE overlay.
     #[default]
     Auto,
-    /// Kernel overlayfs over a private read-only FUSE mount of the base revision.
+    /// Kernel overlayfs over a private EROFS image (or read-only FUSE mount) of the base revision.
     Kernel,
     /// The FUSE overlay (journal + upper files), for callers without CAP_SYS_ADMIN.
     Fuse,
@@ -469,10 +469,11 @@ pub struct MountArgs {
     /// Which overlay a --rw mount uses (one per repository and name; default "default").
     #[arg(long, value_name = "NAME", default_value = "default", requires = "rw")]
     pub overlay: String,
-    /// Copy-on-write backend of a --rw mount: `kernel` (overlayfs over a private read-only FUSE
-    /// mount of the base; needs CAP_SYS_ADMIN), `fuse` (the FUSE overlay; any user who may
-    /// mount FUSE), `auto`: kernel when it can be mounted, else fuse. An existing overlay keeps
-    /// the backend it was made with.
+    /// Copy-on-write backend of a --rw mount: `kernel` (overlayfs over a private EROFS image of
+    /// the base with the object store as data layer, or over a private read-only FUSE mount of
+    /// it where EROFS cannot be used; needs CAP_SYS_ADMIN), `fuse` (the FUSE overlay; any user
+    /// who may mount FUSE), `auto`: kernel when it can be mounted, else fuse. An existing
+    /// overlay keeps the backend it was made with.
     #[arg(long, value_enum, default_value_t, requires = "rw")]
     pub cow: CowBackend,
     /// Stay in the foreground (logs to stderr; RUST_LOG=debug for more).

@@ -31,7 +31,7 @@
 //! One JSON request line, one JSON answer line, then the connection closes.
 //! Request `{"op": "commit"|"status"|"diff"|"reset"|"state"|"info"|"transport"|"backend",
 //! "message"?: str}`; `backend` answers `fuse` or `kernel` (which copy-on-write backend serves
-//! the mount: the FUSE overlay, or kernel overlayfs over a private read-only FUSE layer);
+//! the mount: the FUSE overlay, or kernel overlayfs over a private EROFS or FUSE lower layer);
 //! `state` answers the view's canonical state JSON in `text`, `info` the repository's work
 //! directory in `text` and the base revision in `rev`, `transport` how FUSE requests reach the
 //! daemon (`io_uring (Q queues, R requests, B big reads off the caller's CPU)` or
