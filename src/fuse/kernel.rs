@@ -101,7 +101,7 @@ pub fn preferred_lower(repo: &crate::repo::Repo) -> LowerKind {
 /// `.pvr/pvrfs`, where the images go) (`CONFIG_EROFS_FS_BACKED_BY_FILE`, Linux 6.12+; asking `fsopen("erofs")` is
 /// not enough: without it a file is refused with ENOTBLK). Tried once per process, with an image
 /// of an empty tree written next to where the real ones go, mounted detached and dropped.
-fn erofs_from_files(dir: &Path) -> std::result::Result<(), String> {
+pub fn erofs_from_files(dir: &Path) -> std::result::Result<(), String> {
     static ANSWER: std::sync::OnceLock<std::result::Result<(), String>> =
         std::sync::OnceLock::new();
     ANSWER

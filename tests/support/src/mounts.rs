@@ -54,6 +54,13 @@ pub fn with_cow(backend: &'static str, test: impl FnOnce()) {
     if !fuse_available() || (backend == "kernel" && !kernel_cow_available()) {
         return;
     }
+    if backend == "kernel" && kernel_lower() == "erofs" {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Err(why) = pvrfs::fuse::kernel::erofs_from_files(dir.path()) {
+            eprintln!("NOTE: {why}: this kernel test runs over the FUSE lower");
+            LOWER.with(|c| c.set("fuse"));
+        }
+    }
     COW.with(|c| c.set(backend));
     test();
 }
