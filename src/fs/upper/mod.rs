@@ -553,8 +553,8 @@ impl UpperOverlay {
                 built.insert(path, entry, self.lower.meta().file_mode(&lp))
             }
             Found::LowerLink(target) => built.symlink(path, &target),
-            Found::UpperFile(disk) => {
-                let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
+            Found::UpperFile(ref disk) | Found::UpperMeta { ref disk, .. } => {
+                let meta = fs::symlink_metadata(disk).ctx("stat", disk)?;
                 self.check_owner(&meta, path, built);
                 if meta.nlink() > 1 {
                     built.unstorable(
@@ -562,21 +562,12 @@ impl UpperOverlay {
                         format!("'{path}' is a hard link; it is stored as a separate copy"),
                     );
                 }
-                let entry = self.upper_file_entry(&disk, &meta, path, store)?;
-                built.insert(path, entry, meta.mode())
-            }
-            Found::UpperMeta { disk, lower: lp } => {
-                // A chmod, chown, touch or rename of a base file: nothing to hash, its data
-                // is the lower file's (overlayfs copies the data up before any write).
-                let meta = fs::symlink_metadata(&disk).ctx("stat", &disk)?;
-                self.check_owner(&meta, path, built);
-                if meta.nlink() > 1 {
-                    built.unstorable(
-                        path,
-                        format!("'{path}' is a hard link; it is stored as a separate copy"),
-                    );
-                }
-                let entry = self.lower_entry(&lp, path, store)?;
+                let entry = match &found {
+                    // A chmod, chown, touch or rename of a base file: nothing to hash, its
+                    // data is the lower file's (overlayfs copies the data up before any write).
+                    Found::UpperMeta { lower, .. } => self.lower_entry(lower, path, store)?,
+                    _ => self.upper_file_entry(disk, &meta, path, store)?,
+                };
                 built.insert(path, entry, meta.mode())
             }
             Found::UpperOther(disk) => self.collect_other(&disk, path, built)?,
