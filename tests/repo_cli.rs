@@ -12,14 +12,20 @@ fn sha(data: &[u8]) -> String {
     pvrfs::oid::ObjectId::hash_bytes(data).to_hex()
 }
 
-/// A repo with two commits: rev 1 {a.txt, c.json}, rev 2 {a.txt changed, b.txt}.
-fn two_commits() -> Dir {
+/// A repo with one commit: rev 1 {a.txt, c.json}.
+fn one_commit() -> Dir {
     let d = Dir::new();
     d.pvrfs(&["init"]).ok();
     d.write("a.txt", "one\n");
     d.write("c.json", r#"{"n": 1}"#);
     d.pvrfs(&["add"]).ok();
     d.pvrfs(&["commit", "-m", "first"]).ok();
+    d
+}
+
+/// A repo with two commits: rev 1 {a.txt, c.json}, rev 2 {a.txt changed, b.txt}.
+fn two_commits() -> Dir {
+    let d = one_commit();
     d.write("a.txt", "two\n");
     d.write("b.txt", "bee\n");
     fs::remove_file(d.path("c.json")).unwrap();
@@ -431,12 +437,7 @@ fn a_pvr_made_repository_opens_commits_and_keeps_its_pool() {
 /// keeps its size, and a commit by the reference pvr.
 #[test]
 fn status_follows_the_head_wherever_it_moves() {
-    let d = Dir::new();
-    d.pvrfs(&["init"]).ok();
-    d.write("a.txt", "one\n");
-    d.write("c.json", r#"{"n": 1}"#);
-    d.pvrfs(&["add"]).ok();
-    d.pvrfs(&["commit", "-m", "first"]).ok();
+    let d = one_commit();
     assert!(d.path(".pvr/pvrfs/headindex").is_file());
     assert_eq!(d.pvrfs(&["status"]).ok().stdout(), "");
     // a second on, the first status records `.pvr/json`'s stat key, the next believes it

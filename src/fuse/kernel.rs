@@ -369,20 +369,11 @@ impl KernelDaemon {
 
     /// Serve the lower revision of `inner` and mount overlayfs over it at the mountpoint.
     fn mount_layer(&self, inner: &Inner) -> Result<()> {
-        let ov = &inner.ov;
-        let opts = crate::fs::readonly::Options {
-            canonical: self.canonical,
-            ..Default::default()
-        };
-        let fs = crate::fs::readonly::from_state(
-            ov.repo(),
-            ov.lower_revision(),
-            ov.lower_state().clone(),
-            &opts,
-        );
-        if ov.lower_kind() == LowerKind::Erofs {
-            return self.mount_erofs_layer(inner, &fs);
+        if inner.ov.lower_kind() == LowerKind::Erofs {
+            return self.mount_erofs_layer(inner);
         }
+        let ov = &inner.ov;
+        let fs = self.lower_fs(ov);
         let name = format!("{}:lower:{}", self.source, ov.lower_revision().rev);
         let Lower { session, mount } = mount_lower(fs, &name, self.passthrough)?;
         let generation = inner.generation;
@@ -411,12 +402,10 @@ impl KernelDaemon {
     /// The EROFS lower: the layer's image (made now if this layer has none yet for this
     /// presentation), the object store as data-only layer; then a thread that reports the end
     /// of this generation's overlay.
-    fn mount_erofs_layer(&self, inner: &Inner, fs: &ReadOnlyFs) -> Result<()> {
+    fn mount_erofs_layer(&self, inner: &Inner) -> Result<()> {
         let ov = &inner.ov;
-        let root = fs
-            .getattr(crate::fs::ROOT_INO)
-            .map_err(|e| Error::Other(format!("the lower revision's root: {e:?}")))?;
-        // What the image shows besides the revision: its inline rendering and its owner.
+        // What the image shows besides the revision: its inline rendering and its owner (the
+        // daemon's user, as `readonly::from_state` takes it without --uid/--gid).
         let key = format!(
             "{}-{}-{}",
             if self.canonical {
@@ -424,13 +413,15 @@ impl KernelDaemon {
             } else {
                 "checkout"
             },
-            root.uid,
-            root.gid
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw()
         );
         let image = ov.lower_image(&key);
+        // A remount finds the image of its layer: nothing of the revision is read again.
         if !image.exists() {
             let began = std::time::Instant::now();
-            let bytes = crate::fs::image::erofs_image(fs)?;
+            let fs = self.lower_fs(ov);
+            let bytes = crate::fs::image::erofs_image(&fs)?;
             crate::fsutil::atomic_write(&image, &bytes, 0o600)?;
             log::info!(
                 "made the EROFS image of revision {} ({} bytes, {} paths) in {:.3} s: {}",
@@ -466,6 +457,20 @@ impl KernelDaemon {
             })
             .map_err(|e| Error::io("start the mount watcher of", &self.mnt, e))?;
         Ok(())
+    }
+
+    /// The read-only file system of `ov`'s lower revision, as the mount presents it.
+    fn lower_fs(&self, ov: &UpperOverlay) -> Arc<ReadOnlyFs> {
+        let opts = crate::fs::readonly::Options {
+            canonical: self.canonical,
+            ..Default::default()
+        };
+        crate::fs::readonly::from_state(
+            ov.repo(),
+            ov.lower_revision(),
+            ov.lower_state().clone(),
+            &opts,
+        )
     }
 
     /// Wait until the current overlay is unmounted (its lower session ends).

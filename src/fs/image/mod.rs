@@ -142,11 +142,10 @@ fn build(fs: &ReadOnlyFs) -> Result<Vec<u8>> {
     loop {
         let frame = stack.last_mut().expect("the root's frame is popped last");
         let Some(ino) = frame.1.next() else {
-            let (_, _, dir) = stack.pop().expect("a frame");
+            let (dir_ino, _, dir) = stack.pop().expect("a frame");
             match stack.last_mut() {
                 Some(parent) => {
-                    let ino = parent.1.start - 1;
-                    let name = tree.name(ino).unwrap_or_default();
+                    let name = tree.name(dir_ino).unwrap_or_default();
                     parent
                         .2
                         .insert(OsStr::from_bytes(name), Inode::Directory(Box::new(dir)));

@@ -135,7 +135,7 @@ fn canonical_rendering_reaches_the_image() {
 }
 
 #[test]
-fn a_deep_tree_is_built_without_recursion() {
+fn a_tree_2047_levels_deep_is_built() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = Repo::init(tmp.path(), None, None).unwrap();
     let mut state = State::empty(DEFAULT_SPEC);
