@@ -2,6 +2,7 @@
 
 use pvrfs_testkit as common;
 
+use common::pagecache::{cached_pages, evict};
 use common::{Content, TestRepo};
 use pvrfs::fs::readonly::{DirectoryReplier, FileSource, FsConfig, ReadOnlyFs as Fs};
 use pvrfs::fs::tree::{Rendering, Tree};
@@ -339,4 +340,56 @@ fn symlinks_modes_and_empty_directories() {
             .errno(),
         libc::ENOENT
     );
+}
+
+/// A cold object read in big pieces comes straight from the disk (O_DIRECT, `fs::direct`):
+/// the bytes are right up to an unaligned end, and the object's pages stay out of the page
+/// cache (the mount's page cache holds them once). A warm object is copied from its cache.
+#[test]
+fn cold_big_reads_come_from_the_disk_and_leave_the_object_uncached() {
+    const LEN: usize = 3 * (1 << 20) + 1234;
+    let big: Vec<u8> = (0..LEN as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let mut t = TestRepo::new();
+    t.set("big.img", Content::Blob(&big));
+    t.commit("big");
+    let object = t
+        .path()
+        .join(".pvr/objects")
+        .join(ObjectId::hash_bytes(&big).to_hex());
+    if let Err(e) = pvrfs::fs::direct::DirectFile::reopen(&std::fs::File::open(&object).unwrap()) {
+        eprintln!("NOTE: skipped: the test directory's file system offers no direct I/O ({e})");
+        return;
+    }
+    let fs = fs_of(&t, false);
+    let ino = lookup_path(&fs, "big.img").unwrap().ino;
+    let fh = fs.open(ino, libc::O_RDONLY).unwrap().fh;
+    let read_all = |fs: &Fs| {
+        let mut got = Vec::new();
+        for at in (0..LEN as u64).step_by(1 << 20) {
+            got.extend(fs.read(fh, at, 1 << 20, <[u8]>::to_vec).unwrap());
+        }
+        got
+    };
+
+    evict(&object);
+    assert_eq!(cached_pages(&object), 0, "the object could not be evicted");
+    assert!(read_all(&fs) == big, "cold read: wrong bytes");
+    // The 1234-byte tail is below DIRECT_MIN and comes through the mapping; the first 3 MiB
+    // were read direct.
+    let cached = cached_pages(&object);
+    assert!(
+        cached <= (LEN - (3 << 20)).div_ceil(4096) + 64,
+        "{cached} pages of the object were cached by a cold read"
+    );
+
+    // Warm: the page cache is used (and the bytes are the same).
+    std::fs::read(&object).unwrap();
+    assert!(read_all(&fs) == big, "warm read: wrong bytes");
+    // A read at an offset the device's alignment refuses falls back to the mapping.
+    evict(&object);
+    let odd = fs.read(fh, 1 << 20 | 1, 200_000, <[u8]>::to_vec).unwrap();
+    assert!(odd[..] == big[(1 << 20) + 1..(1 << 20) + 1 + 200_000]);
+    fs.release(fh).unwrap();
 }

@@ -3,6 +3,7 @@
 
 use pvrfs_testkit as common;
 
+use common::pagecache::{cached_pages, evict};
 use common::{
     daemon_pid, files, fuse_available, is_mount_point, kill_daemon, pvrfs, Content, Mount, TestRepo,
 };
@@ -736,6 +737,51 @@ fn blob_reads_come_in_large_requests() {
         reads.iter().any(|r| r.1 == 1 << 20),
         "no 1 MiB READ request: {reads:?}"
     );
+}
+
+/// A cold blob read through the daemon on /dev/fuse (no-open mode) comes straight from the
+/// disk into the replies (`fs::direct`): the object's own pages stay out of the page cache, so
+/// the bytes are cached once, in the mount's pages, and they are right.
+#[test]
+fn cold_blobs_read_through_the_daemon_are_cached_once() {
+    if !fuse_available() {
+        return;
+    }
+    let (t, _) = fixture();
+    let object = objects_of(&t)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    if let Err(e) = pvrfs::fs::direct::DirectFile::reopen(&std::fs::File::open(&object).unwrap()) {
+        eprintln!("NOTE: skipped: the test directory's file system offers no direct I/O ({e})");
+        return;
+    }
+    let m = Mount::with_env(
+        t.path(),
+        "latest",
+        &["--passthrough", "never"],
+        &[("PVRFS_FUSE_URING", "0")],
+    );
+    let expected = std::fs::read(&object).unwrap();
+    evict(&object);
+    assert_eq!(cached_pages(&object), 0, "the object could not be evicted");
+    let got = std::fs::read(m.join("blobs/big.img")).unwrap();
+    assert!(got == expected, "wrong bytes");
+    let pages = expected.len().div_ceil(4096);
+    let cached = cached_pages(&object);
+    // Reads under 128 KiB (the first of a file, the tail) may come through the page cache.
+    assert!(
+        cached * 4 < pages,
+        "{cached} of {pages} pages of the object were cached by a read through the mount"
+    );
+}
+
+/// The object files of a test repository.
+fn objects_of(t: &TestRepo) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(t.path().join(".pvr/objects"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
 }
 
 /// pvr's own repositories: `.pvr/json` as pvr wrote it, objects in a pool outside the repo

@@ -20,6 +20,7 @@ use std::time::SystemTime;
 
 pub mod change;
 pub mod cow;
+pub mod direct;
 mod error;
 pub mod image;
 pub mod opens;

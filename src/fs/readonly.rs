@@ -10,7 +10,9 @@
 //! - the tree never changes while mounted, so attributes and entries may be cached forever;
 //! - an object file is opened once per inode and shared by all concurrent opens of it
 //!   (`ObjectFile`, held weakly per file so the last close drops it); reads come from an mmap
-//!   made on the first read, unless the adapter hands the fd to the kernel (passthrough);
+//!   made on the first read, unless the adapter hands the fd to the kernel (passthrough); a
+//!   big read of pages not cached yet goes straight to the disk instead (`fs::direct`), except
+//!   through `read_into` (io_uring);
 //! - a missing object, or with `verify` one whose bytes do not hash to its name, makes open
 //!   (or, in no-open mode, read) fail with EIO and is logged once, naming the object and the
 //!   path; everything else keeps being served. Such a file lists with a 1-byte placeholder size
@@ -18,6 +20,7 @@
 //! - every write-type operation fails with EROFS (`FsError::ReadOnly`); copy-on-write mounts
 //!   are a different filesystem (`fs::cow` over `fs::overlay`).
 
+use super::direct::{self, DirectFile};
 use super::tree::{FileData, NodeKind, Tree};
 use super::{Attr, FsError, Kind, Statfs, BLOCK_SIZE, NAME_MAX, ROOT_INO};
 use crate::error::Result as RepoResult;
@@ -78,6 +81,9 @@ pub struct ObjectFile {
     map: OnceLock<std::io::Result<Option<Mmap>>>,
     /// How far the kernel has been asked to read ahead (`prefetch_after`).
     prefetched: std::sync::atomic::AtomicU64,
+    /// The object opened for direct I/O, on its first cold read (`None`: refused; reads stay
+    /// buffered). See `fs::direct`.
+    direct: OnceLock<Option<DirectFile>>,
 }
 
 /// How far past a read of a big object the daemon asks the kernel to have read it already.
@@ -139,6 +145,30 @@ impl ObjectFile {
         }
     }
 
+    /// The object opened for direct I/O, when reading `range` of it (`bytes`, its mapping)
+    /// that way is worth it (`fs::direct`: big enough, not all cached, allowed); `None` when
+    /// the caller should copy from the mapping.
+    fn direct_for(&self, bytes: &[u8], range: &std::ops::Range<usize>) -> Option<&DirectFile> {
+        if range.len() < direct::DIRECT_MIN
+            || !direct::enabled()
+            || direct::resident(bytes, range.clone())
+        {
+            return None;
+        }
+        self.direct
+            .get_or_init(|| match DirectFile::reopen(&self.file) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    log::info!(
+                        "object {} is read through the page cache: no direct I/O ({e})",
+                        self.id
+                    );
+                    None
+                }
+            })
+            .as_ref()
+    }
+
     /// The open object file (for kernel passthrough).
     pub fn file(&self) -> &File {
         &self.file
@@ -162,6 +192,15 @@ impl ObjectFile {
             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
         }
     }
+}
+
+/// The part `[offset, offset + size)` of `data` that exists.
+fn clip(data: &[u8], offset: u64, size: u32) -> std::ops::Range<usize> {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    start..end
 }
 
 /// What an open file reads from: a shared object file, or rendered inline JSON.
@@ -407,6 +446,7 @@ impl ReadOnlyFs {
             len,
             map: OnceLock::new(),
             prefetched: Default::default(),
+            direct: OnceLock::new(),
         });
         let mut objects = self.objects.lock();
         // Another thread may have opened it meanwhile: share theirs.
@@ -481,13 +521,15 @@ impl ReadOnlyFs {
         size: u32,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, FsError> {
-        let handle = self
-            .handles
+        self.read_handle(&self.handle(fh)?, offset, size, f)
+    }
+
+    fn handle(&self, fh: u64) -> Result<FileSource, FsError> {
+        self.handles
             .lock()
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle(fh))?;
-        self.read_handle(&handle, offset, size, f)
+            .ok_or(FsError::BadHandle(fh))
     }
 
     fn read_handle<R>(
@@ -497,24 +539,71 @@ impl ReadOnlyFs {
         size: u32,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, FsError> {
-        let slice = |data: &[u8]| -> std::ops::Range<usize> {
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(data.len());
-            let end = start.saturating_add(size as usize).min(data.len());
-            start..end
-        };
         match handle {
-            FileSource::Inline(bytes) => Ok(f(&bytes[slice(bytes)])),
+            FileSource::Inline(bytes) => Ok(f(&bytes[clip(bytes, offset, size)])),
             FileSource::Object(of) => {
-                let bytes = of.bytes().map_err(|e| {
-                    self.unavailable(of.index, of.id, &format!("cannot be mapped: {e}"))
-                })?;
-                let range = slice(bytes);
+                let bytes = self.mapped(of)?;
+                let range = clip(bytes, offset, size);
+                let mut f = Some(f);
+                if let Some(dio) = of.direct_for(bytes, &range) {
+                    // Cold: read into this thread's aligned buffer and hand that over.
+                    let served =
+                        direct::with_buffer(|buf| match dio.read_range(range.clone(), buf) {
+                            Ok(Some(n)) => Ok(f.take().map(|f| f(&buf[..n]))),
+                            Ok(None) => Ok(None),
+                            Err(e) => Err(e),
+                        });
+                    match served {
+                        Ok(Some(r)) => return Ok(r),
+                        Ok(None) => {}
+                        Err(e) => log::warn!(
+                            "direct read of object {} failed, read through the page cache: {e}",
+                            of.id
+                        ),
+                    }
+                }
                 of.prefetch_after(range.end as u64);
+                let f = f.take().expect("the reply is sent once");
                 Ok(f(&bytes[range]))
             }
         }
+    }
+
+    /// Read up to `buf.len()` bytes at `offset` of a file into `buf` (by open handle, or by
+    /// inode when `fh` is 0: no-open mode); the count read. For transports that give the
+    /// daemon the reply's buffer (FUSE over io_uring). Always through the object's page cache:
+    /// one queue thread serves a reader's READs one after the other, so a direct read would
+    /// leave the disk with one request at a time, where the prefetch keeps it busy (`fs::direct`).
+    pub fn read_into(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, FsError> {
+        let handle = if fh == 0 {
+            self.source_of_inode(ino)?
+        } else {
+            self.handle(fh)?
+        };
+        let size = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let data = match &handle {
+            FileSource::Inline(bytes) => &bytes[clip(bytes, offset, size)],
+            FileSource::Object(of) => {
+                let bytes = self.mapped(of)?;
+                let range = clip(bytes, offset, size);
+                of.prefetch_after(range.end as u64);
+                &bytes[range]
+            }
+        };
+        buf[..data.len()].copy_from_slice(data);
+        Ok(data.len())
+    }
+
+    /// The mapped bytes of an object file.
+    fn mapped<'a>(&self, of: &'a ObjectFile) -> Result<&'a [u8], FsError> {
+        of.bytes()
+            .map_err(|e| self.unavailable(of.index, of.id, &format!("cannot be mapped: {e}")))
     }
 
     /// Read a file by inode, without an open handle: for kernels that open files without
@@ -757,6 +846,7 @@ mod tests {
             len,
             map: OnceLock::new(),
             prefetched: Default::default(),
+            direct: OnceLock::new(),
         };
         of.prefetch_after(from as u64);
         let want = (to - from) / rustix::param::page_size();

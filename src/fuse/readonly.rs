@@ -664,16 +664,8 @@ impl DirectReader {
 
 impl super::uring::DirectRead for DirectReader {
     fn read_into(&self, ino: u64, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, i32> {
-        let size = buf.len() as u32;
-        let copy = |data: &[u8]| {
-            buf[..data.len()].copy_from_slice(data);
-            data.len()
-        };
-        let result = if fh == 0 {
-            self.fs.read_inode(ino, offset, size, copy)
-        } else {
-            self.fs.read(fh, offset, size, copy)
-        };
-        result.map_err(|e| e.errno())
+        self.fs
+            .read_into(ino, fh, offset, buf)
+            .map_err(|e| e.errno())
     }
 }

@@ -23,6 +23,7 @@ pub mod hostile;
 pub mod model;
 pub mod mounts;
 pub mod nginx;
+pub mod pagecache;
 pub mod reference;
 pub mod remote;
 pub mod repos;
