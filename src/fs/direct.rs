@@ -47,6 +47,34 @@ pub fn enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var_os("PVRFS_DIRECT_READS").is_none_or(|v| v != "0"))
 }
 
+/// What went wrong with direct I/O, for [`report`].
+#[derive(Debug, Clone, Copy)]
+pub enum Trouble {
+    /// The file system refused to open an object for direct I/O.
+    Refused,
+    /// A direct read failed (it is then read through the page cache).
+    Failed,
+}
+
+/// Log a direct-I/O problem: the first of each kind at info (refused) or warn (failed), later
+/// ones at debug. A store on a file system without O_DIRECT would otherwise log once per
+/// object, a failing disk once per READ.
+pub fn report(trouble: Trouble, what: std::fmt::Arguments) {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    static REFUSED: AtomicBool = AtomicBool::new(false);
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    let (seen, level) = match trouble {
+        Trouble::Refused => (&REFUSED, log::Level::Info),
+        Trouble::Failed => (&FAILED, log::Level::Warn),
+    };
+    let level = if seen.swap(true, Relaxed) {
+        log::Level::Debug
+    } else {
+        level
+    };
+    log::log!(level, "{what}");
+}
+
 /// An object file opened a second time, for direct I/O.
 #[derive(Debug)]
 pub struct DirectFile {

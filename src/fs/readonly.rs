@@ -159,9 +159,12 @@ impl ObjectFile {
             .get_or_init(|| match DirectFile::reopen(&self.file) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    log::info!(
-                        "object {} is read through the page cache: no direct I/O ({e})",
-                        self.id
+                    direct::report(
+                        direct::Trouble::Refused,
+                        format_args!(
+                            "object {} is read through the page cache: no direct I/O ({e})",
+                            self.id
+                        ),
                     );
                     None
                 }
@@ -556,9 +559,12 @@ impl ReadOnlyFs {
                     match served {
                         Ok(Some(r)) => return Ok(r),
                         Ok(None) => {}
-                        Err(e) => log::warn!(
-                            "direct read of object {} failed, read through the page cache: {e}",
-                            of.id
+                        Err(e) => direct::report(
+                            direct::Trouble::Failed,
+                            format_args!(
+                                "direct read of object {} failed, read through the page cache: {e}",
+                                of.id
+                            ),
                         ),
                     }
                 }
