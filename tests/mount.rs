@@ -764,7 +764,10 @@ fn cold_blobs_read_through_the_daemon_are_cached_once() {
     );
     let expected = std::fs::read(&object).unwrap();
     evict(&object);
-    assert_eq!(cached_pages(&object), 0, "the object could not be evicted");
+    if cached_pages(&object) > 0 {
+        // E.g. a store on tmpfs, whose pages are the files themselves.
+        return eprintln!("NOTE: skipped: the object's pages cannot be dropped here");
+    }
     let got = std::fs::read(m.join("blobs/big.img")).unwrap();
     assert!(got == expected, "wrong bytes");
     let pages = expected.len().div_ceil(4096);
