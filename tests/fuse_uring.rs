@@ -425,3 +425,54 @@ fn queue_threads_that_cannot_start_leave_the_mount_on_dev_fuse() {
     // every request until all queues registered, so the daemon must make it give up the ring.
     falls_back_to_dev_fuse("start", "unstarted");
 }
+
+/// A cold blob's READs are read from the disk by the ring itself (`DiskRead`: O_DIRECT into
+/// the entry's payload, several in flight per queue; the daemon logs each): the bytes are
+/// exact at every offset, the end of the file included, and a warm object is copied from its
+/// page cache instead.
+#[test]
+fn cold_blob_reads_are_read_from_the_disk_by_the_ring() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let blob: Vec<u8> = (0..(6u32 << 20) + 777).map(|i| (i % 251) as u8).collect();
+    let mut t = fixture();
+    t.set("big.img", Content::Blob(&blob));
+    t.commit("big");
+    let object = t
+        .path()
+        .join(".pvr/objects")
+        .join(pvrfs::oid::ObjectId::hash_bytes(&blob).to_hex());
+    if let Err(e) = pvrfs::fs::direct::DirectFile::reopen(&fs::File::open(&object).unwrap()) {
+        return eprintln!(
+            "NOTE: skipped: the test directory's file system offers no direct I/O ({e})"
+        );
+    }
+    let disk_reads = || -> usize {
+        fs::read_dir(t.repo.ext_dir().join("logs"))
+            .unwrap()
+            .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+            .map(|log| log.matches("read from the disk").count())
+            .sum()
+    };
+    let read_through_mount = || {
+        let m = Mount::with_env(
+            t.path(),
+            "latest",
+            &["--passthrough", "never"],
+            &[("RUST_LOG", "pvrfs::fuse::uring=debug")],
+        );
+        assert!(fs::read(m.join("big.img")).unwrap() == blob, "wrong bytes");
+    };
+    common::pagecache::evict(&object);
+    if common::pagecache::cached_pages(&object) > 0 {
+        return eprintln!("NOTE: skipped: the object's pages cannot be dropped here");
+    }
+    read_through_mount();
+    let cold = disk_reads();
+    assert!(cold > 0, "no READ was read from the disk by the ring");
+    // A warm object (a fresh mount: its own pages are cold) is copied from the page cache.
+    fs::read(&object).unwrap();
+    read_through_mount();
+    assert_eq!(disk_reads(), cold, "a warm object was read from the disk");
+}

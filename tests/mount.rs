@@ -739,44 +739,49 @@ fn blob_reads_come_in_large_requests() {
     );
 }
 
-/// A cold blob read through the daemon on /dev/fuse (no-open mode) comes straight from the
-/// disk into the replies (`fs::direct`): the object's own pages stay out of the page cache, so
-/// the bytes are cached once, in the mount's pages, and they are right.
+/// A cold blob read through the daemon (no-open mode) comes straight from the disk into the
+/// replies (`fs::direct`; on io_uring the ring reads it into its payload buffer): the object's
+/// own pages stay out of the page cache, so the bytes are cached once, in the mount's pages,
+/// and they are right. On both transports (io_uring where the kernel offers it).
 #[test]
 fn cold_blobs_read_through_the_daemon_are_cached_once() {
     if !fuse_available() {
         return;
     }
-    let (t, _) = fixture();
-    let object = objects_of(&t)
-        .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    if let Err(e) = pvrfs::fs::direct::DirectFile::reopen(&std::fs::File::open(&object).unwrap()) {
-        eprintln!("NOTE: skipped: the test directory's file system offers no direct I/O ({e})");
-        return;
+    for uring in ["0", "1"] {
+        let (t, _) = fixture();
+        let object = objects_of(&t)
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let file = std::fs::File::open(&object).unwrap();
+        if let Err(e) = pvrfs::fs::direct::DirectFile::reopen(&file) {
+            return eprintln!(
+                "NOTE: skipped: the test directory's file system offers no direct I/O ({e})"
+            );
+        }
+        let m = Mount::with_env(
+            t.path(),
+            "latest",
+            &["--passthrough", "never"],
+            &[("PVRFS_FUSE_URING", uring)],
+        );
+        let expected = std::fs::read(&object).unwrap();
+        evict(&object);
+        if cached_pages(&object) > 0 {
+            // E.g. a store on tmpfs, whose pages are the files themselves.
+            return eprintln!("NOTE: skipped: the object's pages cannot be dropped here");
+        }
+        let got = std::fs::read(m.join("blobs/big.img")).unwrap();
+        assert!(got == expected, "PVRFS_FUSE_URING={uring}: wrong bytes");
+        let pages = expected.len().div_ceil(4096);
+        let cached = cached_pages(&object);
+        // Reads under 128 KiB (the first of a file, the tail) may come through the page cache.
+        assert!(
+            cached * 4 < pages,
+            "PVRFS_FUSE_URING={uring}: {cached} of {pages} pages of the object were cached by a read through the mount"
+        );
     }
-    let m = Mount::with_env(
-        t.path(),
-        "latest",
-        &["--passthrough", "never"],
-        &[("PVRFS_FUSE_URING", "0")],
-    );
-    let expected = std::fs::read(&object).unwrap();
-    evict(&object);
-    if cached_pages(&object) > 0 {
-        // E.g. a store on tmpfs, whose pages are the files themselves.
-        return eprintln!("NOTE: skipped: the object's pages cannot be dropped here");
-    }
-    let got = std::fs::read(m.join("blobs/big.img")).unwrap();
-    assert!(got == expected, "wrong bytes");
-    let pages = expected.len().div_ceil(4096);
-    let cached = cached_pages(&object);
-    // Reads under 128 KiB (the first of a file, the tail) may come through the page cache.
-    assert!(
-        cached * 4 < pages,
-        "{cached} of {pages} pages of the object were cached by a read through the mount"
-    );
 }
 
 /// The object files of a test repository.

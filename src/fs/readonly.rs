@@ -11,8 +11,8 @@
 //! - an object file is opened once per inode and shared by all concurrent opens of it
 //!   (`ObjectFile`, held weakly per file so the last close drops it); reads come from an mmap
 //!   made on the first read, unless the adapter hands the fd to the kernel (passthrough); a
-//!   big read of pages not cached yet goes straight to the disk instead (`fs::direct`), except
-//!   through `read_into` (io_uring);
+//!   big read of pages not cached yet goes straight to the disk instead (`fs::direct`; on
+//!   io_uring the ring does the read, from a `DirectPlan`);
 //! - a missing object, or with `verify` one whose bytes do not hash to its name, makes open
 //!   (or, in no-open mode, read) fail with EIO and is logged once, naming the object and the
 //!   path; everything else keeps being served. Such a file lists with a 1-byte placeholder size
@@ -172,6 +172,11 @@ impl ObjectFile {
             .as_ref()
     }
 
+    /// The object's descriptor opened for direct I/O, once a read went direct (`DirectPlan`).
+    pub fn direct_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.direct.get()?.as_ref().map(DirectFile::fd)
+    }
+
     /// The open object file (for kernel passthrough).
     pub fn file(&self) -> &File {
         &self.file
@@ -218,6 +223,19 @@ pub enum FileSource {
 pub struct Opened {
     pub fh: u64,
     pub source: FileSource,
+}
+
+/// A READ whose bytes the caller reads straight from the disk itself (FUSE over io_uring
+/// submits it to its ring, so that several are in flight on one queue): `ObjectFile::direct_fd`
+/// at `offset`, `read_len` bytes (aligned) into an aligned buffer, of which the reply has
+/// `reply_len`. A read that returns fewer than `reply_len` bytes is served with `read_into`
+/// instead. Holds the object file open until the read is done.
+#[derive(Debug)]
+pub struct DirectPlan {
+    pub object: Arc<ObjectFile>,
+    pub offset: u64,
+    pub read_len: usize,
+    pub reply_len: usize,
 }
 
 /// The filesystem of one revision.
@@ -577,9 +595,8 @@ impl ReadOnlyFs {
 
     /// Read up to `buf.len()` bytes at `offset` of a file into `buf` (by open handle, or by
     /// inode when `fh` is 0: no-open mode); the count read. For transports that give the
-    /// daemon the reply's buffer (FUSE over io_uring). Always through the object's page cache:
-    /// one queue thread serves a reader's READs one after the other, so a direct read would
-    /// leave the disk with one request at a time, where the prefetch keeps it busy (`fs::direct`).
+    /// daemon the reply's buffer (FUSE over io_uring), which read cold objects through
+    /// `direct_plan` first: this copies from the object's mapping.
     pub fn read_into(
         &self,
         ino: u64,
@@ -587,11 +604,7 @@ impl ReadOnlyFs {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize, FsError> {
-        let handle = if fh == 0 {
-            self.source_of_inode(ino)?
-        } else {
-            self.handle(fh)?
-        };
+        let handle = self.source(ino, fh)?;
         let size = u32::try_from(buf.len()).unwrap_or(u32::MAX);
         let data = match &handle {
             FileSource::Inline(bytes) => &bytes[clip(bytes, offset, size)],
@@ -604,6 +617,45 @@ impl ReadOnlyFs {
         };
         buf[..data.len()].copy_from_slice(data);
         Ok(data.len())
+    }
+
+    /// How to read `buf.len()` bytes at `offset` of a file straight from the disk into `buf`,
+    /// when that is worth it (`fs::direct`: a big read of an object whose pages are not all
+    /// cached) and `buf` is aligned for it; `None` otherwise (then `read_into`).
+    pub fn direct_plan(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        buf: &[u8],
+    ) -> Result<Option<DirectPlan>, FsError> {
+        let FileSource::Object(of) = self.source(ino, fh)? else {
+            return Ok(None);
+        };
+        let bytes = self.mapped(&of)?;
+        let size = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let range = clip(bytes, offset, size);
+        let Some((offset, read_len)) = of
+            .direct_for(bytes, &range)
+            .and_then(|dio| dio.plan(&range, buf))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(DirectPlan {
+            object: of.clone(),
+            offset,
+            read_len,
+            reply_len: range.len(),
+        }))
+    }
+
+    /// What a read reads from: the open handle `fh`, or inode `ino` when `fh` is 0.
+    fn source(&self, ino: u64, fh: u64) -> Result<FileSource, FsError> {
+        if fh == 0 {
+            self.source_of_inode(ino)
+        } else {
+            self.handle(fh)
+        }
     }
 
     /// The mapped bytes of an object file.

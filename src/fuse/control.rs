@@ -34,8 +34,8 @@
 //! the mount: the FUSE overlay, or kernel overlayfs over a private EROFS or FUSE lower layer);
 //! `state` answers the view's canonical state JSON in `text`, `info` the repository's work
 //! directory in `text` and the base revision in `rev`, `transport` how FUSE requests reach the
-//! daemon (`io_uring (Q queues, R requests, B big reads off the caller's CPU)` or
-//! `/dev/fuse …`, `fuse::uring::Status`);
+//! daemon (`io_uring (Q queues, R requests, B big reads off the caller's CPU, D read from the
+//! disk)` or `/dev/fuse …`, `fuse::uring::Status`);
 //! answer `{"ok": true, "text": str, "warnings": [str], "rev": u64?}` or
 //! `{"ok": false, "code": u8, "error": str}` (the daemon's error and exit code).
 

@@ -668,4 +668,18 @@ impl super::uring::DirectRead for DirectReader {
             .read_into(ino, fh, offset, buf)
             .map_err(|e| e.errno())
     }
+
+    fn plan(&self, ino: u64, fh: u64, offset: u64, buf: &[u8]) -> Option<super::uring::DiskRead> {
+        use std::os::fd::AsRawFd;
+        // Errors (a missing object) are answered by `read_into`, which the ring calls next.
+        let plan = self.fs.direct_plan(ino, fh, offset, buf).ok()??;
+        let fd = plan.object.direct_fd()?.as_raw_fd();
+        Some(super::uring::DiskRead {
+            fd,
+            offset: plan.offset,
+            read_len: plan.read_len,
+            reply_len: plan.reply_len,
+            keep: Box::new(plan.object),
+        })
+    }
 }

@@ -40,6 +40,13 @@
 //! and never commits in SCHED_IDLE while away. Without root the mount's readahead window stays
 //! at 128 KiB, no READ is that big, and nothing moves.
 //!
+//! Cold reads: a READ the file system plans as a disk read (`DirectRead::plan`: a cold object,
+//! `fs::direct`) is submitted to the queue's own ring as an O_DIRECT `IORING_OP_READ` into the
+//! entry's payload (page-aligned for it); the thread goes on with other requests, and the
+//! completion (`DISK_READ` in its user data) writes the reply and commits it. Both entries of
+//! a queue can be waiting for the disk at once, where a synchronous read would leave the disk
+//! one request at a time; a read that comes back short is served by `read_into` instead.
+//!
 //! Invariants and failure handling:
 //! - the rings are created (and URING_CMD probed) before the mount, and the capability is asked
 //!   for only then: once INIT granted it, the kernel holds every request until all queues have
@@ -103,11 +110,15 @@ const DEPTH: usize = 2;
 const OFF_CPU_READ: u32 = 256 << 10;
 /// `user_data` of the stop eventfd's poll.
 const STOP: u64 = u64::MAX;
+/// `user_data` bit of a disk read into entry `i`'s payload (`DiskRead`); entries' commands
+/// carry their index alone.
+const DISK_READ: u64 = 1 << 32;
 
 static OFFERED: AtomicBool = AtomicBool::new(false);
 static QUEUES: AtomicUsize = AtomicUsize::new(0);
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 static OFF_CPU_READS: AtomicU64 = AtomicU64::new(0);
+static DISK_READS: AtomicU64 = AtomicU64::new(0);
 static FAILED: AtomicBool = AtomicBool::new(false);
 
 /// What the transport of this daemon's mount is doing.
@@ -121,20 +132,22 @@ pub struct Status {
     pub requests: u64,
     /// READs among them served off the caller's CPU (`OFF_CPU_READ`).
     pub off_cpu_reads: u64,
+    /// READs among them read from the disk by the ring (`DiskRead`).
+    pub disk_reads: u64,
     /// A registration was refused (the kernel fell back to `/dev/fuse`).
     pub failed: bool,
 }
 
 impl Status {
-    /// `io_uring (Q queues, R requests, B big reads off the caller's CPU)` once requests come
-    /// by the rings, else `/dev/fuse` and why.
+    /// `io_uring (Q queues, R requests, B big reads off the caller's CPU, D read from the
+    /// disk)` once requests come by the rings, else `/dev/fuse` and why.
     pub fn describe(&self) -> String {
         // Granted: the kernel holds requests until every queue registered, so requests come
         // by the rings from the start (`queues` grows while the queue threads start).
         if self.granted && !self.failed {
             format!(
-                "io_uring ({} queues, {} requests, {} big reads off the caller's CPU)",
-                self.queues, self.requests, self.off_cpu_reads
+                "io_uring ({} queues, {} requests, {} big reads off the caller's CPU, {} read from the disk)",
+                self.queues, self.requests, self.off_cpu_reads, self.disk_reads
             )
         } else if self.failed {
             "/dev/fuse (io_uring registration refused by the kernel)".into()
@@ -153,6 +166,7 @@ pub fn status() -> Status {
         queues: QUEUES.load(Ordering::Relaxed),
         requests: REQUESTS.load(Ordering::Relaxed),
         off_cpu_reads: OFF_CPU_READS.load(Ordering::Relaxed),
+        disk_reads: DISK_READS.load(Ordering::Relaxed),
         failed: FAILED.load(Ordering::Relaxed),
     }
 }
@@ -207,6 +221,36 @@ pub trait DirectRead: Send + Sync {
     /// inode `ino` (open handle `fh`; 0 when files are opened without the daemon) at `offset`;
     /// returns how many (fewer at the end of the file) or an errno.
     fn read_into(&self, ino: u64, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, i32>;
+
+    /// A READ the ring should read from the disk itself, straight into `buf` (a cold object:
+    /// `fs::direct`), so that the queue thread need not wait for the disk and several reads
+    /// are in flight; `None`: `read_into` serves it.
+    fn plan(&self, _ino: u64, _fh: u64, _offset: u64, _buf: &[u8]) -> Option<DiskRead> {
+        None
+    }
+}
+
+/// A READ read from the disk by the ring (`DirectRead::plan`): `read_len` bytes at `offset` of
+/// `fd` (opened with O_DIRECT) into the payload, of which the reply has `reply_len`; a read
+/// that returns fewer is served by `read_into` instead.
+pub struct DiskRead {
+    pub fd: RawFd,
+    pub offset: u64,
+    pub read_len: usize,
+    pub reply_len: usize,
+    /// Keeps `fd` open until the read completed.
+    pub keep: Box<dyn Send>,
+}
+
+/// A READ whose bytes the ring is reading from the disk into an entry's payload.
+struct Pending {
+    unique: u64,
+    commit_id: u64,
+    ino: u64,
+    fh: u64,
+    offset: u64,
+    size: usize,
+    read: DiskRead,
 }
 
 fn page_size() -> usize {
@@ -448,8 +492,45 @@ impl Aligned {
 /// address: they must not move while the ring lives, hence the boxes) and its iovecs.
 struct Entry {
     header: Box<Aligned>,
-    payload: Box<[u8]>,
+    payload: Payload,
     iov: Box<[libc::iovec; 2]>,
+    /// The READ being read from the disk into `payload`, if any.
+    pending: Option<Pending>,
+}
+
+/// An entry's payload buffer: page-aligned (an anonymous mapping, touched only as used) so that
+/// a cold object can be read into it with O_DIRECT; on the heap if the mapping fails.
+enum Payload {
+    Mapped(memmap2::MmapMut),
+    Heap(Box<[u8]>),
+}
+
+impl Payload {
+    fn new(len: usize) -> Payload {
+        match memmap2::MmapMut::map_anon(len) {
+            Ok(m) => Payload::Mapped(m),
+            Err(_) => Payload::Heap(vec![0u8; len].into_boxed_slice()),
+        }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Mapped(m) => m,
+            Payload::Heap(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Payload {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Payload::Mapped(m) => m,
+            Payload::Heap(b) => b,
+        }
+    }
 }
 
 struct Queue {
@@ -660,7 +741,7 @@ impl Queue {
         let mut entries: Vec<Entry> = (0..DEPTH)
             .map(|_| {
                 let mut header = Box::new(Aligned::new(HEADER_SIZE));
-                let mut payload = vec![0u8; self.payload].into_boxed_slice();
+                let mut payload = Payload::new(self.payload);
                 let iov = Box::new([
                     libc::iovec {
                         iov_base: header.bytes().as_mut_ptr().cast(),
@@ -675,6 +756,7 @@ impl Queue {
                     header,
                     payload,
                     iov,
+                    pending: None,
                 }
             })
             .collect();
@@ -712,18 +794,35 @@ impl Queue {
             done.clear();
             done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             let mut commits = 0;
+            let mut reads = 0;
             for &(ud, res) in &done {
                 if ud == STOP {
                     live = 0;
                     break;
                 }
+                if ud & DISK_READ != 0 {
+                    let i = (ud & !DISK_READ) as usize;
+                    if let Some(commit_id) = self.disk_read_done(&mut entries[i], res) {
+                        let sqe = self.commit_sqe(i, commit_id);
+                        self.push(&sqe);
+                        commits += 1;
+                    }
+                    continue;
+                }
                 let i = ud as usize;
                 if res == 0 {
                     self.place(serve_off_cpu(entries[i].header.bytes()));
-                    let commit_id = self.serve(&dispatcher, &mut entries[i], &mut request);
-                    let sqe = self.commit_sqe(i, commit_id);
-                    self.push(&sqe);
-                    commits += 1;
+                    match self.serve(&dispatcher, &mut entries[i], &mut request) {
+                        Served::Commit(commit_id) => {
+                            let sqe = self.commit_sqe(i, commit_id);
+                            self.push(&sqe);
+                            commits += 1;
+                        }
+                        Served::Reading(sqe) => {
+                            self.push(&sqe.user_data(DISK_READ | i as u64).into());
+                            reads += 1;
+                        }
+                    }
                 } else if res == -libc::EAGAIN || res == -libc::EINTR {
                     // Not ready yet (INIT still being processed): register again.
                     std::thread::sleep(std::time::Duration::from_millis(1));
@@ -744,6 +843,10 @@ impl Queue {
             }
             if commits > 0 && live > 0 {
                 self.commit();
+            } else if reads > 0 && live > 0 {
+                if let Err(e) = self.ring.submit() {
+                    log::debug!("io_uring queue {}: submit: {e}", self.qid);
+                }
             }
         }
         // Dropping the ring cancels what is still submitted before the buffers go.
@@ -751,13 +854,13 @@ impl Queue {
         drop(entries);
     }
 
-    /// Answer the request in entry `e`; returns its commit id.
+    /// Answer the request in entry `e`: its commit id, or the disk read to submit first.
     fn serve<FS: fuser::Filesystem>(
         &self,
         dispatcher: &fuser::RawDispatcher<FS>,
         e: &mut Entry,
         request: &mut Aligned,
-    ) -> u64 {
+    ) -> Served {
         REQUESTS.fetch_add(1, Ordering::Relaxed);
         let header = e.header.bytes();
         let commit_id = u64_at(header, COMMIT_ID);
@@ -774,6 +877,36 @@ impl Queue {
                 log::debug!(
                     "FUSE({unique:3}) ino {ino:#018x} READ fh FileHandle({fh}), offset {offset}, size {size} (io_uring, direct)"
                 );
+                let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    reader.plan(ino, fh, offset, &e.payload[..size])
+                }))
+                .ok()
+                .flatten()
+                .filter(|r| r.read_len <= e.payload.len() && r.reply_len <= size);
+                if let Some(read) = planned {
+                    let sqe = opcode::Read::new(
+                        types::Fd(read.fd),
+                        e.payload.as_mut_ptr(),
+                        read.read_len as u32,
+                    )
+                    .offset(read.offset)
+                    .build();
+                    e.pending = Some(Pending {
+                        unique,
+                        commit_id,
+                        ino,
+                        fh,
+                        offset,
+                        size,
+                        read,
+                    });
+                    DISK_READS.fetch_add(1, Ordering::Relaxed);
+                    log::debug!(
+                        "io_uring queue {}: READ {unique} read from the disk",
+                        self.qid
+                    );
+                    return Served::Reading(sqe);
+                }
                 let buf = &mut e.payload[..size];
                 let (error, n) =
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -787,7 +920,7 @@ impl Queue {
                         }
                     };
                 finish(e, unique, error, n);
-                return commit_id;
+                return Served::Commit(commit_id);
             }
         }
         let reply = match len
@@ -841,8 +974,58 @@ impl Queue {
         };
         e.payload[..body.len()].copy_from_slice(body);
         finish(e, unique, error, body.len());
-        commit_id
+        Served::Commit(commit_id)
     }
+
+    /// The disk read into entry `e`'s payload completed with `res` (bytes, or -errno): write
+    /// the reply, or, when it read fewer bytes than the reply needs, serve the READ through
+    /// `read_into` instead. Returns the commit id (none for a completion of no read).
+    fn disk_read_done(&self, e: &mut Entry, res: i32) -> Option<u64> {
+        let Some(p) = e.pending.take() else {
+            log::error!("io_uring queue {}: a disk read for no request", self.qid);
+            return None;
+        };
+        if usize::try_from(res).is_ok_and(|n| n >= p.read.reply_len) {
+            finish(e, p.unique, 0, p.read.reply_len);
+            return Some(p.commit_id);
+        }
+        if res < 0 {
+            crate::fs::direct::report(
+                crate::fs::direct::Trouble::Failed,
+                format_args!(
+                    "direct read of inode {} failed, read through the page cache: {}",
+                    p.ino,
+                    io::Error::from_raw_os_error(-res)
+                ),
+            );
+        }
+        drop(p.read);
+        let reader = self
+            .direct_read
+            .as_ref()
+            .expect("a disk read came from a reader");
+        let buf = &mut e.payload[..p.size];
+        let (error, n) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reader.read_into(p.ino, p.fh, p.offset, buf)
+        })) {
+            Ok(Ok(n)) => (0, n.min(p.size)),
+            Ok(Err(errno)) => (-errno, 0),
+            Err(_) => {
+                log::error!("io_uring queue {}: read handler panicked", self.qid);
+                (-libc::EIO, 0)
+            }
+        };
+        finish(e, p.unique, error, n);
+        Some(p.commit_id)
+    }
+}
+
+/// What `serve` did with a request.
+enum Served {
+    /// Answered: commit it.
+    Commit(u64),
+    /// Its bytes are to be read from the disk first (submit this; `disk_read_done` answers).
+    Reading(squeue::Entry),
 }
 
 /// Write the reply header of entry `e`, whose payload holds `body_len` bytes of reply body.
@@ -946,11 +1129,12 @@ mod tests {
             queues: 2,
             requests: 5,
             off_cpu_reads: 3,
+            disk_reads: 1,
             failed: false,
         };
         assert_eq!(
             s.describe(),
-            "io_uring (2 queues, 5 requests, 3 big reads off the caller's CPU)"
+            "io_uring (2 queues, 5 requests, 3 big reads off the caller's CPU, 1 read from the disk)"
         );
         let s = Status { failed: true, ..s };
         assert!(s.describe().starts_with("/dev/fuse"));
