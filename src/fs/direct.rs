@@ -7,8 +7,9 @@
 //! Read with `O_DIRECT` into an aligned buffer, the device writes the bytes where the kernel
 //! copies the reply from: no page of the object is allocated, and a cold blob read through a
 //! mount holds its size in memory once. Measured (cold 1 GiB, `--passthrough never`,
-//! /dev/fuse): the daemon's CPU time 0.55-0.66 s → 0.27-0.34 s, the read 0.95-1.09 s →
-//! 0.84-1.15 s (the reader's own kernel work, 0.8-0.9 s, is the limit either way).
+//! /dev/fuse, 12 rounds each): the daemon's CPU time 0.55-0.70 s → 0.27-0.47 s; the read
+//! 0.84-1.27 s → 0.84-1.55 s, medians 1.08 s → 1.07 s: the reader's own kernel work, 0.8-0.9 s,
+//! is the limit either way (docs/SEMANTICS.md, "Reads").
 //!
 //! Where: the `/dev/fuse` workers read into a per-thread aligned buffer ([`with_buffer`])
 //! while the others serve the reader's next READs; an io_uring queue submits the read to its
@@ -24,8 +25,9 @@
 //!   (`statx` `STATX_DIOALIGN`); a read that does not is served the buffered way;
 //! - objects are immutable (store invariant), so direct and cached reads of one object see the
 //!   same bytes;
-//! - a file system that refuses `O_DIRECT` (tmpfs before 6.6, some FUSE and network file
-//!   systems) or a direct read that fails is logged once and read the buffered way from then on.
+//! - an object on a file system that refuses `O_DIRECT` (some FUSE and network file systems)
+//!   is read the buffered way from then on; a direct read that fails or comes back short is
+//!   served the buffered way; each kind of trouble is logged once ([`report`]).
 
 use std::cell::RefCell;
 use std::fs::File;
