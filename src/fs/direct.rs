@@ -13,7 +13,7 @@
 //!
 //! Where: the `/dev/fuse` workers read into a per-thread aligned buffer ([`with_buffer`])
 //! while the others serve the reader's next READs; an io_uring queue submits the read to its
-//! ring, into the entry's payload (`fuse::uring`, `ReadOnlyFs::direct_plan`), and serves other
+//! ring, into the entry's payload (`fuse::uring`, `ReadOnlyFs::read_or_plan`), and serves other
 //! requests meanwhile. Measured on io_uring (same run, 3 rounds): 0.93-1.25 s against
 //! 0.82-1.02 s buffered, the daemon's CPU 0.25-0.43 s against 0.62-0.66 s.
 //!

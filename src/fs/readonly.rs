@@ -211,6 +211,11 @@ fn clip(data: &[u8], offset: u64, size: u32) -> std::ops::Range<usize> {
     start..end
 }
 
+/// A buffer's length as a READ size.
+fn len_u32(buf: &[u8]) -> u32 {
+    u32::try_from(buf.len()).unwrap_or(u32::MAX)
+}
+
 /// What an open file reads from: a shared object file, or rendered inline JSON.
 #[derive(Debug, Clone)]
 pub enum FileSource {
@@ -223,6 +228,15 @@ pub enum FileSource {
 pub struct Opened {
     pub fh: u64,
     pub source: FileSource,
+}
+
+/// What `ReadOnlyFs::read_or_plan` did with a READ.
+#[derive(Debug)]
+pub enum ReadInto {
+    /// This many bytes were copied into the buffer.
+    Copied(usize),
+    /// The caller reads the bytes from the disk itself.
+    Planned(DirectPlan),
 }
 
 /// A READ whose bytes the caller reads straight from the disk itself (FUSE over io_uring
@@ -560,53 +574,43 @@ impl ReadOnlyFs {
         size: u32,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, FsError> {
-        match handle {
-            FileSource::Inline(bytes) => Ok(f(&bytes[clip(bytes, offset, size)])),
-            FileSource::Object(of) => {
-                let bytes = self.mapped(of)?;
-                let range = clip(bytes, offset, size);
-                let mut f = Some(f);
-                if let Some(dio) = of.direct_for(bytes, &range) {
-                    // Cold: read into this thread's aligned buffer and hand that over.
-                    let served =
-                        direct::with_buffer(|buf| match dio.read_range(range.clone(), buf) {
-                            Ok(Some(n)) => Ok(f.take().map(|f| f(&buf[..n]))),
-                            Ok(None) => Ok(None),
-                            Err(e) => Err(e),
-                        });
-                    match served {
-                        Ok(Some(r)) => return Ok(r),
-                        Ok(None) => {}
-                        Err(e) => direct::report(
-                            direct::Trouble::Failed,
-                            format_args!(
-                                "direct read of object {} failed, read through the page cache: {e}",
-                                of.id
-                            ),
+        let mut f = Some(f);
+        if let FileSource::Object(of) = handle {
+            let bytes = self.mapped(of)?;
+            let range = clip(bytes, offset, size);
+            if let Some(dio) = of.direct_for(bytes, &range) {
+                // Cold: read into this thread's aligned buffer and hand that over.
+                let served = direct::with_buffer(|buf| match dio.read_range(range, buf) {
+                    Ok(Some(n)) => Ok(f.take().map(|f| f(&buf[..n]))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                });
+                match served {
+                    Ok(Some(r)) => return Ok(r),
+                    Ok(None) => {}
+                    Err(e) => direct::report(
+                        direct::Trouble::Failed,
+                        format_args!(
+                            "direct read of object {} failed, read through the page cache: {e}",
+                            of.id
                         ),
-                    }
+                    ),
                 }
-                of.prefetch_after(range.end as u64);
-                let f = f.take().expect("the reply is sent once");
-                Ok(f(&bytes[range]))
             }
         }
+        let f = f.take().expect("the reply is sent once");
+        Ok(f(self.cached_bytes(handle, offset, size)?))
     }
 
-    /// Read up to `buf.len()` bytes at `offset` of a file into `buf` (by open handle, or by
-    /// inode when `fh` is 0: no-open mode); the count read. For transports that give the
-    /// daemon the reply's buffer (FUSE over io_uring), which read cold objects through
-    /// `direct_plan` first: this copies from the object's mapping.
-    pub fn read_into(
+    /// The bytes `[offset, offset + size)` of a file as far as they exist, from the rendered
+    /// inline value or the object's mapping (asking the kernel to read ahead of big reads).
+    fn cached_bytes<'a>(
         &self,
-        ino: u64,
-        fh: u64,
+        handle: &'a FileSource,
         offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize, FsError> {
-        let handle = self.source(ino, fh)?;
-        let size = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let data = match &handle {
+        size: u32,
+    ) -> Result<&'a [u8], FsError> {
+        Ok(match handle {
             FileSource::Inline(bytes) => &bytes[clip(bytes, offset, size)],
             FileSource::Object(of) => {
                 let bytes = self.mapped(of)?;
@@ -614,39 +618,61 @@ impl ReadOnlyFs {
                 of.prefetch_after(range.end as u64);
                 &bytes[range]
             }
-        };
-        buf[..data.len()].copy_from_slice(data);
-        Ok(data.len())
+        })
     }
 
-    /// How to read `buf.len()` bytes at `offset` of a file straight from the disk into `buf`,
-    /// when that is worth it (`fs::direct`: a big read of an object whose pages are not all
-    /// cached) and `buf` is aligned for it; `None` otherwise (then `read_into`).
-    pub fn direct_plan(
+    /// Read up to `buf.len()` bytes at `offset` of a file into `buf` (by open handle, or by
+    /// inode when `fh` is 0: no-open mode), copied from the rendered value or the object's
+    /// mapping; the count read. For transports that give the daemon the reply's buffer (FUSE
+    /// over io_uring), after a disk read `read_or_plan` planned came back short or failed.
+    pub fn read_into(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
-        buf: &[u8],
-    ) -> Result<Option<DirectPlan>, FsError> {
-        let FileSource::Object(of) = self.source(ino, fh)? else {
-            return Ok(None);
-        };
-        let bytes = self.mapped(&of)?;
-        let size = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let range = clip(bytes, offset, size);
-        let Some((offset, read_len)) = of
-            .direct_for(bytes, &range)
-            .and_then(|dio| dio.plan(&range, buf))
-        else {
-            return Ok(None);
-        };
-        Ok(Some(DirectPlan {
-            object: of.clone(),
-            offset,
-            read_len,
-            reply_len: range.len(),
-        }))
+        buf: &mut [u8],
+    ) -> Result<usize, FsError> {
+        self.copy_into(&self.source(ino, fh)?, offset, buf)
+    }
+
+    /// As `read_into`, except that a big read of an object whose pages are not all cached
+    /// (`fs::direct`), into a `buf` aligned for direct I/O, is left to the caller to read from
+    /// the disk: `ReadInto::Planned`.
+    pub fn read_or_plan(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<ReadInto, FsError> {
+        let handle = self.source(ino, fh)?;
+        if let FileSource::Object(of) = &handle {
+            let bytes = self.mapped(of)?;
+            let range = clip(bytes, offset, len_u32(buf));
+            let planned = of
+                .direct_for(bytes, &range)
+                .and_then(|dio| dio.plan(&range, buf));
+            if let Some((offset, read_len)) = planned {
+                return Ok(ReadInto::Planned(DirectPlan {
+                    object: of.clone(),
+                    offset,
+                    read_len,
+                    reply_len: range.len(),
+                }));
+            }
+        }
+        Ok(ReadInto::Copied(self.copy_into(&handle, offset, buf)?))
+    }
+
+    fn copy_into(
+        &self,
+        handle: &FileSource,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, FsError> {
+        let data = self.cached_bytes(handle, offset, len_u32(buf))?;
+        buf[..data.len()].copy_from_slice(data);
+        Ok(data.len())
     }
 
     /// What a read reads from: the open handle `fh`, or inode `ino` when `fh` is 0.

@@ -669,17 +669,29 @@ impl super::uring::DirectRead for DirectReader {
             .map_err(|e| e.errno())
     }
 
-    fn plan(&self, ino: u64, fh: u64, offset: u64, buf: &[u8]) -> Option<super::uring::DiskRead> {
+    fn read_or_plan(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<super::uring::RingRead, i32> {
+        use super::uring::{DiskRead, RingRead};
+        use crate::fs::readonly::ReadInto;
         use std::os::fd::AsRawFd;
-        // Errors (a missing object) are answered by `read_into`, which the ring calls next.
-        let plan = self.fs.direct_plan(ino, fh, offset, buf).ok()??;
-        let fd = plan.object.direct_fd()?.as_raw_fd();
-        Some(super::uring::DiskRead {
-            fd,
-            offset: plan.offset,
-            read_len: plan.read_len,
-            reply_len: plan.reply_len,
-            keep: Box::new(plan.object),
-        })
+        match self.fs.read_or_plan(ino, fh, offset, buf) {
+            Ok(ReadInto::Copied(n)) => Ok(RingRead::Copied(n)),
+            Ok(ReadInto::Planned(plan)) => match plan.object.direct_fd() {
+                Some(fd) => Ok(RingRead::Disk(DiskRead {
+                    fd: fd.as_raw_fd(),
+                    offset: plan.offset,
+                    read_len: plan.read_len,
+                    reply_len: plan.reply_len,
+                    keep: Box::new(plan.object),
+                })),
+                None => self.read_into(ino, fh, offset, buf).map(RingRead::Copied),
+            },
+            Err(e) => Err(e.errno()),
+        }
     }
 }

@@ -40,7 +40,7 @@
 //! and never commits in SCHED_IDLE while away. Without root the mount's readahead window stays
 //! at 128 KiB, no READ is that big, and nothing moves.
 //!
-//! Cold reads: a READ the file system plans as a disk read (`DirectRead::plan`: a cold object,
+//! Cold reads: a READ the file system plans as a disk read (`DirectRead::read_or_plan`: a cold object,
 //! `fs::direct`) is submitted to the queue's own ring as an O_DIRECT `IORING_OP_READ` into the
 //! entry's payload (page-aligned for it); the thread goes on with other requests, and the
 //! completion (`DISK_READ` in its user data) writes the reply and commits it. Both entries of
@@ -222,15 +222,29 @@ pub trait DirectRead: Send + Sync {
     /// returns how many (fewer at the end of the file) or an errno.
     fn read_into(&self, ino: u64, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, i32>;
 
-    /// A READ the ring should read from the disk itself, straight into `buf` (a cold object:
-    /// `fs::direct`), so that the queue thread need not wait for the disk and several reads
-    /// are in flight; `None`: `read_into` serves it.
-    fn plan(&self, _ino: u64, _fh: u64, _offset: u64, _buf: &[u8]) -> Option<DiskRead> {
-        None
+    /// As `read_into`, except that a READ the ring should read from the disk itself, straight
+    /// into `buf` (a cold object: `fs::direct`), comes back as `RingRead::Disk`, so that the
+    /// queue thread need not wait for the disk and several reads are in flight.
+    fn read_or_plan(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<RingRead, i32> {
+        self.read_into(ino, fh, offset, buf).map(RingRead::Copied)
     }
 }
 
-/// A READ read from the disk by the ring (`DirectRead::plan`): `read_len` bytes at `offset` of
+/// What `DirectRead::read_or_plan` did with a READ.
+pub enum RingRead {
+    /// This many bytes were copied into the buffer.
+    Copied(usize),
+    /// The ring reads them from the disk.
+    Disk(DiskRead),
+}
+
+/// A READ read from the disk by the ring (`DirectRead::read_or_plan`): `read_len` bytes at `offset` of
 /// `fd` (opened with O_DIRECT) into the payload, of which the reply has `reply_len`; a read
 /// that returns fewer is served by `read_into` instead.
 pub struct DiskRead {
@@ -877,48 +891,45 @@ impl Queue {
                 log::debug!(
                     "FUSE({unique:3}) ino {ino:#018x} READ fh FileHandle({fh}), offset {offset}, size {size} (io_uring, direct)"
                 );
-                let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    reader.plan(ino, fh, offset, &e.payload[..size])
-                }))
-                .ok()
-                .flatten()
-                .filter(|r| r.read_len <= e.payload.len() && r.reply_len <= size);
-                if let Some(read) = planned {
-                    let sqe = opcode::Read::new(
-                        types::Fd(read.fd),
-                        e.payload.as_mut_ptr(),
-                        read.read_len as u32,
-                    )
-                    .offset(read.offset)
-                    .build();
-                    e.pending = Some(Pending {
-                        unique,
-                        commit_id,
-                        ino,
-                        fh,
-                        offset,
-                        size,
-                        read,
-                    });
-                    DISK_READS.fetch_add(1, Ordering::Relaxed);
-                    log::debug!(
-                        "io_uring queue {}: READ {unique} read from the disk",
-                        self.qid
-                    );
-                    return Served::Reading(sqe);
-                }
                 let buf = &mut e.payload[..size];
-                let (error, n) =
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        reader.read_into(ino, fh, offset, buf)
-                    })) {
-                        Ok(Ok(n)) => (0, n.min(size)),
-                        Ok(Err(errno)) => (-errno, 0),
-                        Err(_) => {
-                            log::error!("io_uring queue {}: read handler panicked", self.qid);
-                            (-libc::EIO, 0)
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    reader.read_or_plan(ino, fh, offset, buf)
+                }));
+                let (error, n) = match read {
+                    Ok(Ok(RingRead::Copied(n))) => (0, n.min(size)),
+                    Ok(Ok(RingRead::Disk(read))) => {
+                        if read.read_len <= e.payload.len() && read.reply_len <= size {
+                            let sqe = opcode::Read::new(
+                                types::Fd(read.fd),
+                                e.payload.as_mut_ptr(),
+                                read.read_len as u32,
+                            )
+                            .offset(read.offset)
+                            .build();
+                            e.pending = Some(Pending {
+                                unique,
+                                commit_id,
+                                ino,
+                                fh,
+                                offset,
+                                size,
+                                read,
+                            });
+                            DISK_READS.fetch_add(1, Ordering::Relaxed);
+                            log::debug!(
+                                "io_uring queue {}: READ {unique} read from the disk",
+                                self.qid
+                            );
+                            return Served::Reading(sqe);
                         }
-                    };
+                        self.copy_read(reader.as_ref(), e, ino, fh, offset, size)
+                    }
+                    Ok(Err(errno)) => (-errno, 0),
+                    Err(_) => {
+                        log::error!("io_uring queue {}: read handler panicked", self.qid);
+                        (-libc::EIO, 0)
+                    }
+                };
                 finish(e, unique, error, n);
                 return Served::Commit(commit_id);
             }
@@ -1004,19 +1015,33 @@ impl Queue {
             .direct_read
             .as_ref()
             .expect("a disk read came from a reader");
-        let buf = &mut e.payload[..p.size];
-        let (error, n) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            reader.read_into(p.ino, p.fh, p.offset, buf)
+        let (error, n) = self.copy_read(reader.as_ref(), e, p.ino, p.fh, p.offset, p.size);
+        finish(e, p.unique, error, n);
+        Some(p.commit_id)
+    }
+
+    /// Serve a READ by copying its bytes into entry `e`'s payload (`DirectRead::read_into`):
+    /// the reply's (error, length).
+    fn copy_read(
+        &self,
+        reader: &dyn DirectRead,
+        e: &mut Entry,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: usize,
+    ) -> (i32, usize) {
+        let buf = &mut e.payload[..size];
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reader.read_into(ino, fh, offset, buf)
         })) {
-            Ok(Ok(n)) => (0, n.min(p.size)),
+            Ok(Ok(n)) => (0, n.min(size)),
             Ok(Err(errno)) => (-errno, 0),
             Err(_) => {
                 log::error!("io_uring queue {}: read handler panicked", self.qid);
                 (-libc::EIO, 0)
             }
-        };
-        finish(e, p.unique, error, n);
-        Some(p.commit_id)
+        }
     }
 }
 
